@@ -1,0 +1,271 @@
+"""Finding image/mask pairs in the common crack-dataset layouts, splitting them, and the training Dataset.
+
+Layouts, detected per folder while walking a root:
+  1. ``ROOT/<split>/images`` + ``ROOT/<split>/masks`` (Khanhha's Kaggle copy with JPG masks, ``../shared/data``),
+     also nested one level deeper (``ROOT/<set>/<split>/images``);
+  2. images in a folder and masks in a sibling ``masks`` / ``labels`` / ``gt`` folder, paired by file stem;
+  3. masks beside the images with a suffix: ``x.jpg`` + ``x_mask.png`` / ``x_label.png`` / ``x_gt.png``.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import zlib
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import albumentations as A
+import numpy as np
+import torch
+from PIL import Image
+from scipy.ndimage import distance_transform_edt
+from skimage.segmentation import find_boundaries
+
+from crackseg.images import IMAGENET_MEAN, IMAGENET_STD, is_image_file, normalize_image, read_image, read_mask
+
+log = logging.getLogger(__name__)
+
+MASK_DIR_NAMES = ("masks", "mask", "labels", "label", "gt", "groundtruth", "annotations")
+MASK_SUFFIXES = ("_mask", "_label", "_gt")
+SPLIT_NAMES = ("train", "val", "valid", "validation", "test")
+
+
+class DataError(ValueError):
+    """A data folder or file cannot be used; the message names it and says what to do."""
+
+
+@dataclass(frozen=True)
+class Pair:
+    image: Path
+    mask: Path
+    source: str  # sub-dataset, used to stratify the split
+    group: str  # source photo, so crops of one photo stay on one side of the split
+
+    @property
+    def name(self) -> str:
+        return self.image.stem
+
+
+def photo_group(stem: str) -> str:
+    """The source photo of a crop, from the naming conventions of CRACK500, DeepCrack and UAV75."""
+    stem = re.sub(r"_\d+_\d+$", "", stem)  # CRACK500: <photo>_<x>_<y>
+    stem = re.sub(r"-\d+$", "", stem)  # DeepCrack: <photo>-<n>
+    return re.sub(r"(?<=\d)[a-z]$", "", stem)  # UAV75: DSC00552b
+
+
+def _source_name(root: Path, image_dir: Path, stem: str) -> str:
+    parts = [p for p in image_dir.relative_to(root).parts if p.lower() not in SPLIT_NAMES and p != "images"]
+    if parts:
+        return parts[0]
+    prefix = re.match(r"^([A-Za-z]+)[_-]", stem)
+    if prefix:
+        return prefix.group(1)
+    return root.parent.name if root.name.lower() in SPLIT_NAMES else root.name
+
+
+def _mask_dirs(folder: Path) -> list[Path]:
+    return [folder.parent / name for name in MASK_DIR_NAMES if (folder.parent / name).is_dir()]
+
+
+def _index_by_stem(folder: Path) -> dict[str, Path]:
+    return {p.stem: p for p in sorted(folder.iterdir()) if p.is_file() and is_image_file(p)}
+
+
+def _pairs_in_folder(root: Path, folder: Path, unpaired: list[str]) -> list[Pair]:
+    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    for p in files:
+        if not is_image_file(p):
+            log.warning("ignoring %s: not an image file", p)
+    images = {p.stem: p for p in files if is_image_file(p)}
+    beside = {}
+    for stem in list(images):
+        for suffix in MASK_SUFFIXES:
+            if stem.endswith(suffix) and stem[: -len(suffix)] in images:
+                beside[stem[: -len(suffix)]] = images.pop(stem)
+    mask_dirs = _mask_dirs(folder) if folder.name.lower() not in MASK_DIR_NAMES else []
+    if not beside and not mask_dirs:
+        return []
+    in_mask_dirs = {}
+    for mask_dir in reversed(mask_dirs):
+        in_mask_dirs.update(_index_by_stem(mask_dir))
+    pairs = []
+    for stem, image in images.items():
+        mask = beside.get(stem) or in_mask_dirs.pop(stem, None)
+        for suffix in MASK_SUFFIXES:
+            mask = mask or in_mask_dirs.pop(stem + suffix, None)
+        if mask is None:
+            unpaired.append(f"{image}: image has no mask")
+            continue
+        pairs.append(Pair(image, mask, _source_name(root, folder, stem), photo_group(stem)))
+    unpaired.extend(f"{m}: mask has no image" for m in in_mask_dirs.values())
+    return pairs
+
+
+def _check_size(pair: Pair) -> None:
+    try:
+        with Image.open(pair.image) as img, Image.open(pair.mask) as mask:
+            image_size, mask_size = img.size, mask.size
+    except OSError as err:
+        raise DataError(f"{pair.image}: unreadable image or mask ({err})") from None
+    if image_size != mask_size:
+        raise DataError(
+            f"{pair.mask}: mask is {mask_size[0]}×{mask_size[1]} but its image {pair.image.name} is "
+            f"{image_size[0]}×{image_size[1]}; fix or remove the pair"
+        )
+
+
+def find_pairs(
+    root: str | Path, skip_unpaired: bool = False, exclude_splits: tuple[str, ...] = ()
+) -> list[Pair]:
+    """All image/mask pairs under `root`, sorted by path; sizes are checked from the file headers."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root}: data folder not found")
+    folders = [root] + sorted(p for p in root.rglob("*") if p.is_dir())
+    excluded = {s.lower() for s in exclude_splits}
+    folders = [f for f in folders if not excluded & {p.lower() for p in f.relative_to(root).parts}]
+    unpaired: list[str] = []
+    pairs = [pair for folder in folders for pair in _pairs_in_folder(root, folder, unpaired)]
+    if unpaired:
+        listing = "; ".join(unpaired[:5]) + (f"; ... ({len(unpaired)} in all)" if len(unpaired) > 5 else "")
+        if not skip_unpaired:
+            raise DataError(f"unpaired files under {root}: {listing} (pass --skip-unpaired to go on without them)")
+        log.warning("skipping %d unpaired files: %s", len(unpaired), listing)
+    if not pairs:
+        raise DataError(
+            f"{root}: no image/mask pairs found; expected <split>/images + <split>/masks, "
+            "images + a sibling masks/labels/gt folder, or x.jpg beside x_mask.png"
+        )
+    for pair in pairs:
+        _check_size(pair)
+    return sorted(pairs, key=lambda p: str(p.image))
+
+
+def find_all_pairs(roots, skip_unpaired: bool = False, exclude_splits: tuple[str, ...] = ()) -> list[Pair]:
+    return [p for root in roots for p in find_pairs(root, skip_unpaired, exclude_splits)]
+
+
+def split_pairs(pairs: list[Pair], val_fraction: float = 0.1, seed: int = 0) -> tuple[list[Pair], list[Pair]]:
+    """Deterministic train/val split, stratified by source and grouped by source photo.
+
+    Each source gives about `val_fraction` of its pairs (at least one photo when it has two or more), so small
+    sources are represented in validation; all crops of a photo land on the same side.
+    """
+    by_source: dict[str, dict[str, list[Pair]]] = defaultdict(lambda: defaultdict(list))
+    for pair in pairs:
+        by_source[pair.source][pair.group].append(pair)
+    train, val = [], []
+    for source in sorted(by_source):
+        groups = by_source[source]
+        names = sorted(groups)
+        # A per-source seed keeps one source's split unchanged when another source is added.
+        rng = np.random.default_rng([seed, zlib.crc32(source.encode())])
+        rng.shuffle(names)
+        target = val_fraction * sum(len(g) for g in groups.values())
+        taken = 0
+        for i, name in enumerate(names):
+            wants_more = taken < target and (taken == 0 or taken + len(groups[name]) / 2 <= target)
+            if wants_more and i < len(names) - 1 and val_fraction > 0:
+                val.extend(groups[name])
+                taken += len(groups[name])
+            else:
+                train.extend(groups[name])
+    return sorted(train, key=lambda p: str(p.image)), sorted(val, key=lambda p: str(p.image))
+
+
+def signed_distance(mask: np.ndarray) -> np.ndarray:
+    """Normalised signed distance map of a crack mask, for the boundary loss.
+
+    Negative inside the crack, positive outside, zero on the crack's boundary; each side is min-max scaled so
+    values lie in [-1, 1]. A crack-free mask gives all zeros (no boundary to pull towards).
+    """
+    mask = mask.astype(bool)
+    if not mask.any():
+        return np.zeros(mask.shape, np.float32)
+    outside = distance_transform_edt(~mask)
+    inside = distance_transform_edt(mask)
+    sdf = np.zeros(mask.shape, np.float64)
+    if outside.max() > 0:
+        sdf += (outside - outside.min()) / (outside.max() - outside.min())
+    if inside.max() > inside.min():
+        sdf -= (inside - inside.min()) / (inside.max() - inside.min())
+    sdf[find_boundaries(mask, mode="inner")] = 0
+    return sdf.astype(np.float32)
+
+
+def train_transform(size: int, strong: bool = True) -> A.Compose:
+    """Random scale and crop to `size`, flips, 90° turns, and photometric changes seen on real surfaces."""
+    ops = [
+        A.RandomScale(scale_limit=(-0.3, 0.3), p=0.7),
+        A.PadIfNeeded(size, size, border_mode=4),  # cv2.BORDER_REFLECT_101
+        A.RandomCrop(size, size),
+        A.HorizontalFlip(),
+        A.VerticalFlip(),
+        A.RandomRotate90(),
+    ]
+    if strong:
+        ops += [
+            A.RandomBrightnessContrast(0.25, 0.25, p=0.7),
+            A.RandomGamma(p=0.3),
+            A.HueSaturationValue(10, 20, 10, p=0.3),
+            A.RandomShadow(p=0.2),
+            A.OneOf([A.GaussianBlur(blur_limit=(3, 5)), A.MotionBlur(blur_limit=(3, 7))], p=0.2),
+            A.GaussNoise(std_range=(0.02, 0.06), p=0.2),
+            A.ImageCompression(quality_range=(40, 95), p=0.3),
+        ]
+    return A.Compose(ops)
+
+
+class CrackDataset(torch.utils.data.Dataset):
+    """Image/mask pairs as normalised tensors; reads lazily, one pair per item.
+
+    Items are dicts with ``image`` (3×H×W float), ``mask`` (1×H×W float 0/1), ``sdf`` (1×H×W, for the boundary
+    loss) and ``name``. Without a transform, images keep their full size (validation, evaluation).
+    """
+
+    def __init__(self, pairs: list[Pair], transform=None, mean=IMAGENET_MEAN, std=IMAGENET_STD, extra=None):
+        if not pairs:
+            raise DataError("empty dataset: no image/mask pairs to read")
+        self.pairs, self.transform, self.mean, self.std = pairs, transform, mean, std
+        self.extra = extra  # optional callable(image, rng) -> image, e.g. the degradation of issue 11
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        pair = self.pairs[index]
+        image, mask = read_image(pair.image), read_mask(pair.mask)
+        if image.shape[:2] != mask.shape:
+            raise DataError(f"{pair.mask}: mask size {mask.shape} differs from image size {image.shape[:2]}")
+        return image, mask
+
+    def __getitem__(self, index: int) -> dict:
+        image, mask = self.load(index)
+        if self.transform is not None:
+            out = self.transform(image=image, mask=mask.astype(np.uint8))
+            image, mask = out["image"], out["mask"].astype(bool)
+        if self.extra is not None:
+            image = self.extra(image)
+        return {
+            "image": torch.from_numpy(normalize_image(image, self.mean, self.std)),
+            "mask": torch.from_numpy(mask[None].astype(np.float32)),
+            "sdf": torch.from_numpy(signed_distance(mask)[None]),
+            "name": self.pairs[index].name,
+        }
+
+
+def summarize(pairs: list[Pair]) -> dict[str, dict]:
+    """Per-source pair counts and crack-pixel fractions (reads every mask)."""
+    stats: dict[str, dict] = defaultdict(lambda: {"pairs": 0, "crack_pixels": 0, "pixels": 0})
+    for pair in pairs:
+        mask = read_mask(pair.mask)
+        entry = stats[pair.source]
+        entry["pairs"] += 1
+        entry["crack_pixels"] += int(mask.sum())
+        entry["pixels"] += mask.size
+    return {
+        s: {"pairs": v["pairs"], "crack_fraction": v["crack_pixels"] / max(v["pixels"], 1)}
+        for s, v in sorted(stats.items())
+    }

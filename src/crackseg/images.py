@@ -1,0 +1,154 @@
+"""Reading photos and masks into plain arrays, and writing outputs atomically.
+
+Every image that enters crackseg goes through `read_image` (RGB uint8, EXIF-upright) and every mask through
+`read_mask` (bool, crack = True), so training, evaluation and prediction see pixels the same way.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+
+# Allow big inspection photos (drone / line-scan); the inference engine bounds work by its own pixel limit.
+Image.MAX_IMAGE_PIXELS = 1_000_000_000
+
+
+class ImageReadError(ValueError):
+    """An input file could not be read as an image; the message names the file and the reason."""
+
+
+def is_image_file(path: str | os.PathLike) -> bool:
+    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def _open_upright(path: Path) -> Image.Image:
+    try:
+        with Image.open(path) as img:
+            img.load()  # forces decoding now, so truncated files fail here with a clear message
+            return ImageOps.exif_transpose(img)
+    except FileNotFoundError:
+        raise ImageReadError(f"{path}: file not found") from None
+    except UnidentifiedImageError:
+        raise ImageReadError(f"{path}: not an image file (or an unsupported format)") from None
+    except (OSError, SyntaxError, ValueError) as err:
+        raise ImageReadError(f"{path}: unreadable or truncated image ({err})") from None
+
+
+def to_rgb_uint8(array: np.ndarray) -> np.ndarray:
+    """Convert a grayscale, RGB or RGBA array of uint8/uint16/float to H×W×3 uint8."""
+    a = np.asarray(array)
+    if a.dtype == np.uint16 or (a.dtype.kind in "iu" and a.max(initial=0) > 255):
+        a = (a.astype(np.float32) / 257.0).round().clip(0, 255).astype(np.uint8)
+    elif a.dtype == bool:
+        a = a.astype(np.uint8) * 255
+    elif a.dtype.kind == "f":
+        scale = 255.0 if a.max(initial=0) <= 1.0 else 1.0
+        a = (a * scale).round().clip(0, 255).astype(np.uint8)
+    else:
+        a = a.astype(np.uint8)
+    if a.ndim == 2:
+        a = np.repeat(a[:, :, None], 3, axis=2)
+    elif a.ndim == 3 and a.shape[2] == 1:
+        a = np.repeat(a, 3, axis=2)
+    elif a.ndim == 3 and a.shape[2] == 4:
+        a = a[:, :, :3]  # alpha is dropped: cracks are judged on the visible colour
+    if a.ndim != 3 or a.shape[2] != 3:
+        raise ValueError(f"expected a grayscale, RGB or RGBA image, got an array of shape {array.shape}")
+    return np.ascontiguousarray(a)
+
+
+def pil_to_rgb(img: Image.Image) -> np.ndarray:
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        return to_rgb_uint8(np.asarray(img).astype(np.uint32).clip(0, 65535).astype(np.uint16))
+    if img.mode not in ("RGB", "L"):
+        img = img.convert("RGB")
+    return to_rgb_uint8(np.asarray(img))
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read a photo as H×W×3 uint8 RGB, rotated upright by its EXIF orientation."""
+    return pil_to_rgb(_open_upright(Path(path)))
+
+
+def normalize_image(image: np.ndarray, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> np.ndarray:
+    """H×W×3 uint8 RGB → 3×H×W float32, scaled to [0, 1] then standardised per channel."""
+    x = image.astype(np.float32).transpose(2, 0, 1) / 255.0
+    return (x - np.asarray(mean, np.float32)[:, None, None]) / np.asarray(std, np.float32)[:, None, None]
+
+
+def mask_from_array(values: np.ndarray, name: str = "mask") -> np.ndarray:
+    """Binarise a label array (0/255, 0/1, palette, or JPEG-noisy) into a bool crack mask.
+
+    JPEG masks carry grey values near the edges, so values are split at the middle of their range
+    (> 127 for 8-bit); a mask whose values form more than two clusters is not a binary mask.
+    """
+    a = np.asarray(values)
+    if a.ndim == 3:
+        a = a[:, :, :3].max(axis=2)
+    a = a.astype(np.float32)
+    hi = float(a.max(initial=0))
+    if hi <= 0:
+        return np.zeros(a.shape, bool)
+    top = 255.0 if hi > 1 else 1.0
+    top = 65535.0 if hi > 255 else top
+    norm = a / top
+    # Values far from both 0 and 1 are a third cluster: allow the few that JPEG edges produce.
+    middle = (norm > 0.25) & (norm < 0.75)
+    if middle.mean() > 0.05:
+        raise ValueError(f"{name}: not a binary mask ({middle.mean():.0%} of pixels are mid-grey)")
+    return norm > 0.5
+
+
+def read_mask(path: str | os.PathLike) -> np.ndarray:
+    """Read a crack mask as a bool H×W array (crack = True)."""
+    path = Path(path)
+    img = _open_upright(path)
+    if img.mode == "P":
+        # Palette masks store class indices; index 0 is background.
+        return np.asarray(img) > 0
+    if img.mode == "1":
+        return np.asarray(img).astype(bool)
+    if img.mode not in ("L", "I;16", "I", "RGB", "RGBA", "LA"):
+        img = img.convert("L")
+    return mask_from_array(np.asarray(img), name=str(path))
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write to a temporary file in the same folder, then rename: readers never see a partial file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def encode_image(array: np.ndarray, suffix: str, quality: int = 90) -> bytes:
+    """Encode an array (H×W uint8 or H×W×3 RGB uint8) as PNG or JPEG bytes."""
+    import io
+
+    img = Image.fromarray(array)
+    buf = io.BytesIO()
+    fmt = "JPEG" if suffix.lower() in (".jpg", ".jpeg") else "PNG"
+    img.save(buf, format=fmt, **({"quality": quality} if fmt == "JPEG" else {"compress_level": 1}))
+    return buf.getvalue()
+
+
+def write_image(path: str | os.PathLike, array: np.ndarray, quality: int = 90) -> None:
+    """Atomically write an image; the format follows the file extension."""
+    atomic_write_bytes(path, encode_image(array, Path(path).suffix, quality))

@@ -1,0 +1,300 @@
+"""The one inference path: image → (pad | overlapping tiles) → backend → smooth blend → probability map.
+
+`predict`, `evaluate`, `measure`, `serve` and the Python API all call `CrackSegmenter.predict_prob`, so
+nothing resizes, normalises or thresholds on its own.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from crackseg.images import normalize_image, pil_to_rgb, read_image, to_rgb_uint8
+from crackseg.models import ModelConfig, load_model
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_PIXELS = 500_000_000  # larger inputs are refused: 500 MP needs ~2 GB for the probability map
+
+
+@dataclass
+class Prediction:
+    prob: np.ndarray  # float32 H×W crack probability
+    threshold: float
+
+    @property
+    def mask(self) -> np.ndarray:
+        return self.prob >= self.threshold
+
+
+@functools.cache
+def cpu_has_bf16_matrix_engine() -> bool:
+    """True on CPUs with AMX or AVX-512 BF16, where bf16 matmuls are several times faster than fp32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+class TorchBackend:
+    """Eager PyTorch; bf16 autocast + channels_last where the CPU has bf16 matrix engines (or on CUDA)."""
+
+    name = "torch"
+    fixed_size = None  # accepts any tile size
+
+    def __init__(self, model: torch.nn.Module, precision: str = "auto", device: str = "cpu"):
+        if precision == "auto":
+            on_cuda = device.startswith("cuda")
+            precision = "bf16" if (on_cuda or cpu_has_bf16_matrix_engine()) else "fp32"
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision {precision!r} is not available with the torch backend (fp32, bf16)")
+        self.precision, self.device = precision, torch.device(device)
+        self.format = torch.channels_last if precision == "bf16" else torch.contiguous_format
+        self.model = model.eval().to(self.device, memory_format=self.format)
+
+    @torch.inference_mode()
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(batch).to(self.device).contiguous(memory_format=self.format)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+            logits = self.model(x)
+        return logits.float()[:, 0].cpu().numpy()
+
+
+def blend_window(size: int) -> np.ndarray:
+    """1-D Hann-like weights of a tile; a small floor keeps image borders (covered by one tile) defined."""
+    return np.maximum(np.sin(np.pi * (np.arange(size) + 0.5) / size) ** 2, 1e-3).astype(np.float32)
+
+
+def tile_starts(length: int, tile: int, overlap: float) -> list[int]:
+    """Evenly spread tile origins covering [0, length) with at least `overlap` shared between neighbours."""
+    if length <= tile:
+        return [0]
+    stride = max(1, int(tile * (1 - overlap)))
+    count = math.ceil((length - tile) / stride) + 1
+    return [round(i * (length - tile) / (count - 1)) for i in range(count)]
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    return (0.5 * (np.tanh(0.5 * x) + 1)).astype(np.float32)  # tanh form: no overflow for large |x|
+
+
+class CrackSegmenter:
+    """Segment cracks in images of any size with a trained model.
+
+    >>> seg = CrackSegmenter.from_pretrained()          # the shipped default model
+    >>> result = seg.predict("photo.jpg")               # path, PIL image or numpy array
+    >>> result.mask, result.prob, result.threshold
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        config: ModelConfig | None = None,
+        backend=None,
+        tile: int | None = None,
+        overlap: float = 0.25,
+        batch_size: int = 4,
+        threshold: float | None = None,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        precision: str = "auto",
+        device: str = "cpu",
+    ):
+        self.config = config or ModelConfig()
+        self.model = model
+        self.backend = backend or TorchBackend(model, precision, device)
+        self.tile = int(tile or self.backend.fixed_size or self.config.train_size)
+        if not 0 <= overlap < 1:
+            raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+        self.overlap, self.batch_size, self.max_pixels = overlap, batch_size, max_pixels
+        self.threshold = float(self.config.threshold if threshold is None else threshold)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike | None = None, **kwargs) -> CrackSegmenter:
+        """A shipped model by name (default: the default model) or a trained model's path."""
+        is_path = name_or_path is not None and (
+            Path(name_or_path).exists() or str(name_or_path).endswith((".safetensors", ".pth", ".pt"))
+        )
+        model, config = load_model(weights=name_or_path if is_path else None, model=None if is_path else name_or_path)
+        return cls(model, config, **kwargs)
+
+    def describe(self) -> str:
+        return f"{self.backend.name} {self.backend.precision}, tile {self.tile}, overlap {self.overlap}"
+
+    def _run(self, tiles: list[np.ndarray]) -> np.ndarray:
+        batch = np.stack([normalize_image(t, self.config.mean, self.config.std) for t in tiles])
+        return sigmoid(self.backend(batch))
+
+    def _pad_to(self, image: np.ndarray, height: int, width: int) -> np.ndarray:
+        pad_h, pad_w = height - image.shape[0], width - image.shape[1]
+        if pad_h == 0 and pad_w == 0:
+            return image
+        return np.pad(image, ((0, pad_h), (0, pad_w), (0, 0)), mode="symmetric")
+
+    def predict_prob(self, image: np.ndarray) -> np.ndarray:
+        """Crack probability (float32, the image's H×W) of an H×W×3 uint8 RGB image."""
+        height, width = image.shape[:2]
+        if height * width > self.max_pixels:
+            raise ValueError(
+                f"image of {width}×{height} = {height * width / 1e6:.0f} MP exceeds the limit of "
+                f"{self.max_pixels / 1e6:.0f} MP; raise max_pixels (--max-pixels) if you have the memory"
+            )
+        tile = self.tile
+        if height <= tile and width <= tile and self.backend.fixed_size is None:
+            return self._run([image])[0]  # one pass; the network pads to its stride itself
+        padded = self._pad_to(image, max(height, tile), max(width, tile))
+        return self._tiled(padded, tile)[:height, :width]
+
+    def _tiled(self, image: np.ndarray, tile: int) -> np.ndarray:
+        height, width = image.shape[:2]
+        ys, xs = tile_starts(height, tile, self.overlap), tile_starts(width, tile, self.overlap)
+        window = blend_window(tile)
+        # The window is separable and the tiles form a grid, so the weight sum is an outer product of 1-D sums:
+        # only the weighted probabilities need a full-size buffer.
+        row_weight, col_weight = np.zeros(height, np.float32), np.zeros(width, np.float32)
+        for y in ys:
+            row_weight[y : y + tile] += window
+        for x in xs:
+            col_weight[x : x + tile] += window
+        out = np.zeros((height, width), np.float32)
+        origins = [(y, x) for y in ys for x in xs]
+        weight2d = np.outer(window, window)
+        for i in range(0, len(origins), self.batch_size):
+            chunk = origins[i : i + self.batch_size]
+            probs = self._run([image[y : y + tile, x : x + tile] for y, x in chunk])
+            for (y, x), prob in zip(chunk, probs):
+                out[y : y + tile, x : x + tile] += prob * weight2d
+        out /= row_weight[:, None]
+        out /= col_weight[None, :]
+        return np.clip(out, 0.0, 1.0, out=out)
+
+    def predict(self, image, threshold: float | None = None) -> Prediction:
+        """Predict one image: a path, a PIL image, or a numpy array (grayscale/RGB/RGBA, uint8/uint16)."""
+        prob = self.predict_prob(as_rgb(image))
+        return Prediction(prob, self.threshold if threshold is None else float(threshold))
+
+    def predict_batch(self, images, threshold: float | None = None) -> list[Prediction]:
+        return [self.predict(image, threshold) for image in images]
+
+
+def as_rgb(image) -> np.ndarray:
+    if isinstance(image, (str, os.PathLike)):
+        return read_image(image)
+    if isinstance(image, Image.Image):
+        return pil_to_rgb(image)
+    return to_rgb_uint8(np.asarray(image))
+
+
+# --- many files: the engine behind `crackseg predict` -------------------------------------------------------
+
+
+def collect_inputs(inputs: list[str]) -> list[tuple[Path, Path]]:
+    """(file, root it was found under) for files, folders (recursive, images only) and glob patterns."""
+    import glob
+
+    from crackseg.images import is_image_file
+
+    found: list[tuple[Path, Path]] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found += [(p, path) for p in sorted(path.rglob("*")) if p.is_file() and is_image_file(p)]
+        elif path.is_file():
+            found.append((path, path.parent))
+        else:
+            matches = sorted(Path(m) for m in glob.glob(item, recursive=True))
+            if not matches:
+                raise FileNotFoundError(f"{item}: no such file, folder or matching pattern")
+            found += [(m, m.parent) for m in matches if m.is_file()]
+    unique = {p.resolve(): (p, root) for p, root in found}
+    return list(unique.values())
+
+
+def shard(items: list, spec: str | None) -> list:
+    """The i-th of n deterministic slices ("i/n", 0-based) of a list."""
+    if not spec:
+        return items
+    try:
+        index, count = (int(v) for v in spec.split("/"))
+        assert 0 <= index < count
+    except (ValueError, AssertionError):
+        raise ValueError(f"--shard {spec!r}: expected i/n with 0 ≤ i < n, e.g. 0/4") from None
+    return items[index::count]
+
+
+def output_stems(files: list[tuple[Path, Path]], out_dir: Path) -> dict[Path, Path]:
+    """Output path stem for each input: OUT/NAME, or OUT/<relative folder>/NAME when names collide.
+
+    An output never lands on an input file, even when OUT_DIR is the inputs' own folder.
+    """
+    names = [p.stem for p, _ in files]
+    collide = len(set(names)) < len(names)
+    inputs = {p.resolve() for p, _ in files}
+    stems = {}
+    for path, root in files:
+        relative = path.relative_to(root) if collide else Path(path.name)
+        if collide and len({r for _, r in files}) > 1:
+            relative = Path(root.name) / relative
+        stem = out_dir / relative.with_suffix("")
+        if stem.with_suffix(".png").resolve() in inputs:
+            stem = stem.with_name(stem.name + "_mask")
+        stems[path] = stem
+    return stems
+
+
+def overlay(image: np.ndarray, mask: np.ndarray, color=(255, 0, 0), alpha: float = 0.6) -> np.ndarray:
+    """The photo with crack pixels blended towards `color`."""
+    out = image.copy()
+    out[mask] = (out[mask] * (1 - alpha) + np.asarray(color) * alpha).astype(np.uint8)
+    return out
+
+
+def predict_files(
+    segmenter: CrackSegmenter,
+    inputs: list[str],
+    out_dir: str | Path,
+    write_prob: bool = False,
+    write_overlay: bool = False,
+    shard_spec: str | None = None,
+    skip_existing: bool = False,
+    progress: bool = True,
+) -> tuple[int, list[str]]:
+    """Segment every input and write masks (and optionally probabilities, overlays); returns (written, failures).
+
+    A failing file is reported and skipped; the rest are still processed.
+    """
+    from tqdm import tqdm
+
+    from crackseg.images import ImageReadError, write_image
+
+    out_dir = Path(out_dir)
+    files = shard(collect_inputs(inputs), shard_spec)
+    stems = output_stems(files, out_dir)
+    written, failures = 0, []
+    for path, _ in tqdm(files, desc="predict", unit="img", disable=not progress):
+        stem = stems[path]
+        mask_path = stem.with_name(stem.name + ".png")
+        if skip_existing and mask_path.exists():
+            continue
+        try:
+            image = read_image(path)
+            result = segmenter.predict(image)
+        except (ImageReadError, ValueError, MemoryError) as err:
+            failures.append(f"{path}: {err}" if str(path) not in str(err) else str(err))
+            continue
+        mask = result.mask
+        if write_prob:
+            write_image(stem.with_name(stem.name + "_prob.png"), np.round(result.prob * 255).astype(np.uint8))
+        if write_overlay:
+            write_image(stem.with_name(stem.name + "_overlay.jpg"), overlay(image, mask))
+        write_image(mask_path, mask.astype(np.uint8) * 255)  # last: its presence means the input is done
+        written += 1
+    return written, failures

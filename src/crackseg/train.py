@@ -1,0 +1,529 @@
+"""Training: plain functions per stage, as in torchvision's references/segmentation.
+
+`train(args)` builds the data and model, then loops `train_one_epoch` / `validate`, writing after every epoch:
+``last.pt`` (everything needed to resume), ``best/`` (a crackseg model: safetensors + config.json),
+``history.csv`` and ``loss_curve.png``. Under ``torchrun`` it trains with DistributedDataParallel and only
+rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import logging
+import math
+import os
+import platform
+import random
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from crackseg import __version__
+from crackseg.data import CrackDataset, find_all_pairs, split_pairs, train_transform
+from crackseg.images import atomic_write_bytes
+from crackseg.inference import cpu_has_bf16_matrix_engine
+from crackseg.losses import ALPHA_SCHEDULES, LOSSES, alpha_at, build_loss
+from crackseg.metrics import best_threshold, scores, sweep_counts
+from crackseg.models import ModelConfig, build_model, save_model
+
+log = logging.getLogger(__name__)
+
+HISTORY_FIELDS = ["epoch", "train_loss", "val_loss", "val_iou", "val_f1", "alpha", "lr", "seconds"]
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on; the message says why and where the last good checkpoint is."""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    a = parser.add_argument
+    a("--data", nargs="+", help="one or more data roots (test splits are left out)")
+    a("--val-data", nargs="+", help="validation roots; default: a split carved from --data")
+    a("--out", help="run directory")
+    a("--config", help="YAML or JSON file of option values (command-line flags override it)")
+    a("--arch", default="pspnet", help="any segmentation-models-pytorch architecture (pspnet, unet, fpn, ...)")
+    a("--encoder", default="resnet18")
+    a("--encoder-depth", type=int, default=None)
+    a("--arch-kwargs", type=json.loads, default={}, help='extra smp arguments as JSON, e.g. \'{"decoder_channels": [128, 64, 32, 16]}\'')
+    a("--encoder-weights", default=None, help="none, imagenet (needs network) or a torchvision state-dict path")
+    a("--size", type=int, default=448, help="training crop size")
+    a("--epochs", type=int, default=50)
+    a("--batch-size", type=int, default=8)
+    a("--lr", type=float, default=1e-4)
+    a("--weight-decay", type=float, default=0.0)
+    a("--lr-schedule", choices=["none", "cosine", "plateau"], default="none")
+    a("--loss", choices=LOSSES, default="bc")
+    a("--gamma", type=float, default=0.5, help="weight of WCE against generalised Dice in the BC loss")
+    a("--alpha-schedule", choices=ALPHA_SCHEDULES, default="linear")
+    a("--alpha", type=float, default=0.5, help="α of the constant schedule")
+    a("--pos-weight", type=float, default=None, help="fixed crack weight of WCE (default: batch ratio)")
+    a("--val-fraction", type=float, default=0.1)
+    a("--select", choices=["loss", "f1"], default="loss", help="which validation number picks the best epoch")
+    a("--patience", type=int, default=0, help="stop after this many epochs without improvement (0: never)")
+    a("--clip-grad", type=float, default=0.0)
+    a("--max-train-minutes", type=float, default=0.0, help="stop cleanly after this much wall-clock time")
+    a("--precision", choices=["auto", "fp32", "bf16"], default="auto")
+    a("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    a("--threads", type=int, default=0, help="CPU threads for torch (0: library default)")
+    a("--workers", type=int, default=1, help="data-loading worker processes")
+    a("--light-augment", action="store_true", help="geometric augmentation only (no colour, blur, noise)")
+    a("--degrade-prob", type=float, default=0.0, help="probability of the paper's degradation as augmentation")
+    a("--degrade-scale", default="2,4", help="down-scaling factors the degradation draws from")
+    a("--seed", type=int, default=0)
+    a("--skip-unpaired", action="store_true")
+    a("--resume", action="store_true", help="continue the run in --out from its last.pt")
+    a("--overwrite", action="store_true", help="start afresh even if --out holds a run")
+    a("--max-batches", type=int, default=0, help=argparse.SUPPRESS)  # tests: shorten epochs
+    a("--nan-at-batch", type=int, default=-1, help=argparse.SUPPRESS)  # tests: force a NaN loss
+    return parser
+
+
+def apply_config_file(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: list[str]) -> None:
+    """Values from --config fill every option the command line did not set."""
+    if not args.config:
+        return
+    import yaml
+
+    path = Path(args.config)
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise SystemExit(f"error: {path}: cannot read config ({err})") from None
+    given = {a.split("=")[0].lstrip("-").replace("-", "_") for a in argv if a.startswith("--")}
+    for key, value in values.items():
+        key = key.replace("-", "_")
+        if not hasattr(args, key):
+            raise SystemExit(f"error: {path}: unknown option {key!r}")
+        if key not in given:
+            setattr(args, key, value)
+
+
+# --- set-up -------------------------------------------------------------------------------------------------
+
+
+def distributed_rank() -> tuple[int, int]:
+    """(rank, world size); initialises the process group when started by torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+    return (dist.get_rank(), world) if world > 1 else (0, 1)
+
+
+def pick_device(requested: str) -> torch.device:
+    if requested == "auto":
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
+    if requested.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise TrainingError("--device cuda asked for, but no CUDA device is available; use --device cpu")
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        return torch.device(f"cuda:{local}" if requested == "cuda" else requested)
+    return torch.device("cpu")
+
+
+def pick_precision(requested: str, device: torch.device) -> str:
+    if requested != "auto":
+        return requested
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if cpu_has_bf16_matrix_engine() else "fp32"
+
+
+def memory_format(precision: str) -> torch.memory_format:
+    """channels_last pays off with bf16 matrix engines; on AVX2-only CPUs it slows fp32 convolutions down."""
+    return torch.channels_last if precision == "bf16" else torch.contiguous_format
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class EpochSeededDataset(torch.utils.data.Dataset):
+    """Seeds the augmentation per (seed, epoch, index): the same crops whatever the worker count or resume."""
+
+    def __init__(self, dataset: CrackDataset, seed: int):
+        self.dataset, self.seed, self.epoch = dataset, seed, 0
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        item_seed = zlib.crc32(f"{self.seed}/{self.epoch}/{index}".encode())
+        if self.dataset.transform is not None:
+            self.dataset.transform.set_random_seed(item_seed)
+        if self.dataset.extra is not None:
+            self.dataset.extra.seed = item_seed
+        return self.dataset[index]
+
+
+def make_datasets(args) -> tuple[EpochSeededDataset, CrackDataset, dict]:
+    pairs = find_all_pairs(args.data, args.skip_unpaired, exclude_splits=("test",))
+    if args.val_data:
+        train_pairs, val_pairs = pairs, find_all_pairs(args.val_data, args.skip_unpaired)
+    else:
+        train_pairs, val_pairs = split_pairs(pairs, args.val_fraction, args.seed)
+    if not val_pairs:
+        raise TrainingError(
+            "the validation split came out empty; add data, raise --val-fraction or pass --val-data DIR"
+        )
+    extra = None
+    if args.degrade_prob > 0:
+        from crackseg.degrade import RandomDegradation
+
+        scales = [float(s) for s in str(args.degrade_scale).split(",")]
+        extra = RandomDegradation(args.degrade_prob, scales)
+    transform = train_transform(args.size, strong=not args.light_augment)
+    train_set = EpochSeededDataset(CrackDataset(train_pairs, transform, extra=extra), args.seed)
+    val_set = CrackDataset(val_pairs)
+    summary = {
+        "train": {"pairs": len(train_pairs), "sources": _count_sources(train_pairs)},
+        "val": {"pairs": len(val_pairs), "sources": _count_sources(val_pairs)},
+        "val_names": [str(p.image) for p in val_pairs],
+    }
+    return train_set, val_set, summary
+
+
+def _count_sources(pairs) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for p in pairs:
+        counts[p.source] = counts.get(p.source, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def make_loaders(train_set, val_set, args, rank: int, world: int):
+    if world > 1:
+        sampler = torch.utils.data.DistributedSampler(train_set, world, rank, shuffle=True, seed=args.seed)
+    else:
+        sampler = torch.utils.data.RandomSampler(train_set, generator=torch.Generator())
+    common = {"num_workers": args.workers, "persistent_workers": False}
+    train_loader = torch.utils.data.DataLoader(
+        train_set, batch_size=args.batch_size // world, sampler=sampler, drop_last=True, **common
+    )
+    if len(train_loader) == 0:
+        raise TrainingError(
+            f"{len(train_set)} training pairs make no full batch of {args.batch_size}; lower --batch-size"
+        )
+    val_sampler = torch.utils.data.DistributedSampler(val_set, world, rank, shuffle=False) if world > 1 else None
+    val_loader = torch.utils.data.DataLoader(val_set, batch_size=1, sampler=val_sampler, **common)
+    return train_loader, val_loader
+
+
+def set_epoch(loader, epoch: int, seed: int) -> None:
+    loader.dataset.epoch = epoch
+    sampler = loader.sampler
+    if isinstance(sampler, torch.utils.data.DistributedSampler):
+        sampler.set_epoch(epoch)
+    else:
+        sampler.generator.manual_seed(seed * 100_003 + epoch)
+
+
+# --- the two stages -----------------------------------------------------------------------------------------
+
+
+def train_one_epoch(model, loss_fn, optimizer, loader, alpha, precision, device, args, epoch, deadline, quiet):
+    model.train()
+    total, count = 0.0, 0
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}", leave=False, disable=quiet, dynamic_ncols=True)
+    for step, batch in enumerate(bar):
+        image = batch["image"].to(device).contiguous(memory_format=memory_format(precision))
+        mask, sdf = batch["mask"].to(device), batch["sdf"].to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            logits = model(image)
+        loss = loss_fn(logits.float(), mask, sdf, alpha)
+        if step == args.nan_at_batch:
+            loss = loss * float("nan")
+        if not torch.isfinite(loss):
+            raise TrainingError(
+                f"loss became {loss.item()} at epoch {epoch + 1}, batch {step + 1}; stopped. The last good "
+                f"checkpoint is kept in {args.out}; try a lower --lr or --clip-grad"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if args.clip_grad > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip_grad)
+        optimizer.step()
+        total += loss.item() * image.shape[0]
+        count += image.shape[0]
+        bar.set_postfix(loss=f"{total / count:.4f}")
+        if (args.max_batches and step + 1 >= args.max_batches) or time.time() > deadline:
+            break
+    return _all_reduce_mean(total, count, device)
+
+
+@torch.no_grad()
+def validate(model, loss_fn, loader, alpha, precision, device):
+    """Validation loss, and sweep counts over thresholds (dataset level) from full-size predictions."""
+    model.eval()
+    total, count = 0.0, 0
+    counts = 0
+    for batch in loader:
+        image = batch["image"].to(device).contiguous(memory_format=memory_format(precision))
+        mask, sdf = batch["mask"].to(device), batch["sdf"].to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            logits = model(image)
+        total += loss_fn(logits.float(), mask, sdf, alpha).item()
+        count += 1
+        prob = torch.sigmoid(logits.float()).cpu().numpy()
+        counts = counts + sweep_counts(prob, mask.cpu().numpy() > 0.5)
+    loss = _all_reduce_mean(total, count, device)
+    counts = _all_reduce_array(np.asarray(counts, np.float64), device)
+    return loss, counts
+
+
+def _all_reduce_mean(total: float, count: int, device) -> float:
+    if dist.is_initialized():
+        t = torch.tensor([total, count], dtype=torch.float64, device=device)
+        dist.all_reduce(t)
+        total, count = t.tolist()
+    return total / max(count, 1)
+
+
+def _all_reduce_array(values: np.ndarray, device) -> np.ndarray:
+    if dist.is_initialized():
+        t = torch.from_numpy(values).to(device)
+        dist.all_reduce(t)
+        values = t.cpu().numpy()
+    return values
+
+
+# --- files --------------------------------------------------------------------------------------------------
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def load_checkpoint(path: Path) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise TrainingError(f"{path}: no checkpoint to resume from; start without --resume") from None
+
+
+def write_history(out: Path, history: list[dict]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, HISTORY_FIELDS)
+    writer.writeheader()
+    writer.writerows(history)
+    atomic_write_bytes(out / "history.csv", buffer.getvalue().encode())
+
+
+def plot_curves(out: Path, history: list[dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, (ax_loss, ax_score) = plt.subplots(1, 2, figsize=(10, 4))
+    ax_loss.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
+    ax_loss.plot(epochs, [h["val_loss"] for h in history], "o-", label="validation")
+    ax_loss.set(xlabel="epoch", ylabel="loss", title="Loss")
+    ax_loss.legend()
+    ax_score.plot(epochs, [h["val_iou"] for h in history], "o-", label="crack IoU")
+    ax_score.plot(epochs, [h["val_f1"] for h in history], "o-", label="crack F1")
+    ax_score.set(xlabel="epoch", ylabel="score @ 0.5", title="Validation (dataset level)", ylim=(0, 1))
+    ax_score.legend()
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    atomic_write_bytes(out / "loss_curve.png", buffer.getvalue())
+
+
+def prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
+    if out.exists() and any(out.iterdir()) and not (resume or overwrite):
+        raise TrainingError(f"{out}: run directory exists; pass --resume to continue it or --overwrite")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise TrainingError(f"{out}: cannot write to the run directory ({err.strerror})") from None
+
+
+def model_config(args, threshold: float = 0.5, notes: dict | None = None) -> ModelConfig:
+    return ModelConfig(
+        arch=args.arch,
+        encoder=args.encoder,
+        encoder_depth=args.encoder_depth,
+        arch_kwargs=args.arch_kwargs,
+        train_size=args.size,
+        threshold=threshold,
+        name=Path(args.out).name,
+        notes=notes or {},
+    )
+
+
+# --- the loop -----------------------------------------------------------------------------------------------
+
+
+def is_better(record: dict, best: dict | None, select: str) -> bool:
+    if best is None:
+        return True
+    if select == "f1":
+        return record["val_f1"] > best["val_f1"]
+    return record["val_loss"] < best["val_loss"]
+
+
+def train(args: argparse.Namespace) -> Path:
+    rank, world = distributed_rank()
+    quiet = rank != 0 or not sys.stderr.isatty()
+    out = Path(args.out)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = pick_device(args.device)
+    precision = pick_precision(args.precision, device)
+    if rank == 0:
+        prepare_run_dir(out, args.resume, args.overwrite)
+    seed_everything(args.seed)
+    train_set, val_set, summary = make_datasets(args)
+    train_loader, val_loader = make_loaders(train_set, val_set, args, rank, world)
+    model = build_model(
+        args.arch, args.encoder, args.encoder_weights, encoder_depth=args.encoder_depth, **args.arch_kwargs
+    ).to(device, memory_format=memory_format(precision))
+    loss_fn = build_loss(args.loss, args.gamma, args.pos_weight)
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    scheduler = make_scheduler(optimizer, args)
+    history: list[dict] = []
+    start_epoch, best = 0, None
+    if args.resume and (out / "last.pt").exists():
+        state = load_checkpoint(out / "last.pt")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None and state.get("scheduler"):
+            scheduler.load_state_dict(state["scheduler"])
+        history, best, start_epoch = state["history"], state["best"], state["epoch"]
+        torch.set_rng_state(state["torch_rng"])
+        say(rank, f"resuming {out} after epoch {start_epoch}")
+    ddp_model = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    if rank == 0:
+        write_run_info(out, args, summary, device, precision, world)
+    say(rank, f"training {args.arch}-{args.encoder} on {summary['train']['pairs']} pairs, validating on "
+        f"{summary['val']['pairs']}; {device} {precision}, {world} process(es)")
+    deadline = time.time() + args.max_train_minutes * 60 if args.max_train_minutes else math.inf
+    stale = sum(1 for _ in _epochs_since_best(history, best))
+    try:
+        for epoch in range(start_epoch, args.epochs):
+            started = time.time()
+            set_epoch(train_loader, epoch, args.seed)
+            alpha = alpha_at(args.alpha_schedule, epoch, args.epochs, args.alpha)
+            train_loss = train_one_epoch(
+                ddp_model, loss_fn, optimizer, train_loader, alpha, precision, device, args, epoch, deadline, quiet
+            )
+            val_loss, counts = validate(model, loss_fn, val_loader, alpha, precision, device)
+            at_half = scores(*counts[49])  # threshold 0.50
+            record = {
+                "epoch": epoch + 1,
+                "train_loss": round(train_loss, 6),
+                "val_loss": round(val_loss, 6),
+                "val_iou": round(at_half["iou"], 6),
+                "val_f1": round(at_half["f1"], 6),
+                "alpha": round(alpha, 4),
+                "lr": optimizer.param_groups[0]["lr"],
+                "seconds": round(time.time() - started, 1),
+            }
+            step_scheduler(scheduler, val_loss)
+            history.append(record)
+            improved = is_better(record, best, args.select)
+            if improved:
+                best = dict(record)
+                stale = 0
+            else:
+                stale += 1
+            if rank == 0:
+                if improved:
+                    threshold, ods_f1 = best_threshold(counts)
+                    notes = {"epoch": epoch + 1, "val_f1_at_0.5": record["val_f1"], "val_ods_f1": ods_f1}
+                    save_model(model, model_config(args, threshold, notes), out / "best")
+                save_checkpoint(out / "last.pt", checkpoint_state(model, optimizer, scheduler, epoch + 1, history, best, args))
+                write_history(out, history)
+                plot_curves(out, history)
+            say(rank, format_record(record) + ("  *best" if improved else ""))
+            if args.patience and stale >= args.patience:
+                say(rank, f"no improvement for {args.patience} epochs: stopping early")
+                break
+            if time.time() + record["seconds"] > deadline:
+                say(rank, f"--max-train-minutes {args.max_train_minutes} reached after epoch {epoch + 1}")
+                break
+    except KeyboardInterrupt:
+        say(rank, f"interrupted; {out / 'last.pt'} holds the last finished epoch: continue with --resume")
+        raise
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    return out
+
+
+def _epochs_since_best(history, best):
+    if best is None:
+        return []
+    return [h for h in history if h["epoch"] > best["epoch"]]
+
+
+def make_scheduler(optimizer, args):
+    if args.lr_schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs)
+    if args.lr_schedule == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=3)
+    return None
+
+
+def step_scheduler(scheduler, val_loss: float) -> None:
+    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        scheduler.step(val_loss)
+    elif scheduler is not None:
+        scheduler.step()
+
+
+def checkpoint_state(model, optimizer, scheduler, epoch, history, best, args) -> dict:
+    return {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "epoch": epoch,
+        "history": history,
+        "best": best,
+        "torch_rng": torch.get_rng_state(),
+        "args": {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, list, dict, type(None)))},
+    }
+
+
+def write_run_info(out: Path, args, summary: dict, device, precision: str, world: int) -> None:
+    info = {
+        "args": {k: v for k, v in vars(args).items() if k != "func"},
+        "crackseg_version": __version__,
+        "torch_version": torch.__version__,
+        "python": platform.python_version(),
+        "device": str(device),
+        "precision": precision,
+        "processes": world,
+        "data": summary,
+    }
+    atomic_write_bytes(out / "run.json", json.dumps(info, indent=2, default=str).encode())
+
+
+def format_record(r: dict) -> str:
+    return (
+        f"epoch {r['epoch']:3d}  train {r['train_loss']:.4f}  val {r['val_loss']:.4f}  IoU {r['val_iou']:.3f}  "
+        f"F1 {r['val_f1']:.3f}  α {r['alpha']:.2f}  lr {r['lr']:.2e}  {r['seconds']:.0f}s"
+    )
+
+
+def say(rank: int, message: str) -> None:
+    if rank == 0:
+        print(message, flush=True)

@@ -1,0 +1,30 @@
+"""Shared fixtures: small generated datasets and a tiny saved model, so the suite needs no downloads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from crackseg.models import ModelConfig, build_model, save_model
+from crackseg.synthetic import write_synthetic_dataset
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory) -> Path:
+    """24 generated pairs (96×128) in the ROOT/train/{images,masks} layout; the last 2 are crack-free."""
+    return write_synthetic_dataset(tmp_path_factory.mktemp("syn"), 24, size=(96, 128), n_empty=2)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A randomly initialised PSPNet-ResNet18 saved as a crackseg model (for pipeline tests, not accuracy)."""
+    torch.manual_seed(0)
+    model = build_model("pspnet", "resnet18")
+    config = ModelConfig(arch="pspnet", encoder="resnet18", train_size=64, name="tiny")
+    return save_model(model, config, tmp_path_factory.mktemp("model") / "tiny")
