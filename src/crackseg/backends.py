@@ -1,9 +1,240 @@
-"""Choosing and building the inference backend (torch now; ONNX Runtime and OpenVINO in their own modules)."""
+"""Choosing and building the inference backend: PyTorch, ONNX Runtime or OpenVINO, in fp32, bf16 or int8.
+
+Every backend is a callable taking a float32 N×3×T×T normalised batch and returning N×T×T logits (numpy),
+with attributes `name`, `precision` and `fixed_size` (T for exported models, None for PyTorch), so
+`CrackSegmenter` tiles and blends the same way whichever runs.
+
+`--backend auto --precision auto` takes the first entry of an ordered preference list (fastest first, as
+measured by benchmarks/predict_speed.py) that loads on this machine and is accurate; see `auto_candidates`.
+"""
 
 from __future__ import annotations
 
-from crackseg.inference import CrackSegmenter, TorchBackend
-from crackseg.models import load_model
+import json
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from crackseg.export import (
+    INPUT_NAME,
+    CalibrationCrops,
+    cached_int8,
+    cached_onnx,
+    cache_dir,
+    nncf_available,
+)
+from crackseg.inference import CrackSegmenter, TorchBackend, cpu_has_bf16_matrix_engine, sigmoid
+from crackseg.models import ModelConfig, load_model, resolve_weights
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("torch", "onnx", "openvino")
+PRECISIONS = ("fp32", "bf16", "int8")
+# "Accurate": masks agree with fp32 PyTorch's at crack F1 >= 0.98, probabilities differ <= 0.02 at p99.9.
+MIN_MASK_F1, MAX_PROB_DIFF_P999 = 0.98, 0.02
+
+
+class BackendError(RuntimeError):
+    """A backend/precision combination is not available here; the message says what to install or pick."""
+
+
+class OnnxBackend:
+    """ONNX Runtime on an exported fixed-tile model (fp32, or int8 QDQ); the CUDA provider when device is cuda."""
+
+    name = "onnx"
+
+    def __init__(self, path: str | Path, precision: str = "fp32", device: str = "cpu", threads: int | None = None):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or torch.get_num_threads()  # same thread count as torch
+        providers: list = ["CPUExecutionProvider"]
+        if device.startswith("cuda"):
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise BackendError("ONNX Runtime has no CUDA provider here; install onnxruntime-gpu or use --device cpu")
+            index = int(device.split(":")[1]) if ":" in device else 0
+            providers.insert(0, ("CUDAExecutionProvider", {"device_id": index}))
+        self.session = ort.InferenceSession(str(path), options, providers=providers)
+        self.precision, self.path = precision, Path(path)
+        self.fixed_size = int(self.session.get_inputs()[0].shape[-1])
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {INPUT_NAME: np.ascontiguousarray(batch, np.float32)})[0][:, 0]
+
+
+class OpenVinoBackend:
+    """OpenVINO on the CPU, reading the exported ONNX (fp32/bf16) or an NNCF-quantized IR (int8).
+
+    bf16 inference is requested only where the CPU has bf16 matrix engines (AMX / AVX-512 BF16), unless asked
+    for explicitly. Compiled models are cached by OpenVINO under the crackseg cache folder.
+    """
+
+    name = "openvino"
+
+    def __init__(self, path: str | Path, precision: str = "fp32", threads: int | None = None):
+        import openvino as ov
+
+        core = ov.Core()
+        core.set_property({"CACHE_DIR": str(cache_dir() / "openvino")})
+        bf16 = precision == "bf16" or (precision == "int8" and cpu_has_bf16_matrix_engine())
+        config = {
+            "INFERENCE_PRECISION_HINT": "bf16" if bf16 else "f32",
+            "PERFORMANCE_HINT": "LATENCY",  # one stream using all threads: tiles arrive one batch at a time
+            "INFERENCE_NUM_THREADS": threads or torch.get_num_threads(),
+        }
+        path = Path(path)
+        self.compiled = core.compile_model(str(path / "model.xml" if path.is_dir() else path), "CPU", config)
+        self.request = self.compiled.create_infer_request()
+        self.precision, self.path = precision, Path(path)
+        self.fixed_size = int(self.compiled.input(0).get_partial_shape()[3].get_length())
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        out = self.request.infer({0: np.ascontiguousarray(batch, np.float32)})[0]
+        return out[:, 0].copy()  # the request reuses its output buffer on the next call
+
+
+# --- agreement with fp32 PyTorch -----------------------------------------------------------------------------
+
+
+def agreement(reference: np.ndarray, prob: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
+    """Crack F1 of `prob`'s mask against `reference`'s mask, and the 99.9th percentile of |Δp|."""
+    ref_mask, mask = reference >= threshold, prob >= threshold
+    tp = np.count_nonzero(ref_mask & mask)
+    denominator = np.count_nonzero(ref_mask) + np.count_nonzero(mask)
+    f1 = 1.0 if denominator == 0 else 2 * tp / denominator
+    return {"f1": float(f1), "p999": float(np.percentile(np.abs(prob - reference), 99.9))}
+
+
+def is_accurate(figures: dict[str, float]) -> bool:
+    return figures["f1"] >= MIN_MASK_F1 and figures["p999"] <= MAX_PROB_DIFF_P999
+
+
+def measure_agreement(engine, net: torch.nn.Module, batches) -> dict[str, float]:
+    """Agreement of a backend with fp32 PyTorch on normalised batches (pooled over all their pixels)."""
+    reference, probs = [], []
+    fp32 = TorchBackend(net, "fp32")
+    for batch in batches:
+        reference.append(sigmoid(fp32(batch)))
+        probs.append(sigmoid(engine(batch)))
+    return agreement(np.concatenate(reference), np.concatenate(probs))
+
+
+def verified_int8(weights: Path, net, config: ModelConfig, tile: int, backend: str, crops: CalibrationCrops):
+    """Build (or reuse) the int8 model and its agreement with fp32 PyTorch on crops not used for calibration.
+
+    The figures are cached next to the model, so `auto` decides without measuring again.
+    """
+    path = cached_int8(weights, net, config, tile, backend, crops)
+    record = Path(f"{path}.agreement.json")
+    engine = OnnxBackend(path, "int8") if backend == "onnx" else OpenVinoBackend(path, "int8")
+    if record.is_file():
+        figures = json.loads(record.read_text())
+    else:
+        held_out = CalibrationCrops(config, tile, count=16, data=crops.data, seed=crops.seed + 10_000)
+        figures = measure_agreement(engine, net, held_out)
+        from crackseg.images import atomic_write_bytes
+
+        atomic_write_bytes(record, json.dumps(figures).encode())
+    return engine, figures
+
+
+# --- choosing ------------------------------------------------------------------------------------------------
+
+
+def auto_candidates(device: str = "cpu") -> list[tuple[str, str]]:
+    """(backend, precision) pairs in the order `auto` tries them: fastest first on this kind of CPU.
+
+    Order from benchmarks/predict_speed.py (PSPNet-ResNet18, 448², 2 threads): on CPUs with bf16 matrix
+    engines (AMX) OpenVINO bf16 ≈ OpenVINO int8 > PyTorch bf16 > fp32, so bf16 goes first (no calibration,
+    closer to fp32); on AVX2-only CPUs OpenVINO int8 > ONNX Runtime int8 > OpenVINO fp32 > ONNX Runtime fp32 >
+    PyTorch fp32. int8 entries are kept only where the int8 model passes the agreement check.
+    """
+    if device.startswith("cuda"):
+        return [("torch", "bf16"), ("torch", "fp32")]
+    if cpu_has_bf16_matrix_engine():
+        order = [("openvino", "bf16"), ("openvino", "int8"), ("torch", "bf16")]
+    else:
+        order = [("openvino", "int8"), ("onnx", "int8"), ("openvino", "fp32"), ("onnx", "fp32")]
+    if not nncf_available():
+        order = [c for c in order if c != ("openvino", "int8")]
+    return order + [("torch", "fp32")]
+
+
+def build_backend(
+    backend: str,
+    precision: str,
+    weights: Path,
+    net: torch.nn.Module,
+    config: ModelConfig,
+    tile: int,
+    device: str = "cpu",
+    crops: CalibrationCrops | None = None,
+    require_accurate: bool = False,
+):
+    """One backend engine; raises BackendError (or the library's error) when it cannot be built here."""
+    if precision not in PRECISIONS:
+        raise BackendError(f"precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+    if backend == "torch":
+        if precision == "int8":
+            raise BackendError("--precision int8 needs --backend onnx or openvino")
+        return TorchBackend(net, precision, device)
+    if backend not in BACKENDS:
+        raise BackendError(f"backend {backend!r}: expected auto or one of {', '.join(BACKENDS)}")
+    if device.startswith("cuda") and backend == "openvino":
+        raise BackendError("the openvino backend runs on the CPU only; use --device cpu or --backend onnx/torch")
+    if precision == "int8":
+        if backend == "openvino" and not nncf_available():
+            raise BackendError("openvino int8 needs NNCF: pip install nncf (or use --backend onnx)")
+        if backend == "onnx" and device.startswith("cuda"):
+            raise BackendError("int8 runs on the CPU only; use --device cpu")
+        engine, figures = verified_int8(weights, net, config, tile, backend, crops or CalibrationCrops(config, tile))
+        if require_accurate and not is_accurate(figures):
+            raise BackendError(
+                f"{backend} int8 disagrees with fp32 (mask F1 {figures['f1']:.3f}, p99.9 |Δp| {figures['p999']:.3f})"
+            )
+        return engine
+    onnx_path = cached_onnx(weights, net, config, tile)
+    if backend == "onnx":
+        if precision == "bf16":
+            raise BackendError("the onnx backend runs fp32 or int8; for bf16 use --backend openvino or torch")
+        return OnnxBackend(onnx_path, precision, device)
+    return OpenVinoBackend(onnx_path, precision)
+
+
+_announced: set[str] = set()
+
+
+def announce(message: str) -> None:
+    """Print `auto`'s choice once per process (to stderr, so piped output stays clean)."""
+    if message not in _announced:
+        _announced.add(message)
+        print(message, file=sys.stderr)
+
+
+def choose_backend(backend, precision, weights, net, config, tile, device="cpu", crops=None):
+    """Resolve auto backend/precision to the first candidate that builds (and is accurate, for int8)."""
+    candidates = [
+        (b, p)
+        for b, p in auto_candidates(device)
+        if backend in ("auto", b) and precision in ("auto", p)
+    ]
+    if not candidates:  # e.g. --backend onnx --precision auto on a bf16 CPU: its fp32 path
+        candidates = [(backend if backend != "auto" else "torch", precision if precision != "auto" else "fp32")]
+    problems = []
+    for name, prec in candidates:
+        try:
+            engine = build_backend(name, prec, weights, net, config, tile, device, crops, require_accurate=True)
+        except Exception as err:  # a failing backend must not stop prediction: try the next one
+            problems.append(f"{name} {prec}: {err}")
+            log.info("auto: %s %s unavailable: %s", name, prec, err)
+            continue
+        reason = "; skipped " + "; ".join(problems) if problems else ""
+        announce(f"backend auto: {engine.name} {engine.precision} (fastest accurate choice on this CPU{reason})")
+        return engine
+    raise BackendError("no backend could be built: " + "; ".join(problems))
 
 
 def make_segmenter(
@@ -12,14 +243,21 @@ def make_segmenter(
     backend: str = "auto",
     precision: str = "auto",
     device: str = "cpu",
+    calibration_data=None,
+    calibration_crops: int | None = None,
     **kwargs,
 ) -> CrackSegmenter:
-    """A CrackSegmenter for a weights path or shipped model name, on the requested backend and precision."""
-    net, config = load_model(weights, model)
-    if backend in ("auto", "torch"):
-        if precision == "int8":
-            raise ValueError("--precision int8 needs --backend onnx or openvino")
-        engine = TorchBackend(net, precision, device)
+    """A CrackSegmenter for a weights path or shipped model name, on the requested backend and precision.
+
+    `calibration_data`: crackseg data folder(s) whose training crops calibrate int8 (default: synthetic crops).
+    """
+    path = resolve_weights(weights, model)
+    net, config = load_model(path)
+    tile = int(kwargs.pop("tile", None) or config.train_size)
+    data = [calibration_data] if isinstance(calibration_data, (str, Path)) else list(calibration_data or [])
+    crops = CalibrationCrops(config, tile, count=calibration_crops or CalibrationCrops.count, data=data)
+    if "auto" in (backend, precision):
+        engine = choose_backend(backend, precision, path, net, config, tile, device, crops)
     else:
-        raise ValueError(f"backend {backend!r} is not available yet; use --backend torch")
-    return CrackSegmenter(net, config, backend=engine, **kwargs)
+        engine = build_backend(backend, precision, path, net, config, tile, device, crops)
+    return CrackSegmenter(net, config, backend=engine, tile=tile, **kwargs)

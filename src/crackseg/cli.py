@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from crackseg import __version__
@@ -29,7 +30,8 @@ def cmd_train(args) -> int:
     if not args.data or not args.out:
         raise SystemExit("error: train needs --data DIR [DIR ...] and --out RUN_DIR (or both in --config)")
     out = train(args)
-    print(f"best model: {out / 'best'}  (use it with --weights {out / 'best'})")
+    if os.environ.get("RANK", "0") == "0":
+        print(f"best model: {out / 'best'}  (use it with --weights {out / 'best'})")
     return 0
 
 
@@ -77,6 +79,94 @@ def cmd_predict(args) -> int:
     return 1 if failures else 0
 
 
+def cmd_evaluate(args) -> int:
+    from crackseg.data import DataError, find_all_pairs, split_pairs
+    from crackseg.evaluate import evaluate
+
+    # --split-val carves the validation split exactly as `crackseg train` does (test/ folders left out).
+    pairs = find_all_pairs(args.data, args.skip_unpaired, exclude_splits=("test",) if args.split_val else ())
+    if args.split_val:
+        pairs = split_pairs(pairs, 0.1, seed=0)[1]
+        if not pairs:
+            raise DataError("the validation split of --data is empty (too few photos); drop --split-val")
+    segmenter = make_segmenter(args)
+    model_name = segmenter.config.name or args.weights or args.model
+    print(f"model {model_name}; {segmenter.describe()}; {len(pairs)} images", file=sys.stderr)
+    report = evaluate(
+        segmenter,
+        pairs,
+        args.out,
+        tolerance=args.tolerance,
+        n_samples=args.samples,
+        seed=args.seed,
+        degrade=args.degrade,
+        degrade_seed=args.degrade_seed,
+        weights=args.weights or args.model,
+        data=args.data,
+        split="val" if args.split_val else "all",
+    )
+    for condition in ("clean", "degraded"):
+        if condition in report:
+            s, sweep = report[condition], report[condition]["sweep"]
+            print(
+                f"{condition}: {s['images']} images at threshold {report['threshold']:g}: "
+                f"IoU {s['micro']['iou']:.3f} F1 {s['micro']['f1']:.3f} | ODS F1 {sweep['ods_f1']:.3f} "
+                f"@ {sweep['ods_threshold']:g}, OIS F1 {sweep['ois_f1']:.3f}, AIU {sweep['aiu']:.3f}"
+            )
+    print(f"report -> {args.out}/report.md")
+    return 0
+
+
+def cmd_serve(args) -> int:
+    import uvicorn
+
+    from crackseg.serve.app import create_app, is_loopback
+
+    segmenter = make_segmenter(args)
+    app = create_app(
+        segmenter,
+        max_upload_mb=args.max_upload_mb,
+        max_pixels=int(args.max_pixels),
+        workers=args.workers,
+        result_ttl_s=args.result_ttl,
+    )
+    name = segmenter.config.name or args.weights or args.model
+    print(f"model {name}; {segmenter.describe()}; {args.workers} inference worker(s)", file=sys.stderr)
+    if not is_loopback(args.host):
+        print(
+            f"warning: listening on {args.host}: anyone who can reach this machine on port {args.port} can "
+            "upload photos (there is no login); use the default --host 127.0.0.1 to keep it local",
+            file=sys.stderr,
+        )
+    url = f"http://{args.host}:{args.port}/"
+    print(f"crackseg serving on {url}  (API docs at {url}docs; Ctrl+C stops)", file=sys.stderr)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    return 0
+
+
+def cmd_measure(args) -> int:
+    from crackseg.quantify import measure_files
+
+    segment = None
+    if args.masks and (args.weights or args.model):
+        raise ValueError("--masks measures the masks as they are: drop --weights/--model, or drop --masks")
+    if not args.masks:
+        segmenter = make_segmenter(args)
+        name = segmenter.config.name or args.weights or args.model
+        print(f"model {name}; {segmenter.describe()}", file=sys.stderr)
+
+        def segment(image):
+            return segmenter.predict(image).mask
+
+    measured, cracks, failures = measure_files(
+        args.inputs, args.out, segment, args.pixel_size, args.min_length
+    )
+    for failure in failures:
+        print(f"failed: {failure}", file=sys.stderr)
+    print(f"{measured} measured, {cracks} cracks, {len(failures)} failed -> {args.out}")
+    return 1 if failures else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="crackseg", description="Crack segmentation and measurement.")
     parser.add_argument("--version", action="version", version=f"crackseg {__version__}")
@@ -104,6 +194,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard", help="process the i-th of n slices of the inputs, e.g. 0/4")
     p.add_argument("--skip-existing", action="store_true", help="skip inputs whose mask is already written")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("evaluate", help="score a model on labelled images and write a report with figures")
+    p.add_argument("--data", nargs="+", required=True, help="labelled data folders (images + masks)")
+    p.add_argument("-o", "--out", required=True, help="report folder")
+    add_model_arguments(p)
+    p.add_argument("--tolerance", type=float, help="also report tolerance F1 within R pixels, e.g. 2")
+    p.add_argument("--degrade", help="also evaluate degraded copies (blur, bicubic down and up), e.g. x4")
+    p.add_argument("--degrade-seed", type=int, default=0, help="seed of the per-image degradations")
+    p.add_argument("--samples", type=int, default=6, help="images per sample figure (0: no sample figures)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random sample figure")
+    p.add_argument("--split-val", action="store_true", help="only the validation split `crackseg train` uses")
+    p.add_argument("--skip-unpaired", action="store_true", help="go on without images that have no mask")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("serve", help="web page and HTTP API: upload a photo, see and download its cracks")
+    add_model_arguments(p)
+    p.set_defaults(max_pixels=100e6)  # per-request memory: a web server refuses huge photos sooner
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-upload-mb", type=float, default=50, help="refuse larger uploads (413)")
+    p.add_argument("--workers", type=int, default=2, help="photos segmented at once (one shared model)")
+    p.add_argument("--result-ttl", type=float, default=900, help="seconds a result can be fetched")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("measure", help="length, width, area and class of each crack, in px and mm")
+    p.add_argument("inputs", nargs="+", help="photos (masks with --masks): files, folders or glob patterns")
+    p.add_argument("-o", "--out", required=True, help="output folder")
+    p.add_argument("--masks", action="store_true", help="the inputs are crack masks: measure them, no model")
+    p.add_argument("--pixel-size", type=float, help="millimetres per pixel: also report mm and mm²")
+    p.add_argument("--min-length", type=float, default=10.0, help="drop (and count) shorter cracks, in px")
+    add_model_arguments(p)
+    p.set_defaults(func=cmd_measure)
     return parser
 
 

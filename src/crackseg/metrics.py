@@ -1,12 +1,19 @@
 """Crack-class metrics: confusion counts, scores from counts, and the one-pass threshold sweep.
 
 Everything is for the crack class only (a two-class mean IoU would be inflated by the background).
-Convention: an image whose ground truth and prediction are both empty scores IoU = F1 = precision = recall = 1.
+Convention: an image whose ground truth and prediction are both empty scores IoU = F1 = precision = recall
+= 1; a ratio whose denominator is zero is 1 (e.g. precision with no predicted pixels), so an empty
+prediction of a cracked image scores precision 1, recall 0, IoU = F1 = 0.
+
+Beyond one threshold: the one-pass sweep (ODS/OIS F1, AIU, IoU_max), tolerance F1 (a pixel counts as matched
+within R pixels of the other mask, as in DeepCrack/CrackForest evaluations) and HD95 between boundaries.
 """
 
 from __future__ import annotations
 
 import numpy as np
+from scipy.ndimage import distance_transform_edt
+from skimage.segmentation import find_boundaries
 
 THRESHOLDS = np.round(np.arange(1, 100) / 100, 2)  # 0.01 … 0.99
 BINS = 1000  # probability histogram resolution of the sweep
@@ -63,3 +70,119 @@ def best_threshold(total_counts: np.ndarray, thresholds: np.ndarray = THRESHOLDS
     f1 = scores(*total_counts.T)["f1"]
     i = int(np.argmax(f1))
     return float(thresholds[i]), float(f1[i])
+
+
+# --- one image at one threshold ----------------------------------------------------------------------------
+
+
+def image_scores(pred: np.ndarray, truth: np.ndarray) -> dict:
+    """Confusion counts and IoU/precision/recall/F1/accuracy of one image's bool prediction."""
+    counts = confusion(pred, truth)
+    return counts | scores(counts["tp"], counts["fp"], counts["fn"], counts["tn"])
+
+
+def dataset_scores(counts: np.ndarray) -> dict:
+    """Per-image means and dataset-level (micro, from summed counts) scores of an (N, 4) TP/FP/FN/TN array."""
+    counts = np.asarray(counts, np.int64).reshape(-1, 4)
+    per_image = scores(*counts.T)
+    total = counts.sum(axis=0)
+    return {
+        "mean": {k: float(np.mean(v)) for k, v in per_image.items()},
+        "micro": scores(*total),
+        "counts": dict(zip(("tp", "fp", "fn", "tn"), (int(v) for v in total), strict=True)),
+    }
+
+
+# --- the threshold sweep: ODS, OIS, AIU --------------------------------------------------------------------
+
+
+def sweep_summary(image_counts: np.ndarray, thresholds: np.ndarray = THRESHOLDS) -> dict:
+    """Threshold-free scores from per-image sweep counts of shape (N images, T thresholds, 4).
+
+    - ODS F1: the best dataset-level F1 at one fixed threshold (and that threshold);
+    - OIS F1: the mean over images of each image's best F1 (each image at its own best threshold);
+    - AIU: the mean over thresholds of the mean per-image IoU (CSBSR); IoU_max: its best threshold's value.
+    Also returns the curves (per threshold) the PR plot is drawn from.
+    """
+    image_counts = np.asarray(image_counts, np.int64)
+    total = image_counts.sum(axis=0)
+    micro = scores(*total.T)
+    per_image = scores(*np.moveaxis(image_counts, -1, 0))  # each (N, T)
+    mean_iou = per_image["iou"].mean(axis=0)
+    ods, best_iou = int(np.argmax(micro["f1"])), int(np.argmax(mean_iou))
+    return {
+        "ods_f1": float(micro["f1"][ods]),
+        "ods_threshold": float(thresholds[ods]),
+        "ois_f1": float(per_image["f1"].max(axis=1).mean()),
+        "aiu": float(mean_iou.mean()),
+        "iou_max": float(mean_iou[best_iou]),
+        "iou_max_threshold": float(thresholds[best_iou]),
+        "curve": {
+            "threshold": [float(t) for t in thresholds],
+            "precision": micro["precision"].tolist(),
+            "recall": micro["recall"].tolist(),
+            "f1": micro["f1"].tolist(),
+            "mean_iou": mean_iou.tolist(),
+            "predicted_pixels": (total[:, 0] + total[:, 1]).tolist(),  # 0: precision is 1 by convention
+        },
+    }
+
+
+# --- tolerance F1 ------------------------------------------------------------------------------------------
+
+
+def _within(mask: np.ndarray, target: np.ndarray, radius: float) -> int:
+    """How many `mask` pixels lie within `radius` (Euclidean, inclusive) of a `target` pixel."""
+    if not mask.any() or not target.any():
+        return 0
+    distance_to_target = distance_transform_edt(~target)  # 0 on target pixels
+    return int(np.count_nonzero(distance_to_target[mask] <= radius))
+
+
+def tolerance_counts(pred: np.ndarray, truth: np.ndarray, radius: float) -> np.ndarray:
+    """[predicted pixels, those within `radius` of ground truth, truth pixels, those within `radius` of a
+    prediction]: the counts of tolerance precision and recall (sum them over images for a dataset)."""
+    pred, truth = np.asarray(pred, bool), np.asarray(truth, bool)
+    return np.array(
+        [pred.sum(), _within(pred, truth, radius), truth.sum(), _within(truth, pred, radius)], np.int64
+    )
+
+
+def tolerance_scores(counts: np.ndarray) -> dict:
+    """Tolerance precision, recall and F1 from `tolerance_counts` (empty prediction and truth score 1)."""
+    n_pred, pred_matched, n_truth, truth_matched = (np.asarray(v, np.float64) for v in np.asarray(counts).T)
+    precision, recall = _ratio(pred_matched, n_pred), _ratio(truth_matched, n_truth)
+    both = precision + recall  # a fraction: _ratio's integer-count guard does not apply
+    f1 = np.where(both > 0, 2 * precision * recall / np.where(both > 0, both, 1), 0.0)
+    out = {"precision": precision, "recall": recall, "f1": f1}
+    return {k: (float(v) if v.ndim == 0 else v) for k, v in out.items()}
+
+
+# --- boundary distances: HD95 ------------------------------------------------------------------------------
+
+
+def boundary(mask: np.ndarray) -> np.ndarray:
+    """Crack pixels touching background (4-connected); the image edge counts as background."""
+    padded = np.pad(np.asarray(mask, bool), 1)
+    return find_boundaries(padded, mode="inner")[1:-1, 1:-1]
+
+
+def boundary_distances(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """Distances from each predicted boundary pixel to the nearest truth boundary pixel, and the reverse;
+    None when either mask is empty (the distance is undefined)."""
+    pred_edge, truth_edge = boundary(pred), boundary(truth)
+    if not pred_edge.any() or not truth_edge.any():
+        return None
+    pred_to_truth = distance_transform_edt(~truth_edge)[pred_edge]
+    truth_to_pred = distance_transform_edt(~pred_edge)[truth_edge]
+    return pred_to_truth, truth_to_pred
+
+
+def hausdorff(pred: np.ndarray, truth: np.ndarray, percentile: float = 95) -> float | None:
+    """Robust Hausdorff distance between the masks' boundaries, in pixels: the larger of the two directed
+    `percentile`-th percentile distances (as DeepMind's surface-distance and MONAI compute HD95; 100 gives the
+    classic Hausdorff distance). None when either mask is empty."""
+    distances = boundary_distances(pred, truth)
+    if distances is None:
+        return None
+    return float(max(np.percentile(d, percentile) for d in distances))

@@ -58,6 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     a("--size", type=int, default=448, help="training crop size")
     a("--epochs", type=int, default=50)
     a("--batch-size", type=int, default=8)
+    a("--optimizer", choices=["adam", "adamw", "sgd"], default="adam")
     a("--lr", type=float, default=1e-4)
     a("--weight-decay", type=float, default=0.0)
     a("--lr-schedule", choices=["none", "cosine", "plateau"], default="none")
@@ -201,11 +202,38 @@ def _count_sources(pairs) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
+class BatchBlockSampler(torch.utils.data.Sampler):
+    """A seeded shuffle per epoch in which process r of w takes the r-th part of every global batch.
+
+    With one process it is a plain seeded shuffle; under DDP the w processes together see exactly the batches
+    one process would see, so a distributed run follows the single-process run.
+    """
+
+    def __init__(self, size: int, batch_size: int, seed: int, rank: int = 0, world: int = 1):
+        self.size, self.batch_size, self.seed, self.rank, self.world = size, batch_size, seed, rank, world
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _indices(self) -> list[int]:
+        order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch))
+        usable = self.size - self.size % self.batch_size
+        part = self.batch_size // self.world
+        starts = range(0, usable, self.batch_size)
+        return [i for s in starts for i in order[s + self.rank * part : s + (self.rank + 1) * part].tolist()]
+
+    def __iter__(self):
+        return iter(self._indices())
+
+    def __len__(self) -> int:
+        return (self.size // self.batch_size) * (self.batch_size // self.world)
+
+
 def make_loaders(train_set, val_set, args, rank: int, world: int):
-    if world > 1:
-        sampler = torch.utils.data.DistributedSampler(train_set, world, rank, shuffle=True, seed=args.seed)
-    else:
-        sampler = torch.utils.data.RandomSampler(train_set, generator=torch.Generator())
+    if args.batch_size % world:
+        raise TrainingError(f"--batch-size {args.batch_size} must be a multiple of the {world} processes")
+    sampler = BatchBlockSampler(len(train_set), args.batch_size, args.seed, rank, world)
     common = {"num_workers": args.workers, "persistent_workers": False}
     train_loader = torch.utils.data.DataLoader(
         train_set, batch_size=args.batch_size // world, sampler=sampler, drop_last=True, **common
@@ -219,13 +247,9 @@ def make_loaders(train_set, val_set, args, rank: int, world: int):
     return train_loader, val_loader
 
 
-def set_epoch(loader, epoch: int, seed: int) -> None:
+def set_epoch(loader, epoch: int) -> None:
     loader.dataset.epoch = epoch
-    sampler = loader.sampler
-    if isinstance(sampler, torch.utils.data.DistributedSampler):
-        sampler.set_epoch(epoch)
-    else:
-        sampler.generator.manual_seed(seed * 100_003 + epoch)
+    loader.sampler.set_epoch(epoch)
 
 
 # --- the two stages -----------------------------------------------------------------------------------------
@@ -234,7 +258,9 @@ def set_epoch(loader, epoch: int, seed: int) -> None:
 def train_one_epoch(model, loss_fn, optimizer, loader, alpha, precision, device, args, epoch, deadline, quiet):
     model.train()
     total, count = 0.0, 0
-    bar = tqdm(loader, desc=f"epoch {epoch + 1}", leave=False, disable=quiet, dynamic_ncols=True)
+    # Without a terminal (logs, nohup), the bar still reports, every 30 s.
+    interval = 0.1 if sys.stderr.isatty() else 30
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}", leave=False, disable=quiet, mininterval=interval)
     for step, batch in enumerate(bar):
         image = batch["image"].to(device).contiguous(memory_format=memory_format(precision))
         mask, sdf = batch["mask"].to(device), batch["sdf"].to(device)
@@ -382,7 +408,7 @@ def is_better(record: dict, best: dict | None, select: str) -> bool:
 
 def train(args: argparse.Namespace) -> Path:
     rank, world = distributed_rank()
-    quiet = rank != 0 or not sys.stderr.isatty()
+    quiet = rank != 0
     out = Path(args.out)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -397,7 +423,7 @@ def train(args: argparse.Namespace) -> Path:
         args.arch, args.encoder, args.encoder_weights, encoder_depth=args.encoder_depth, **args.arch_kwargs
     ).to(device, memory_format=memory_format(precision))
     loss_fn = build_loss(args.loss, args.gamma, args.pos_weight)
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    optimizer = make_optimizer(model, args)
     scheduler = make_scheduler(optimizer, args)
     history: list[dict] = []
     start_epoch, best = 0, None
@@ -410,7 +436,11 @@ def train(args: argparse.Namespace) -> Path:
         history, best, start_epoch = state["history"], state["best"], state["epoch"]
         torch.set_rng_state(state["torch_rng"])
         say(rank, f"resuming {out} after epoch {start_epoch}")
-    ddp_model = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    ddp_model = model
+    if world > 1:
+        if device.type == "cuda":  # SyncBatchNorm runs on GPUs only; on CPU each process keeps its own statistics
+            model = ddp_model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        ddp_model = torch.nn.parallel.DistributedDataParallel(model)
     if rank == 0:
         write_run_info(out, args, summary, device, precision, world)
     say(rank, f"training {args.arch}-{args.encoder} on {summary['train']['pairs']} pairs, validating on "
@@ -420,7 +450,7 @@ def train(args: argparse.Namespace) -> Path:
     try:
         for epoch in range(start_epoch, args.epochs):
             started = time.time()
-            set_epoch(train_loader, epoch, args.seed)
+            set_epoch(train_loader, epoch)
             alpha = alpha_at(args.alpha_schedule, epoch, args.epochs, args.alpha)
             train_loss = train_one_epoch(
                 ddp_model, loss_fn, optimizer, train_loader, alpha, precision, device, args, epoch, deadline, quiet
@@ -473,6 +503,14 @@ def _epochs_since_best(history, best):
     if best is None:
         return []
     return [h for h in history if h["epoch"] > best["epoch"]]
+
+
+def make_optimizer(model, args):
+    params, decay = model.parameters(), args.weight_decay
+    if args.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=args.lr, momentum=0.9, weight_decay=decay)
+    optimizer_class = torch.optim.AdamW if args.optimizer == "adamw" else torch.optim.Adam
+    return optimizer_class(params, lr=args.lr, weight_decay=decay)
 
 
 def make_scheduler(optimizer, args):

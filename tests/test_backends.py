@@ -1,0 +1,184 @@
+"""ONNX export, the export cache, int8 calibration, and ONNX Runtime / OpenVINO backends against fp32 PyTorch."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from crackseg import backends, export
+from crackseg.backends import agreement, auto_candidates, is_accurate, make_segmenter
+from crackseg.cli import main
+from crackseg.export import CalibrationCrops, ExportError, cached_onnx, export_onnx, onnx_metadata
+from crackseg.models import load_model, resolve_weights
+from crackseg.synthetic import synthetic_crack
+
+TILE = 64
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """A private cache folder for this module: exports made by one test are reused by the others."""
+    folder = tmp_path_factory.mktemp("cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CRACKSEG_CACHE", str(folder))
+        yield folder
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir):
+    net, config = load_model(tiny_model_dir)
+    return resolve_weights(tiny_model_dir), net, config
+
+
+@pytest.fixture(scope="module")
+def exported(cache, tiny):
+    weights, net, config = tiny
+    return cached_onnx(weights, net, config, TILE)
+
+
+@pytest.fixture(scope="module")
+def image():
+    return synthetic_crack((100, 150), seed=5)[0]  # larger than a tile on both sides: tiled and blended
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_model_dir, image):
+    return make_segmenter(tiny_model_dir, backend="torch", precision="fp32", tile=TILE).predict_prob(image)
+
+
+def test_export_matches_torch_for_any_batch(exported, tiny):
+    _, net, _ = tiny
+    session = ort.InferenceSession(str(exported), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].shape[1:] == [3, TILE, TILE]
+    x = torch.randn(3, 3, TILE, TILE, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        expected = net(x).numpy()
+    got = session.run(None, {"input": x.numpy()})[0]
+    assert got.shape == (3, 1, TILE, TILE)
+    assert np.abs(got - expected).max() < 1e-4
+
+
+def test_config_is_embedded_as_metadata(exported, tiny):
+    _, _, config = tiny
+    meta = onnx_metadata(exported)
+    assert meta["tile"] == str(TILE)
+    assert export.config_from_onnx(exported) == config
+
+
+def test_export_refuses_a_model_that_differs_from_torch(exported, tiny, tmp_path, monkeypatch):
+    import onnx
+
+    _, net, config = tiny
+    monkeypatch.setattr(export, "_export_dynamo", lambda *args: onnx.load(str(exported)))  # skip re-exporting
+    monkeypatch.setattr(export, "max_logit_difference", lambda *args, **kwargs: 0.5)
+    with pytest.raises(ExportError, match="differs from PyTorch"):
+        export_onnx(net, config, tmp_path / "bad.onnx", TILE)
+    assert not (tmp_path / "bad.onnx").exists()
+
+
+def test_second_run_reuses_the_cached_export(exported, tiny, monkeypatch):
+    weights, net, config = tiny
+    before = exported.stat().st_mtime_ns
+
+    def fail(*args, **kwargs):
+        raise AssertionError("exported again despite the cache")
+
+    monkeypatch.setattr(export, "export_onnx", fail)
+    assert cached_onnx(weights, net, config, TILE) == exported
+    assert exported.stat().st_mtime_ns == before
+    # the key covers tile, backend and precision: another tile is another entry
+    assert export.cache_path(weights, TILE * 2, "onnx", "fp32", ".onnx") != exported
+    assert export.cache_path(weights, TILE, "onnx", "int8", ".onnx") != exported
+
+
+@pytest.mark.parametrize("backend", ["onnx", "openvino"])
+def test_fp32_backends_agree_with_torch(exported, tiny_model_dir, image, reference, backend):
+    segmenter = make_segmenter(tiny_model_dir, backend=backend, precision="fp32", tile=TILE)
+    assert (segmenter.backend.name, segmenter.backend.precision, segmenter.tile) == (backend, "fp32", TILE)
+    prob = segmenter.predict_prob(image)
+    assert prob.shape == image.shape[:2] and prob.dtype == np.float32
+    figures = agreement(reference, prob)
+    assert is_accurate(figures), figures
+    assert np.abs(prob - reference).max() < 1e-4
+
+
+def test_small_image_is_padded_to_the_fixed_tile(exported, tiny_model_dir):
+    small = synthetic_crack((40, 50), seed=2)[0]
+    torch_prob = make_segmenter(tiny_model_dir, backend="torch", precision="fp32", tile=TILE).predict_prob(small)
+    onnx_prob = make_segmenter(tiny_model_dir, backend="onnx", precision="fp32", tile=TILE).predict_prob(small)
+    assert onnx_prob.shape == (40, 50)
+    # torch pads only to the network's stride, onnx to the tile: same content, nearly the same output
+    assert agreement(torch_prob, onnx_prob)["f1"] >= 0.98
+
+
+def test_calibration_crops_from_a_data_folder(synthetic_root, tiny):
+    _, _, config = tiny
+    crops = CalibrationCrops(config, 48, count=5, data=[str(synthetic_root)], batch_size=2)
+    batches = list(crops)
+    assert [b.shape for b in batches] == [(2, 3, 48, 48), (2, 3, 48, 48), (1, 3, 48, 48)]
+    assert len(crops) == 3
+    again = list(crops)  # re-iterable and deterministic, as quantizers may read it twice
+    assert all(np.array_equal(a, b) for a, b in zip(batches, again))
+    assert "syn" in crops.describe() or str(synthetic_root) in crops.describe()
+
+
+@pytest.mark.parametrize("backend", ["onnx", "openvino"])
+def test_int8_calibration_runs_and_auto_uses_it_only_if_accurate(
+    exported, tiny, tiny_model_dir, image, reference, backend
+):
+    if backend == "openvino" and not export.nncf_available():
+        pytest.skip("NNCF is not installed")
+    weights, net, config = tiny
+    crops = CalibrationCrops(config, TILE, count=4)
+    engine, figures = backends.verified_int8(weights, net, config, TILE, backend, crops)
+    assert engine.precision == "int8" and engine.fixed_size == TILE
+    assert set(figures) == {"f1", "p999"}
+    segmenter = make_segmenter(tiny_model_dir, backend=backend, precision="int8", tile=TILE, calibration_crops=4)
+    prob = segmenter.predict_prob(image)
+    assert prob.shape == image.shape[:2]
+    auto = make_segmenter(tiny_model_dir, tile=TILE, calibration_crops=4).backend
+    if is_accurate(figures) and (backend, "int8") in auto_candidates():
+        # auto may choose it, so it must agree with fp32 torch on an image it was not calibrated on
+        assert is_accurate(agreement(reference, prob))
+    else:
+        assert (auto.name, auto.precision) != (backend, "int8")
+
+
+def test_auto_picks_an_accurate_backend_and_says_so_once(exported, tiny_model_dir, image, reference, capsys):
+    backends._announced.clear()
+    first = make_segmenter(tiny_model_dir, tile=TILE, calibration_crops=4)
+    make_segmenter(tiny_model_dir, tile=TILE, calibration_crops=4)
+    assert (first.backend.name, first.backend.precision) in auto_candidates()
+    assert is_accurate(agreement(reference, first.predict_prob(image)))
+    assert capsys.readouterr().err.count("backend auto:") == 1
+
+
+def test_auto_falls_back_to_torch_when_other_backends_fail(tiny_model_dir, monkeypatch, capsys):
+    real = backends.build_backend
+
+    def broken(backend, *args, **kwargs):
+        if backend != "torch":
+            raise RuntimeError(f"{backend} is broken")
+        return real(backend, *args, **kwargs)
+
+    monkeypatch.setattr(backends, "build_backend", broken)
+    backends._announced.clear()
+    segmenter = make_segmenter(tiny_model_dir, tile=TILE)
+    assert (segmenter.backend.name, segmenter.backend.precision) == ("torch", "fp32")
+    assert "backend auto: torch fp32" in capsys.readouterr().err
+
+
+def test_unavailable_combinations_say_what_to_do(tiny_model_dir):
+    with pytest.raises(backends.BackendError, match="onnx or openvino"):
+        make_segmenter(tiny_model_dir, backend="torch", precision="int8")
+    with pytest.raises(backends.BackendError, match="bf16"):
+        make_segmenter(tiny_model_dir, backend="onnx", precision="bf16", tile=TILE)
+
+
+def test_export_command_writes_a_checked_onnx_file(exported, tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "model.onnx"
+    assert main(["export", "--weights", str(tiny_model_dir), "-o", str(out), "--tile", str(TILE)]) == 0
+    assert onnx_metadata(out)["tile"] == str(TILE)
+    assert str(out) in capsys.readouterr().out

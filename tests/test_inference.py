@@ -1,0 +1,114 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from crackseg.cli import main
+from crackseg.images import read_mask, write_image
+from crackseg.inference import CrackSegmenter, blend_window, output_stems, tile_starts
+from crackseg.models import ModelConfig, load_model
+from crackseg.synthetic import synthetic_crack
+
+
+class LocalNet(torch.nn.Module):
+    """A small-receptive-field network (7×7), so tiled and whole-image predictions can be compared."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 3, padding=1),
+            torch.nn.ReLU(), torch.nn.Conv2d(8, 1, 3, padding=1),
+        )  # fmt: skip
+
+    def forward(self, x):
+        return self.body(x)
+
+
+def test_tiled_prediction_is_seamless():
+    image, _ = synthetic_crack((300, 410), seed=1, n_cracks=3)
+    whole = CrackSegmenter(LocalNet(), ModelConfig(), tile=1024, precision="fp32").predict_prob(image)
+    tiled_seg = CrackSegmenter(LocalNet(), ModelConfig(), tile=96, overlap=0.25, batch_size=3, precision="fp32")
+    tiled = tiled_seg.predict_prob(image)
+    assert tiled.shape == whole.shape == (300, 410)
+    # away from tile borders the receptive field sees the same pixels; the blend must not add seams
+    assert np.abs(tiled - whole)[4:-4, 4:-4].max() < 1e-4
+
+
+def test_tile_grid_covers_the_image():
+    for length in (96, 97, 500, 1000):
+        starts = tile_starts(length, 96, 0.25)
+        assert starts[0] == 0 and starts[-1] + 96 == max(length, 96)
+        assert all(b - a <= 72 for a, b in zip(starts, starts[1:]))
+    assert blend_window(8).min() > 0
+
+
+@pytest.mark.parametrize("size", [(37, 53), (64, 64), (130, 250)])
+def test_any_size_gives_same_size_output(tiny_model_dir, size):
+    net, config = load_model(tiny_model_dir)
+    seg = CrackSegmenter(net, config, tile=64, precision="fp32")
+    result = seg.predict(synthetic_crack(size, seed=2)[0])
+    assert result.prob.shape == size and result.mask.shape == size
+    assert result.prob.dtype == np.float32 and 0 <= result.prob.min() and result.prob.max() <= 1
+    assert result.mask.dtype == bool and result.threshold == config.threshold
+
+
+def test_predict_accepts_paths_pil_and_arrays(tiny_model_dir, tmp_path):
+    seg = CrackSegmenter.from_pretrained(tiny_model_dir, precision="fp32")
+    image, _ = synthetic_crack((40, 60), seed=3)
+    write_image(tmp_path / "x.png", image)
+    from_path = seg.predict(tmp_path / "x.png").prob
+    assert np.allclose(from_path, seg.predict(Image.open(tmp_path / "x.png")).prob)
+    assert np.allclose(from_path, seg.predict(image).prob)
+    gray16 = (image[:, :, 0].astype(np.uint16) * 257)
+    assert seg.predict(gray16).prob.shape == (40, 60)
+    rgba = np.dstack([image, np.full((40, 60), 255, np.uint8)])
+    assert np.allclose(seg.predict(rgba).prob, from_path)
+    assert len(seg.predict_batch([image, image])) == 2
+
+
+def test_pixel_limit(tiny_model_dir):
+    seg = CrackSegmenter.from_pretrained(tiny_model_dir, max_pixels=1000)
+    with pytest.raises(ValueError, match="exceeds the limit"):
+        seg.predict(np.zeros((40, 40, 3), np.uint8))
+
+
+def test_predict_command_writes_masks_of_input_size(tiny_model_dir, tmp_path):
+    inputs = tmp_path / "photos"
+    for i, size in enumerate([(50, 70), (90, 40)]):
+        write_image(inputs / f"p{i}.jpg", synthetic_crack(size, seed=i)[0])
+    (inputs / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    out = tmp_path / "out"
+    code = main(["predict", str(inputs), "-o", str(out), "--weights", str(tiny_model_dir), "--prob", "--overlay",
+                 "--tile", "64"])  # fmt: skip
+    assert code == 1  # one input failed, the others were still written
+    for name, (h, w) in [("p0", (50, 70)), ("p1", (90, 40))]:
+        mask = np.asarray(Image.open(out / f"{name}.png"))
+        assert mask.shape == (h, w) and mask.dtype == np.uint8 and set(np.unique(mask)) <= {0, 255}
+        assert np.asarray(Image.open(out / f"{name}_prob.png")).shape == (h, w)
+        assert Image.open(out / f"{name}_overlay.jpg").size == (w, h)
+    assert not (out / "broken.png").exists()
+
+
+def test_predict_shards_skip_existing_and_never_overwrite_inputs(tiny_model_dir, tmp_path):
+    for i in range(4):
+        write_image(tmp_path / f"m{i}.png", synthetic_crack((32, 32), seed=i)[0])
+    before = {p.name: p.read_bytes() for p in tmp_path.glob("*.png")}
+    args = ["--weights", str(tiny_model_dir), "--tile", "64"]
+    assert main(["predict", str(tmp_path / "m?.png"), "-o", str(tmp_path), "--shard", "0/2", *args]) == 0
+    assert main(["predict", str(tmp_path / "m?.png"), "-o", str(tmp_path), "--shard", "1/2", *args]) == 0
+    assert {p.name: p.read_bytes() for p in tmp_path.glob("m?.png")} == before  # inputs untouched
+    assert sorted(p.name for p in tmp_path.glob("*_mask.png")) == [f"m{i}_mask.png" for i in range(4)]
+    assert read_mask(tmp_path / "m0_mask.png").shape == (32, 32)
+
+
+def test_name_collisions_keep_folder_structure(tmp_path):
+    a, b = tmp_path / "a" / "x.jpg", tmp_path / "b" / "x.jpg"
+    stems = output_stems([(a, a.parent), (b, b.parent)], tmp_path / "out")
+    assert stems[a] != stems[b]
+    assert stems[a] == tmp_path / "out" / "a" / "x"
+
+
+def test_missing_default_model_or_input_is_a_clear_error(tmp_path, capsys):
+    assert main(["predict", str(tmp_path / "nothing.jpg"), "-o", str(tmp_path), "--model", "no-such"]) == 2
+    assert "no shipped model named 'no-such'" in capsys.readouterr().err

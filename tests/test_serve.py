@@ -1,0 +1,345 @@
+"""The web service's API, through FastAPI's test client: results, limits, errors, privacy of results."""
+
+from __future__ import annotations
+
+import io
+import threading
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from crackseg.images import encode_image
+from crackseg.inference import CrackSegmenter
+from crackseg.models import ModelConfig
+from crackseg.serve import create_app
+from crackseg.serve.app import Result, ResultStore
+from crackseg.synthetic import synthetic_crack
+
+# --- helpers shared with test_browser.py ------------------------------------------------------------------
+
+
+class DarknessBackend:
+    """A stand-in network whose crack logits are the darkness of each pixel: on a light photo with dark drawn
+    lines it finds exactly the lines, so measurements can be checked against the drawing."""
+
+    name, precision, fixed_size = "darkness", "fp32", None
+
+    def __init__(self, config: ModelConfig):
+        self.mean = np.asarray(config.mean, np.float32)[None, :, None, None]
+        self.std = np.asarray(config.std, np.float32)[None, :, None, None]
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        brightness = (batch * self.std + self.mean).mean(axis=1)  # back to [0, 1] per pixel
+        return (0.5 - brightness) * 40.0
+
+
+def darkness_segmenter(max_pixels: int = 50_000_000) -> CrackSegmenter:
+    config = ModelConfig(train_size=256, name="darkness", threshold=0.5)
+    return CrackSegmenter(None, config, backend=DarknessBackend(config), max_pixels=max_pixels)
+
+
+def drawn_cracks_photo(height: int = 200, width: int = 240) -> np.ndarray:
+    """A light grey photo with two dark cracks of known geometry, a horizontal one 160 px long, 3 px wide,
+    and a vertical one 120 px long, 5 px wide (probability ≈ 1), and a faint one 80 px long, 2 px wide
+    (probability ≈ 0.24: a crack only at lower thresholds)."""
+    image = np.full((height, width, 3), 200, np.uint8)
+    image[39:42, 40:200] = 40
+    image[70:190, 118:123] = 40
+    image[150:152, 20:100] = 135
+    return image
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    return encode_image(image, ".png")
+
+
+def decode(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)))
+
+
+def post(client, data: bytes, name="photo.png", **form):
+    return client.post("/api/predict", files={"file": (name, data, "image/png")}, data=form)
+
+
+# --- fixtures ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_client(tiny_model_dir):
+    app = create_app(CrackSegmenter.from_pretrained(tiny_model_dir), workers=1)
+    with TestClient(app) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def dark_client():
+    with TestClient(create_app(darkness_segmenter(), workers=2)) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def photo() -> bytes:
+    image, _ = synthetic_crack((96, 128), seed=3)
+    return png_bytes(image)
+
+
+# --- happy paths ------------------------------------------------------------------------------------------
+
+
+def test_predict_with_a_saved_model(tiny_client, photo):
+    response = post(tiny_client, photo)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert (body["width"], body["height"]) == (128, 96)
+    assert body["threshold"] == 0.5  # the model's own
+    assert body["model"]["name"] == "tiny"
+    assert 0.0 <= body["crack_fraction"] <= 1.0
+    assert isinstance(body["measurements"]["cracks"], list)
+
+    mask = decode(tiny_client.get(body["urls"]["mask"]).content)
+    prob = decode(tiny_client.get(body["urls"]["prob"]).content)
+    assert mask.shape == prob.shape == (96, 128)
+    assert set(np.unique(mask)) <= {0, 255}
+    assert (mask > 0).mean() == pytest.approx(body["crack_fraction"])
+    assert decode(tiny_client.get(body["urls"]["overlay"]).content).shape == (96, 128, 3)
+    assert decode(tiny_client.get(body["urls"]["image"]).content).shape == (96, 128, 3)
+
+
+def test_measurements_match_the_drawn_cracks(dark_client):
+    body = post(dark_client, png_bytes(drawn_cracks_photo())).json()
+    cracks = sorted(body["measurements"]["cracks"], key=lambda c: -c["length_px"])
+    assert len(cracks) == 2
+    assert cracks[0]["length_px"] == pytest.approx(160, rel=0.1)
+    assert cracks[1]["length_px"] == pytest.approx(120, rel=0.1)
+    assert [c["width_mean_px"] for c in cracks] == pytest.approx([3, 5], abs=0.5)
+    assert [c["crack_class"] for c in cracks] == ["transverse", "longitudinal"]
+    assert body["measurements"]["summary"]["count"] == 2
+    mask = decode(dark_client.get(body["urls"]["mask"]).content) > 0
+    assert mask[40, 60:180].all() and mask[80:180, 120].all()
+    assert mask.sum() == 160 * 3 + 120 * 5
+
+
+def test_pixel_size_gives_millimetres(dark_client):
+    body = post(dark_client, png_bytes(drawn_cracks_photo()), pixel_size_mm="0.5").json()
+    assert body["pixel_size_mm"] == 0.5
+    for crack in body["measurements"]["cracks"]:
+        assert crack["length_mm"] == pytest.approx(crack["length_px"] * 0.5)
+
+
+def test_rethreshold_and_csv_use_the_kept_probabilities(dark_client):
+    body = post(dark_client, png_bytes(drawn_cracks_photo())).json()
+    urls = body["urls"]
+    low = dark_client.get(urls["measurements"], params={"threshold": 0.2}).json()
+    assert low["threshold"] == 0.2 and len(low["measurements"]["cracks"]) == 3  # the faint crack too
+    assert low["crack_fraction"] == pytest.approx(body["crack_fraction"] + 160 / (200 * 240))
+    low_mask = decode(dark_client.get(urls["mask"], params={"threshold": 0.2}).content) > 0
+    default_mask = decode(dark_client.get(urls["mask"]).content) > 0
+    assert low_mask.sum() - default_mask.sum() == 160 and low_mask[150:152, 20:100].all()
+    assert dark_client.get(urls["mask"], params={"threshold": 0}).status_code == 422
+    csv = dark_client.get(urls["csv"], params={"pixel_size_mm": 0.1})
+    assert csv.status_code == 200 and csv.headers["content-type"].startswith("text/csv")
+    lines = csv.text.strip().splitlines()
+    assert len(lines) == 3 and "length_mm" in lines[0] and "bbox_x" in lines[0]
+    no_size = dark_client.get(urls["csv"]).text.splitlines()[0]
+    assert "length_px" in no_size and "length_mm" not in no_size
+
+
+def test_downloads_are_named_after_the_upload_safely(dark_client):
+    body = post(dark_client, png_bytes(drawn_cracks_photo()), name='../mur "nord" 裂缝.png').json()
+    response = dark_client.get(body["urls"]["csv"])
+    assert response.status_code == 200
+    assert response.headers["content-disposition"] == 'attachment; filename="mur__nord____cracks.csv"'
+
+
+def test_photo_is_turned_upright_by_its_exif_orientation(dark_client):
+    img = Image.fromarray(drawn_cracks_photo(100, 160))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90° clockwise to view"
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", exif=exif)
+    body = post(dark_client, buf.getvalue(), name="phone.jpg").json()
+    assert (body["width"], body["height"]) == (100, 160)
+
+
+def test_inline_returns_data_urls_and_keeps_nothing(dark_client):
+    response = dark_client.post(
+        "/api/predict", params={"inline": 1}, files={"file": ("a.png", png_bytes(drawn_cracks_photo()))}
+    )
+    body = response.json()
+    assert body["id"] is None
+    assert body["urls"]["mask"].startswith("data:image/png;base64,")
+    assert body["urls"]["overlay"].startswith("data:image/jpeg;base64,")
+
+
+# --- limits and bad input ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def strict_client():
+    app = create_app(darkness_segmenter(), max_upload_mb=0.05, max_pixels=40_000, workers=1)
+    with TestClient(app) as client:
+        yield client
+
+
+def noise_png(height: int, width: int) -> bytes:
+    return png_bytes(np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+
+def test_upload_over_the_size_limit_is_413(strict_client):
+    slightly_over = noise_png(80, 250)  # ~60 kB: past the file limit, within the form's slack
+    far_over = noise_png(300, 300)  # ~270 kB: refused from Content-Length before the body is read
+    for data in (slightly_over, far_over):
+        response = post(strict_client, data)
+        assert response.status_code == 413
+        assert "upload too large" in response.json()["detail"]
+
+
+def test_streamed_upload_over_the_size_limit_is_413(strict_client):
+    boundary = "crackseg-boundary"
+    head = f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="big.png"\r\n\r\n'.encode()
+
+    def chunks():  # no Content-Length: the server has to count while reading
+        yield head
+        for _ in range(20):
+            yield b"\0" * 16384
+        yield f"\r\n--{boundary}--\r\n".encode()
+
+    response = strict_client.post(
+        "/api/predict",
+        content=chunks(),
+        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+    )
+    assert response.status_code == 413
+
+
+def test_too_many_pixels_is_413(strict_client):
+    image = np.full((250, 250, 3), 200, np.uint8)  # 62,500 px > 40,000; compresses far below the size limit
+    response = post(strict_client, png_bytes(image))
+    assert response.status_code == 413
+    assert "exceeds this server's limit" in response.json()["detail"]
+
+
+def test_not_an_image_is_415(dark_client):
+    response = dark_client.post(
+        "/api/predict", files={"file": ("notes.txt", b"hello, not a photo", "text/plain")}
+    )
+    assert response.status_code == 415
+    assert "notes.txt: not an image" in response.json()["detail"]
+
+
+def test_truncated_image_is_400(dark_client):
+    data = png_bytes(drawn_cracks_photo())
+    response = post(dark_client, data[: len(data) // 2], name="cut.png")
+    assert response.status_code == 400
+    assert "cut.png" in response.json()["detail"] and "truncated" in response.json()["detail"]
+
+
+def test_empty_file_and_missing_field_and_bad_threshold(dark_client):
+    assert post(dark_client, b"").status_code == 400
+    assert dark_client.post("/api/predict", data={"threshold": "0.5"}).status_code == 422
+    response = post(dark_client, png_bytes(drawn_cracks_photo()), threshold="1.5")
+    assert response.status_code == 422
+
+
+def test_busy_server_answers_503(dark_client):
+    app = dark_client.app
+    saved, app.state.pending = app.state.pending, 10**6
+    try:
+        response = post(dark_client, png_bytes(drawn_cracks_photo()))
+    finally:
+        app.state.pending = saved
+    assert response.status_code == 503 and "Retry-After" in response.headers
+
+
+# --- health, model, privacy of results --------------------------------------------------------------------
+
+
+def test_health_and_model(tiny_client):
+    health = tiny_client.get("/api/health").json()
+    assert health["status"] == "ok" and health["max_upload_mb"] == 50
+    model = tiny_client.get("/api/model").json()
+    assert model["name"] == "tiny" and model["config"]["arch"] == "pspnet"
+    assert model["threshold"] == 0.5 and model["backend"] == "torch"
+    assert tiny_client.get("/docs").status_code == 200
+    page = tiny_client.get("/")
+    assert page.status_code == 200 and 'id="threshold"' in page.text
+    assert tiny_client.get("/static/app.js").status_code == 200
+
+
+def test_result_ids_are_random_and_private(dark_client):
+    data = png_bytes(drawn_cracks_photo())
+    ids = [post(dark_client, data).json()["id"] for _ in range(3)]
+    assert len(set(ids)) == 3 and all(len(i) >= 22 for i in ids)
+    assert dark_client.get("/api/results/not-an-id/mask.png").status_code == 404
+    assert dark_client.delete(f"/api/results/{ids[0]}").status_code == 200
+    response = dark_client.get(f"/api/results/{ids[0]}/mask.png")
+    assert response.status_code == 404 and "upload the photo again" in response.json()["detail"]
+    assert dark_client.get(f"/api/results/{ids[1]}/mask.png").headers["cache-control"] == "no-store"
+
+
+def test_results_expire_and_memory_budget_evicts_oldest(monkeypatch):
+    clock = [1000.0]
+    monkeypatch.setattr("crackseg.serve.app.time.monotonic", lambda: clock[0])
+    small = np.zeros((10, 10), np.float32)
+
+    def result():
+        return Result(np.zeros((10, 10, 3), np.uint8), small, 0.5, None, "x.png")
+
+    store = ResultStore(ttl_s=60, max_bytes=3 * result().nbytes)
+    first = store.add(result())
+    clock[0] += 30
+    second = store.add(result())
+    assert store.get(first) is not None
+    clock[0] += 31  # first is 61 s old, second 31 s
+    assert store.get(first) is None and store.get(second) is not None
+    others = [store.add(result()) for _ in range(3)]  # the budget holds three: second is pushed out
+    assert store.get(second) is None and all(store.get(i) is not None for i in others)
+
+
+def test_inference_runs_off_the_event_loop(dark_client):
+    """While a photo is being segmented, the server still answers other requests."""
+    started, release = threading.Event(), threading.Event()
+
+    class SlowBackend(DarknessBackend):
+        def __call__(self, batch):
+            started.set()
+            release.wait(timeout=30)
+            return super().__call__(batch)
+
+    config = ModelConfig(train_size=256)
+    app = create_app(CrackSegmenter(None, config, backend=SlowBackend(config)), workers=1)
+    with TestClient(app) as client:
+        answer = {}
+        worker = threading.Thread(
+            target=lambda: answer.update(r=post(client, png_bytes(drawn_cracks_photo())))
+        )
+        worker.start()
+        assert started.wait(timeout=30)
+        assert client.get("/api/health").json()["pending"] == 1  # answered while the network is busy
+        release.set()
+        worker.join(timeout=30)
+    assert answer["r"].status_code == 200
+
+
+# --- the command ------------------------------------------------------------------------------------------
+
+
+def test_serve_command_binds_loopback_by_default_and_warns_otherwise(tiny_model_dir, monkeypatch, capsys):
+    import uvicorn
+
+    from crackseg.cli import main
+
+    calls = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append((app, kw)))
+    assert main(["serve", "--weights", str(tiny_model_dir), "--max-upload-mb", "5"]) == 0
+    assert calls[-1][1]["host"] == "127.0.0.1" and calls[-1][1]["port"] == 8000
+    assert "warning" not in capsys.readouterr().err
+    with TestClient(calls[-1][0]) as client:
+        limits = client.get("/api/model").json()["limits"]
+    assert limits["max_upload_mb"] == 5 and limits["max_pixels"] == 100_000_000
+
+    assert main(["serve", "--weights", str(tiny_model_dir), "--host", "0.0.0.0", "--port", "8123"]) == 0
+    assert calls[-1][1]["host"] == "0.0.0.0" and calls[-1][1]["port"] == 8123
+    assert "warning: listening on 0.0.0.0" in capsys.readouterr().err

@@ -1,0 +1,104 @@
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from crackseg.cli import build_parser, main
+from crackseg.models import build_model, load_model
+from crackseg.train import TrainingError, train
+
+
+def _args(data, out, *extra):
+    argv = [
+        "train", "--data", str(data), "--out", str(out), "--size", "64", "--batch-size", "4", "--epochs", "2",
+        "--workers", "0", "--alpha-schedule", "step", "--val-fraction", "0.2", "--max-batches", "3",
+        "--precision", "fp32", "--lr", "1e-3", *extra,
+    ]  # fmt: skip
+    return build_parser().parse_args(argv)
+
+
+def _history(run: Path) -> list[dict]:
+    with open(run / "history.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_two_epochs_write_every_file(synthetic_root, tmp_path):
+    run = train(_args(synthetic_root, tmp_path / "run"))
+    for name in ("last.pt", "history.csv", "loss_curve.png", "run.json", "best/model.safetensors", "best/config.json"):
+        assert (run / name).is_file(), name
+    history = _history(run)
+    assert [int(h["epoch"]) for h in history] == [1, 2]
+    assert all(0 <= float(h["val_f1"]) <= 1 for h in history)
+    model, config = load_model(run / "best")
+    assert config.arch == "pspnet" and config.train_size == 64 and 0 < config.threshold < 1
+    state = torch.load(run / "last.pt", weights_only=True)
+    assert state["epoch"] == 2 and state["args"]["size"] == 64
+
+
+def test_resume_reproduces_an_uninterrupted_run(synthetic_root, tmp_path):
+    full = train(_args(synthetic_root, tmp_path / "full"))
+    part = train(_args(synthetic_root, tmp_path / "part", "--epochs", "1"))
+    resumed = train(_args(synthetic_root, part, "--resume"))
+    strip = [{k: v for k, v in h.items() if k != "seconds"} for h in _history(full)]
+    assert [{k: v for k, v in h.items() if k != "seconds"} for h in _history(resumed)] == strip
+    a, b = load_file(str(full / "best/model.safetensors")), load_file(str(resumed / "best/model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_nan_loss_stops_cleanly_and_keeps_last_checkpoint(synthetic_root, tmp_path):
+    run = train(_args(synthetic_root, tmp_path / "nan", "--epochs", "1"))
+    before = (run / "last.pt").read_bytes()
+    with pytest.raises(TrainingError, match="loss became nan at epoch 2, batch 2"):
+        train(_args(synthetic_root, run, "--resume", "--nan-at-batch", "1"))
+    assert (run / "last.pt").read_bytes() == before
+
+
+def test_existing_run_dir_is_not_overwritten(synthetic_root, tmp_path):
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "keep.txt").write_text("x")
+    assert main(["train", "--data", str(synthetic_root), "--out", str(tmp_path / "busy")]) == 2
+    assert (tmp_path / "busy" / "keep.txt").read_text() == "x"
+
+
+def test_empty_validation_split(synthetic_root, tmp_path):
+    with pytest.raises(TrainingError, match="validation split came out empty"):
+        train(_args(synthetic_root, tmp_path / "r", "--val-fraction", "0"))
+
+
+def test_config_file_fills_unset_options(synthetic_root, tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"data: [{synthetic_root}]\nsize: 64\nepochs: 1\nbatch_size: 4\nworkers: 0\nmax_batches: 1\n")
+    assert main(["train", "--config", str(cfg), "--out", str(tmp_path / "r"), "--precision", "fp32"]) == 0
+    assert len(_history(tmp_path / "r")) == 1
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="torchrun with gloo is exercised on Linux")
+def test_ddp_two_processes_match_one(synthetic_root, tmp_path):
+    """torchrun with 2 Gloo processes writes checkpoints close to what one process writes."""
+    common = [
+        "--data", str(synthetic_root), "--size", "64", "--batch-size", "8", "--epochs", "1", "--workers", "0",
+        "--precision", "fp32", "--val-fraction", "0.2", "--lr", "0.05", "--threads", "1", "--loss", "bce",
+        "--optimizer", "sgd",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517"]
+    subprocess.run([*torchrun, "-m", "crackseg", "train", "--out", str(tmp_path / "ddp"), *common], check=True, env=env)
+    assert main(["train", "--out", str(tmp_path / "one"), *common]) == 0
+    ddp = torch.load(tmp_path / "ddp" / "last.pt", weights_only=True)["model"]
+    one = torch.load(tmp_path / "one" / "last.pt", weights_only=True)["model"]
+    torch.manual_seed(0)
+    init = build_model("pspnet").state_dict()  # both runs start from this (seed 0)
+    assert set(ddp) == set(one) == set(init)
+    weights = [k for k in one if one[k].is_floating_point() and "running" not in k]
+    diff = sum(((ddp[k] - one[k]) ** 2).sum().item() for k in weights) ** 0.5
+    moved = sum(((one[k] - init[k]) ** 2).sum().item() for k in weights) ** 0.5
+    # The processes see the same global batches; only batch-norm statistics differ (per process on CPU, where
+    # SyncBatchNorm does not run), so the runs end closer to each other than to where they started; different
+    # batches or missing gradient averaging give diff ≈ moved. (SGD, because Adam's first steps are
+    # lr·sign(gradient), which turns tiny batch-norm differences into full-size steps.)
+    assert moved > 0.05 and diff < 0.5 * moved, (diff, moved)
