@@ -32,13 +32,13 @@ def walk(mask, rng, start, heading, width, steps, branch_rate, depth=0) -> None:
             walk(mask, rng, point, heading + side, width * 0.6, int(steps * 0.3), branch_rate, depth + 1)
 
 
-def crack_network(height: int = 3000, width: int = 4000, n_cracks: int = 8, seed: int = 0) -> np.ndarray:
+def crack_network(height: int = 3000, width: int = 4000, n_cracks: int = 6, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     mask = np.zeros((height, width), np.uint8)
     for _ in range(n_cracks):
         start = rng.uniform([0, 0], [width, height])
         heading = np.arctan2(height / 2 - start[1], width / 2 - start[0]) + rng.normal(0, 0.5)
-        walk(mask, rng, start, heading, rng.uniform(4, 12), int(rng.integers(80, 160)), branch_rate=0.06)
+        walk(mask, rng, start, heading, rng.uniform(4, 12), int(rng.integers(60, 140)), branch_rate=0.04)
     return mask.astype(bool)
 
 
@@ -46,10 +46,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--height", type=int, default=3000)
     parser.add_argument("--width", type=int, default=4000)
+    parser.add_argument("--cracks", type=int, default=6, help="main cracks (each throws off branches)")
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
 
-    mask = crack_network(args.height, args.width)
+    mask = crack_network(args.height, args.width, args.cracks)
     print(f"mask {args.width}×{args.height}, crack pixels {mask.mean():.2%}")
     measure(mask[:512, :512])  # warm-up: imports and first-call costs stay out of the timing
     walls, cpus = [], []

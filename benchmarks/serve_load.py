@@ -27,6 +27,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import torch
 from PIL import Image
 
 from crackseg.images import encode_image
@@ -44,6 +45,7 @@ def model_weights(args, scratch: Path) -> tuple[str, str]:
         return str(resolve_weights(None, args.model)), args.model or "shipped default model"
     except (ModelError, FileNotFoundError):
         config = ModelConfig(arch="unet", encoder="resnet18", train_size=448, name="random-unet-r18")
+        torch.manual_seed(0)  # the same weights every run, so exported/int8 models are reused from the cache
         path = save_model(build_model("unet", "resnet18"), config, scratch / "random-unet-r18")
         return str(path), "random-init unet/resnet18 (no shipped model yet: timings only)"
 
@@ -62,12 +64,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(weights: str, port: int, workers: int, log_path: Path) -> subprocess.Popen:
+def start_server(weights: str, port: int, args, log_path: Path) -> subprocess.Popen:
     command = [sys.executable, "-m", "crackseg", "serve", "--weights", weights, "--port", str(port)]
-    command += ["--workers", str(workers)]
+    command += ["--workers", str(args.workers), "--backend", args.backend, "--precision", args.precision]
     log = open(log_path, "w")  # noqa: SIM115 - closed with the process
     server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 180
+    deadline = time.monotonic() + 900  # the first `auto` start may export and calibrate an int8 model
     while time.monotonic() < deadline:
         if server.poll() is not None:
             raise RuntimeError(f"server exited with {server.returncode}:\n{log_path.read_text()}")
@@ -78,7 +80,7 @@ def start_server(weights: str, port: int, workers: int, log_path: Path) -> subpr
             pass
         time.sleep(0.5)
     server.terminate()
-    raise RuntimeError(f"server did not answer within 180 s:\n{log_path.read_text()}")
+    raise RuntimeError(f"server did not answer within 900 s:\n{log_path.read_text()}")
 
 
 def check(client: httpx.Client, response: httpx.Response, size: tuple[int, int]) -> str | None:
@@ -156,6 +158,8 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--workers", type=int, default=2, help="the server's --workers")
+    parser.add_argument("--backend", default="auto", help="the server's --backend")
+    parser.add_argument("--precision", default="auto", help="the server's --precision")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="crackseg-load-") as scratch:
@@ -166,11 +170,15 @@ def main() -> int:
         log_path = Path(scratch) / "server.log"
         print(f"model: {described}")
         print(
-            f"server: 127.0.0.1:{port}, --workers {args.workers}; {os.cpu_count()} CPUs; "
+            f"server: 127.0.0.1:{port}, --workers {args.workers} --backend {args.backend} "
+            f"--precision {args.precision}; {os.cpu_count()} CPUs; "
             f"{args.requests} requests from {args.clients} clients; "
             f"photos {', '.join(f'{k} ({len(v) // 1024} kB JPEG)' for k, v in data.items())}"
         )
-        server = start_server(weights, port, args.workers, log_path)
+        server = start_server(weights, port, args, log_path)
+        for line in log_path.read_text().splitlines():
+            if line.startswith(("model ", "backend auto")):
+                print(f"server: {line}")
         try:
             results, wall = run_clients(f"http://127.0.0.1:{port}", jobs, data, args.clients)
         finally:

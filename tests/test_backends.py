@@ -1,4 +1,4 @@
-"""ONNX export, the export cache, int8 calibration, and ONNX Runtime / OpenVINO backends against fp32 PyTorch."""
+"""ONNX export, its cache, int8 calibration, and the ONNX Runtime / OpenVINO backends against fp32 PyTorch."""
 
 from __future__ import annotations
 
@@ -106,8 +106,12 @@ def test_fp32_backends_agree_with_torch(exported, tiny_model_dir, image, referen
 
 def test_small_image_is_padded_to_the_fixed_tile(exported, tiny_model_dir):
     small = synthetic_crack((40, 50), seed=2)[0]
-    torch_prob = make_segmenter(tiny_model_dir, backend="torch", precision="fp32", tile=TILE).predict_prob(small)
-    onnx_prob = make_segmenter(tiny_model_dir, backend="onnx", precision="fp32", tile=TILE).predict_prob(small)
+    torch_prob = make_segmenter(tiny_model_dir, backend="torch", precision="fp32", tile=TILE).predict_prob(
+        small
+    )
+    onnx_prob = make_segmenter(tiny_model_dir, backend="onnx", precision="fp32", tile=TILE).predict_prob(
+        small
+    )
     assert onnx_prob.shape == (40, 50)
     # torch pads only to the network's stride, onnx to the tile: same content, nearly the same output
     assert agreement(torch_prob, onnx_prob)["f1"] >= 0.98
@@ -120,7 +124,7 @@ def test_calibration_crops_from_a_data_folder(synthetic_root, tiny):
     assert [b.shape for b in batches] == [(2, 3, 48, 48), (2, 3, 48, 48), (1, 3, 48, 48)]
     assert len(crops) == 3
     again = list(crops)  # re-iterable and deterministic, as quantizers may read it twice
-    assert all(np.array_equal(a, b) for a, b in zip(batches, again))
+    assert all(np.array_equal(a, b) for a, b in zip(batches, again, strict=True))
     assert "syn" in crops.describe() or str(synthetic_root) in crops.describe()
 
 
@@ -135,7 +139,9 @@ def test_int8_calibration_runs_and_auto_uses_it_only_if_accurate(
     engine, figures = backends.verified_int8(weights, net, config, TILE, backend, crops)
     assert engine.precision == "int8" and engine.fixed_size == TILE
     assert set(figures) == {"f1", "p999"}
-    segmenter = make_segmenter(tiny_model_dir, backend=backend, precision="int8", tile=TILE, calibration_crops=4)
+    segmenter = make_segmenter(
+        tiny_model_dir, backend=backend, precision="int8", tile=TILE, calibration_crops=4
+    )
     prob = segmenter.predict_prob(image)
     assert prob.shape == image.shape[:2]
     auto = make_segmenter(tiny_model_dir, tile=TILE, calibration_crops=4).backend

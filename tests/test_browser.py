@@ -30,9 +30,7 @@ def free_port() -> int:
 def server_url():
     """The real server (uvicorn, HTTP on 127.0.0.1) in a thread, with the darkness stand-in model."""
     port = free_port()
-    config = uvicorn.Config(
-        create_app(darkness_segmenter()), host="127.0.0.1", port=port, log_level="warning"
-    )
+    config = uvicorn.Config(create_app(darkness_segmenter()), host="127.0.0.1", port=port, log_level="warning")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

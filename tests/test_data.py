@@ -35,7 +35,11 @@ def test_khanhha_layout_with_jpg_masks(tmp_path):
     """train/test splits with JPG masks: JPEG grey values are binarised back to the drawn mask."""
     for split in ("train", "test"):
         for i, name in enumerate(["CFD_001", "CFD_002", "noncrack_003"]):
-            mask = _write_pair(tmp_path / split / "images" / f"{name}.jpg", tmp_path / split / "masks" / f"{name}.jpg", seed=i)
+            mask = _write_pair(
+                tmp_path / split / "images" / f"{name}.jpg",
+                tmp_path / split / "masks" / f"{name}.jpg",
+                seed=i,
+            )
     pairs = find_pairs(tmp_path)
     assert len(pairs) == 6
     assert {p.source for p in pairs} == {"CFD", "noncrack"}

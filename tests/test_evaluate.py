@@ -169,18 +169,14 @@ def _run_error(argv, capsys) -> str:
 def test_missing_mask_is_a_clear_error(synthetic_root, tiny_model_dir, tmp_path, capsys):
     root = write_synthetic_dataset(tmp_path / "d", 2, size=(32, 32))
     (root / "train" / "masks" / "syn_001.png").unlink()
-    message = _run_error(
-        ["evaluate", "--data", str(root), "--weights", str(tiny_model_dir), "--out", "x"], capsys
-    )
+    message = _run_error(["evaluate", "--data", str(root), "--weights", str(tiny_model_dir), "--out", "x"], capsys)
     assert message.startswith("error:") and "syn_001.jpg: image has no mask" in message
 
 
 def test_size_mismatch_is_a_clear_error(tiny_model_dir, tmp_path, capsys):
     root = write_synthetic_dataset(tmp_path / "d", 2, size=(32, 32))
     write_image(root / "train" / "masks" / "syn_000.png", np.zeros((30, 32), np.uint8))
-    message = _run_error(
-        ["evaluate", "--data", str(root), "--weights", str(tiny_model_dir), "--out", "x"], capsys
-    )
+    message = _run_error(["evaluate", "--data", str(root), "--weights", str(tiny_model_dir), "--out", "x"], capsys)
     assert "syn_000.png" in message and "32×30" in message
 
 
@@ -196,9 +192,7 @@ def test_empty_dataset_is_a_clear_error(tiny_model_dir, tmp_path, capsys):
 def test_weights_that_are_not_a_crackseg_model(synthetic_root, tmp_path, capsys):
     bogus = tmp_path / "model.safetensors"
     bogus.write_bytes(b"not a model at all")
-    message = _run_error(
-        ["evaluate", "--data", str(synthetic_root), "--weights", str(bogus), "--out", "x"], capsys
-    )
+    message = _run_error(["evaluate", "--data", str(synthetic_root), "--weights", str(bogus), "--out", "x"], capsys)
     assert "not a crackseg model" in message
 
 

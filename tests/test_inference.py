@@ -60,7 +60,7 @@ def test_predict_accepts_paths_pil_and_arrays(tiny_model_dir, tmp_path):
     from_path = seg.predict(tmp_path / "x.png").prob
     assert np.allclose(from_path, seg.predict(Image.open(tmp_path / "x.png")).prob)
     assert np.allclose(from_path, seg.predict(image).prob)
-    gray16 = (image[:, :, 0].astype(np.uint16) * 257)
+    gray16 = image[:, :, 0].astype(np.uint16) * 257
     assert seg.predict(gray16).prob.shape == (40, 60)
     rgba = np.dstack([image, np.full((40, 60), 255, np.uint8)])
     assert np.allclose(seg.predict(rgba).prob, from_path)

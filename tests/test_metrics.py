@@ -57,17 +57,13 @@ def test_false_positives_on_empty_truth_score_zero():
 def test_perfect_prediction():
     truth = np.zeros((6, 6), bool)
     truth[2, :] = True
-    _check(
-        image_scores(truth, truth), tp=6, fp=0, fn=0, tn=30, iou=1, precision=1, recall=1, f1=1, accuracy=1
-    )
+    _check(image_scores(truth, truth), tp=6, fp=0, fn=0, tn=30, iou=1, precision=1, recall=1, f1=1, accuracy=1)
 
 
 def test_all_wrong_prediction():
     truth = np.zeros((4, 4), bool)
     truth[:, 0] = True
-    _check(
-        image_scores(~truth, truth), tp=0, fp=12, fn=4, tn=0, iou=0, precision=0, recall=0, f1=0, accuracy=0
-    )
+    _check(image_scores(~truth, truth), tp=0, fp=12, fn=4, tn=0, iou=0, precision=0, recall=0, f1=0, accuracy=0)
 
 
 def test_empty_prediction_of_cracked_image():
@@ -140,9 +136,7 @@ def test_sweep_summary_matches_brute_force():
 
     dataset_f1 = [scores(*brute[:, k].sum(axis=0))["f1"] for k in range(len(THRESHOLDS))]
     per_image_f1 = [[scores(*brute[i, k])["f1"] for k in range(len(THRESHOLDS))] for i in range(len(images))]
-    mean_iou = [
-        np.mean([scores(*brute[i, k])["iou"] for i in range(len(images))]) for k in range(len(THRESHOLDS))
-    ]
+    mean_iou = [np.mean([scores(*brute[i, k])["iou"] for i in range(len(images))]) for k in range(len(THRESHOLDS))]
 
     assert result["ods_f1"] == pytest.approx(max(dataset_f1))
     assert result["ods_threshold"] == pytest.approx(THRESHOLDS[int(np.argmax(dataset_f1))])
@@ -184,9 +178,7 @@ def test_tolerance_counts_match_brute_force(radius):
     rng = np.random.default_rng(int(radius * 10))
     for _ in range(5):
         truth, pred = rng.random((20, 24)) < 0.08, rng.random((20, 24)) < 0.08
-        np.testing.assert_array_equal(
-            tolerance_counts(pred, truth, radius), _brute_tolerance(pred, truth, radius)
-        )
+        np.testing.assert_array_equal(tolerance_counts(pred, truth, radius), _brute_tolerance(pred, truth, radius))
 
 
 def test_tolerance_f1_hand_computed():
@@ -226,6 +218,16 @@ def test_boundary_of_square_and_of_mask_touching_the_edge():
     full = np.ones((3, 4), bool)
     assert boundary(full).sum() == 10  # the image edge counts as background
     assert not boundary(np.zeros((3, 4), bool)).any()
+
+
+def test_boundary_matches_skimage_inner_boundaries():
+    from skimage.segmentation import find_boundaries
+
+    rng = np.random.default_rng(5)
+    for _ in range(5):
+        mask = rng.random((25, 31)) < 0.4
+        expected = find_boundaries(np.pad(mask, 1), mode="inner", connectivity=1)[1:-1, 1:-1]
+        np.testing.assert_array_equal(boundary(mask), expected)
 
 
 @pytest.mark.parametrize(

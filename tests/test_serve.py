@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -147,10 +148,10 @@ def test_rethreshold_and_csv_use_the_kept_probabilities(dark_client):
 
 
 def test_downloads_are_named_after_the_upload_safely(dark_client):
-    body = post(dark_client, png_bytes(drawn_cracks_photo()), name='../mur "nord" 裂缝.png').json()
+    body = post(dark_client, png_bytes(drawn_cracks_photo()), name="../dir/mur nord 裂缝.png").json()
     response = dark_client.get(body["urls"]["csv"])
     assert response.status_code == 200
-    assert response.headers["content-disposition"] == 'attachment; filename="mur__nord____cracks.csv"'
+    assert response.headers["content-disposition"] == 'attachment; filename="mur_nord____cracks.csv"'
 
 
 def test_photo_is_turned_upright_by_its_exif_orientation(dark_client):
@@ -222,9 +223,7 @@ def test_too_many_pixels_is_413(strict_client):
 
 
 def test_not_an_image_is_415(dark_client):
-    response = dark_client.post(
-        "/api/predict", files={"file": ("notes.txt", b"hello, not a photo", "text/plain")}
-    )
+    response = dark_client.post("/api/predict", files={"file": ("notes.txt", b"hello, not a photo", "text/plain")})
     assert response.status_code == 415
     assert "notes.txt: not an image" in response.json()["detail"]
 
@@ -312,9 +311,7 @@ def test_inference_runs_off_the_event_loop(dark_client):
     app = create_app(CrackSegmenter(None, config, backend=SlowBackend(config)), workers=1)
     with TestClient(app) as client:
         answer = {}
-        worker = threading.Thread(
-            target=lambda: answer.update(r=post(client, png_bytes(drawn_cracks_photo())))
-        )
+        worker = threading.Thread(target=lambda: answer.update(r=post(client, png_bytes(drawn_cracks_photo()))))
         worker.start()
         assert started.wait(timeout=30)
         assert client.get("/api/health").json()["pending"] == 1  # answered while the network is busy
@@ -343,3 +340,33 @@ def test_serve_command_binds_loopback_by_default_and_warns_otherwise(tiny_model_
     assert main(["serve", "--weights", str(tiny_model_dir), "--host", "0.0.0.0", "--port", "8123"]) == 0
     assert calls[-1][1]["host"] == "0.0.0.0" and calls[-1][1]["port"] == 8123
     assert "warning: listening on 0.0.0.0" in capsys.readouterr().err
+
+
+def test_the_network_is_never_entered_by_two_threads_at_once():
+    """Some backends (an OpenVINO infer request) break when two workers call them together."""
+
+    class OneAtATime(DarknessBackend):
+        busy = threading.Lock()
+
+        def __call__(self, batch):
+            if not self.busy.acquire(blocking=False):
+                raise RuntimeError("backend entered by two threads at once")
+            try:
+                time.sleep(0.05)  # widen the window in which a second call would overlap
+                return super().__call__(batch)
+            finally:
+                self.busy.release()
+
+    config = ModelConfig(train_size=64)  # 200×240 photo: 4×5 tiles, 5 batches of 4 per request
+    app = create_app(CrackSegmenter(None, config, backend=OneAtATime(config)), workers=3)
+    with TestClient(app) as client:
+        answers = []
+        threads = [
+            threading.Thread(target=lambda: answers.append(post(client, png_bytes(drawn_cracks_photo()))))
+            for _ in range(3)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+    assert [a.status_code for a in answers] == [200, 200, 200]

@@ -29,7 +29,14 @@ def _history(run: Path) -> list[dict]:
 
 def test_two_epochs_write_every_file(synthetic_root, tmp_path):
     run = train(_args(synthetic_root, tmp_path / "run"))
-    for name in ("last.pt", "history.csv", "loss_curve.png", "run.json", "best/model.safetensors", "best/config.json"):
+    for name in (
+        "last.pt",
+        "history.csv",
+        "loss_curve.png",
+        "run.json",
+        "best/model.safetensors",
+        "best/config.json",
+    ):
         assert (run / name).is_file(), name
     history = _history(run)
     assert [int(h["epoch"]) for h in history] == [1, 2]
@@ -86,7 +93,15 @@ def test_ddp_two_processes_match_one(synthetic_root, tmp_path):
         "--optimizer", "sgd",
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517"]
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29517",
+    ]
     subprocess.run([*torchrun, "-m", "crackseg", "train", "--out", str(tmp_path / "ddp"), *common], check=True, env=env)
     assert main(["train", "--out", str(tmp_path / "one"), *common]) == 0
     ddp = torch.load(tmp_path / "ddp" / "last.pt", weights_only=True)["model"]

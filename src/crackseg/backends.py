@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -21,11 +22,12 @@ import torch
 from crackseg.export import (
     INPUT_NAME,
     CalibrationCrops,
+    cache_dir,
     cached_int8,
     cached_onnx,
-    cache_dir,
     nncf_available,
 )
+from crackseg.images import atomic_write_bytes
 from crackseg.inference import CrackSegmenter, TorchBackend, cpu_has_bf16_matrix_engine, sigmoid
 from crackseg.models import ModelConfig, load_model, resolve_weights
 
@@ -42,11 +44,13 @@ class BackendError(RuntimeError):
 
 
 class OnnxBackend:
-    """ONNX Runtime on an exported fixed-tile model (fp32, or int8 QDQ); the CUDA provider when device is cuda."""
+    """ONNX Runtime on an exported fixed-tile model (fp32 or int8 QDQ); CUDA provider when device is cuda."""
 
     name = "onnx"
 
-    def __init__(self, path: str | Path, precision: str = "fp32", device: str = "cpu", threads: int | None = None):
+    def __init__(
+        self, path: str | Path, precision: str = "fp32", device: str = "cpu", threads: int | None = None
+    ):
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -54,7 +58,9 @@ class OnnxBackend:
         providers: list = ["CPUExecutionProvider"]
         if device.startswith("cuda"):
             if "CUDAExecutionProvider" not in ort.get_available_providers():
-                raise BackendError("ONNX Runtime has no CUDA provider here; install onnxruntime-gpu or use --device cpu")
+                raise BackendError(
+                    "ONNX Runtime has no CUDA provider here; install onnxruntime-gpu or use --device cpu"
+                )
             index = int(device.split(":")[1]) if ":" in device else 0
             providers.insert(0, ("CUDAExecutionProvider", {"device_id": index}))
         self.session = ort.InferenceSession(str(path), options, providers=providers)
@@ -87,16 +93,19 @@ class OpenVinoBackend:
         }
         path = Path(path)
         self.compiled = core.compile_model(str(path / "model.xml" if path.is_dir() else path), "CPU", config)
-        self.request = self.compiled.create_infer_request()
+        self._local = threading.local()  # an infer request serves one call at a time: one per thread
         self.precision, self.path = precision, Path(path)
         self.fixed_size = int(self.compiled.input(0).get_partial_shape()[3].get_length())
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
-        out = self.request.infer({0: np.ascontiguousarray(batch, np.float32)})[0]
+        request = getattr(self._local, "request", None)
+        if request is None:
+            request = self._local.request = self.compiled.create_infer_request()
+        out = request.infer({0: np.ascontiguousarray(batch, np.float32)})[0]
         return out[:, 0].copy()  # the request reuses its output buffer on the next call
 
 
-# --- agreement with fp32 PyTorch -----------------------------------------------------------------------------
+# --- agreement with fp32 PyTorch ----------------------------------------------------------------------------
 
 
 def agreement(reference: np.ndarray, prob: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
@@ -112,36 +121,48 @@ def is_accurate(figures: dict[str, float]) -> bool:
     return figures["f1"] >= MIN_MASK_F1 and figures["p999"] <= MAX_PROB_DIFF_P999
 
 
-def measure_agreement(engine, net: torch.nn.Module, batches) -> dict[str, float]:
+def measure_agreement(engine, net: torch.nn.Module, batches, threshold: float = 0.5) -> dict[str, float]:
     """Agreement of a backend with fp32 PyTorch on normalised batches (pooled over all their pixels)."""
     reference, probs = [], []
     fp32 = TorchBackend(net, "fp32")
     for batch in batches:
         reference.append(sigmoid(fp32(batch)))
         probs.append(sigmoid(engine(batch)))
-    return agreement(np.concatenate(reference), np.concatenate(probs))
+    return agreement(np.concatenate(reference), np.concatenate(probs), threshold)
 
 
-def verified_int8(weights: Path, net, config: ModelConfig, tile: int, backend: str, crops: CalibrationCrops):
-    """Build (or reuse) the int8 model and its agreement with fp32 PyTorch on crops not used for calibration.
+def verified_int8(
+    weights: Path,
+    net,
+    config: ModelConfig,
+    tile: int,
+    backend: str,
+    crops: CalibrationCrops,
+    require_accurate: bool = False,
+):
+    """The int8 engine and its agreement with fp32 PyTorch on validation crops (never calibration crops).
 
-    The figures are cached next to the model, so `auto` decides without measuring again.
+    The model and its figures are cached, so `auto` decides without calibrating or measuring again, and an
+    int8 model already known to be inaccurate is not even loaded when `require_accurate` is set.
     """
     path = cached_int8(weights, net, config, tile, backend, crops)
     record = Path(f"{path}.agreement.json")
-    engine = OnnxBackend(path, "int8") if backend == "onnx" else OpenVinoBackend(path, "int8")
-    if record.is_file():
-        figures = json.loads(record.read_text())
-    else:
-        held_out = CalibrationCrops(config, tile, count=16, data=crops.data, seed=crops.seed + 10_000)
-        figures = measure_agreement(engine, net, held_out)
-        from crackseg.images import atomic_write_bytes
-
+    figures = json.loads(record.read_text()) if record.is_file() else None
+    if figures is None or is_accurate(figures) or not require_accurate:
+        engine = OnnxBackend(path, "int8") if backend == "onnx" else OpenVinoBackend(path, "int8")
+    if figures is None:
+        held_out = CalibrationCrops(config, tile, count=16, data=crops.data, seed=crops.seed, split="val")
+        figures = measure_agreement(engine, net, held_out, config.threshold)
         atomic_write_bytes(record, json.dumps(figures).encode())
+    if require_accurate and not is_accurate(figures):
+        raise BackendError(
+            f"{backend} int8 disagrees with fp32 on validation crops "
+            f"(mask F1 {figures['f1']:.3f}, p99.9 |Δp| {figures['p999']:.3f})"
+        )
     return engine, figures
 
 
-# --- choosing ------------------------------------------------------------------------------------------------
+# --- choosing -----------------------------------------------------------------------------------------------
 
 
 def auto_candidates(device: str = "cpu") -> list[tuple[str, str]]:
@@ -184,18 +205,16 @@ def build_backend(
     if backend not in BACKENDS:
         raise BackendError(f"backend {backend!r}: expected auto or one of {', '.join(BACKENDS)}")
     if device.startswith("cuda") and backend == "openvino":
-        raise BackendError("the openvino backend runs on the CPU only; use --device cpu or --backend onnx/torch")
+        raise BackendError(
+            "the openvino backend runs on the CPU only; use --device cpu or --backend onnx/torch"
+        )
     if precision == "int8":
         if backend == "openvino" and not nncf_available():
             raise BackendError("openvino int8 needs NNCF: pip install nncf (or use --backend onnx)")
         if backend == "onnx" and device.startswith("cuda"):
             raise BackendError("int8 runs on the CPU only; use --device cpu")
-        engine, figures = verified_int8(weights, net, config, tile, backend, crops or CalibrationCrops(config, tile))
-        if require_accurate and not is_accurate(figures):
-            raise BackendError(
-                f"{backend} int8 disagrees with fp32 (mask F1 {figures['f1']:.3f}, p99.9 |Δp| {figures['p999']:.3f})"
-            )
-        return engine
+        crops = crops or CalibrationCrops(config, tile)
+        return verified_int8(weights, net, config, tile, backend, crops, require_accurate)[0]
     onnx_path = cached_onnx(weights, net, config, tile)
     if backend == "onnx":
         if precision == "bf16":
@@ -217,22 +236,26 @@ def announce(message: str) -> None:
 def choose_backend(backend, precision, weights, net, config, tile, device="cpu", crops=None):
     """Resolve auto backend/precision to the first candidate that builds (and is accurate, for int8)."""
     candidates = [
-        (b, p)
-        for b, p in auto_candidates(device)
-        if backend in ("auto", b) and precision in ("auto", p)
+        (b, p) for b, p in auto_candidates(device) if backend in ("auto", b) and precision in ("auto", p)
     ]
     if not candidates:  # e.g. --backend onnx --precision auto on a bf16 CPU: its fp32 path
-        candidates = [(backend if backend != "auto" else "torch", precision if precision != "auto" else "fp32")]
+        candidates = [
+            (backend if backend != "auto" else "torch", precision if precision != "auto" else "fp32")
+        ]
     problems = []
     for name, prec in candidates:
         try:
-            engine = build_backend(name, prec, weights, net, config, tile, device, crops, require_accurate=True)
+            engine = build_backend(
+                name, prec, weights, net, config, tile, device, crops, require_accurate=True
+            )
         except Exception as err:  # a failing backend must not stop prediction: try the next one
             problems.append(f"{name} {prec}: {err}")
             log.info("auto: %s %s unavailable: %s", name, prec, err)
             continue
         reason = "; skipped " + "; ".join(problems) if problems else ""
-        announce(f"backend auto: {engine.name} {engine.precision} (fastest accurate choice on this CPU{reason})")
+        announce(
+            f"backend auto: {engine.name} {engine.precision} (fastest accurate choice on this CPU{reason})"
+        )
         return engine
     raise BackendError("no backend could be built: " + "; ".join(problems))
 
@@ -249,7 +272,7 @@ def make_segmenter(
 ) -> CrackSegmenter:
     """A CrackSegmenter for a weights path or shipped model name, on the requested backend and precision.
 
-    `calibration_data`: crackseg data folder(s) whose training crops calibrate int8 (default: synthetic crops).
+    `calibration_data`: crackseg data folder(s) whose training crops calibrate int8 (default: generated).
     """
     path = resolve_weights(weights, model)
     net, config = load_model(path)

@@ -167,6 +167,15 @@ def cmd_measure(args) -> int:
     return 1 if failures else 0
 
 
+def cmd_export(args) -> int:
+    from crackseg.export import export_model
+
+    data, crops = args.calibration_data, args.calibration_crops
+    path, summary = export_model(args.weights, args.model, args.out, args.tile, args.precision, data, crops)
+    print(f"wrote {path}: {summary}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="crackseg", description="Crack segmentation and measurement.")
     parser.add_argument("--version", action="version", version=f"crackseg {__version__}")
@@ -226,6 +235,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-length", type=float, default=10.0, help="drop (and count) shorter cracks, in px")
     add_model_arguments(p)
     p.set_defaults(func=cmd_measure)
+
+    p = sub.add_parser("export", help="export a model to ONNX at a fixed tile size (checked against PyTorch)")
+    p.add_argument("--weights", help="a trained model: model.safetensors, its folder, or a run folder")
+    p.add_argument("--model", help="a shipped model by name (default: the default model)")
+    p.add_argument("-o", "--out", required=True, help="output .onnx file")
+    p.add_argument("--tile", type=int, help="the model's fixed tile size (default: its training size)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "int8"], help="int8: static QDQ model")
+    p.add_argument("--calibration-data", nargs="+", help="int8: data folders whose training crops calibrate")
+    p.add_argument("--calibration-crops", type=int, default=300, help="int8: number of calibration crops")
+    p.set_defaults(func=cmd_export)
     return parser
 
 

@@ -116,9 +116,7 @@ def _check_size(pair: Pair) -> None:
         )
 
 
-def find_pairs(
-    root: str | Path, skip_unpaired: bool = False, exclude_splits: tuple[str, ...] = ()
-) -> list[Pair]:
+def find_pairs(root: str | Path, skip_unpaired: bool = False, exclude_splits: tuple[str, ...] = ()) -> list[Pair]:
     """All image/mask pairs under `root`, sorted by path; sizes are checked from the file headers."""
     root = Path(root)
     if not root.is_dir():

@@ -157,9 +157,7 @@ def evaluate_pairs(
     return records, kept
 
 
-def summarize(
-    records: list[ImageRecord], condition: str, tolerance: float | None, curve: bool = True
-) -> dict:
+def summarize(records: list[ImageRecord], condition: str, tolerance: float | None, curve: bool = True) -> dict:
     """Per-image means, dataset-level scores, the sweep, HD95 and tolerance F1 of one condition."""
     results = [r.results[condition] for r in records]
     out = {"images": len(results)} | dataset_scores(np.stack([r.counts for r in results]))
@@ -188,8 +186,7 @@ def summarize_condition(records: list[ImageRecord], condition: str, tolerance: f
     out = summarize(records, condition, tolerance)
     sources = sorted({r.pair.source for r in records})
     out["per_source"] = {
-        s: summarize([r for r in records if r.pair.source == s], condition, tolerance, curve=False)
-        for s in sources
+        s: summarize([r for r in records if r.pair.source == s], condition, tolerance, curve=False) for s in sources
     }
     return out
 
@@ -286,9 +283,7 @@ def per_image_csv(records: list[ImageRecord], tolerance: float | None) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     conditions = list(records[0].results)
-    columns = ["iou", "precision", "recall", "f1", "accuracy", "hd95"] + (
-        ["tolerance_f1"] if tolerance else []
-    )
+    columns = ["iou", "precision", "recall", "f1", "accuracy", "hd95"] + (["tolerance_f1"] if tolerance else [])
     header = ["name", "source", "image", "width", "height", "crack_fraction"]
     for condition in conditions:
         prefix = "" if condition == "clean" else f"{condition}_"
@@ -432,6 +427,7 @@ def pr_curve_figure(summaries: dict, threshold: float) -> Figure:
     for f1 in (0.2, 0.4, 0.6, 0.8):  # iso-F1 lines: P = F1·R / (2R − F1)
         r = np.linspace(f1 / 2 + 1e-3, 1, 100)
         ax_pr.plot(r, f1 * r / (2 * r - f1), color="0.85", lw=0.8)
+        ax_pr.text(1.0, f1 / (2 - f1), f" F1 {f1:g}", color="0.6", fontsize=7, va="center")
     for condition, summary in summaries.items():
         curve, sweep, micro = summary["sweep"]["curve"], summary["sweep"], summary["micro"]
         label = f"{condition}: ODS F1 {sweep['ods_f1']:.3f} @ {sweep['ods_threshold']:g}"
@@ -475,9 +471,7 @@ def pick_worst_best(records: list[ImageRecord], k: int) -> tuple[list[int], list
     return worst, best
 
 
-def write_figures(
-    segmenter, records, kept, random_sample, threshold, summaries, n_samples, scale, degrader, out_dir
-):
+def write_figures(segmenter, records, kept, random_sample, threshold, summaries, n_samples, scale, degrader, out_dir):
     """Write the report's figures; returns their file names."""
     figures = {
         "confusion_matrix.png": confusion_figure(summaries["clean"]["counts"]),
@@ -517,9 +511,7 @@ def write_figures(
             iou = {c: record.results[c].scores["iou"] for c in ("clean", "degraded")}
             label = f"{record.pair.name}  IoU {iou['clean']:.2f} → {iou['degraded']:.2f}"
             preds = kept[index]
-            rows.append(
-                (label, image, degrader(image, record.pair), preds["clean"], preds["degraded"], truth)
-            )
+            rows.append((label, image, degrader(image, record.pair), preds["clean"], preds["degraded"], truth))
         save_figure(degradation_figure(rows, scale, threshold), out_dir / "degradation.png")
         written.append("degradation.png")
     return written
@@ -617,8 +609,7 @@ def render_report(report: dict, records: list[ImageRecord], figures: list[str]) 
     for r in worst:
         s = r.results["clean"].scores
         lines.append(
-            f"| {r.pair.name} | {r.pair.source} | {100 * r.crack_fraction:.2f} | {_num(s['iou'])} | "
-            f"{_num(s['f1'])} |"
+            f"| {r.pair.name} | {r.pair.source} | {100 * r.crack_fraction:.2f} | {_num(s['iou'])} | {_num(s['f1'])} |"
         )
     software = ", ".join(f"{k} {v}" for k, v in report["software"].items())
     lines += ["", f"Software: {software}.", ""]

@@ -44,7 +44,7 @@ class ExportError(RuntimeError):
     """The model could not be exported, or the export does not match PyTorch."""
 
 
-# --- cache ---------------------------------------------------------------------------------------------------
+# --- cache --------------------------------------------------------------------------------------------------
 
 
 def cache_dir() -> Path:
@@ -73,7 +73,7 @@ def cache_path(weights: str | os.PathLike, tile: int, backend: str, precision: s
 
 
 def atomic_write_dir(final: Path, write) -> Path:
-    """Call `write(tmp_dir)` and rename the folder into place; if another process won the race, keep its copy."""
+    """Call `write(tmp_dir)`, then rename the folder into place; if another process won the race, keep its."""
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
     try:
@@ -87,7 +87,7 @@ def atomic_write_dir(final: Path, write) -> Path:
     return final
 
 
-# --- export --------------------------------------------------------------------------------------------------
+# --- export -------------------------------------------------------------------------------------------------
 
 
 def _export_dynamo(net: torch.nn.Module, example: torch.Tensor):
@@ -165,13 +165,17 @@ def export_onnx(net: torch.nn.Module, config: ModelConfig, path: str | os.PathLi
             errors.append(f"{exporter.__name__.strip('_')}: {type(err).__name__}: {str(err).splitlines()[0]}")
             log.info("ONNX export with %s failed, trying the next exporter", exporter.__name__)
     else:
-        raise ExportError(f"cannot export {config.arch}-{config.encoder} at tile {tile}: " + "; ".join(errors))
+        raise ExportError(
+            f"cannot export {config.arch}-{config.encoder} at tile {tile}: " + "; ".join(errors)
+        )
     metadata = {"crackseg_config": config.to_json(), "tile": str(tile), "torch": torch.__version__}
     onnx.helper.set_model_props(proto, metadata)
     data = proto.SerializeToString()
     diff = max_logit_difference(net, data, tile)
     if not diff < MAX_EXPORT_DIFF:
-        raise ExportError(f"exported model differs from PyTorch by {diff:.2e} in logits (limit {MAX_EXPORT_DIFF})")
+        raise ExportError(
+            f"exported model differs from PyTorch by {diff:.2e} in logits (limit {MAX_EXPORT_DIFF})"
+        )
     atomic_write_bytes(path, data)
     return Path(path)
 
@@ -186,14 +190,15 @@ def config_from_onnx(path: str | os.PathLike) -> ModelConfig:
     return ModelConfig.from_dict(json.loads(onnx_metadata(path)["crackseg_config"]))
 
 
-# --- int8 calibration ----------------------------------------------------------------------------------------
+# --- int8 calibration ---------------------------------------------------------------------------------------
 
 
 @dataclass
 class CalibrationCrops:
     """Re-iterable normalised float32 batches of `count` random `tile`² crops, for int8 calibration.
 
-    From the training split of crackseg data folders when `data` is given, else generated crack images.
+    From the `split` ("train" or "val", as `crackseg train` splits them) of crackseg data folders when
+    `data` is given, else generated crack images (whose seeds differ between the splits).
     """
 
     config: ModelConfig
@@ -202,28 +207,34 @@ class CalibrationCrops:
     data: list[str] = field(default_factory=list)
     batch_size: int = 8
     seed: int = 0
+    split: str = "train"
 
     def describe(self) -> str:
         source = ", ".join(map(str, self.data)) if self.data else "synthetic cracks"
-        return f"{self.count} random {self.tile}² crops of {source}"
+        return f"{self.count} random {self.tile}² crops of {source} ({self.split})"
 
     def crops(self):
         rng = np.random.default_rng(self.seed)
         if not self.data:
             from crackseg.synthetic import synthetic_crack
 
+            first = self.seed + (0 if self.split == "train" else 1_000_000)
             for i in range(self.count):
-                yield synthetic_crack((self.tile, self.tile), seed=self.seed + i, n_cracks=int(rng.integers(0, 3)))[0]
+                cracks = int(rng.integers(0, 3))
+                yield synthetic_crack((self.tile, self.tile), seed=first + i, n_cracks=cracks)[0]
             return
         from crackseg.data import find_all_pairs, split_pairs
         from crackseg.images import read_image
 
-        train, _ = split_pairs(find_all_pairs(self.data, skip_unpaired=True))
-        picks = np.sort(rng.choice(len(train), self.count, replace=len(train) < self.count))
+        pairs = dict(
+            zip(("train", "val"), split_pairs(find_all_pairs(self.data, skip_unpaired=True)), strict=True)
+        )
+        pairs = pairs[self.split]
+        picks = np.sort(rng.choice(len(pairs), self.count, replace=len(pairs) < self.count))
         image, loaded = None, -1
         for index in picks:
             if index != loaded:  # picks are sorted: each image is read once
-                image, loaded = read_image(train[index].image), index
+                image, loaded = read_image(pairs[index].image), index
             yield random_crop(image, self.tile, rng)
 
     def __iter__(self):
@@ -250,7 +261,9 @@ def random_crop(image: np.ndarray, tile: int, rng: np.random.Generator) -> np.nd
     return image[y : y + tile, x : x + tile]
 
 
-def quantize_onnx_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, crops: CalibrationCrops) -> Path:
+def quantize_onnx_int8(
+    fp32_path: str | os.PathLike, out_path: str | os.PathLike, crops: CalibrationCrops
+) -> Path:
     """Static post-training quantization for ONNX Runtime: QDQ, per-channel int8 weights, MinMax ranges."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -268,7 +281,9 @@ def quantize_onnx_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike
     with tempfile.TemporaryDirectory(dir=out_path.parent, prefix=".int8-") as tmp:
         prepared, tmp_model = Path(tmp) / "prepared.onnx", Path(tmp) / "int8.onnx"
         with _quiet():
-            quant_pre_process(str(fp32_path), str(prepared))  # shape inference + graph fusions, as ORT advises
+            quant_pre_process(
+                str(fp32_path), str(prepared)
+            )  # shape inference + graph fusions, as ORT advises
         quantize_static(
             str(prepared),
             str(tmp_model),
@@ -277,7 +292,6 @@ def quantize_onnx_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike
             per_channel=True,
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
-            extra_options={"CalibMaxIntermediateOutputs": 4},  # bounds calibration memory
         )
         _copy_metadata(fp32_path, tmp_model, {"int8_calibration": crops.describe()})
         atomic_write_bytes(out_path, tmp_model.read_bytes())
@@ -303,8 +317,10 @@ def _recursion_limit(limit: int):
         sys.setrecursionlimit(old)
 
 
-def quantize_openvino_int8(fp32_path: str | os.PathLike, out_dir: str | os.PathLike, crops: CalibrationCrops) -> Path:
-    """Static post-training quantization with NNCF; writes OpenVINO IR (model.xml + model.bin) to `out_dir`."""
+def quantize_openvino_int8(
+    fp32_path: str | os.PathLike, out_dir: str | os.PathLike, crops: CalibrationCrops
+) -> Path:
+    """Static post-training quantization with NNCF; writes OpenVINO IR (model.xml, model.bin) to `out_dir`."""
     import nncf
     import openvino as ov
 
@@ -329,7 +345,7 @@ def nncf_available() -> bool:
     return True
 
 
-# --- cached artefacts ----------------------------------------------------------------------------------------
+# --- cached artefacts ---------------------------------------------------------------------------------------
 
 
 def cached_onnx(weights: str | os.PathLike, net: torch.nn.Module, config: ModelConfig, tile: int) -> Path:
@@ -391,15 +407,17 @@ def export_model(
     elif precision == "int8":
         from crackseg.backends import verified_int8
 
-        data = [calibration_data] if isinstance(calibration_data, (str, Path)) else list(calibration_data or [])
+        data = (
+            [calibration_data] if isinstance(calibration_data, (str, Path)) else list(calibration_data or [])
+        )
         crops = CalibrationCrops(config, tile, count=calibration_crops, data=data)
-        if data:
+        if data:  # replaces a cached int8 model calibrated on synthetic crops
             cached_int8(weights_path, net, config, tile, "onnx", crops, refresh=True)
-        source = cached_int8(weights_path, net, config, tile, "onnx", crops)
-        _, figures = verified_int8(weights_path, net, config, tile, "onnx", crops)
+        engine, figures = verified_int8(weights_path, net, config, tile, "onnx", crops)
+        source = engine.path
         summary = (
-            f"int8 QDQ, tile {tile}, calibrated on {crops.describe()}; agreement with fp32 PyTorch on held-out "
-            f"crops: mask F1 {figures['f1']:.4f}, p99.9 |Δp| {figures['p999']:.4f}"
+            f"int8 QDQ, tile {tile}, calibrated on {crops.describe()}; agreement with fp32 PyTorch on "
+            f"validation crops: mask F1 {figures['f1']:.4f}, p99.9 |Δp| {figures['p999']:.4f}"
         )
     else:
         raise ValueError(f"--precision {precision!r}: export writes fp32 or int8 ONNX")

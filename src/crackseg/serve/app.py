@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import copy
 import csv
 import dataclasses
 import io
@@ -44,12 +45,8 @@ MB = 1024 * 1024
 FORM_OVERHEAD = 64 * 1024  # multipart boundaries, part headers and the small form fields around the file
 READABLE = "JPEG, PNG, TIFF, BMP or WebP"
 
-Threshold = Annotated[
-    float | None, Query(gt=0, lt=1, description="probability threshold (default: the request's)")
-]
-PixelSize = Annotated[
-    float | None, Query(gt=0, description="size of one pixel in mm, for lengths and widths in mm")
-]
+Threshold = Annotated[float | None, Query(gt=0, lt=1, description="probability threshold (default: the request's)")]
+PixelSize = Annotated[float | None, Query(gt=0, description="size of one pixel in mm, for lengths and widths in mm")]
 
 
 class UploadError(Exception):
@@ -68,9 +65,7 @@ def decode_upload(stream, name: str, max_pixels: int) -> np.ndarray:
     try:
         img = Image.open(stream)
     except UnidentifiedImageError:
-        raise UploadError(
-            415, f"{name}: not an image, or a format this server cannot read (send {READABLE})"
-        ) from None
+        raise UploadError(415, f"{name}: not an image, or a format this server cannot read (send {READABLE})") from None
     except Image.DecompressionBombError as err:
         raise UploadError(413, f"{name}: {err}") from None
     except (OSError, SyntaxError, ValueError) as err:
@@ -125,9 +120,7 @@ class ResultStore:
     def add(self, result: Result) -> str:
         with self._lock:
             self._purge_expired()
-            while (
-                self._items and sum(r.nbytes for r in self._items.values()) + result.nbytes > self.max_bytes
-            ):
+            while self._items and sum(r.nbytes for r in self._items.values()) + result.nbytes > self.max_bytes:
                 self._items.popitem(last=False)
             rid = secrets.token_urlsafe(16)  # 128 random bits: not guessable, not derived from the upload
             while rid in self._items:
@@ -257,9 +250,7 @@ class BodySizeLimit:
             return await self.app(scope, receive, send)
         length = dict(scope["headers"]).get(b"content-length", b"0")
         if not length.isdigit() or int(length) > self.max_bytes:
-            status, detail = (
-                (413, self.message) if length.isdigit() else (400, "invalid Content-Length header")
-            )
+            status, detail = (413, self.message) if length.isdigit() else (400, "invalid Content-Length header")
             return await JSONResponse({"detail": detail}, status)(scope, receive, send)
         received = 0
 
@@ -272,6 +263,20 @@ class BodySizeLimit:
             return message
 
         await self.app(scope, limited_receive, send)
+
+
+class SerialBackend:
+    """Lets one network call run at a time. Some engines must not be entered from two threads at once (an
+    OpenVINO infer request), and on a CPU one call already uses every core; the workers still overlap
+    decoding, tiling, blending, measuring and encoding."""
+
+    def __init__(self, backend):
+        self.inner, self.lock = backend, threading.Lock()
+        self.name, self.precision, self.fixed_size = backend.name, backend.precision, backend.fixed_size
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        with self.lock:
+            return self.inner(batch)
 
 
 def model_info(segmenter) -> dict:
@@ -302,12 +307,17 @@ def create_app(
     """The crackseg web app around one shared segmenter (a `CrackSegmenter` or anything with its interface).
 
     max_upload_mb: larger uploads get 413. max_pixels: larger images get 413 (default and ceiling: the
-    segmenter's own limit). workers: threads running inference at once. max_pending: requests allowed to wait
+    segmenter's own limit). workers: photos processed at once (the network itself runs one batch at a time,
+    see `SerialBackend`). max_pending: requests allowed to wait
     for or run in the pool (default 8 per worker); more get 503. result_ttl_s: how long results can be
     fetched. max_result_mb: memory for kept results; the oldest go first when it is full.
     """
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
+    if not result_ttl_s > 0:
+        raise ValueError(f"result_ttl_s must be positive, got {result_ttl_s}")
+    segmenter = copy.copy(segmenter)  # the caller's segmenter keeps its own backend
+    segmenter.backend = SerialBackend(segmenter.backend)
     max_upload_bytes = int(max_upload_mb * MB)
     max_pixels = int(min(max_pixels or segmenter.max_pixels, segmenter.max_pixels))
     max_pending = max_pending or 8 * workers
@@ -326,7 +336,7 @@ def create_app(
 
         async def purge_forever():
             while True:  # expired results leave memory even when no request comes to trigger a purge
-                await asyncio.sleep(min(result_ttl_s, 30))
+                await asyncio.sleep(min(max(result_ttl_s, 1), 30))
                 store.purge()
 
         purger = asyncio.create_task(purge_forever())
@@ -365,9 +375,7 @@ def create_app(
 
     def stem(result: Result) -> str:
         # ASCII only: header values are latin-1, and a quote or slash must not reach Content-Disposition.
-        safe = "".join(
-            c if (c.isascii() and c.isalnum()) or c in "-_" else "_" for c in Path(result.name).stem
-        )
+        safe = "".join(c if (c.isascii() and c.isalnum()) or c in "-_" else "_" for c in Path(result.name).stem)
         return safe[:80] or "photo"
 
     @app.get("/", include_in_schema=False)
@@ -388,9 +396,7 @@ def create_app(
         file: Annotated[UploadFile, File(description=f"the photo ({READABLE})")],
         threshold: Annotated[float | None, Form(gt=0, lt=1)] = None,
         pixel_size_mm: Annotated[float | None, Form(gt=0)] = None,
-        inline: Annotated[
-            bool, Query(description="return the images as base64 data URLs; keep nothing")
-        ] = False,
+        inline: Annotated[bool, Query(description="return the images as base64 data URLs; keep nothing")] = False,
     ):
         name = Path(file.filename or "upload").name
         if file.size is not None and file.size > max_upload_bytes:
@@ -398,9 +404,7 @@ def create_app(
         if file.size == 0:
             raise HTTPException(400, f"{name}: the uploaded file is empty")
         if app.state.pending >= max_pending:
-            raise HTTPException(
-                503, "server busy: too many photos waiting; retry shortly", {"Retry-After": "5"}
-            )
+            raise HTTPException(503, "server busy: too many photos waiting; retry shortly", {"Retry-After": "5"})
         threshold = segmenter.threshold if threshold is None else threshold
         app.state.pending += 1
         started = time.perf_counter()
@@ -464,9 +468,7 @@ def create_app(
     @app.get("/api/results/{rid}/prob.png", summary="crack probability × 255, 8-bit grey")
     async def result_prob(rid: str):
         result = result_or_404(rid)
-        return no_store(
-            await run_in_threadpool(prob_png, result.prob), "image/png", f"{stem(result)}_prob.png"
-        )
+        return no_store(await run_in_threadpool(prob_png, result.prob), "image/png", f"{stem(result)}_prob.png")
 
     @app.get("/api/results/{rid}/mask.png", summary="the crack mask (255 = crack) at a threshold")
     async def result_mask(rid: str, threshold: Threshold = None):
