@@ -16,6 +16,7 @@ import argparse
 import io
 import os
 import queue
+import signal
 import socket
 import statistics
 import subprocess
@@ -102,7 +103,7 @@ def check(client: httpx.Client, response: httpx.Response, size: tuple[int, int])
     return None
 
 
-def run_clients(base: str, jobs: list[str], data: dict[str, bytes], clients: int) -> tuple[list, float]:
+def run_clients(base: str, jobs: list[str], data: dict[str, bytes], clients: int, timeout: float) -> tuple[list, float]:
     """Send the jobs from `clients` threads; returns ([(size name, seconds, error or None)], wall seconds)."""
     todo: queue.Queue[str] = queue.Queue()
     for job in jobs:
@@ -110,7 +111,7 @@ def run_clients(base: str, jobs: list[str], data: dict[str, bytes], clients: int
     results, lock = [], threading.Lock()
 
     def client_loop():
-        with httpx.Client(base_url=base, timeout=600) as client:
+        with httpx.Client(base_url=base, timeout=timeout) as client:
             while True:
                 try:
                     name = todo.get_nowait()
@@ -126,6 +127,8 @@ def run_clients(base: str, jobs: list[str], data: dict[str, bytes], clients: int
                     seconds, error = time.perf_counter() - start, f"{type(err).__name__}: {err}"
                 with lock:
                     results.append((name, seconds, error))
+                    done = len(results)
+                print(f"  {done}/{len(jobs)} {name} {seconds:.1f} s {error or 'ok'}", file=sys.stderr, flush=True)
 
     threads = [threading.Thread(target=client_loop) for _ in range(clients)]
     start = time.perf_counter()
@@ -160,7 +163,10 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2, help="the server's --workers")
     parser.add_argument("--backend", default="auto", help="the server's --backend")
     parser.add_argument("--precision", default="auto", help="the server's --precision")
+    parser.add_argument("--timeout", type=float, default=600, help="seconds a client waits for one answer")
     args = parser.parse_args()
+    # A `timeout` or kill of this script must not leave the server running: SIGTERM unwinds through `finally`.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     with tempfile.TemporaryDirectory(prefix="crackseg-load-") as scratch:
         weights, described = model_weights(args, Path(scratch))
@@ -180,10 +186,14 @@ def main() -> int:
             if line.startswith(("model ", "backend auto")):
                 print(f"server: {line}")
         try:
-            results, wall = run_clients(f"http://127.0.0.1:{port}", jobs, data, args.clients)
+            results, wall = run_clients(f"http://127.0.0.1:{port}", jobs, data, args.clients, args.timeout)
         finally:
-            server.terminate()
-            server.wait(timeout=30)
+            server.terminate()  # uvicorn drains in-flight requests first: give it a moment, then stop it
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
         report(results, wall)
         failures = [(name, error) for name, _, error in results if error]
         for name, error in failures[:10]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,8 @@ from crackseg.synthetic import write_synthetic_dataset
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 torch.set_num_threads(2)
+# Exported/compiled models of the test models go to a throw-away cache, shared by the whole session.
+os.environ["CRACKSEG_CACHE"] = tempfile.mkdtemp(prefix="crackseg-test-cache-")
 
 
 @pytest.fixture(scope="session")

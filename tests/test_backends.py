@@ -106,12 +106,8 @@ def test_fp32_backends_agree_with_torch(exported, tiny_model_dir, image, referen
 
 def test_small_image_is_padded_to_the_fixed_tile(exported, tiny_model_dir):
     small = synthetic_crack((40, 50), seed=2)[0]
-    torch_prob = make_segmenter(tiny_model_dir, backend="torch", precision="fp32", tile=TILE).predict_prob(
-        small
-    )
-    onnx_prob = make_segmenter(tiny_model_dir, backend="onnx", precision="fp32", tile=TILE).predict_prob(
-        small
-    )
+    torch_prob = make_segmenter(tiny_model_dir, backend="torch", precision="fp32", tile=TILE).predict_prob(small)
+    onnx_prob = make_segmenter(tiny_model_dir, backend="onnx", precision="fp32", tile=TILE).predict_prob(small)
     assert onnx_prob.shape == (40, 50)
     # torch pads only to the network's stride, onnx to the tile: same content, nearly the same output
     assert agreement(torch_prob, onnx_prob)["f1"] >= 0.98
@@ -139,9 +135,7 @@ def test_int8_calibration_runs_and_auto_uses_it_only_if_accurate(
     engine, figures = backends.verified_int8(weights, net, config, TILE, backend, crops)
     assert engine.precision == "int8" and engine.fixed_size == TILE
     assert set(figures) == {"f1", "p999"}
-    segmenter = make_segmenter(
-        tiny_model_dir, backend=backend, precision="int8", tile=TILE, calibration_crops=4
-    )
+    segmenter = make_segmenter(tiny_model_dir, backend=backend, precision="int8", tile=TILE, calibration_crops=4)
     prob = segmenter.predict_prob(image)
     assert prob.shape == image.shape[:2]
     auto = make_segmenter(tiny_model_dir, tile=TILE, calibration_crops=4).backend
@@ -188,3 +182,23 @@ def test_export_command_writes_a_checked_onnx_file(exported, tiny_model_dir, tmp
     assert main(["export", "--weights", str(tiny_model_dir), "-o", str(out), "--tile", str(TILE)]) == 0
     assert onnx_metadata(out)["tile"] == str(TILE)
     assert str(out) in capsys.readouterr().out
+
+
+def test_auto_never_calibrates_int8_by_itself(exported, tiny_model_dir, tmp_path, monkeypatch):
+    (tmp_path / exported.name).write_bytes(exported.read_bytes())  # a cache with the fp32 export only
+    monkeypatch.setenv("CRACKSEG_CACHE", str(tmp_path))
+
+    def fail(*args, **kwargs):
+        raise AssertionError("auto started an int8 calibration")
+
+    monkeypatch.setattr(backends, "cached_int8", fail)
+    segmenter = make_segmenter(tiny_model_dir, tile=TILE)
+    assert segmenter.backend.precision != "int8"
+
+
+def test_export_command_int8_reports_agreement(exported, tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "int8.onnx"
+    argv = ["export", "--weights", str(tiny_model_dir), "-o", str(out), "--tile", str(TILE)]
+    assert main(argv + ["--precision", "int8", "--calibration-crops", "4"]) == 0
+    assert "int8_calibration" in onnx_metadata(out)
+    assert "onnx: mask F1" in capsys.readouterr().out

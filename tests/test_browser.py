@@ -117,11 +117,12 @@ def test_upload_threshold_table_downloads_and_phone_width(page, server_url, tmp_
     rows = page.locator("#cracks tbody tr")
     assert rows.count() == 3
     assert all(rows.nth(i).locator("td").count() == 6 for i in range(3))
-    assert " px" in rows.first.inner_text()
+    assert page.inner_text("#cracks thead").count("(px)") == 3
 
     # A pixel size turns the table into millimetres.
     page.fill("#pixel-size", "0.5")
-    page.wait_for_function("document.querySelector('#cracks tbody').textContent.includes(' mm')")
+    page.wait_for_function("document.querySelector('#cracks thead').textContent.includes('(mm)')")
+    assert float(rows.first.locator("td").nth(1).inner_text()) == pytest.approx(80, rel=0.1)  # 160 px × 0.5
     assert "mm" in page.inner_text("#total-length")
 
     # Downloads follow the current threshold and pixel size.

@@ -78,6 +78,20 @@ def test_straight_band_width_and_length(width, angle):
     assert crack.endpoints == 2 and crack.crack_class != "branched-network", crack  # blunt-end forks pruned
 
 
+def test_anti_diagonal_bands_keep_their_skeleton():
+    # skimage's default (Zhang) thinning erased some of these to one pixel; the measured length shows it.
+    for width in (1, 2, 4, 7, 10):
+        for shift in (0.1, 0.3, 0.5):
+            result = measure(band(width, length=120, angle=135, shift=shift))
+            assert result.count == 1 and abs(result.cracks[0].length_px / 120 - 1) <= 0.03, (width, shift)
+
+
+@pytest.mark.parametrize("width", [2, 4, 6])
+def test_even_widths(width):
+    crack = measure(digital_band(width, 0)).cracks[0]  # 2·d − 1 alone would read width − 1
+    assert abs(crack.width_median_px - width) <= 0.5
+
+
 @pytest.mark.parametrize(
     ("angle", "expected"), [(0, "transverse"), (30, "diagonal"), (135, "diagonal"), (90, "longitudinal")]
 )

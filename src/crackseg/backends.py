@@ -23,6 +23,7 @@ from crackseg.export import (
     INPUT_NAME,
     CalibrationCrops,
     cache_dir,
+    cache_path,
     cached_int8,
     cached_onnx,
     nncf_available,
@@ -48,9 +49,7 @@ class OnnxBackend:
 
     name = "onnx"
 
-    def __init__(
-        self, path: str | Path, precision: str = "fp32", device: str = "cpu", threads: int | None = None
-    ):
+    def __init__(self, path: str | Path, precision: str = "fp32", device: str = "cpu", threads: int | None = None):
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -139,12 +138,16 @@ def verified_int8(
     backend: str,
     crops: CalibrationCrops,
     require_accurate: bool = False,
+    calibrate: bool = True,
 ):
     """The int8 engine and its agreement with fp32 PyTorch on validation crops (never calibration crops).
 
     The model and its figures are cached, so `auto` decides without calibrating or measuring again, and an
-    int8 model already known to be inaccurate is not even loaded when `require_accurate` is set.
+    int8 model already known to be inaccurate is not even loaded when `require_accurate` is set. With
+    `calibrate=False` only an int8 model made earlier is used.
     """
+    if not calibrate and not cache_path(weights, tile, backend, "int8", ".onnx" if backend == "onnx" else "").exists():
+        raise BackendError("not calibrated yet (crackseg export --precision int8 --calibration-data DIR)")
     path = cached_int8(weights, net, config, tile, backend, crops)
     record = Path(f"{path}.agreement.json")
     figures = json.loads(record.read_text()) if record.is_file() else None
@@ -155,10 +158,7 @@ def verified_int8(
         figures = measure_agreement(engine, net, held_out, config.threshold)
         atomic_write_bytes(record, json.dumps(figures).encode())
     if require_accurate and not is_accurate(figures):
-        raise BackendError(
-            f"{backend} int8 disagrees with fp32 on validation crops "
-            f"(mask F1 {figures['f1']:.3f}, p99.9 |Δp| {figures['p999']:.3f})"
-        )
+        raise BackendError(f"disagrees with fp32 (mask F1 {figures['f1']:.3f}, p99.9 |Δp| {figures['p999']:.3f})")
     return engine, figures
 
 
@@ -171,7 +171,8 @@ def auto_candidates(device: str = "cpu") -> list[tuple[str, str]]:
     Order from benchmarks/predict_speed.py (PSPNet-ResNet18, 448², 2 threads): on CPUs with bf16 matrix
     engines (AMX) OpenVINO bf16 ≈ OpenVINO int8 > PyTorch bf16 > fp32, so bf16 goes first (no calibration,
     closer to fp32); on AVX2-only CPUs OpenVINO int8 > ONNX Runtime int8 > OpenVINO fp32 > ONNX Runtime fp32 >
-    PyTorch fp32. int8 entries are kept only where the int8 model passes the agreement check.
+    PyTorch fp32. An int8 entry is taken only if an int8 model of these weights was calibrated earlier
+    (`crackseg export --precision int8`, or an explicit `--precision int8` run) and passed the agreement check.
     """
     if device.startswith("cuda"):
         return [("torch", "bf16"), ("torch", "fp32")]
@@ -194,6 +195,7 @@ def build_backend(
     device: str = "cpu",
     crops: CalibrationCrops | None = None,
     require_accurate: bool = False,
+    calibrate: bool = True,
 ):
     """One backend engine; raises BackendError (or the library's error) when it cannot be built here."""
     if precision not in PRECISIONS:
@@ -205,16 +207,14 @@ def build_backend(
     if backend not in BACKENDS:
         raise BackendError(f"backend {backend!r}: expected auto or one of {', '.join(BACKENDS)}")
     if device.startswith("cuda") and backend == "openvino":
-        raise BackendError(
-            "the openvino backend runs on the CPU only; use --device cpu or --backend onnx/torch"
-        )
+        raise BackendError("the openvino backend runs on the CPU only; use --device cpu or --backend onnx/torch")
     if precision == "int8":
         if backend == "openvino" and not nncf_available():
             raise BackendError("openvino int8 needs NNCF: pip install nncf (or use --backend onnx)")
         if backend == "onnx" and device.startswith("cuda"):
             raise BackendError("int8 runs on the CPU only; use --device cpu")
         crops = crops or CalibrationCrops(config, tile)
-        return verified_int8(weights, net, config, tile, backend, crops, require_accurate)[0]
+        return verified_int8(weights, net, config, tile, backend, crops, require_accurate, calibrate)[0]
     onnx_path = cached_onnx(weights, net, config, tile)
     if backend == "onnx":
         if precision == "bf16":
@@ -234,28 +234,23 @@ def announce(message: str) -> None:
 
 
 def choose_backend(backend, precision, weights, net, config, tile, device="cpu", crops=None):
-    """Resolve auto backend/precision to the first candidate that builds (and is accurate, for int8)."""
-    candidates = [
-        (b, p) for b, p in auto_candidates(device) if backend in ("auto", b) and precision in ("auto", p)
-    ]
+    """Resolve auto backend/precision to the first candidate that builds (and, for int8, was calibrated
+    earlier and agrees with fp32: auto never spends minutes calibrating on its own)."""
+    candidates = [(b, p) for b, p in auto_candidates(device) if backend in ("auto", b) and precision in ("auto", p)]
     if not candidates:  # e.g. --backend onnx --precision auto on a bf16 CPU: its fp32 path
-        candidates = [
-            (backend if backend != "auto" else "torch", precision if precision != "auto" else "fp32")
-        ]
+        candidates = [(backend if backend != "auto" else "torch", precision if precision != "auto" else "fp32")]
     problems = []
     for name, prec in candidates:
         try:
             engine = build_backend(
-                name, prec, weights, net, config, tile, device, crops, require_accurate=True
+                name, prec, weights, net, config, tile, device, crops, require_accurate=True, calibrate=False
             )
         except Exception as err:  # a failing backend must not stop prediction: try the next one
-            problems.append(f"{name} {prec}: {err}")
+            problems.append(f"{name} {prec} ({err})")
             log.info("auto: %s %s unavailable: %s", name, prec, err)
             continue
-        reason = "; skipped " + "; ".join(problems) if problems else ""
-        announce(
-            f"backend auto: {engine.name} {engine.precision} (fastest accurate choice on this CPU{reason})"
-        )
+        skipped = "; not chosen: " + ", ".join(problems) if problems else ""
+        announce(f"backend auto: {engine.name} {engine.precision} (fastest accurate choice here{skipped})")
         return engine
     raise BackendError("no backend could be built: " + "; ".join(problems))
 

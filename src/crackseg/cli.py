@@ -140,7 +140,8 @@ def cmd_serve(args) -> int:
         )
     url = f"http://{args.host}:{args.port}/"
     print(f"crackseg serving on {url}  (API docs at {url}docs; Ctrl+C stops)", file=sys.stderr)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    # Ctrl+C: in-flight photos get 10 s to finish, then the server stops even with a queue waiting.
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info", timeout_graceful_shutdown=10)
     return 0
 
 
@@ -231,8 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", help="photos (masks with --masks): files, folders or glob patterns")
     p.add_argument("-o", "--out", required=True, help="output folder")
     p.add_argument("--masks", action="store_true", help="the inputs are crack masks: measure them, no model")
-    p.add_argument("--pixel-size", type=float, help="millimetres per pixel: also report mm and mm²")
-    p.add_argument("--min-length", type=float, default=10.0, help="drop (and count) shorter cracks, in px")
+    p.add_argument("--pixel-size", type=float, metavar="MM", help="millimetres per pixel: also report mm, mm²")
+    p.add_argument("--min-length", type=float, default=10.0, metavar="PX", help="drop (and count) shorter cracks")
     add_model_arguments(p)
     p.set_defaults(func=cmd_measure)
 

@@ -373,7 +373,7 @@ def degradation_figure(rows, scale: float, threshold: float) -> Figure:
             (clean, label),
             (degraded, f"degraded ×{scale:g}"),
             (error_overlay(clean, truth, pred_clean), "prediction on clean"),
-            (error_overlay(clean, truth, pred_degraded), "prediction on degraded"),
+            (error_overlay(degraded, truth, pred_degraded), "prediction on degraded"),
             (truth, "ground truth"),
         ]
         for ax, (picture, name) in zip(ax_row, panels, strict=True):

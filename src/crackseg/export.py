@@ -165,17 +165,13 @@ def export_onnx(net: torch.nn.Module, config: ModelConfig, path: str | os.PathLi
             errors.append(f"{exporter.__name__.strip('_')}: {type(err).__name__}: {str(err).splitlines()[0]}")
             log.info("ONNX export with %s failed, trying the next exporter", exporter.__name__)
     else:
-        raise ExportError(
-            f"cannot export {config.arch}-{config.encoder} at tile {tile}: " + "; ".join(errors)
-        )
+        raise ExportError(f"cannot export {config.arch}-{config.encoder} at tile {tile}: " + "; ".join(errors))
     metadata = {"crackseg_config": config.to_json(), "tile": str(tile), "torch": torch.__version__}
     onnx.helper.set_model_props(proto, metadata)
     data = proto.SerializeToString()
     diff = max_logit_difference(net, data, tile)
     if not diff < MAX_EXPORT_DIFF:
-        raise ExportError(
-            f"exported model differs from PyTorch by {diff:.2e} in logits (limit {MAX_EXPORT_DIFF})"
-        )
+        raise ExportError(f"exported model differs from PyTorch by {diff:.2e} in logits (limit {MAX_EXPORT_DIFF})")
     atomic_write_bytes(path, data)
     return Path(path)
 
@@ -226,9 +222,7 @@ class CalibrationCrops:
         from crackseg.data import find_all_pairs, split_pairs
         from crackseg.images import read_image
 
-        pairs = dict(
-            zip(("train", "val"), split_pairs(find_all_pairs(self.data, skip_unpaired=True)), strict=True)
-        )
+        pairs = dict(zip(("train", "val"), split_pairs(find_all_pairs(self.data, skip_unpaired=True)), strict=True))
         pairs = pairs[self.split]
         picks = np.sort(rng.choice(len(pairs), self.count, replace=len(pairs) < self.count))
         image, loaded = None, -1
@@ -261,9 +255,7 @@ def random_crop(image: np.ndarray, tile: int, rng: np.random.Generator) -> np.nd
     return image[y : y + tile, x : x + tile]
 
 
-def quantize_onnx_int8(
-    fp32_path: str | os.PathLike, out_path: str | os.PathLike, crops: CalibrationCrops
-) -> Path:
+def quantize_onnx_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, crops: CalibrationCrops) -> Path:
     """Static post-training quantization for ONNX Runtime: QDQ, per-channel int8 weights, MinMax ranges."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -281,9 +273,7 @@ def quantize_onnx_int8(
     with tempfile.TemporaryDirectory(dir=out_path.parent, prefix=".int8-") as tmp:
         prepared, tmp_model = Path(tmp) / "prepared.onnx", Path(tmp) / "int8.onnx"
         with _quiet():
-            quant_pre_process(
-                str(fp32_path), str(prepared)
-            )  # shape inference + graph fusions, as ORT advises
+            quant_pre_process(str(fp32_path), str(prepared))  # shape inference + graph fusions, as ORT advises
         quantize_static(
             str(prepared),
             str(tmp_model),
@@ -317,9 +307,7 @@ def _recursion_limit(limit: int):
         sys.setrecursionlimit(old)
 
 
-def quantize_openvino_int8(
-    fp32_path: str | os.PathLike, out_dir: str | os.PathLike, crops: CalibrationCrops
-) -> Path:
+def quantize_openvino_int8(fp32_path: str | os.PathLike, out_dir: str | os.PathLike, crops: CalibrationCrops) -> Path:
     """Static post-training quantization with NNCF; writes OpenVINO IR (model.xml, model.bin) to `out_dir`."""
     import nncf
     import openvino as ov
@@ -393,8 +381,10 @@ def export_model(
 ) -> tuple[Path, str]:
     """`crackseg export`: write the checked ONNX model (fp32, or int8 QDQ for ONNX Runtime) to `out`.
 
-    The cache gets the same file, so `predict` does not export again; an int8 export with calibration data
-    replaces a cached int8 model calibrated on synthetic crops. Returns (path, a one-line summary).
+    The cache gets the same file, so `predict` does not export again. int8 also prepares OpenVINO's int8
+    model in the cache (when NNCF is installed) and measures both against fp32 PyTorch: `auto` uses an
+    int8 model only when it was made this way (or by an explicit --precision int8 run) and agrees. With
+    calibration data, cached int8 models calibrated otherwise are replaced. Returns (path, a summary).
     """
     from crackseg.models import load_model, resolve_weights
 
@@ -407,18 +397,15 @@ def export_model(
     elif precision == "int8":
         from crackseg.backends import verified_int8
 
-        data = (
-            [calibration_data] if isinstance(calibration_data, (str, Path)) else list(calibration_data or [])
-        )
-        crops = CalibrationCrops(config, tile, count=calibration_crops, data=data)
-        if data:  # replaces a cached int8 model calibrated on synthetic crops
-            cached_int8(weights_path, net, config, tile, "onnx", crops, refresh=True)
-        engine, figures = verified_int8(weights_path, net, config, tile, "onnx", crops)
-        source = engine.path
-        summary = (
-            f"int8 QDQ, tile {tile}, calibrated on {crops.describe()}; agreement with fp32 PyTorch on "
-            f"validation crops: mask F1 {figures['f1']:.4f}, p99.9 |Δp| {figures['p999']:.4f}"
-        )
+        data = [calibration_data] if isinstance(calibration_data, (str, Path)) else calibration_data
+        crops = CalibrationCrops(config, tile, count=calibration_crops, data=list(data or []))
+        summary = f"int8 QDQ, tile {tile}, calibrated on {crops.describe()}; agreement with fp32 PyTorch"
+        for backend in ("onnx", "openvino") if nncf_available() else ("onnx",):
+            if crops.data:  # replaces a cached int8 model calibrated on other crops
+                cached_int8(weights_path, net, config, tile, backend, crops, refresh=True)
+            _, figures = verified_int8(weights_path, net, config, tile, backend, crops)
+            summary += f"; {backend}: mask F1 {figures['f1']:.4f}, p99.9 |Δp| {figures['p999']:.4f}"
+        source = cache_path(weights_path, tile, "onnx", "int8", ".onnx")
     else:
         raise ValueError(f"--precision {precision!r}: export writes fp32 or int8 ONNX")
     atomic_write_bytes(out, Path(source).read_bytes())

@@ -63,6 +63,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         default={},
         help="extra smp arguments as JSON, e.g. '{\"decoder_channels\": [128, 64, 32, 16]}'",
     )
+    a("--init-from", default=None, help="start from a trained crackseg model's weights (fine-tuning)")
     a(
         "--encoder-weights",
         default=None,
@@ -440,6 +441,10 @@ def train(args: argparse.Namespace) -> Path:
     model = build_model(
         args.arch, args.encoder, args.encoder_weights, encoder_depth=args.encoder_depth, **args.arch_kwargs
     ).to(device, memory_format=memory_format(precision))
+    if args.init_from and not args.resume:
+        from crackseg.models import load_model
+
+        model.load_state_dict(load_model(args.init_from)[0].state_dict())
     loss_fn = build_loss(args.loss, args.gamma, args.pos_weight)
     optimizer = make_optimizer(model, args)
     scheduler = make_scheduler(optimizer, args)

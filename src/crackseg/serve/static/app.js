@@ -162,16 +162,15 @@ function fmt(value, digits = 1) {
   return value === null || value === undefined || Number.isNaN(value) ? "–" : Number(value).toFixed(digits);
 }
 
-// Lengths and widths in mm when the server had a pixel size, otherwise in pixels.
+// Lengths and widths in mm when the server had a pixel size, otherwise in pixels (the unit is in the header).
 function crackCells(crack, mm) {
   const unit = mm ? "mm" : "px";
-  const pick = (px, inMm) => (mm && crack[inMm] !== undefined && crack[inMm] !== null ? crack[inMm] : crack[px]);
   return [
     crack.id,
-    `${fmt(pick("length_px", "length_mm"))} ${unit}`,
-    `${fmt(pick("width_mean_px", "width_mean_mm"), 2)} ${unit}`,
-    `${fmt(pick("width_max_px", "width_max_mm"), 2)} ${unit}`,
-    `${fmt(crack.orientation_deg, 0)}°`,
+    fmt(crack[`length_${unit}`]),
+    fmt(crack[`width_mean_${unit}`], 2),
+    fmt(crack[`width_max_${unit}`], 2),
+    fmt(crack.orientation_deg, 0),
     crack.crack_class,
   ];
 }
@@ -179,6 +178,7 @@ function crackCells(crack, mm) {
 function showMeasurements(answer) {
   const m = answer.measurements;
   const mm = answer.pixel_size_mm !== null && answer.pixel_size_mm !== undefined;
+  for (const unit of $("cracks").querySelectorAll(".unit")) unit.textContent = mm ? "mm" : "px";
   const tbody = $("cracks").querySelector("tbody");
   tbody.replaceChildren();
   for (const crack of m.cracks) {
