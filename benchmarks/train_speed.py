@@ -60,7 +60,7 @@ def main() -> None:
         for precision in precisions:
             rate = images_per_second(args.arch, args.arch_kwargs, size, precision, args.steps, pairs)
             epoch_minutes = len(pairs) * 0.9 / rate / 60
-            print(f"  {size}² {precision}: {rate:6.2f} img/s  -> one epoch over the training split ≈ {epoch_minutes:5.1f} min")
+            print(f"  {size}² {precision}: {rate:6.2f} img/s  -> one training epoch ≈ {epoch_minutes:5.1f} min")
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
     print(f"peak resident memory of this process: {peak_gb:.2f} GB")
 
