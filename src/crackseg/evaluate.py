@@ -350,18 +350,17 @@ def samples_figure(rows: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]], t
             (pred, f"prediction (t = {threshold:g})"),
             (error_overlay(image, truth, pred), "errors"),
         ]
-        for ax, (picture, name) in zip(ax_row, panels, strict=True):
-            ax.imshow(
-                picture,
-                cmap="gray" if picture.ndim == 2 else None,
-                vmin=0,
-                vmax=1,
-                interpolation="antialiased",
-            )
-            ax.set_title(name, fontsize=9)
+        draw_panels(ax_row, panels)
     fig.suptitle(title)
     error_legend(fig)
     return fig
+
+
+def draw_panels(ax_row, panels) -> None:
+    """One figure row: (picture, title) pairs, masks in grey."""
+    for ax, (picture, name) in zip(ax_row, panels, strict=True):
+        ax.imshow(picture, cmap="gray" if picture.ndim == 2 else None, vmin=0, vmax=1, interpolation="antialiased")
+        ax.set_title(name, fontsize=9)
 
 
 def degradation_figure(rows, scale: float, threshold: float) -> Figure:
@@ -376,15 +375,7 @@ def degradation_figure(rows, scale: float, threshold: float) -> Figure:
             (error_overlay(degraded, truth, pred_degraded), "prediction on degraded"),
             (truth, "ground truth"),
         ]
-        for ax, (picture, name) in zip(ax_row, panels, strict=True):
-            ax.imshow(
-                picture,
-                cmap="gray" if picture.ndim == 2 else None,
-                vmin=0,
-                vmax=1,
-                interpolation="antialiased",
-            )
-            ax.set_title(name, fontsize=9)
+        draw_panels(ax_row, panels)
     fig.suptitle(f"clean vs degraded (×{scale:g}) input, threshold {threshold:g}")
     error_legend(fig)
     return fig
