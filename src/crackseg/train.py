@@ -472,7 +472,7 @@ def train(args: argparse.Namespace) -> Path:
         f"{summary['val']['pairs']}; {device} {precision}, {world} process(es)",
     )
     deadline = time.time() + args.max_train_minutes * 60 if args.max_train_minutes else math.inf
-    stale = sum(1 for _ in _epochs_since_best(history, best))
+    stale = history[-1]["epoch"] - best["epoch"] if best else 0  # epochs since the best, when resuming
     try:
         for epoch in range(start_epoch, args.epochs):
             started = time.time()
@@ -536,12 +536,6 @@ def train(args: argparse.Namespace) -> Path:
         if dist.is_initialized():
             dist.destroy_process_group()
     return out
-
-
-def _epochs_since_best(history, best):
-    if best is None:
-        return []
-    return [h for h in history if h["epoch"] > best["epoch"]]
 
 
 def make_optimizer(model, args):
