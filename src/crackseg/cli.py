@@ -159,9 +159,7 @@ def cmd_measure(args) -> int:
         def segment(image):
             return segmenter.predict(image).mask
 
-    measured, cracks, failures = measure_files(
-        args.inputs, args.out, segment, args.pixel_size, args.min_length
-    )
+    measured, cracks, failures = measure_files(args.inputs, args.out, segment, args.pixel_size, args.min_length)
     for failure in failures:
         print(f"failed: {failure}", file=sys.stderr)
     print(f"{measured} measured, {cracks} cracks, {len(failures)} failed -> {args.out}")

@@ -37,7 +37,7 @@ from crackseg.models import ModelConfig, build_model, save_model
 
 log = logging.getLogger(__name__)
 
-HISTORY_FIELDS = ["epoch", "train_loss", "val_loss", "val_iou", "val_f1", "alpha", "lr", "seconds"]
+HISTORY_FIELDS = ["epoch", "train_loss", "val_loss", "val_iou", "val_f1", "val_ods", "alpha", "lr", "seconds"]
 
 
 class TrainingError(RuntimeError):
@@ -82,7 +82,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     a("--alpha", type=float, default=0.5, help="α of the constant schedule")
     a("--pos-weight", type=float, default=None, help="fixed crack weight of WCE (default: batch ratio)")
     a("--val-fraction", type=float, default=0.1)
-    a("--select", choices=["loss", "f1"], default="loss", help="which validation number picks the best epoch")
+    a(
+        "--select",
+        choices=["loss", "f1", "ods"],
+        default="loss",
+        help="which validation number picks the best epoch: loss, F1 at 0.5, or F1 at the best threshold (ODS)",
+    )
     a("--patience", type=int, default=0, help="stop after this many epochs without improvement (0: never)")
     a("--clip-grad", type=float, default=0.0)
     a("--max-train-minutes", type=float, default=0.0, help="stop cleanly after this much wall-clock time")
@@ -360,7 +365,7 @@ def load_checkpoint(path: Path) -> dict:
 
 def write_history(out: Path, history: list[dict]) -> None:
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, HISTORY_FIELDS)
+    writer = csv.DictWriter(buffer, HISTORY_FIELDS, restval="")  # histories from before val_ods lack it
     writer.writeheader()
     writer.writerows(history)
     atomic_write_bytes(out / "history.csv", buffer.getvalue().encode())
@@ -378,9 +383,11 @@ def plot_curves(out: Path, history: list[dict]) -> None:
     ax_loss.plot(epochs, [h["val_loss"] for h in history], "o-", label="validation")
     ax_loss.set(xlabel="epoch", ylabel="loss", title="Loss")
     ax_loss.legend()
-    ax_score.plot(epochs, [h["val_iou"] for h in history], "o-", label="crack IoU")
-    ax_score.plot(epochs, [h["val_f1"] for h in history], "o-", label="crack F1")
-    ax_score.set(xlabel="epoch", ylabel="score @ 0.5", title="Validation (dataset level)", ylim=(0, 1))
+    ax_score.plot(epochs, [h["val_iou"] for h in history], "o-", label="crack IoU @ 0.5")
+    ax_score.plot(epochs, [h["val_f1"] for h in history], "o-", label="crack F1 @ 0.5")
+    if all("val_ods" in h for h in history):
+        ax_score.plot(epochs, [h["val_ods"] for h in history], "o-", label="crack F1 @ best threshold (ODS)")
+    ax_score.set(xlabel="epoch", ylabel="score", title="Validation (dataset level)", ylim=(0, 1))
     ax_score.legend()
     fig.tight_layout()
     buffer = io.BytesIO()
@@ -420,8 +427,9 @@ def model_config(args, threshold: float = 0.5, notes: dict | None = None) -> Mod
 def is_better(record: dict, best: dict | None, select: str) -> bool:
     if best is None:
         return True
-    if select == "f1":
-        return record["val_f1"] > best["val_f1"]
+    if select in ("f1", "ods"):
+        key = f"val_{select}"
+        return record[key] > best.get(key, -1.0)  # best from an older history may lack val_ods
     return record["val_loss"] < best["val_loss"]
 
 
@@ -493,12 +501,14 @@ def train(args: argparse.Namespace) -> Path:
             )
             val_loss, counts = validate(model, loss_fn, val_loader, alpha, precision, device)
             at_half = scores(*counts[49])  # threshold 0.50
+            threshold, ods_f1 = best_threshold(counts)
             record = {
                 "epoch": epoch + 1,
                 "train_loss": round(train_loss, 6),
                 "val_loss": round(val_loss, 6),
                 "val_iou": round(at_half["iou"], 6),
                 "val_f1": round(at_half["f1"], 6),
+                "val_ods": round(ods_f1, 6),
                 "alpha": round(alpha, 4),
                 "lr": optimizer.param_groups[0]["lr"],
                 "seconds": round(time.time() - started, 1),
@@ -513,7 +523,6 @@ def train(args: argparse.Namespace) -> Path:
                 stale += 1
             if rank == 0:
                 if improved:
-                    threshold, ods_f1 = best_threshold(counts)
                     notes = {"epoch": epoch + 1, "val_f1_at_0.5": record["val_f1"], "val_ods_f1": ods_f1}
                     save_model(model, model_config(args, threshold, notes), out / "best")
                 save_checkpoint(
@@ -591,7 +600,8 @@ def write_run_info(out: Path, args, summary: dict, device, precision: str, world
 def format_record(r: dict) -> str:
     return (
         f"epoch {r['epoch']:3d}  train {r['train_loss']:.4f}  val {r['val_loss']:.4f}  IoU {r['val_iou']:.3f}  "
-        f"F1 {r['val_f1']:.3f}  α {r['alpha']:.2f}  lr {r['lr']:.2e}  {r['seconds']:.0f}s"
+        f"F1 {r['val_f1']:.3f}  ODS {r.get('val_ods', 0):.3f}  α {r['alpha']:.2f}  lr {r['lr']:.2e}  "
+        f"{r['seconds']:.0f}s"
     )
 
 
