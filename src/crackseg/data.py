@@ -75,9 +75,6 @@ def _index_by_stem(folder: Path) -> dict[str, Path]:
 
 def _pairs_in_folder(root: Path, folder: Path, unpaired: list[str]) -> list[Pair]:
     files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
-    for p in files:
-        if not is_image_file(p):
-            log.warning("ignoring %s: not an image file", p)
     images = {p.stem: p for p in files if is_image_file(p)}
     beside = {}
     for stem in list(images):
@@ -87,6 +84,9 @@ def _pairs_in_folder(root: Path, folder: Path, unpaired: list[str]) -> list[Pair
     mask_dirs = _mask_dirs(folder) if folder.name.lower() not in MASK_DIR_NAMES else []
     if not beside and not mask_dirs:
         return []
+    for p in files:  # only in folders of pairs: a README beside the dataset folders is no surprise
+        if not is_image_file(p):
+            log.warning("ignoring %s: not an image file", p)
     in_mask_dirs = {}
     for mask_dir in reversed(mask_dirs):
         in_mask_dirs.update(_index_by_stem(mask_dir))
