@@ -28,7 +28,7 @@ def _history(run: Path) -> list[dict]:
 
 
 def test_two_epochs_write_every_file(synthetic_root, tmp_path):
-    run = train(_args(synthetic_root, tmp_path / "run"))
+    run = train(_args(synthetic_root, tmp_path / "run", "--select", "ods"))
     for name in (
         "last.pt",
         "history.csv",
@@ -40,9 +40,10 @@ def test_two_epochs_write_every_file(synthetic_root, tmp_path):
         assert (run / name).is_file(), name
     history = _history(run)
     assert [int(h["epoch"]) for h in history] == [1, 2]
-    assert all(0 <= float(h["val_f1"]) <= 1 for h in history)
+    assert all(0 <= float(h["val_f1"]) <= float(h["val_ods"]) <= 1 for h in history)  # ODS: best over thresholds
     model, config = load_model(run / "best")
     assert config.arch == "pspnet" and config.train_size == 64 and 0 < config.threshold < 1
+    assert config.notes["val_ods_f1"] == pytest.approx(max(float(h["val_ods"]) for h in history), abs=1e-6)
     state = torch.load(run / "last.pt", weights_only=True)
     assert state["epoch"] == 2 and state["args"]["size"] == 64
 
