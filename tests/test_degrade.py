@@ -128,9 +128,7 @@ def test_rejects_bad_images_and_ranges(crack_image):
         degrade_image(crack_image, jpeg_quality=(90, 30))
 
 
-@pytest.mark.parametrize(
-    "text, scale", [("x4", 4.0), ("X2", 2.0), ("×4", 4.0), ("4", 4.0), (" 2.5 ", 2.5), (3, 3.0)]
-)
+@pytest.mark.parametrize("text, scale", [("x4", 4.0), ("X2", 2.0), ("×4", 4.0), ("4", 4.0), (" 2.5 ", 2.5), (3, 3.0)])
 def test_parse_scale(text, scale):
     assert parse_scale(text) == scale
 
