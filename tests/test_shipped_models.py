@@ -15,8 +15,8 @@ SAMPLES = Path(__file__).resolve().parents[1] / "src" / "crackseg" / "samples"
 SHIPPED = sorted(p.name for p in WEIGHTS_DIR.iterdir() if (p / "model.safetensors").is_file())
 
 
-def test_both_models_are_shipped_and_small():
-    assert DEFAULT_MODEL in SHIPPED and "pspnet-r18" in SHIPPED
+def test_the_named_models_are_shipped_and_small():
+    assert {DEFAULT_MODEL, "unet-r18-clean", "pspnet-r18"} <= set(SHIPPED)
     total = sum(f.stat().st_size for f in WEIGHTS_DIR.rglob("*") if f.is_file())
     assert total <= 20 * 1024**2
 
