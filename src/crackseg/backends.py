@@ -168,10 +168,10 @@ def verified_int8(
 def auto_candidates(device: str = "cpu") -> list[tuple[str, str]]:
     """(backend, precision) pairs in the order `auto` tries them: fastest first on this kind of CPU.
 
-    Order from benchmarks/predict_speed.py (PSPNet-ResNet18, 448², 2 threads): on CPUs with bf16 matrix
-    engines (AMX) OpenVINO bf16 ≈ OpenVINO int8 > PyTorch bf16 > fp32, so bf16 goes first (no calibration,
-    closer to fp32); on AVX2-only CPUs OpenVINO int8 > ONNX Runtime int8 > OpenVINO fp32 > ONNX Runtime fp32 >
-    PyTorch fp32. An int8 entry is taken only if an int8 model of these weights was calibrated earlier
+    Order from benchmarks/predict_speed.py (448², 2 threads): on CPUs with bf16 matrix engines (AMX, PSPNet-
+    ResNet18) OpenVINO bf16 ≈ OpenVINO int8 > PyTorch bf16 > fp32, so bf16 goes first (no calibration, closer
+    to fp32); on an AVX2-only EPYC (U-Net-ResNet18) OpenVINO int8 > ONNX Runtime int8 > ONNX Runtime fp32 >
+    OpenVINO fp32 > PyTorch fp32. An int8 entry is taken only if an int8 model of these weights was calibrated earlier
     (`crackseg export --precision int8`, or an explicit `--precision int8` run) and passed the agreement check.
     """
     if device.startswith("cuda"):
@@ -179,7 +179,7 @@ def auto_candidates(device: str = "cpu") -> list[tuple[str, str]]:
     if cpu_has_bf16_matrix_engine():
         order = [("openvino", "bf16"), ("openvino", "int8"), ("torch", "bf16")]
     else:
-        order = [("openvino", "int8"), ("onnx", "int8"), ("openvino", "fp32"), ("onnx", "fp32")]
+        order = [("openvino", "int8"), ("onnx", "int8"), ("onnx", "fp32"), ("openvino", "fp32")]
     if not nncf_available():
         order = [c for c in order if c != ("openvino", "int8")]
     return order + [("torch", "fp32")]
