@@ -15,13 +15,16 @@ import zlib
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import albumentations as A
 import numpy as np
 import torch
 from PIL import Image
 from scipy.ndimage import distance_transform_edt
 from skimage.segmentation import find_boundaries
+
+if TYPE_CHECKING:
+    import albumentations as A
 
 from crackseg.images import IMAGENET_MEAN, IMAGENET_STD, is_image_file, normalize_image, read_image, read_mask
 
@@ -195,6 +198,8 @@ def signed_distance(mask: np.ndarray) -> np.ndarray:
 
 def train_transform(size: int, strong: bool = True) -> A.Compose:
     """Random scale and crop to `size`, flips, 90° turns, and photometric changes seen on real surfaces."""
+    import albumentations as A  # here, not at the top: it adds ~1.5 s to the start of every command
+
     ops = [
         A.RandomScale(scale_limit=(-0.3, 0.3), p=0.7),
         A.PadIfNeeded(size, size, border_mode=4),  # cv2.BORDER_REFLECT_101
