@@ -55,18 +55,17 @@ def model_gflop(net: torch.nn.Module) -> float:
     return counter.get_total_flops() / 1e9
 
 
-class ChannelsLast:
-    """PyTorch fp32 with channels_last weights and inputs (TorchBackend uses it only with bf16)."""
+class Contiguous:
+    """Plain eager PyTorch fp32, contiguous (NCHW) tensors: the baseline every ratio refers to."""
 
-    name, precision, fixed_size = "torch", "fp32 channels_last", None
+    name, precision, fixed_size = "torch", "fp32 contiguous", None
 
     def __init__(self, net):
-        self.net = net.to(memory_format=torch.channels_last)
+        self.net = net.eval()
 
     @torch.inference_mode()
     def __call__(self, batch):
-        x = torch.from_numpy(batch).contiguous(memory_format=torch.channels_last)
-        return self.net(x)[:, 0].numpy()
+        return self.net(torch.from_numpy(batch))[:, 0].numpy()
 
 
 def engines(weights: Path, net, config, crops, hardware_bf16: bool):
@@ -77,8 +76,8 @@ def engines(weights: Path, net, config, crops, hardware_bf16: bool):
     from crackseg.export import nncf_available
     from crackseg.inference import TorchBackend
 
-    yield "torch fp32", TorchBackend(copy.deepcopy(net), "fp32"), ""
-    yield "torch fp32 channels_last", ChannelsLast(copy.deepcopy(net)), ""
+    yield "torch fp32", Contiguous(copy.deepcopy(net)), ""
+    yield "torch fp32 channels_last", TorchBackend(copy.deepcopy(net), "fp32"), ""  # what --backend torch runs
     no_bf16 = "skipped: no bf16 hardware"
     if hardware_bf16:
         yield "torch bf16 + channels_last", TorchBackend(copy.deepcopy(net), "bf16"), ""
