@@ -23,9 +23,9 @@ from crackseg.export import (
     INPUT_NAME,
     CalibrationCrops,
     cache_dir,
-    cache_path,
     cached_int8,
     cached_onnx,
+    int8_cache_path,
     nncf_available,
 )
 from crackseg.images import atomic_write_bytes
@@ -146,7 +146,7 @@ def verified_int8(
     int8 model already known to be inaccurate is not even loaded when `require_accurate` is set. With
     `calibrate=False` only an int8 model made earlier is used.
     """
-    if not calibrate and not cache_path(weights, tile, backend, "int8", ".onnx" if backend == "onnx" else "").exists():
+    if not calibrate and not int8_cache_path(weights, tile, backend).exists():
         raise BackendError("not calibrated yet (crackseg export --precision int8 --calibration-data DIR)")
     path = cached_int8(weights, net, config, tile, backend, crops)
     record = Path(f"{path}.agreement.json")

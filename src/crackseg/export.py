@@ -345,6 +345,11 @@ def cached_onnx(weights: str | os.PathLike, net: torch.nn.Module, config: ModelC
     return path
 
 
+def int8_cache_path(weights: str | os.PathLike, tile: int, backend: str) -> Path:
+    """Where the int8 model of a weights file lives ("onnx": a QDQ .onnx; "openvino": an IR folder)."""
+    return cache_path(weights, tile, backend, "int8", ".onnx" if backend == "onnx" else "")
+
+
 def cached_int8(
     weights: str | os.PathLike,
     net: torch.nn.Module,
@@ -354,9 +359,8 @@ def cached_int8(
     crops: CalibrationCrops | None = None,
     refresh: bool = False,
 ) -> Path:
-    """The int8 model of a weights file for `backend` ("onnx": a QDQ .onnx; "openvino": an IR folder)."""
-    suffix = ".onnx" if backend == "onnx" else ""
-    path = cache_path(weights, tile, backend, "int8", suffix)
+    """The int8 model of a weights file for `backend`, calibrated on first use."""
+    path = int8_cache_path(weights, tile, backend)
     if path.exists() and not refresh:
         return path
     crops = crops or CalibrationCrops(config, tile)
@@ -405,7 +409,7 @@ def export_model(
                 cached_int8(weights_path, net, config, tile, backend, crops, refresh=True)
             _, figures = verified_int8(weights_path, net, config, tile, backend, crops)
             summary += f"; {backend}: mask F1 {figures['f1']:.4f}, p99.9 |Δp| {figures['p999']:.4f}"
-        source = cache_path(weights_path, tile, "onnx", "int8", ".onnx")
+        source = int8_cache_path(weights_path, tile, "onnx")
     else:
         raise ValueError(f"--precision {precision!r}: export writes fp32 or int8 ONNX")
     atomic_write_bytes(out, Path(source).read_bytes())

@@ -600,7 +600,7 @@ def write_run_info(out: Path, args, summary: dict, device, precision: str, world
 def format_record(r: dict) -> str:
     return (
         f"epoch {r['epoch']:3d}  train {r['train_loss']:.4f}  val {r['val_loss']:.4f}  IoU {r['val_iou']:.3f}  "
-        f"F1 {r['val_f1']:.3f}  ODS {r.get('val_ods', 0):.3f}  α {r['alpha']:.2f}  lr {r['lr']:.2e}  "
+        f"F1 {r['val_f1']:.3f}  ODS {r['val_ods']:.3f}  α {r['alpha']:.2f}  lr {r['lr']:.2e}  "
         f"{r['seconds']:.0f}s"
     )
 
