@@ -155,7 +155,11 @@ def test_auto_picks_an_accurate_backend_and_says_so_once(exported, tiny_model_di
     assert capsys.readouterr().err.count("backend auto:") == 1
 
 
-def test_auto_falls_back_to_torch_when_other_backends_fail(tiny_model_dir, monkeypatch, capsys):
+@pytest.mark.parametrize("bf16_engine", [True, False], ids=["bf16-cpu", "avx2-cpu"])
+def test_auto_falls_back_to_torch_when_other_backends_fail(tiny_model_dir, monkeypatch, capsys, bf16_engine):
+    # torch bf16 where the CPU has bf16 matrix engines, torch fp32 elsewhere: whatever CPU the tests run on
+    monkeypatch.setattr(backends, "cpu_has_bf16_matrix_engine", lambda: bf16_engine)
+    expected = "bf16" if bf16_engine else "fp32"
     real = backends.build_backend
 
     def broken(backend, *args, **kwargs):
@@ -166,8 +170,8 @@ def test_auto_falls_back_to_torch_when_other_backends_fail(tiny_model_dir, monke
     monkeypatch.setattr(backends, "build_backend", broken)
     backends._announced.clear()
     segmenter = make_segmenter(tiny_model_dir, tile=TILE)
-    assert (segmenter.backend.name, segmenter.backend.precision) == ("torch", "fp32")
-    assert "backend auto: torch fp32" in capsys.readouterr().err
+    assert (segmenter.backend.name, segmenter.backend.precision) == ("torch", expected)
+    assert f"backend auto: torch {expected}" in capsys.readouterr().err
 
 
 def test_unavailable_combinations_say_what_to_do(tiny_model_dir):
