@@ -118,3 +118,14 @@ def test_ddp_two_processes_match_one(synthetic_root, tmp_path):
     # batches or missing gradient averaging give diff ≈ moved. (SGD, because Adam's first steps are
     # lr·sign(gradient), which turns tiny batch-norm differences into full-size steps.)
     assert moved > 0.05 and diff < 0.5 * moved, (diff, moved)
+
+
+def test_validation_split_follows_split_seed_not_the_training_seed(synthetic_root, tmp_path):
+    from crackseg.train import make_datasets
+
+    def val_names(*extra):
+        return make_datasets(_args(synthetic_root, tmp_path / "run", *extra))[2]["val_names"]
+
+    # Fine-tuning with a new --seed must validate on the same photos, or it trains on the old validation split.
+    assert val_names("--seed", "0") == val_names("--seed", "7")
+    assert val_names("--split-seed", "0") != val_names("--split-seed", "1")

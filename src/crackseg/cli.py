@@ -14,7 +14,7 @@ def cmd_data(args) -> int:
     from crackseg.data import find_all_pairs, split_pairs, summarize
 
     pairs = find_all_pairs(args.data, args.skip_unpaired)
-    train, val = split_pairs(pairs, args.val_fraction, args.seed)
+    train, val = split_pairs(pairs, args.val_fraction, args.split_seed)
     val_names = {p.image for p in val}
     print(f"{'source':<14}{'pairs':>7}{'val':>6}{'crack %':>9}")
     for source, entry in summarize(pairs).items():
@@ -86,7 +86,7 @@ def cmd_evaluate(args) -> int:
     # --split-val carves the validation split exactly as `crackseg train` does (test/ folders left out).
     pairs = find_all_pairs(args.data, args.skip_unpaired, exclude_splits=("test",) if args.split_val else ())
     if args.split_val:
-        pairs = split_pairs(pairs, 0.1, seed=0)[1]
+        pairs = split_pairs(pairs, args.val_fraction, args.split_seed)[1]
         if not pairs:
             raise DataError("the validation split of --data is empty (too few photos); drop --split-val")
     segmenter = make_segmenter(args)
@@ -183,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("data", help="list the pairs found under data roots, per source, with the split")
     p.add_argument("data", nargs="+")
     p.add_argument("--val-fraction", type=float, default=0.1)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--split-seed", type=int, default=0, help="seed of the validation split (as in train)")
     p.add_argument("--skip-unpaired", action="store_true")
     p.set_defaults(func=cmd_data)
 
@@ -213,6 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=6, help="images per sample figure (0: no sample figures)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random sample figure")
     p.add_argument("--split-val", action="store_true", help="only the validation split `crackseg train` uses")
+    p.add_argument("--split-seed", type=int, default=0, help="with --split-val: the train run's --split-seed")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="with --split-val: the train run's value")
     p.add_argument("--skip-unpaired", action="store_true", help="go on without images that have no mask")
     p.set_defaults(func=cmd_evaluate)
 

@@ -83,6 +83,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     a("--pos-weight", type=float, default=None, help="fixed crack weight of WCE (default: batch ratio)")
     a("--val-fraction", type=float, default=0.1)
     a(
+        "--split-seed",
+        type=int,
+        default=0,
+        help="seed of the validation split (kept apart from --seed, so fine-tuning with a new --seed never "
+        "trains on the validation photos; `evaluate --split-val` uses the same default)",
+    )
+    a(
         "--select",
         choices=["loss", "f1", "ods"],
         default="loss",
@@ -197,7 +204,7 @@ def make_datasets(args) -> tuple[EpochSeededDataset, CrackDataset, dict]:
     if args.val_data:
         train_pairs, val_pairs = pairs, find_all_pairs(args.val_data, args.skip_unpaired)
     else:
-        train_pairs, val_pairs = split_pairs(pairs, args.val_fraction, args.seed)
+        train_pairs, val_pairs = split_pairs(pairs, args.val_fraction, args.split_seed)
     if not val_pairs:
         raise TrainingError(
             "the validation split came out empty; add data, raise --val-fraction or pass --val-data DIR"
@@ -523,7 +530,12 @@ def train(args: argparse.Namespace) -> Path:
                 stale += 1
             if rank == 0:
                 if improved:
-                    notes = {"epoch": epoch + 1, "val_f1_at_0.5": record["val_f1"], "val_ods_f1": ods_f1}
+                    notes = {
+                        "epoch": epoch + 1,
+                        "val_f1_at_0.5": record["val_f1"],
+                        "val_ods_f1": ods_f1,
+                        "split_seed": args.split_seed,
+                    }
                     save_model(model, model_config(args, threshold, notes), out / "best")
                 save_checkpoint(
                     out / "last.pt",
