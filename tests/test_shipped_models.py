@@ -23,8 +23,8 @@ def test_the_named_models_are_shipped_and_small():
 
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_model_finds_the_sample_cracks(name):
-    # Two of the three bundled photos: each model has one weak sample (the default: slide845's wide crack,
-    # pspnet-r18: DJI2140's faint one), so no fixed pair guards both.
+    # Two of the three bundled photos: each model has one weak sample (the default: slide845, F1 0.56;
+    # pspnet-r18: DJI2140, F1 0.29), so no fixed pair guards both.
     seg = CrackSegmenter.from_pretrained(name, precision="fp32")
     f1 = {}
     for stem in ("DJI2140", "slide837", "slide845"):

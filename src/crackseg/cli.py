@@ -176,14 +176,15 @@ def cmd_export(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from crackseg.data import add_split_arguments
+
     parser = argparse.ArgumentParser(prog="crackseg", description="Crack segmentation and measurement.")
     parser.add_argument("--version", action="version", version=f"crackseg {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("data", help="list the pairs found under data roots, per source, with the split")
     p.add_argument("data", nargs="+")
-    p.add_argument("--val-fraction", type=float, default=0.1)
-    p.add_argument("--split-seed", type=int, default=0, help="seed of the validation split (as in train)")
+    add_split_arguments(p)
     p.add_argument("--skip-unpaired", action="store_true")
     p.set_defaults(func=cmd_data)
 
@@ -213,8 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=6, help="images per sample figure (0: no sample figures)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random sample figure")
     p.add_argument("--split-val", action="store_true", help="only the validation split `crackseg train` uses")
-    p.add_argument("--split-seed", type=int, default=0, help="with --split-val: the train run's --split-seed")
-    p.add_argument("--val-fraction", type=float, default=0.1, help="with --split-val: the train run's value")
+    add_split_arguments(p)  # with --split-val: the train run's values
     p.add_argument("--skip-unpaired", action="store_true", help="go on without images that have no mask")
     p.set_defaults(func=cmd_evaluate)
 

@@ -148,6 +148,16 @@ def find_all_pairs(roots, skip_unpaired: bool = False, exclude_splits: tuple[str
     return [p for root in roots for p in find_pairs(root, skip_unpaired, exclude_splits)]
 
 
+def add_split_arguments(parser) -> None:
+    """--val-fraction and --split-seed, the same for `train`, `data` and `evaluate --split-val`.
+
+    The split has its own seed, apart from the training --seed: a fine-tune with a new --seed must validate on the
+    photos the first run never trained on.
+    """
+    parser.add_argument("--val-fraction", type=float, default=0.1, help="share of each source's photos held out")
+    parser.add_argument("--split-seed", type=int, default=0, help="seed of the validation split")
+
+
 def split_pairs(pairs: list[Pair], val_fraction: float = 0.1, seed: int = 0) -> tuple[list[Pair], list[Pair]]:
     """Deterministic train/val split, stratified by source and grouped by source photo.
 

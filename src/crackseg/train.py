@@ -28,7 +28,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from crackseg import __version__
-from crackseg.data import CrackDataset, find_all_pairs, split_pairs, train_transform
+from crackseg.data import CrackDataset, add_split_arguments, find_all_pairs, split_pairs, train_transform
 from crackseg.images import atomic_write_bytes
 from crackseg.inference import cpu_has_bf16_matrix_engine
 from crackseg.losses import ALPHA_SCHEDULES, LOSSES, alpha_at, build_loss
@@ -81,14 +81,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     a("--alpha-schedule", choices=ALPHA_SCHEDULES, default="linear")
     a("--alpha", type=float, default=0.5, help="α of the constant schedule")
     a("--pos-weight", type=float, default=None, help="fixed crack weight of WCE (default: batch ratio)")
-    a("--val-fraction", type=float, default=0.1)
-    a(
-        "--split-seed",
-        type=int,
-        default=0,
-        help="seed of the validation split (kept apart from --seed, so fine-tuning with a new --seed never "
-        "trains on the validation photos; `evaluate --split-val` uses the same default)",
-    )
+    add_split_arguments(parser)
     a(
         "--select",
         choices=["loss", "f1", "ods"],
