@@ -35,6 +35,23 @@ def test_tiled_prediction_is_seamless():
     assert np.abs(tiled - whole)[4:-4, 4:-4].max() < 1e-4
 
 
+@pytest.mark.parametrize("tile", [1024, 96], ids=["one-pass", "tiled"])
+def test_flip_tta_averages_the_four_flipped_predictions(tile):
+    image, _ = synthetic_crack((120, 150), seed=2, n_cracks=2)
+    plain = CrackSegmenter(LocalNet(), ModelConfig(), tile=tile, precision="fp32")
+    expected = np.mean(
+        [
+            np.flip(plain.predict_prob(np.ascontiguousarray(np.flip(image, axes))), axes)
+            for axes in [(), (1,), (0,), (0, 1)]
+        ],
+        axis=0,
+    )
+    tta = CrackSegmenter(LocalNet(), ModelConfig(), tile=tile, precision="fp32", tta=True).predict_prob(image)
+    assert tta.shape == image.shape[:2]
+    assert np.abs(tta - expected).max() < 1e-5
+    assert np.abs(tta - plain.predict_prob(image)).max() > 1e-3  # the network is not flip-invariant
+
+
 def test_tile_grid_covers_the_image():
     for length in (96, 97, 500, 1000):
         starts = tile_starts(length, 96, 0.25)

@@ -48,14 +48,24 @@ def test_two_epochs_write_every_file(synthetic_root, tmp_path):
     assert state["epoch"] == 2 and state["args"]["size"] == 64
 
 
-def test_resume_reproduces_an_uninterrupted_run(synthetic_root, tmp_path):
-    full = train(_args(synthetic_root, tmp_path / "full"))
-    part = train(_args(synthetic_root, tmp_path / "part", "--epochs", "1"))
-    resumed = train(_args(synthetic_root, part, "--resume"))
+@pytest.mark.parametrize("extra", [[], ["--ema", "0.9"]], ids=["raw", "ema"])
+def test_resume_reproduces_an_uninterrupted_run(synthetic_root, tmp_path, extra):
+    full = train(_args(synthetic_root, tmp_path / "full", *extra))
+    part = train(_args(synthetic_root, tmp_path / "part", "--epochs", "1", *extra))
+    resumed = train(_args(synthetic_root, part, "--resume", *extra))
     strip = [{k: v for k, v in h.items() if k != "seconds"} for h in _history(full)]
     assert [{k: v for k, v in h.items() if k != "seconds"} for h in _history(resumed)] == strip
     a, b = load_file(str(full / "best/model.safetensors")), load_file(str(resumed / "best/model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_ema_weights_are_the_ones_validated_and_saved(synthetic_root, tmp_path):
+    run = train(_args(synthetic_root, tmp_path / "run", "--epochs", "1", "--ema", "0.5"))  # epoch 1 is the best
+    state = torch.load(run / "last.pt", weights_only=True)
+    averaged = {k.removeprefix("module."): v for k, v in state["ema"].items() if k.startswith("module.")}
+    saved = load_file(str(run / "best/model.safetensors"))
+    assert all(torch.equal(saved[k], averaged[k].to(saved[k].dtype)) for k in saved)
+    assert any(not torch.equal(state["model"][k], averaged[k]) for k in saved)  # not a copy of the raw weights
 
 
 def test_nan_loss_stops_cleanly_and_keeps_last_checkpoint(synthetic_root, tmp_path):

@@ -46,6 +46,7 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass")
     p.add_argument("--max-pixels", type=float, default=500e6, help="refuse images with more pixels than this")
+    p.add_argument("--tta", action="store_true", help="average the four flips of each tile (4× slower)")
 
 
 def make_segmenter(args):
@@ -62,6 +63,7 @@ def make_segmenter(args):
         batch_size=args.batch_size,
         threshold=args.threshold,
         max_pixels=int(args.max_pixels),
+        tta=args.tta,
     )
 
 

@@ -87,6 +87,9 @@ def tile_starts(length: int, tile: int, overlap: float) -> list[int]:
     return [round(i * (length - tile) / (count - 1)) for i in range(count)]
 
 
+FLIP_AXES = [(), (3,), (2,), (2, 3)]  # N×C×H×W: none, horizontal, vertical, both
+
+
 def sigmoid(x: np.ndarray) -> np.ndarray:
     return (0.5 * (np.tanh(0.5 * x) + 1)).astype(np.float32)  # tanh form: no overflow for large |x|
 
@@ -111,6 +114,7 @@ class CrackSegmenter:
         max_pixels: int = DEFAULT_MAX_PIXELS,
         precision: str = "auto",
         device: str = "cpu",
+        tta: bool = False,
     ):
         self.config = config or ModelConfig()
         self.model = model
@@ -119,6 +123,7 @@ class CrackSegmenter:
         if not 0 <= overlap < 1:
             raise ValueError(f"overlap must be in [0, 1), got {overlap}")
         self.overlap, self.batch_size, self.max_pixels = overlap, batch_size, max_pixels
+        self.tta = tta
         self.threshold = float(self.config.threshold if threshold is None else threshold)
 
     @classmethod
@@ -131,11 +136,20 @@ class CrackSegmenter:
         return cls(model, config, **kwargs)
 
     def describe(self) -> str:
-        return f"{self.backend.name} {self.backend.precision}, tile {self.tile}, overlap {self.overlap}"
+        flips = ", flip TTA" if self.tta else ""
+        return f"{self.backend.name} {self.backend.precision}, tile {self.tile}, overlap {self.overlap}{flips}"
 
     def _run(self, tiles: list[np.ndarray]) -> np.ndarray:
         batch = np.stack([normalize_image(t, self.config.mean, self.config.std) for t in tiles])
-        return sigmoid(self.backend(batch))
+        if not self.tta:
+            return sigmoid(self.backend(batch))
+        # Test-time augmentation: the mean probability over the four flips of each tile (4× the work). Flips keep
+        # a tile's shape, so fixed-size backends accept them too.
+        total = np.zeros(batch.shape[:1] + batch.shape[2:], np.float32)
+        for axes in FLIP_AXES:
+            prob = sigmoid(self.backend(np.ascontiguousarray(np.flip(batch, axes))))
+            total += np.flip(prob, tuple(a - 1 for a in axes))  # the probabilities have no channel axis
+        return total / len(FLIP_AXES)
 
     def _pad_to(self, image: np.ndarray, height: int, width: int) -> np.ndarray:
         pad_h, pad_w = height - image.shape[0], width - image.shape[1]

@@ -90,6 +90,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     )
     a("--patience", type=int, default=0, help="stop after this many epochs without improvement (0: never)")
     a("--clip-grad", type=float, default=0.0)
+    a(
+        "--ema",
+        type=float,
+        default=0.0,
+        help="decay of an exponential moving average of the weights, updated every step, that is validated and "
+        "saved instead of the raw weights (e.g. 0.998; 0: off)",
+    )
     a("--max-train-minutes", type=float, default=0.0, help="stop cleanly after this much wall-clock time")
     a("--precision", choices=["auto", "fp32", "bf16"], default="auto")
     a("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -279,7 +286,7 @@ def set_epoch(loader, epoch: int) -> None:
 # --- the two stages -----------------------------------------------------------------------------------------
 
 
-def train_one_epoch(model, loss_fn, optimizer, loader, alpha, precision, device, args, epoch, deadline, quiet):
+def train_one_epoch(model, ema, loss_fn, optimizer, loader, alpha, precision, device, args, epoch, deadline, quiet):
     model.train()
     total, count = 0.0, 0
     # Without a terminal (logs, nohup), the bar still reports, every 30 s.
@@ -303,6 +310,8 @@ def train_one_epoch(model, loss_fn, optimizer, loader, alpha, precision, device,
         if args.clip_grad > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip_grad)
         optimizer.step()
+        if ema is not None:
+            ema.update_parameters(model)
         total += loss.item() * image.shape[0]
         count += image.shape[0]
         bar.set_postfix(loss=f"{total / count:.4f}", refresh=False)
@@ -456,6 +465,7 @@ def train(args: argparse.Namespace) -> Path:
     loss_fn = build_loss(args.loss, args.gamma, args.pos_weight)
     optimizer = make_optimizer(model, args)
     scheduler = make_scheduler(optimizer, args)
+    ema = make_ema(model, args.ema)
     history: list[dict] = []
     start_epoch, best = 0, None
     if args.resume and (out / "last.pt").exists():
@@ -464,6 +474,10 @@ def train(args: argparse.Namespace) -> Path:
         optimizer.load_state_dict(state["optimizer"])
         if scheduler is not None and state.get("scheduler"):
             scheduler.load_state_dict(state["scheduler"])
+        if ema is not None and state.get("ema"):
+            ema.load_state_dict(state["ema"])
+        elif ema is not None:  # the run had no average so far: start it from the resumed weights
+            ema = make_ema(model, args.ema)
         history, best, start_epoch = state["history"], state["best"], state["epoch"]
         torch.set_rng_state(state["torch_rng"])
         say(rank, f"resuming {out} after epoch {start_epoch}")
@@ -488,6 +502,7 @@ def train(args: argparse.Namespace) -> Path:
             alpha = alpha_at(args.alpha_schedule, epoch, args.epochs, args.alpha)
             train_loss = train_one_epoch(
                 ddp_model,
+                ema,
                 loss_fn,
                 optimizer,
                 train_loader,
@@ -499,7 +514,8 @@ def train(args: argparse.Namespace) -> Path:
                 deadline,
                 quiet,
             )
-            val_loss, counts = validate(model, loss_fn, val_loader, alpha, precision, device)
+            evaluated = model if ema is None else ema.module  # the weights that are validated are the ones saved
+            val_loss, counts = validate(evaluated, loss_fn, val_loader, alpha, precision, device)
             at_half = scores(*counts[49])  # threshold 0.50
             threshold, ods_f1 = best_threshold(counts)
             record = {
@@ -529,10 +545,10 @@ def train(args: argparse.Namespace) -> Path:
                         "val_ods_f1": ods_f1,
                         "split_seed": args.split_seed,
                     }
-                    save_model(model, model_config(args, threshold, notes), out / "best")
+                    save_model(evaluated, model_config(args, threshold, notes), out / "best")
                 save_checkpoint(
                     out / "last.pt",
-                    checkpoint_state(model, optimizer, scheduler, epoch + 1, history, best, args),
+                    checkpoint_state(model, ema, optimizer, scheduler, epoch + 1, history, best, args),
                 )
                 write_history(out, history)
                 plot_curves(out, history)
@@ -560,6 +576,16 @@ def make_optimizer(model, args):
     return optimizer_class(params, lr=args.lr, weight_decay=decay)
 
 
+def make_ema(model, decay: float):
+    """An averaged copy of the model (parameters and BatchNorm statistics), as in torchvision's references."""
+    if not decay:
+        return None
+    if not 0 < decay < 1:
+        raise ValueError(f"--ema {decay}: the decay must lie between 0 and 1, e.g. 0.998")
+    multi_avg_fn = torch.optim.swa_utils.get_ema_multi_avg_fn(decay)
+    return torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=multi_avg_fn, use_buffers=True)
+
+
 def make_scheduler(optimizer, args):
     if args.lr_schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs)
@@ -575,9 +601,10 @@ def step_scheduler(scheduler, val_loss: float) -> None:
         scheduler.step()
 
 
-def checkpoint_state(model, optimizer, scheduler, epoch, history, best, args) -> dict:
+def checkpoint_state(model, ema, optimizer, scheduler, epoch, history, best, args) -> dict:
     return {
         "model": model.state_dict(),
+        "ema": ema.state_dict() if ema is not None else None,
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "epoch": epoch,
