@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from scipy.ndimage import binary_dilation
 
 from crackseg.data import (
     CrackDataset,
@@ -17,7 +18,7 @@ from crackseg.data import (
     train_transform,
 )
 from crackseg.images import ImageReadError, read_image, read_mask, write_image
-from crackseg.synthetic import synthetic_crack, write_synthetic_dataset
+from crackseg.synthetic import add_distractor, synthetic_crack, write_synthetic_dataset
 
 from .conftest import SHARED_DATA
 
@@ -190,6 +191,30 @@ def test_augmentation_keeps_image_and_mask_aligned(synthetic_root):
     item = dataset[0]
     assert item["image"].shape == (3, 64, 64) and item["mask"].shape == (1, 64, 64)
     assert item["sdf"].shape == (1, 64, 64) and item["image"].dtype == torch.float32
+
+
+def test_distractors_change_the_photo_but_not_the_mask():
+    image, mask = synthetic_crack((128, 128), seed=1, color=False)
+    transform = train_transform(128, strong=False, distractor_prob=1.0)
+    outputs = []
+    for _ in range(2):
+        transform.set_random_seed(7)
+        outputs.append(transform(image=image, mask=mask.astype(np.uint8)))
+    assert np.array_equal(outputs[0]["image"], outputs[1]["image"])  # seeded: the same crop twice
+    plain = train_transform(128, strong=False)
+    plain.set_random_seed(7)
+    reference = plain(image=image, mask=mask.astype(np.uint8))
+    assert np.array_equal(outputs[0]["mask"], reference["mask"])  # what is not a crack never enters the mask
+    assert np.abs(outputs[0]["image"].astype(int) - reference["image"]).max() > 30
+
+
+def test_a_crack_under_a_distractor_stays_darker_than_its_surroundings():
+    rng = np.random.default_rng(0)
+    for seed in range(10):
+        image, mask = synthetic_crack((128, 128), seed=seed, color=False)
+        out = add_distractor(image, rng).mean(axis=2)
+        ring = binary_dilation(mask, iterations=3) & ~mask  # the surface right beside the crack
+        assert out.shape == mask.shape and out[mask].mean() < out[ring].mean()
 
 
 def test_validation_items_keep_full_size(synthetic_root):

@@ -9,8 +9,8 @@ import torch
 from safetensors.torch import load_file
 
 from crackseg.cli import build_parser, main
-from crackseg.models import build_model, load_model
-from crackseg.train import TrainingError, train
+from crackseg.models import ModelConfig, build_model, load_model, save_model
+from crackseg.train import TrainingError, init_from, train
 
 
 def _args(data, out, *extra):
@@ -139,3 +139,16 @@ def test_validation_split_follows_split_seed_not_the_training_seed(synthetic_roo
     # Fine-tuning with a new --seed must validate on the same photos, or it trains on the old validation split.
     assert val_names("--seed", "0") == val_names("--seed", "7")
     assert val_names("--split-seed", "0") != val_names("--split-seed", "1")
+
+
+def test_init_from_a_model_of_another_decoder_width_copies_the_encoder(tmp_path):
+    narrow = build_model("unet", "resnet18", encoder_depth=3, decoder_channels=[16, 8, 4])
+    config = ModelConfig(arch="unet", encoder="resnet18", encoder_depth=3, arch_kwargs={"decoder_channels": [16, 8, 4]})
+    tiny_unet_dir = save_model(narrow, config, tmp_path / "narrow")
+    wider = build_model("unet", "resnet18", encoder_depth=3, decoder_channels=[32, 16, 8])
+    skipped = init_from(wider, str(tiny_unet_dir))
+    source = load_model(tiny_unet_dir)[0].state_dict()
+    target = wider.state_dict()
+    assert skipped and all(k.startswith("net.decoder") or k.startswith("net.segmentation_head") for k in skipped)
+    encoder = [k for k in target if k.startswith("net.encoder") and target[k].is_floating_point()]
+    assert encoder and all(torch.equal(target[k], source[k].to(target[k].dtype)) for k in encoder)

@@ -206,8 +206,12 @@ def signed_distance(mask: np.ndarray) -> np.ndarray:
     return sdf.astype(np.float32)
 
 
-def train_transform(size: int, strong: bool = True) -> A.Compose:
-    """Random scale and crop to `size`, flips, 90° turns, and photometric changes seen on real surfaces."""
+def train_transform(size: int, strong: bool = True, distractor_prob: float = 0.0) -> A.Compose:
+    """Random scale and crop to `size`, flips, 90° turns, and photometric changes seen on real surfaces.
+
+    With `distractor_prob` > 0, that share of crops also gets 1–2 generated non-cracks (lines, markings, stains)
+    before the photometric changes, so they are shadowed, blurred and compressed like the rest of the photo.
+    """
     import albumentations as A  # here, not at the top: it adds ~1.5 s to the start of every command
 
     ops = [
@@ -218,6 +222,8 @@ def train_transform(size: int, strong: bool = True) -> A.Compose:
         A.VerticalFlip(),
         A.RandomRotate90(),
     ]
+    if distractor_prob > 0:
+        ops.append(_distractor_transform(A, distractor_prob))
     if strong:
         ops += [
             A.RandomBrightnessContrast(0.25, 0.25, p=0.7),
@@ -229,6 +235,19 @@ def train_transform(size: int, strong: bool = True) -> A.Compose:
             A.ImageCompression(quality_range=(40, 95), p=0.3),
         ]
     return A.Compose(ops)
+
+
+def _distractor_transform(A, p: float):
+    """An albumentations transform around `synthetic.add_distractor`, drawing from the pipeline's seeded generator."""
+    from crackseg.synthetic import add_distractor
+
+    class Distractors(A.ImageOnlyTransform):
+        def apply(self, img, **params):
+            for _ in range(int(self.random_generator.integers(1, 3))):
+                img = add_distractor(img, self.random_generator)
+            return img
+
+    return Distractors(p=p)
 
 
 class CrackDataset(torch.utils.data.Dataset):

@@ -1,7 +1,9 @@
-"""Generated cracks of known geometry on textured backgrounds, for tests and demos.
+"""Generated cracks of known geometry on textured backgrounds, for tests and demos, and distractors for training.
 
 Each crack is a random walk drawn as a polyline of known width, darker than a smoothed-noise surface.
 Images come with exact masks, so tests run in seconds without downloading anything.
+Distractors (straight dark lines, road markings, stains) are drawn on real training crops to teach the model what
+is *not* a crack: the failures seen on held-out photos were formwork lines, lane markings, holes and stains.
 """
 
 from __future__ import annotations
@@ -78,3 +80,46 @@ def write_synthetic_dataset(
         write_image(root / "train" / "images" / f"{stem}.jpg", image, quality=95)
         write_image(root / "train" / "masks" / f"{stem}{mask_ext}", mask.astype(np.uint8) * 255, quality=95)
     return root
+
+
+def _straight_band(height: int, width: int, rng: np.random.Generator, thickness: int) -> np.ndarray:
+    """A float mask in [0, 1] of one straight band right across the image (a joint, a formwork line, a stripe)."""
+    band = np.zeros((height, width), np.float32)
+    angle = rng.uniform(0, np.pi)
+    centre = rng.uniform([0, 0], [width, height])
+    reach = 2 * max(height, width)
+    direction = reach * np.array([np.cos(angle), np.sin(angle)])
+    start, end = np.round(centre - direction).astype(int), np.round(centre + direction).astype(int)
+    cv2.line(band, tuple(int(v) for v in start), tuple(int(v) for v in end), 1.0, thickness=thickness)
+    return cv2.GaussianBlur(band, (0, 0), 0.6 + 0.15 * thickness)
+
+
+def _blob(height: int, width: int, rng: np.random.Generator) -> np.ndarray:
+    """A soft elliptical stain or hole, 4–12 % of the image side across."""
+    blob = np.zeros((height, width), np.float32)
+    side = min(height, width)
+    axes = tuple(int(v) for v in rng.uniform(0.02, 0.06, 2) * side + 2)
+    centre = tuple(int(v) for v in rng.uniform([0, 0], [width, height]))
+    cv2.ellipse(blob, centre, axes, rng.uniform(0, 180), 0, 360, 1.0, thickness=-1)
+    return cv2.GaussianBlur(blob, (0, 0), 1.0 + 0.3 * max(axes))
+
+
+def add_distractor(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Draw one thing that is not a crack on an RGB uint8 image: a straight dark line, a road marking or a stain.
+
+    Dark lines and stains darken by a factor and markings lighten towards white, so a crack underneath stays
+    darker than its surroundings and its mask stays true.
+    """
+    height, width = image.shape[:2]
+    kind = rng.choice(["line", "marking", "stain"], p=[0.5, 0.25, 0.25])
+    out = image.astype(np.float32)
+    if kind == "marking":
+        shape = _straight_band(height, width, rng, int(rng.integers(max(4, height // 16), max(6, height // 5))))
+        paint = np.array([255, 255, 255] if rng.random() < 0.7 else [235, 200, 60], np.float32)
+        out += (paint - out) * (rng.uniform(0.5, 0.9) * shape)[:, :, None]
+    else:
+        shape = (
+            _straight_band(height, width, rng, int(rng.integers(1, 5))) if kind == "line" else _blob(height, width, rng)
+        )
+        out *= 1 - rng.uniform(0.25, 0.6) * shape[:, :, None]
+    return np.clip(out, 0, 255).astype(np.uint8)

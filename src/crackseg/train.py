@@ -110,6 +110,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="probability of the paper's degradation as augmentation",
     )
     a("--degrade-scale", default="2,4", help="down-scaling factors the degradation draws from")
+    a(
+        "--distractor-prob",
+        type=float,
+        default=0.0,
+        help="share of training crops given generated non-cracks (straight dark lines, road markings, stains)",
+    )
     a("--seed", type=int, default=0)
     a("--skip-unpaired", action="store_true")
     a("--resume", action="store_true", help="continue the run in --out from its last.pt")
@@ -215,7 +221,7 @@ def make_datasets(args) -> tuple[EpochSeededDataset, CrackDataset, dict]:
 
         scales = [float(s) for s in str(args.degrade_scale).split(",")]
         extra = RandomDegradation(args.degrade_prob, scales)
-    transform = train_transform(args.size, strong=not args.light_augment)
+    transform = train_transform(args.size, strong=not args.light_augment, distractor_prob=args.distractor_prob)
     train_set = EpochSeededDataset(CrackDataset(train_pairs, transform, extra=extra), args.seed)
     val_set = CrackDataset(val_pairs)
     summary = {
@@ -459,9 +465,9 @@ def train(args: argparse.Namespace) -> Path:
         args.arch, args.encoder, args.encoder_weights, encoder_depth=args.encoder_depth, **args.arch_kwargs
     ).to(device, memory_format=memory_format(precision))
     if args.init_from and not args.resume:
-        from crackseg.models import load_model
-
-        model.load_state_dict(load_model(args.init_from)[0].state_dict())
+        skipped = init_from(model, args.init_from)
+        if skipped:
+            say(rank, f"--init-from {args.init_from}: {len(skipped)} tensors kept random (no match): {skipped[:4]}")
     loss_fn = build_loss(args.loss, args.gamma, args.pos_weight)
     optimizer = make_optimizer(model, args)
     scheduler = make_scheduler(optimizer, args)
@@ -566,6 +572,23 @@ def train(args: argparse.Namespace) -> Path:
         if dist.is_initialized():
             dist.destroy_process_group()
     return out
+
+
+def init_from(model: torch.nn.Module, path: str) -> list[str]:
+    """Copy the weights of a trained model whose names and shapes match; return the names left as they were.
+
+    A model of another decoder width (or head) still starts from the trained encoder this way. Nothing matching
+    at all is an error: it means the wrong model was named.
+    """
+    from crackseg.models import load_model
+
+    source = load_model(path)[0].state_dict()
+    target = model.state_dict()
+    matching = {k: v for k, v in source.items() if k in target and target[k].shape == v.shape}
+    if not matching:
+        raise TrainingError(f"--init-from {path}: no tensor matches this architecture; pass a model of the same family")
+    model.load_state_dict(matching, strict=False)
+    return sorted(k for k in target if k not in matching)
 
 
 def make_optimizer(model, args):
