@@ -471,19 +471,18 @@ def train(args: argparse.Namespace) -> Path:
     loss_fn = build_loss(args.loss, args.gamma, args.pos_weight)
     optimizer = make_optimizer(model, args)
     scheduler = make_scheduler(optimizer, args)
-    ema = make_ema(model, args.ema)
     history: list[dict] = []
     start_epoch, best = 0, None
-    if args.resume and (out / "last.pt").exists():
-        state = load_checkpoint(out / "last.pt")
+    state = load_checkpoint(out / "last.pt") if args.resume and (out / "last.pt").exists() else None
+    if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         if scheduler is not None and state.get("scheduler"):
             scheduler.load_state_dict(state["scheduler"])
+    ema = make_ema(model, args.ema)  # after a resume without an average so far, it starts from the resumed weights
+    if state is not None:
         if ema is not None and state.get("ema"):
             ema.load_state_dict(state["ema"])
-        elif ema is not None:  # the run had no average so far: start it from the resumed weights
-            ema = make_ema(model, args.ema)
         history, best, start_epoch = state["history"], state["best"], state["epoch"]
         torch.set_rng_state(state["torch_rng"])
         say(rank, f"resuming {out} after epoch {start_epoch}")
