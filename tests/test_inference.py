@@ -4,7 +4,7 @@ import torch
 from PIL import Image
 
 from crackseg.cli import main
-from crackseg.images import read_mask, write_image
+from crackseg.images import default_mode, read_mask, write_image
 from crackseg.inference import CrackSegmenter, blend_window, output_stems, tile_starts
 from crackseg.models import ModelConfig, load_model
 from crackseg.synthetic import synthetic_crack
@@ -105,6 +105,8 @@ def test_predict_command_writes_masks_of_input_size(tiny_model_dir, tmp_path):
         assert np.asarray(Image.open(out / f"{name}_prob.png")).shape == (h, w)
         assert Image.open(out / f"{name}_overlay.jpg").size == (w, h)
     assert not (out / "broken.png").exists()
+    # written atomically, yet with the permissions of a normal file (not the temporary file's owner-only ones)
+    assert (out / "p0.png").stat().st_mode & 0o777 == default_mode()
 
 
 def test_predict_shards_skip_existing_and_never_overwrite_inputs(tiny_model_dir, tmp_path):

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from crackseg.images import atomic_write_bytes, normalize_image
+from crackseg.images import atomic_write_bytes, default_mode, normalize_image
 from crackseg.models import ModelConfig
 
 log = logging.getLogger(__name__)
@@ -78,6 +78,7 @@ def atomic_write_dir(final: Path, write) -> Path:
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
     try:
         write(tmp)
+        os.chmod(tmp, default_mode(folder=True))
         os.replace(tmp, final)
     except OSError:
         if not final.is_dir():

@@ -122,6 +122,13 @@ def read_mask(path: str | os.PathLike) -> np.ndarray:
     return mask_from_array(np.asarray(img), name=str(path))
 
 
+def default_mode(folder: bool = False) -> int:
+    """The permissions open() or mkdir() would give under the current umask (mkstemp's are owner-only)."""
+    mask = os.umask(0)  # the only way to read the umask is to set it
+    os.umask(mask)
+    return (0o777 if folder else 0o666) & ~mask
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write to a temporary file in the same folder, then rename: readers never see a partial file."""
     path = Path(path)
@@ -132,6 +139,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, default_mode())  # outputs are not secrets: the usual permissions, not mkstemp's
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
