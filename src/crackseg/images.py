@@ -122,11 +122,19 @@ def read_mask(path: str | os.PathLike) -> np.ndarray:
     return mask_from_array(np.asarray(img), name=str(path))
 
 
-def default_mode(folder: bool = False) -> int:
-    """The permissions open() or mkdir() would give under the current umask (mkstemp's are owner-only)."""
+def _read_umask() -> int:
     mask = os.umask(0)  # the only way to read the umask is to set it
     os.umask(mask)
-    return (0o777 if folder else 0o666) & ~mask
+    return mask
+
+
+# Read once, at import: setting it later, while server threads write files, could leave one world-writable.
+_UMASK = _read_umask()
+
+
+def default_mode(folder: bool = False) -> int:
+    """The permissions open() or mkdir() would give under the umask (mkstemp's are owner-only)."""
+    return (0o777 if folder else 0o666) & ~_UMASK
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
