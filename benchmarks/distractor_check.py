@@ -23,6 +23,7 @@ import torch
 from crackseg.backends import make_segmenter
 from crackseg.data import find_pairs, split_pairs
 from crackseg.evaluate import load_pair
+from crackseg.inference import is_weights_path
 from crackseg.metrics import confusion, scores
 from crackseg.synthetic import add_distractor
 
@@ -38,7 +39,7 @@ def distracted(image: np.ndarray, name: str, count: int, seed: int) -> np.ndarra
 
 
 def score_model(weights: str, pairs, count: int, seed: int, backend: str, precision: str) -> dict:
-    is_path = Path(weights).exists()
+    is_path = is_weights_path(weights)
     segmenter = make_segmenter(
         weights=weights if is_path else None, model=None if is_path else weights, backend=backend, precision=precision
     )

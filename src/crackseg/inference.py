@@ -94,6 +94,13 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
     return (0.5 * (np.tanh(0.5 * x) + 1)).astype(np.float32)  # tanh form: no overflow for large |x|
 
 
+def is_weights_path(name_or_path: str | os.PathLike | None) -> bool:
+    """Whether a model argument names trained weights on disk rather than a shipped model."""
+    return name_or_path is not None and (
+        Path(name_or_path).exists() or str(name_or_path).endswith((".safetensors", ".pth", ".pt"))
+    )
+
+
 class CrackSegmenter:
     """Segment cracks in images of any size with a trained model.
 
@@ -129,9 +136,7 @@ class CrackSegmenter:
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike | None = None, **kwargs) -> CrackSegmenter:
         """A shipped model by name (default: the default model) or a trained model's path."""
-        is_path = name_or_path is not None and (
-            Path(name_or_path).exists() or str(name_or_path).endswith((".safetensors", ".pth", ".pt"))
-        )
+        is_path = is_weights_path(name_or_path)
         model, config = load_model(weights=name_or_path if is_path else None, model=None if is_path else name_or_path)
         return cls(model, config, **kwargs)
 
