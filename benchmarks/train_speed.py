@@ -35,10 +35,10 @@ def images_per_second(arch: str, arch_kwargs: dict, size: int, precision: str, s
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     loss_fn, device = build_loss("bc"), torch.device("cpu")
     args.max_batches = 1  # warm-up
-    train_one_epoch(model, loss_fn, optimizer, loader, 0.1, precision, device, args, 0, float("inf"), True)
+    train_one_epoch(model, None, loss_fn, optimizer, loader, 0.1, precision, device, args, 0, float("inf"), True)
     args.max_batches = steps
     started = time.perf_counter()
-    train_one_epoch(model, loss_fn, optimizer, loader, 0.1, precision, device, args, 0, float("inf"), True)
+    train_one_epoch(model, None, loss_fn, optimizer, loader, 0.1, precision, device, args, 0, float("inf"), True)
     return steps * 8 / (time.perf_counter() - started)
 
 
