@@ -10,8 +10,8 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 def test_train_speed_runs_the_real_training_step(synthetic_root):
-    # In a child process: its DataLoader worker is forked, and forking this process after the backend tests have
-    # loaded OpenVINO and ONNX Runtime crashes it.
+    # In a child process: in this one, once the backend tests have run NNCF's OpenVINO int8 calibration, starting
+    # the benchmark's DataLoader worker kills pytest with a segmentation fault.
     code = (
         "import sys; from train_speed import images_per_second; from crackseg.data import find_all_pairs; "
         "rate = images_per_second('pspnet', {}, 64, 'fp32', 1, find_all_pairs([sys.argv[1]], skip_unpaired=True)); "
