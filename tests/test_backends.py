@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -11,7 +15,7 @@ from crackseg import backends, export
 from crackseg.backends import agreement, auto_candidates, is_accurate, make_segmenter
 from crackseg.cli import main
 from crackseg.export import CalibrationCrops, ExportError, cached_onnx, export_onnx, onnx_metadata
-from crackseg.models import load_model, resolve_weights
+from crackseg.models import ModelError, load_model, resolve_weights
 from crackseg.synthetic import synthetic_crack
 
 TILE = 64
@@ -91,6 +95,33 @@ def test_second_run_reuses_the_cached_export(exported, tiny, monkeypatch):
     # the key covers tile, backend and precision: another tile is another entry
     assert export.cache_path(weights, TILE * 2, "onnx", "fp32", ".onnx") != exported
     assert export.cache_path(weights, TILE, "onnx", "int8", ".onnx") != exported
+
+
+def test_cached_export_runs_without_loading_the_torch_network(exported, cache, tiny_model_dir, image, reference):
+    # A fresh process, as every command is: with the export cached, neither the network nor the
+    # segmentation-models-pytorch import (2 s of start-up) is needed to predict.
+    code = (
+        "import sys, numpy as np; from crackseg.backends import make_segmenter; "
+        f"seg = make_segmenter({str(tiny_model_dir)!r}, backend='onnx', precision='fp32', tile={TILE}); "
+        "np.save(sys.argv[1], seg.predict_prob(np.load(sys.argv[2]))); "
+        "print('smp' if 'segmentation_models_pytorch' in sys.modules else 'no smp', 'module' in vars(seg.model))"
+    )
+    np.save(cache / "image.npy", image)
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(cache / "prob.npy"), str(cache / "image.npy")],
+        capture_output=True, text=True, timeout=120, env=os.environ | {"CRACKSEG_CACHE": str(cache)},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["no", "smp", "False"]
+    assert agreement(reference, np.load(cache / "prob.npy"))["f1"] >= 0.98
+
+
+def test_broken_weights_are_reported_as_such_not_as_missing_backends(cache, tmp_path):
+    # Nothing cached for these bytes: the export loads the file and says what is wrong with it.
+    bogus = tmp_path / "model.pth"
+    bogus.write_bytes(b"not a model")
+    with pytest.raises(ModelError, match="not a crackseg model file"):
+        make_segmenter(bogus, tile=TILE)
 
 
 @pytest.mark.parametrize("backend", ["onnx", "openvino"])

@@ -30,7 +30,7 @@ from crackseg.export import (
 )
 from crackseg.images import atomic_write_bytes
 from crackseg.inference import CrackSegmenter, TorchBackend, cpu_has_bf16_matrix_engine, sigmoid
-from crackseg.models import ModelConfig, load_model, resolve_weights
+from crackseg.models import LazyModel, ModelConfig, ModelError, read_config, resolve_weights
 
 log = logging.getLogger(__name__)
 
@@ -245,6 +245,8 @@ def choose_backend(backend, precision, weights, net, config, tile, device="cpu",
             engine = build_backend(
                 name, prec, weights, net, config, tile, device, crops, require_accurate=True, calibrate=False
             )
+        except ModelError:  # a broken weights file is no backend's fault: say so, not "no backend could be built"
+            raise
         except Exception as err:  # a failing backend must not stop prediction: try the next one
             problems.append(f"{name} {prec} ({err})")
             log.info("auto: %s %s unavailable: %s", name, prec, err)
@@ -270,7 +272,7 @@ def make_segmenter(
     `calibration_data`: crackseg data folder(s) whose training crops calibrate int8 (default: generated).
     """
     path = resolve_weights(weights, model)
-    net, config = load_model(path)
+    net, config = LazyModel(path), read_config(path)
     tile = int(kwargs.pop("tile", None) or config.train_size)
     data = [calibration_data] if isinstance(calibration_data, (str, Path)) else list(calibration_data or [])
     crops = CalibrationCrops(config, tile, count=calibration_crops or CalibrationCrops.count, data=data)

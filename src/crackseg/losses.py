@@ -8,7 +8,6 @@ distance map (``crackseg.data.signed_distance``), computed in the data pipeline.
 
 from __future__ import annotations
 
-import segmentation_models_pytorch as smp
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -88,6 +87,9 @@ class RegionLoss(nn.Module):
 
     def __init__(self, name: str):
         super().__init__()
+        # Imported here: it costs every command about 2 s of start-up (crackseg.models.build_model says why).
+        import segmentation_models_pytorch as smp
+
         self.name = name
         self.dice = smp.losses.DiceLoss("binary", from_logits=True)
         self.focal = smp.losses.FocalLoss("binary")

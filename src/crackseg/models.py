@@ -7,11 +7,11 @@ The network returns one channel of logits at the input's height and width; proba
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import segmentation_models_pytorch as smp
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
@@ -102,6 +102,10 @@ def build_model(
     `encoder_weights` is None (random init), "imagenet" (downloaded by smp; needs network access) or a path to a
     torchvision-format state dict (``.pth`` or ``.safetensors``) for offline use.
     """
+    # Imported here, not at the top: it pulls in timm, torchvision and torch._dynamo (about 2 s), which commands
+    # running a compiled backend from its cache never need (LazyModel).
+    import segmentation_models_pytorch as smp
+
     local = encoder_weights if encoder_weights not in (None, "imagenet") else None
     depth = kwargs.pop("encoder_depth", None) or ARCH_DEPTH.get(arch.lower(), 5)
     try:
@@ -161,6 +165,14 @@ def save_model(model: CrackNet, config: ModelConfig, out_dir: str | Path, half: 
     return out_dir
 
 
+def read_config(weights: Path) -> ModelConfig:
+    """The config of a weights file: embedded in a crackseg safetensors file, else its folder's config.json."""
+    try:
+        return _read_config(weights)
+    except Exception as err:
+        raise ModelError(f"{weights}: not a crackseg model file ({type(err).__name__}: {err})") from None
+
+
 def _read_config(weights: Path) -> ModelConfig:
     sidecar = weights.parent / CONFIG_NAME
     if weights.suffix == ".safetensors":
@@ -201,8 +213,8 @@ def resolve_weights(weights: str | Path | None = None, model: str | None = None)
 def load_model(weights: str | Path | None = None, model: str | None = None) -> tuple[CrackNet, ModelConfig]:
     """Load a model (safetensors, or a legacy .pth through ``torch.load(weights_only=True)``) in eval mode."""
     path = resolve_weights(weights, model)
+    config = read_config(path)
     try:
-        config = _read_config(path)
         if path.suffix == ".safetensors":
             state = load_file(str(path))
         else:
@@ -227,6 +239,30 @@ def load_model(weights: str | Path | None = None, model: str | None = None) -> t
         )
     net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
     return net.eval(), config
+
+
+class LazyModel:
+    """The network of a weights file, loaded (and checked against its config) on first use.
+
+    The compiled backends run from a cached export and need the torch network only to export or check one;
+    loading it costs the segmentation-models-pytorch import, about 2 s of start-up. Calls and attribute reads go
+    to the loaded network, so it stands in wherever a network is passed.
+    """
+
+    def __init__(self, weights: Path):
+        self.weights = weights
+
+    @functools.cached_property
+    def module(self) -> CrackNet:
+        return load_model(self.weights)[0]
+
+    def __call__(self, *args, **kwargs):
+        return self.module(*args, **kwargs)
+
+    def __getattr__(self, name: str):
+        if name.startswith("__") or name == "weights":  # not set yet (copy, pickle): no load, no recursion
+            raise AttributeError(name)
+        return getattr(self.module, name)
 
 
 def count_parameters(model: nn.Module) -> int:
