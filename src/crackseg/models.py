@@ -167,23 +167,19 @@ def save_model(model: CrackNet, config: ModelConfig, out_dir: str | Path, half: 
 
 def read_config(weights: Path) -> ModelConfig:
     """The config of a weights file: embedded in a crackseg safetensors file, else its folder's config.json."""
+    sidecar = weights.parent / CONFIG_NAME
     try:
-        return _read_config(weights)
+        if weights.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(weights), framework="pt") as f:
+                embedded = (f.metadata() or {}).get("crackseg_config")
+            if embedded:
+                return ModelConfig.from_dict(json.loads(embedded))
+        if sidecar.is_file():
+            return ModelConfig.from_dict(json.loads(sidecar.read_text()))
     except Exception as err:
         raise ModelError(f"{weights}: not a crackseg model file ({type(err).__name__}: {err})") from None
-
-
-def _read_config(weights: Path) -> ModelConfig:
-    sidecar = weights.parent / CONFIG_NAME
-    if weights.suffix == ".safetensors":
-        from safetensors import safe_open
-
-        with safe_open(str(weights), framework="pt") as f:
-            embedded = (f.metadata() or {}).get("crackseg_config")
-        if embedded:
-            return ModelConfig.from_dict(json.loads(embedded))
-    if sidecar.is_file():
-        return ModelConfig.from_dict(json.loads(sidecar.read_text()))
     return ModelConfig()  # a legacy .pth from the original project: PSPNet-ResNet18 defaults
 
 
