@@ -249,3 +249,8 @@ def test_reads_all_shared_data():
     stats = summarize([p for p in pairs if p.source == "cfd"][:5])
     print(stats)
     assert 0 < stats["cfd"]["crack_fraction"] < 0.1
+
+
+def test_scale_range_sets_the_random_scale_factors():
+    scale = train_transform(64, scale_range=(0.4, 1.3)).transforms[0]
+    assert scale.scale_limit == pytest.approx((-0.6, 0.3))  # albumentations counts from 1

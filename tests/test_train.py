@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from crackseg.cli import build_parser, main
 from crackseg.models import ModelConfig, build_model, load_model, save_model
-from crackseg.train import TrainingError, init_from, train
+from crackseg.train import TrainingError, init_from, parse_scale_range, train
 
 
 def _args(data, out, *extra):
@@ -152,3 +152,10 @@ def test_init_from_a_model_of_another_decoder_width_copies_the_encoder(tmp_path)
     assert skipped and all(k.startswith("net.decoder") or k.startswith("net.segmentation_head") for k in skipped)
     encoder = [k for k in target if k.startswith("net.encoder") and target[k].is_floating_point()]
     assert encoder and all(torch.equal(target[k], source[k].to(target[k].dtype)) for k in encoder)
+
+
+def test_scale_range_is_two_ordered_positive_factors():
+    assert parse_scale_range("0.4,1.3") == (0.4, 1.3)
+    for bad in ("1.3,0.4", "0,1", "0.5", "small,big"):
+        with pytest.raises(TrainingError, match="--scale-range"):
+            parse_scale_range(bad)

@@ -206,8 +206,11 @@ def signed_distance(mask: np.ndarray) -> np.ndarray:
     return sdf.astype(np.float32)
 
 
-def train_transform(size: int, strong: bool = True, distractor_prob: float = 0.0) -> A.Compose:
-    """Random scale and crop to `size`, flips, 90° turns, and photometric changes seen on real surfaces.
+def train_transform(
+    size: int, strong: bool = True, distractor_prob: float = 0.0, scale_range: tuple[float, float] = (0.7, 1.3)
+) -> A.Compose:
+    """Random scale (a factor in `scale_range`, for 70 % of crops) and crop to `size`, flips, 90° turns, and
+    photometric changes seen on real surfaces.
 
     With `distractor_prob` > 0, that share of crops also gets 1–2 generated non-cracks (lines, markings, stains)
     before the photometric changes, so they are shadowed, blurred and compressed like the rest of the photo.
@@ -215,7 +218,7 @@ def train_transform(size: int, strong: bool = True, distractor_prob: float = 0.0
     import albumentations as A  # here, not at the top: it adds ~1.5 s to the start of every command
 
     ops = [
-        A.RandomScale(scale_limit=(-0.3, 0.3), p=0.7),
+        A.RandomScale(scale_limit=(scale_range[0] - 1, scale_range[1] - 1), p=0.7),
         A.PadIfNeeded(size, size, border_mode=4),  # cv2.BORDER_REFLECT_101
         A.RandomCrop(size, size),
         A.HorizontalFlip(),

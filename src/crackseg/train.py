@@ -111,6 +111,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     )
     a("--degrade-scale", default="2,4", help="down-scaling factors the degradation draws from")
     a(
+        "--scale-range",
+        default="0.7,1.3",
+        help="LOW,HIGH: the random scale factor of training photos (below 1: thinner cracks, as in wide frames)",
+    )
+    a(
         "--distractor-prob",
         type=float,
         default=0.0,
@@ -205,6 +210,17 @@ class EpochSeededDataset(torch.utils.data.Dataset):
         return self.dataset[index]
 
 
+def parse_scale_range(text: str) -> tuple[float, float]:
+    """--scale-range "LOW,HIGH" as two factors, 0 < LOW <= HIGH."""
+    try:
+        low, high = (float(part) for part in str(text).split(","))
+    except ValueError:
+        low = high = float("nan")
+    if not 0 < low <= high:
+        raise TrainingError(f"--scale-range {text!r}: expected two factors LOW,HIGH with 0 < LOW <= HIGH, e.g. 0.4,1.3")
+    return low, high
+
+
 def make_datasets(args) -> tuple[EpochSeededDataset, CrackDataset, dict]:
     pairs = find_all_pairs(args.data, args.skip_unpaired, exclude_splits=("test",))
     if args.val_data:
@@ -221,7 +237,9 @@ def make_datasets(args) -> tuple[EpochSeededDataset, CrackDataset, dict]:
 
         scales = [float(s) for s in str(args.degrade_scale).split(",")]
         extra = RandomDegradation(args.degrade_prob, scales)
-    transform = train_transform(args.size, strong=not args.light_augment, distractor_prob=args.distractor_prob)
+    transform = train_transform(
+        args.size, not args.light_augment, args.distractor_prob, parse_scale_range(args.scale_range)
+    )
     train_set = EpochSeededDataset(CrackDataset(train_pairs, transform, extra=extra), args.seed)
     val_set = CrackDataset(val_pairs)
     summary = {
