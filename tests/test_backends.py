@@ -97,6 +97,15 @@ def test_second_run_reuses_the_cached_export(exported, tiny, monkeypatch):
     assert export.cache_path(weights, TILE, "onnx", "int8", ".onnx") != exported
 
 
+def test_export_of_a_cached_model_does_not_load_the_network(exported, tiny_model_dir, tmp_path, monkeypatch):
+    def fail(*args, **kwargs):
+        raise AssertionError("the torch network was loaded although its export is cached")
+
+    monkeypatch.setattr("crackseg.models.load_model", fail)
+    out, _ = export.export_model(tiny_model_dir, out=tmp_path / "model.onnx", tile=TILE)
+    assert out.read_bytes() == exported.read_bytes()
+
+
 def test_cached_export_runs_without_loading_the_torch_network(exported, cache, tiny_model_dir, image, reference):
     # A fresh process, as every command is: with the export cached, neither the network nor the
     # segmentation-models-pytorch import (2 s of start-up) is needed to predict.

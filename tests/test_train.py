@@ -10,7 +10,15 @@ from safetensors.torch import load_file
 
 from crackseg.cli import build_parser, main
 from crackseg.models import ModelConfig, build_model, load_model, save_model
-from crackseg.train import TrainingError, init_from, parse_scale_range, train
+from crackseg.train import (
+    BatchBlockSampler,
+    TrainingError,
+    init_from,
+    make_degradation,
+    parse_scale_range,
+    source_weights,
+    train,
+)
 
 
 def _args(data, out, *extra):
@@ -159,3 +167,29 @@ def test_scale_range_is_two_ordered_positive_factors():
     for bad in ("1.3,0.4", "0,1", "0.5", "small,big"):
         with pytest.raises(TrainingError, match="--scale-range"):
             parse_scale_range(bad)
+
+
+def test_source_balance_evens_out_the_sources():
+    sources = ["big"] * 90 + ["small"] * 10
+    drawn = BatchBlockSampler(100, 10, seed=0, weights=source_weights(sources, 1.0))
+    small_share = sum(sources[i] == "small" for i in drawn) / len(drawn)
+    assert 0.4 < small_share < 0.6  # a tenth of the pairs, half of the draws
+    sqrt_share = sum(sources[i] == "small" for i in BatchBlockSampler(100, 10, 0, weights=source_weights(sources, 0.5)))
+    assert 0.15 < sqrt_share / 100 < 0.35  # sqrt(10) / (sqrt(90) + sqrt(10)) = 0.25
+    assert source_weights(sources, 0.0) is None  # off: the plain permutation
+    assert sorted(BatchBlockSampler(100, 10, 0)) == list(range(100))
+    with pytest.raises(TrainingError, match="--source-balance"):
+        source_weights(sources, 2.0)
+
+
+def test_source_balanced_training_runs(synthetic_root, tmp_path):
+    run = train(_args(synthetic_root, tmp_path / "run", "--source-balance", "0.5", "--epochs", "1"))
+    assert len(_history(run)) == 1
+
+
+def test_bad_degrade_scale_is_a_one_line_error_naming_the_option(synthetic_root, tmp_path, capsys):
+    argv = ["train", "--data", str(synthetic_root), "--out", str(tmp_path / "run"), "--degrade-prob", "0.3"]
+    assert main([*argv, "--degrade-scale", "2,big"]) == 2
+    assert "--degrade-scale '2,big'" in capsys.readouterr().err
+    assert make_degradation(0.3, "x2,4").scales == [2.0, 4.0]  # the evaluate spelling works here too
+    assert make_degradation(0.0, "2,4") is None

@@ -391,10 +391,10 @@ def export_model(
     int8 model only when it was made this way (or by an explicit --precision int8 run) and agrees. With
     calibration data, cached int8 models calibrated otherwise are replaced. Returns (path, a summary).
     """
-    from crackseg.models import load_model, resolve_weights
+    from crackseg.models import LazyModel, read_config, resolve_weights
 
     weights_path = resolve_weights(weights, model)
-    net, config = load_model(weights_path)
+    net, config = LazyModel(weights_path), read_config(weights_path)  # the network loads only if not cached
     tile = int(tile or config.train_size)
     if precision == "fp32":
         source = cached_onnx(weights_path, net, config, tile)

@@ -121,6 +121,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         default=0.0,
         help="share of training crops given generated non-cracks (straight dark lines, road markings, stains)",
     )
+    a(
+        "--source-balance",
+        type=float,
+        default=0.0,
+        help="draw each source's pairs with weight 1/count^P: 0 keeps the data's mix, 0.5 gives each source a share "
+        "proportional to the square root of its size, 1 gives every source the same share",
+    )
     a("--seed", type=int, default=0)
     a("--skip-unpaired", action="store_true")
     a("--resume", action="store_true", help="continue the run in --out from its last.pt")
@@ -221,6 +228,18 @@ def parse_scale_range(text: str) -> tuple[float, float]:
     return low, high
 
 
+def make_degradation(prob: float, scales: str):
+    """The paper's degradation as augmentation, or None; a bad --degrade-prob/--degrade-scale is a one-line error."""
+    if prob <= 0:
+        return None
+    from crackseg.degrade import DegradationError, RandomDegradation
+
+    try:
+        return RandomDegradation(prob, str(scales).split(","))
+    except DegradationError as err:
+        raise TrainingError(f"--degrade-prob {prob} --degrade-scale {scales!r}: {err}") from None
+
+
 def make_datasets(args) -> tuple[EpochSeededDataset, CrackDataset, dict]:
     pairs = find_all_pairs(args.data, args.skip_unpaired, exclude_splits=("test",))
     if args.val_data:
@@ -231,12 +250,7 @@ def make_datasets(args) -> tuple[EpochSeededDataset, CrackDataset, dict]:
         raise TrainingError(
             "the validation split came out empty; add data, raise --val-fraction or pass --val-data DIR"
         )
-    extra = None
-    if args.degrade_prob > 0:
-        from crackseg.degrade import RandomDegradation
-
-        scales = [float(s) for s in str(args.degrade_scale).split(",")]
-        extra = RandomDegradation(args.degrade_prob, scales)
+    extra = make_degradation(args.degrade_prob, args.degrade_scale)
     transform = train_transform(
         args.size, not args.light_augment, args.distractor_prob, parse_scale_range(args.scale_range)
     )
@@ -257,22 +271,37 @@ def _count_sources(pairs) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
+def source_weights(sources: list[str], power: float) -> torch.Tensor | None:
+    """Per-pair sampling weights 1/count(source)^power, so small sources (concrete, formwork) are seen more often."""
+    if power == 0:
+        return None
+    if not 0 < power <= 1:
+        raise TrainingError(f"--source-balance {power}: expected a power between 0 and 1, e.g. 0.5")
+    counts = {s: sources.count(s) for s in set(sources)}
+    return torch.tensor([counts[s] ** -power for s in sources], dtype=torch.float64)
+
+
 class BatchBlockSampler(torch.utils.data.Sampler):
     """A seeded shuffle per epoch in which process r of w takes the r-th part of every global batch.
 
     With one process it is a plain seeded shuffle; under DDP the w processes together see exactly the batches
-    one process would see, so a distributed run follows the single-process run.
+    one process would see, so a distributed run follows the single-process run. With `weights`, an epoch is as
+    many draws with replacement, in proportion to the weights, instead of a permutation.
     """
 
-    def __init__(self, size: int, batch_size: int, seed: int, rank: int = 0, world: int = 1):
+    def __init__(self, size: int, batch_size: int, seed: int, rank: int = 0, world: int = 1, weights=None):
         self.size, self.batch_size, self.seed, self.rank, self.world = size, batch_size, seed, rank, world
-        self.epoch = 0
+        self.weights, self.epoch = weights, 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def _indices(self) -> list[int]:
-        order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch))
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        if self.weights is None:
+            order = torch.randperm(self.size, generator=generator)
+        else:
+            order = torch.multinomial(self.weights, self.size, replacement=True, generator=generator)
         usable = self.size - self.size % self.batch_size
         part = self.batch_size // self.world
         starts = range(0, usable, self.batch_size)
@@ -288,7 +317,8 @@ class BatchBlockSampler(torch.utils.data.Sampler):
 def make_loaders(train_set, val_set, args, rank: int, world: int):
     if args.batch_size % world:
         raise TrainingError(f"--batch-size {args.batch_size} must be a multiple of the {world} processes")
-    sampler = BatchBlockSampler(len(train_set), args.batch_size, args.seed, rank, world)
+    weights = source_weights([p.source for p in train_set.dataset.pairs], args.source_balance)
+    sampler = BatchBlockSampler(len(train_set), args.batch_size, args.seed, rank, world, weights)
     common = {"num_workers": args.workers, "persistent_workers": False}
     train_loader = torch.utils.data.DataLoader(
         train_set, batch_size=args.batch_size // world, sampler=sampler, drop_last=True, **common
