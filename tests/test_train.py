@@ -1,21 +1,25 @@
 import csv
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from crackseg.cli import build_parser, main
 from crackseg.models import ModelConfig, build_model, load_model, save_model
+from crackseg.synthetic import write_synthetic_dataset
 from crackseg.train import (
     BatchBlockSampler,
     TrainingError,
     init_from,
     make_degradation,
     parse_scale_range,
+    source_mean_f1,
     source_weights,
     train,
 )
@@ -193,3 +197,21 @@ def test_bad_degrade_scale_is_a_one_line_error_naming_the_option(synthetic_root,
     assert "--degrade-scale '2,big'" in capsys.readouterr().err
     assert make_degradation(0.3, "x2,4").scales == [2.0, 4.0]  # the evaluate spelling works here too
     assert make_degradation(0.0, "2,4") is None
+
+
+def test_source_mean_f1_counts_every_source_once():
+    # one threshold; source a: tp 8 fp 2 fn 0 (F1 0.889), source b: tp 1 fp 0 fn 9 (F1 0.182)
+    counts = {"a": np.array([[8, 2, 0, 90]]), "b": np.array([[1, 0, 9, 90]])}
+    assert source_mean_f1(counts, 0) == pytest.approx((16 / 18 + 2 / 11) / 2)
+
+
+def test_select_sources_keeps_the_epoch_with_the_best_per_source_mean(synthetic_root, tmp_path):
+    other = write_synthetic_dataset(tmp_path / "other", 12, size=(96, 128), seed=100, prefix="other")
+    args = _args(synthetic_root, tmp_path / "run", "--select", "sources", "--epochs", "3")
+    args.data = [str(synthetic_root), str(other)]
+    run = train(args)
+    history = _history(run)
+    assert json.loads((run / "run.json").read_text())["data"]["val"]["sources"].keys() == {"other", "syn"}
+    f1s = [float(h["val_f1_sources"]) for h in history]
+    assert all(0 <= f <= 1 for f in f1s)
+    assert load_model(run / "best")[1].notes["epoch"] == 1 + f1s.index(max(f1s))

@@ -257,7 +257,7 @@ class CrackDataset(torch.utils.data.Dataset):
     """Image/mask pairs as normalised tensors; reads lazily, one pair per item.
 
     Items are dicts with ``image`` (3×H×W float), ``mask`` (1×H×W float 0/1), ``sdf`` (1×H×W, for the boundary
-    loss) and ``name``. Without a transform, images keep their full size (validation, evaluation).
+    loss), ``name`` and ``source``. Without a transform, images keep their full size (validation, evaluation).
     """
 
     def __init__(self, pairs: list[Pair], transform=None, mean=IMAGENET_MEAN, std=IMAGENET_STD, extra=None):
@@ -288,6 +288,7 @@ class CrackDataset(torch.utils.data.Dataset):
             "mask": torch.from_numpy(mask[None].astype(np.float32)),
             "sdf": torch.from_numpy(signed_distance(mask)[None]),
             "name": self.pairs[index].name,
+            "source": self.pairs[index].source,
         }
 
 

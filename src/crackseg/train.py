@@ -32,12 +32,14 @@ from crackseg.data import CrackDataset, add_split_arguments, find_all_pairs, spl
 from crackseg.images import atomic_write_bytes
 from crackseg.inference import cpu_has_bf16_matrix_engine
 from crackseg.losses import ALPHA_SCHEDULES, LOSSES, alpha_at, build_loss
-from crackseg.metrics import best_threshold, scores, sweep_counts
+from crackseg.metrics import THRESHOLDS, best_threshold, scores, sweep_counts
 from crackseg.models import ModelConfig, build_model, save_model
 
 log = logging.getLogger(__name__)
 
-HISTORY_FIELDS = ["epoch", "train_loss", "val_loss", "val_iou", "val_f1", "val_ods", "alpha", "lr", "seconds"]
+HISTORY_FIELDS = [
+    "epoch", "train_loss", "val_loss", "val_iou", "val_f1", "val_ods", "val_f1_sources", "alpha", "lr", "seconds"
+]  # fmt: skip
 
 
 class TrainingError(RuntimeError):
@@ -84,9 +86,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     add_split_arguments(parser)
     a(
         "--select",
-        choices=["loss", "f1", "ods"],
+        choices=["loss", "f1", "ods", "sources"],
         default="loss",
-        help="which validation number picks the best epoch: loss, F1 at 0.5, or F1 at the best threshold (ODS)",
+        help="which validation number picks the best epoch: loss, F1 at 0.5, F1 at the best threshold (ODS), or "
+        "sources: the mean over the data's sources of each source's F1 at that threshold (every surface counts "
+        "the same, however many photos it has)",
     )
     a("--patience", type=int, default=0, help="stop after this many epochs without improvement (0: never)")
     a("--clip-grad", type=float, default=0.0)
@@ -375,11 +379,12 @@ def train_one_epoch(model, ema, loss_fn, optimizer, loader, alpha, precision, de
 
 
 @torch.no_grad()
-def validate(model, loss_fn, loader, alpha, precision, device):
-    """Validation loss, and sweep counts over thresholds (dataset level) from full-size predictions."""
+def validate(model, loss_fn, loader, alpha, precision, device) -> tuple[float, dict[str, np.ndarray]]:
+    """Validation loss, and per source the sweep counts over thresholds (dataset level) of full-size predictions."""
     model.eval()
     total, count = 0.0, 0
-    counts = 0
+    sources = sorted({pair.source for pair in loader.dataset.pairs})
+    counts = dict.fromkeys(sources, 0)
     for batch in loader:
         image = batch["image"].to(device).contiguous(memory_format=memory_format(precision))
         mask, sdf = batch["mask"].to(device), batch["sdf"].to(device)
@@ -388,10 +393,15 @@ def validate(model, loss_fn, loader, alpha, precision, device):
         total += loss_fn(logits.float(), mask, sdf, alpha).item()
         count += 1
         prob = torch.sigmoid(logits.float()).cpu().numpy()
-        counts = counts + sweep_counts(prob, mask.cpu().numpy() > 0.5)
+        counts[batch["source"][0]] = counts[batch["source"][0]] + sweep_counts(prob, mask.cpu().numpy() > 0.5)
     loss = _all_reduce_mean(total, count, device)
-    counts = _all_reduce_array(np.asarray(counts, np.float64), device)
-    return loss, counts
+    stacked = np.stack([np.broadcast_to(np.asarray(counts[s], np.float64), (len(THRESHOLDS), 4)) for s in sources])
+    return loss, dict(zip(sources, _all_reduce_array(stacked, device)))
+
+
+def source_mean_f1(counts: dict[str, np.ndarray], threshold_index: int) -> float:
+    """The mean over sources of each source's dataset-level F1 at one threshold."""
+    return float(np.mean([scores(*c[threshold_index])["f1"] for c in counts.values()]))
 
 
 def _all_reduce_mean(total: float, count: int, device) -> float:
@@ -450,6 +460,8 @@ def plot_curves(out: Path, history: list[dict]) -> None:
     ax_score.plot(epochs, [h["val_f1"] for h in history], "o-", label="crack F1 @ 0.5")
     if all("val_ods" in h for h in history):
         ax_score.plot(epochs, [h["val_ods"] for h in history], "o-", label="crack F1 @ best threshold (ODS)")
+    if all(h.get("val_f1_sources") not in (None, "") for h in history):
+        ax_score.plot(epochs, [h["val_f1_sources"] for h in history], "o-", label="mean of per-source F1 @ ODS t")
     ax_score.set(xlabel="epoch", ylabel="score", title="Validation (dataset level)", ylim=(0, 1))
     ax_score.legend()
     fig.tight_layout()
@@ -490,9 +502,9 @@ def model_config(args, threshold: float = 0.5, notes: dict | None = None) -> Mod
 def is_better(record: dict, best: dict | None, select: str) -> bool:
     if best is None:
         return True
-    if select in ("f1", "ods"):
-        key = f"val_{select}"
-        return record[key] > best.get(key, -1.0)  # best from an older history may lack val_ods
+    if select in ("f1", "ods", "sources"):
+        key = {"f1": "val_f1", "ods": "val_ods", "sources": "val_f1_sources"}[select]
+        return record[key] > best.get(key, -1.0)  # best from an older history may lack the newer keys
     return record["val_loss"] < best["val_loss"]
 
 
@@ -568,9 +580,11 @@ def train(args: argparse.Namespace) -> Path:
                 quiet,
             )
             evaluated = model if ema is None else ema.module  # the weights that are validated are the ones saved
-            val_loss, counts = validate(evaluated, loss_fn, val_loader, alpha, precision, device)
+            val_loss, source_counts = validate(evaluated, loss_fn, val_loader, alpha, precision, device)
+            counts = sum(source_counts.values())
             at_half = scores(*counts[49])  # threshold 0.50
             threshold, ods_f1 = best_threshold(counts)
+            f1_sources = source_mean_f1(source_counts, int(np.argmin(np.abs(THRESHOLDS - threshold))))
             record = {
                 "epoch": epoch + 1,
                 "train_loss": round(train_loss, 6),
@@ -578,6 +592,7 @@ def train(args: argparse.Namespace) -> Path:
                 "val_iou": round(at_half["iou"], 6),
                 "val_f1": round(at_half["f1"], 6),
                 "val_ods": round(ods_f1, 6),
+                "val_f1_sources": round(f1_sources, 6),
                 "alpha": round(alpha, 4),
                 "lr": optimizer.param_groups[0]["lr"],
                 "seconds": round(time.time() - started, 1),
@@ -702,8 +717,8 @@ def write_run_info(out: Path, args, summary: dict, device, precision: str, world
 def format_record(r: dict) -> str:
     return (
         f"epoch {r['epoch']:3d}  train {r['train_loss']:.4f}  val {r['val_loss']:.4f}  IoU {r['val_iou']:.3f}  "
-        f"F1 {r['val_f1']:.3f}  ODS {r['val_ods']:.3f}  α {r['alpha']:.2f}  lr {r['lr']:.2e}  "
-        f"{r['seconds']:.0f}s"
+        f"F1 {r['val_f1']:.3f}  ODS {r['val_ods']:.3f}  per-source F1 {r['val_f1_sources']:.3f}  "
+        f"α {r['alpha']:.2f}  lr {r['lr']:.2e}  {r['seconds']:.0f}s"
     )
 
 
