@@ -384,7 +384,7 @@ def validate(model, loss_fn, loader, alpha, precision, device) -> tuple[float, d
     model.eval()
     total, count = 0.0, 0
     sources = sorted({pair.source for pair in loader.dataset.pairs})
-    counts = dict.fromkeys(sources, 0)
+    counts = {source: np.zeros((len(THRESHOLDS), 4)) for source in sources}  # a rank may not see every source
     for batch in loader:
         image = batch["image"].to(device).contiguous(memory_format=memory_format(precision))
         mask, sdf = batch["mask"].to(device), batch["sdf"].to(device)
@@ -393,10 +393,9 @@ def validate(model, loss_fn, loader, alpha, precision, device) -> tuple[float, d
         total += loss_fn(logits.float(), mask, sdf, alpha).item()
         count += 1
         prob = torch.sigmoid(logits.float()).cpu().numpy()
-        counts[batch["source"][0]] = counts[batch["source"][0]] + sweep_counts(prob, mask.cpu().numpy() > 0.5)
+        counts[batch["source"][0]] += sweep_counts(prob, mask.cpu().numpy() > 0.5)
     loss = _all_reduce_mean(total, count, device)
-    stacked = np.stack([np.broadcast_to(np.asarray(counts[s], np.float64), (len(THRESHOLDS), 4)) for s in sources])
-    return loss, dict(zip(sources, _all_reduce_array(stacked, device)))
+    return loss, dict(zip(sources, _all_reduce_array(np.stack([counts[s] for s in sources]), device)))
 
 
 def source_mean_f1(counts: dict[str, np.ndarray], threshold_index: int) -> float:
