@@ -4,7 +4,7 @@ import torch
 from PIL import Image
 
 from crackseg.cli import main
-from crackseg.images import default_mode, read_mask, write_image
+from crackseg.images import default_mode, normalize_image, read_mask, write_image
 from crackseg.inference import CrackSegmenter, blend_window, output_stems, tile_starts
 from crackseg.models import ModelConfig, load_model
 from crackseg.synthetic import synthetic_crack
@@ -50,6 +50,16 @@ def test_flip_tta_averages_the_four_flipped_predictions(tile):
     assert tta.shape == image.shape[:2]
     assert np.abs(tta - expected).max() < 1e-5
     assert np.abs(tta - plain.predict_prob(image)).max() > 1e-3  # the network is not flip-invariant
+
+
+def test_normalize_image_is_the_per_channel_standardisation_for_every_byte():
+    values = np.arange(256, dtype=np.uint8)
+    image = np.stack([values, 255 - values, values // 2], -1)[:, None].repeat(4, 1)  # every byte in every channel
+    mean, std = (0.2, 0.5, 0.7), (0.3, 0.1, 0.25)
+    expected = ((image.astype(np.float32) / 255.0 - np.float32(mean)) / np.float32(std)).transpose(2, 0, 1)
+    got = normalize_image(image[::2, ::-1], mean, std)  # a strided view too, as tiles are
+    assert got.dtype == np.float32 and got.flags.c_contiguous
+    assert np.array_equal(got, expected[:, ::2, ::-1])
 
 
 def test_tile_grid_covers_the_image():

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from crackseg.export import (
     INPUT_NAME,
@@ -30,7 +31,10 @@ from crackseg.export import (
 )
 from crackseg.images import atomic_write_bytes
 from crackseg.inference import CrackSegmenter, TorchBackend, cpu_has_bf16_matrix_engine, sigmoid
-from crackseg.models import LazyModel, ModelConfig, ModelError, read_config, resolve_weights
+from crackseg.model_config import LazyModel, ModelConfig, ModelError, read_config, resolve_weights
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +48,16 @@ class BackendError(RuntimeError):
     """A backend/precision combination is not available here; the message says what to install or pick."""
 
 
+def default_threads() -> int:
+    """Threads for ONNX Runtime and OpenVINO: torch's count when torch is loaded (a caller may have set it), else
+    OMP_NUM_THREADS, else 0: the library's default, the physical cores, as torch's default. Not imported for this:
+    torch costs ~1.3 s of start-up that a cached export never needs."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        return torch.get_num_threads()
+    return int(os.environ.get("OMP_NUM_THREADS") or 0)
+
+
 class OnnxBackend:
     """ONNX Runtime on an exported fixed-tile model (fp32 or int8 QDQ); CUDA provider when device is cuda."""
 
@@ -53,7 +67,7 @@ class OnnxBackend:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or torch.get_num_threads()  # same thread count as torch
+        options.intra_op_num_threads = threads or default_threads()
         providers: list = ["CPUExecutionProvider"]
         if device.startswith("cuda"):
             if "CUDAExecutionProvider" not in ort.get_available_providers():
@@ -88,7 +102,7 @@ class OpenVinoBackend:
         config = {
             "INFERENCE_PRECISION_HINT": "bf16" if bf16 else "f32",
             "PERFORMANCE_HINT": "LATENCY",  # one stream using all threads: tiles arrive one batch at a time
-            "INFERENCE_NUM_THREADS": threads or torch.get_num_threads(),
+            "INFERENCE_NUM_THREADS": threads or default_threads(),
         }
         path = Path(path)
         self.compiled = core.compile_model(str(path / "model.xml" if path.is_dir() else path), "CPU", config)

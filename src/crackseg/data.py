@@ -18,10 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image
-from scipy.ndimage import distance_transform_edt
-from skimage.segmentation import find_boundaries
 
 if TYPE_CHECKING:
     import albumentations as A
@@ -192,6 +189,9 @@ def signed_distance(mask: np.ndarray) -> np.ndarray:
     Negative inside the crack, positive outside, zero on the crack's boundary; each side is min-max scaled so
     values lie in [-1, 1]. A crack-free mask gives all zeros (no boundary to pull towards).
     """
+    from scipy.ndimage import distance_transform_edt
+    from skimage.segmentation import find_boundaries
+
     mask = mask.astype(bool)
     if not mask.any():
         return np.zeros(mask.shape, np.float32)
@@ -253,8 +253,9 @@ def _distractor_transform(A, p: float):
     return Distractors(p=p)
 
 
-class CrackDataset(torch.utils.data.Dataset):
-    """Image/mask pairs as normalised tensors; reads lazily, one pair per item.
+class CrackDataset:
+    """Image/mask pairs as normalised tensors; reads lazily, one pair per item (a map-style dataset for
+    torch's DataLoader; not derived from torch's Dataset so that commands which only find pairs never import torch).
 
     Items are dicts with ``image`` (3×H×W float), ``mask`` (1×H×W float 0/1), ``sdf`` (1×H×W, for the boundary
     loss), ``name`` and ``source``. Without a transform, images keep their full size (validation, evaluation).
@@ -277,6 +278,8 @@ class CrackDataset(torch.utils.data.Dataset):
         return image, mask
 
     def __getitem__(self, index: int) -> dict:
+        import torch
+
         image, mask = self.load(index)
         if self.transform is not None:
             out = self.transform(image=image, mask=mask.astype(np.uint8))

@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import functools
 import hashlib
+import importlib.util
 import io
 import json
 import logging
@@ -25,12 +26,15 @@ import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from crackseg.images import atomic_write_bytes, default_mode, normalize_image
-from crackseg.models import ModelConfig
+from crackseg.model_config import ModelConfig
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +96,8 @@ def atomic_write_dir(final: Path, write) -> Path:
 
 
 def _export_dynamo(net: torch.nn.Module, example: torch.Tensor):
+    import torch
+
     batch = torch.export.Dim("batch", min=1, max=4096)
     program = torch.onnx.export(
         net,
@@ -108,6 +114,7 @@ def _export_dynamo(net: torch.nn.Module, example: torch.Tensor):
 
 def _export_torchscript(net: torch.nn.Module, example: torch.Tensor):
     import onnx
+    import torch
 
     buffer = io.BytesIO()
     torch.onnx.export(
@@ -135,6 +142,7 @@ def _quiet():
 def max_logit_difference(net: torch.nn.Module, model_bytes: bytes, tile: int, batch: int = 2) -> float:
     """Max |logit difference| between PyTorch and ONNX Runtime on a random normal batch."""
     import onnxruntime as ort
+    import torch
 
     x = torch.randn(batch, 3, tile, tile, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
@@ -153,6 +161,7 @@ def export_onnx(net: torch.nn.Module, config: ModelConfig, path: str | os.PathLi
     TorchScript exporter. Raises ExportError unless ONNX Runtime reproduces PyTorch's logits within 1e-4.
     """
     import onnx
+    import torch
 
     net = net.eval().cpu()
     example = torch.randn(2, 3, tile, tile)  # batch 2, so the exporter keeps the batch dimension symbolic
@@ -327,11 +336,8 @@ def quantize_openvino_int8(fp32_path: str | os.PathLike, out_dir: str | os.PathL
 
 
 def nncf_available() -> bool:
-    try:
-        import nncf  # noqa: F401
-    except Exception:  # ImportError, or a broken install
-        return False
-    return True
+    # Looked up, not imported: importing NNCF costs ~0.4 s, and only calibrating (not running) int8 needs it.
+    return importlib.util.find_spec("nncf") is not None
 
 
 # --- cached artefacts ---------------------------------------------------------------------------------------
@@ -391,7 +397,7 @@ def export_model(
     int8 model only when it was made this way (or by an explicit --precision int8 run) and agrees. With
     calibration data, cached int8 models calibrated otherwise are replaced. Returns (path, a summary).
     """
-    from crackseg.models import LazyModel, read_config, resolve_weights
+    from crackseg.model_config import LazyModel, read_config, resolve_weights
 
     weights_path = resolve_weights(weights, model)
     net, config = LazyModel(weights_path), read_config(weights_path)  # the network loads only if not cached

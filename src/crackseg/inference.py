@@ -12,13 +12,16 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image
 
 from crackseg.images import normalize_image, pil_to_rgb, read_image, to_rgb_uint8
-from crackseg.models import ModelConfig, load_model
+from crackseg.model_config import ModelConfig
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +59,8 @@ class TorchBackend:
     fixed_size = None  # accepts any tile size
 
     def __init__(self, model: torch.nn.Module, precision: str = "auto", device: str = "cpu"):
+        import torch
+
         if precision == "auto":
             on_cuda = device.startswith("cuda")
             precision = "bf16" if (on_cuda or cpu_has_bf16_matrix_engine()) else "fp32"
@@ -65,10 +70,12 @@ class TorchBackend:
         self.format = torch.channels_last
         self.model = model.eval().to(self.device, memory_format=self.format)
 
-    @torch.inference_mode()
     def __call__(self, batch: np.ndarray) -> np.ndarray:
+        import torch
+
         x = torch.from_numpy(batch).to(self.device).contiguous(memory_format=self.format)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+        bf16 = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
+        with torch.inference_mode(), bf16:
             logits = self.model(x)
         return logits.float()[:, 0].cpu().numpy()
 
@@ -136,6 +143,8 @@ class CrackSegmenter:
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike | None = None, **kwargs) -> CrackSegmenter:
         """A shipped model by name (default: the default model) or a trained model's path."""
+        from crackseg.models import load_model
+
         is_path = is_weights_path(name_or_path)
         model, config = load_model(weights=name_or_path if is_path else None, model=None if is_path else name_or_path)
         return cls(model, config, **kwargs)
@@ -194,7 +203,8 @@ class CrackSegmenter:
             chunk = origins[i : i + self.batch_size]
             probs = self._run([image[y : y + tile, x : x + tile] for y, x in chunk])
             for (y, x), prob in zip(chunk, probs):
-                out[y : y + tile, x : x + tile] += prob * weight2d
+                prob *= weight2d  # in place: no tile-sized temporary per tile
+                out[y : y + tile, x : x + tile] += prob
         out /= row_weight[:, None]
         out /= col_weight[None, :]
         return np.clip(out, 0.0, 1.0, out=out)
@@ -318,6 +328,6 @@ def predict_files(
             write_image(stem.with_name(stem.name + "_prob.png"), np.round(result.prob * 255).astype(np.uint8))
         if write_overlay:
             write_image(stem.with_name(stem.name + "_overlay.jpg"), overlay(image, mask))
-        write_image(mask_path, mask.astype(np.uint8) * 255)  # last: its presence means the input is done
+        write_image(mask_path, mask.view(np.uint8) * 255)  # last: its presence means the input is done
         written += 1
     return written, failures

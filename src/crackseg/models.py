@@ -1,4 +1,5 @@
-"""Building crack models by name, and saving/loading them as safetensors + a JSON config.
+"""Building crack models by name, and saving/loading them as safetensors + a JSON config (`model_config` reads
+the config and finds the files without torch).
 
 The network returns one channel of logits at the input's height and width; probabilities are
 ``sigmoid(logits)``, applied once, by the inference engine.
@@ -6,10 +7,6 @@ The network returns one channel of logits at the input's height and width; proba
 
 from __future__ import annotations
 
-import dataclasses
-import functools
-import json
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -17,49 +14,10 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 
-from crackseg import __version__
-from crackseg.images import IMAGENET_MEAN, IMAGENET_STD
-
-WEIGHTS_DIR = Path(__file__).parent / "weights"
-DEFAULT_MODEL = "unet-r18"
-CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
+from crackseg.model_config import CONFIG_NAME, WEIGHTS_NAME, ModelConfig, ModelError, read_config, resolve_weights
 
 # Encoder depth each architecture uses by default; deeper encoder stages are removed from the model.
 ARCH_DEPTH = {"pspnet": 3}
-
-
-class ModelError(ValueError):
-    """A model file or model name cannot be used; the message says which and what to do."""
-
-
-@dataclass
-class ModelConfig:
-    arch: str = "pspnet"
-    encoder: str = "resnet18"
-    encoder_depth: int | None = None
-    arch_kwargs: dict = field(default_factory=dict)
-    mean: tuple = IMAGENET_MEAN
-    std: tuple = IMAGENET_STD
-    train_size: int = 448
-    threshold: float = 0.5
-    name: str = ""
-    version: str = __version__
-    notes: dict = field(default_factory=dict)
-
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=2)
-
-    @classmethod
-    def from_dict(cls, values: dict) -> ModelConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(values) - known
-        if unknown:
-            raise ModelError(f"unknown model config fields {sorted(unknown)}; is this a crackseg config.json?")
-        values = dict(values)
-        for key in ("mean", "std"):
-            if key in values:
-                values[key] = tuple(values[key])
-        return cls(**values)
 
 
 class CrackNet(nn.Module):
@@ -165,47 +123,6 @@ def save_model(model: CrackNet, config: ModelConfig, out_dir: str | Path, half: 
     return out_dir
 
 
-def read_config(weights: Path) -> ModelConfig:
-    """The config of a weights file: embedded in a crackseg safetensors file, else its folder's config.json."""
-    sidecar = weights.parent / CONFIG_NAME
-    try:
-        if weights.suffix == ".safetensors":
-            from safetensors import safe_open
-
-            with safe_open(str(weights), framework="pt") as f:
-                embedded = (f.metadata() or {}).get("crackseg_config")
-            if embedded:
-                return ModelConfig.from_dict(json.loads(embedded))
-        if sidecar.is_file():
-            return ModelConfig.from_dict(json.loads(sidecar.read_text()))
-    except Exception as err:
-        raise ModelError(f"{weights}: not a crackseg model file ({type(err).__name__}: {err})") from None
-    return ModelConfig()  # a legacy .pth from the original project: PSPNet-ResNet18 defaults
-
-
-def resolve_weights(weights: str | Path | None = None, model: str | None = None) -> Path:
-    """The weights file for a path (file or run/model folder) or a shipped model name (default: the default)."""
-    if weights is not None:
-        path = Path(weights)
-        if path.is_dir():
-            for candidate in (path / WEIGHTS_NAME, path / "best" / WEIGHTS_NAME):
-                if candidate.is_file():
-                    return candidate
-            raise ModelError(f"{path}: no {WEIGHTS_NAME} in this folder (or its best/); pass a crackseg model")
-        if not path.is_file():
-            raise ModelError(f"{path}: weights file not found")
-        return path
-    name = model or DEFAULT_MODEL
-    path = WEIGHTS_DIR / name / WEIGHTS_NAME
-    if not path.is_file():
-        shipped = sorted(p.parent.name for p in WEIGHTS_DIR.glob(f"*/{WEIGHTS_NAME}"))
-        raise ModelError(
-            f"no shipped model named {name!r} (shipped: {', '.join(shipped) or 'none yet'}); "
-            "pass --weights PATH to a trained model"
-        )
-    return path
-
-
 def load_model(weights: str | Path | None = None, model: str | None = None) -> tuple[CrackNet, ModelConfig]:
     """Load a model (safetensors, or a legacy .pth through ``torch.load(weights_only=True)``) in eval mode."""
     path = resolve_weights(weights, model)
@@ -235,30 +152,6 @@ def load_model(weights: str | Path | None = None, model: str | None = None) -> t
         )
     net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
     return net.eval(), config
-
-
-class LazyModel:
-    """The network of a weights file, loaded (and checked against its config) on first use.
-
-    The compiled backends run from a cached export and need the torch network only to export or check one;
-    loading it costs the segmentation-models-pytorch import, about 2 s of start-up. Calls and attribute reads go
-    to the loaded network, so it stands in wherever a network is passed.
-    """
-
-    def __init__(self, weights: Path):
-        self.weights = weights
-
-    @functools.cached_property
-    def module(self) -> CrackNet:
-        return load_model(self.weights)[0]
-
-    def __call__(self, *args, **kwargs):
-        return self.module(*args, **kwargs)
-
-    def __getattr__(self, name: str):
-        if name.startswith("__") or name == "weights":  # not set yet (copy, pickle): no load, no recursion
-            raise AttributeError(name)
-        return getattr(self.module, name)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -1,0 +1,121 @@
+"""A model's config, where the shipped models live, and finding and reading a model's files, all without torch.
+
+Commands that run a cached ONNX / OpenVINO export (`predict`, `measure`, `serve`, `evaluate`) need only this to
+start; importing torch would add about 1.3 s to each of them. Building and loading the network is `models`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from crackseg import __version__
+from crackseg.images import IMAGENET_MEAN, IMAGENET_STD
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+DEFAULT_MODEL = "unet-r18"
+CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
+
+
+class ModelError(ValueError):
+    """A model file or model name cannot be used; the message says which and what to do."""
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "pspnet"
+    encoder: str = "resnet18"
+    encoder_depth: int | None = None
+    arch_kwargs: dict = field(default_factory=dict)
+    mean: tuple = IMAGENET_MEAN
+    std: tuple = IMAGENET_STD
+    train_size: int = 448
+    threshold: float = 0.5
+    name: str = ""
+    version: str = __version__
+    notes: dict = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> ModelConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ModelError(f"unknown model config fields {sorted(unknown)}; is this a crackseg config.json?")
+        values = dict(values)
+        for key in ("mean", "std"):
+            if key in values:
+                values[key] = tuple(values[key])
+        return cls(**values)
+
+
+def read_config(weights: Path) -> ModelConfig:
+    """The config of a weights file: embedded in a crackseg safetensors file, else its folder's config.json."""
+    sidecar = weights.parent / CONFIG_NAME
+    try:
+        if weights.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(weights), framework="numpy") as f:
+                embedded = (f.metadata() or {}).get("crackseg_config")
+            if embedded:
+                return ModelConfig.from_dict(json.loads(embedded))
+        if sidecar.is_file():
+            return ModelConfig.from_dict(json.loads(sidecar.read_text()))
+    except Exception as err:
+        raise ModelError(f"{weights}: not a crackseg model file ({type(err).__name__}: {err})") from None
+    return ModelConfig()  # a legacy .pth from the original project: PSPNet-ResNet18 defaults
+
+
+def resolve_weights(weights: str | Path | None = None, model: str | None = None) -> Path:
+    """The weights file for a path (file or run/model folder) or a shipped model name (default: the default)."""
+    if weights is not None:
+        path = Path(weights)
+        if path.is_dir():
+            for candidate in (path / WEIGHTS_NAME, path / "best" / WEIGHTS_NAME):
+                if candidate.is_file():
+                    return candidate
+            raise ModelError(f"{path}: no {WEIGHTS_NAME} in this folder (or its best/); pass a crackseg model")
+        if not path.is_file():
+            raise ModelError(f"{path}: weights file not found")
+        return path
+    name = model or DEFAULT_MODEL
+    path = WEIGHTS_DIR / name / WEIGHTS_NAME
+    if not path.is_file():
+        shipped = sorted(p.parent.name for p in WEIGHTS_DIR.glob(f"*/{WEIGHTS_NAME}"))
+        raise ModelError(
+            f"no shipped model named {name!r} (shipped: {', '.join(shipped) or 'none yet'}); "
+            "pass --weights PATH to a trained model"
+        )
+    return path
+
+
+class LazyModel:
+    """The network of a weights file, loaded (and checked against its config) on first use.
+
+    The compiled backends run from a cached export and need the torch network only to export or check one;
+    loading it costs the segmentation-models-pytorch import, about 2 s of start-up. Calls and attribute reads go
+    to the loaded network, so it stands in wherever a network is passed.
+    """
+
+    def __init__(self, weights: Path):
+        self.weights = weights
+
+    @functools.cached_property
+    def module(self):
+        from crackseg.models import load_model
+
+        return load_model(self.weights)[0]
+
+    def __call__(self, *args, **kwargs):
+        return self.module(*args, **kwargs)
+
+    def __getattr__(self, name: str):
+        if name.startswith("__") or name == "weights":  # not set yet (copy, pickle): no load, no recursion
+            raise AttributeError(name)
+        return getattr(self.module, name)
