@@ -20,6 +20,7 @@ import random
 import sys
 import time
 import zlib
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -269,10 +270,7 @@ def make_datasets(args) -> tuple[EpochSeededDataset, CrackDataset, dict]:
 
 
 def _count_sources(pairs) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for p in pairs:
-        counts[p.source] = counts.get(p.source, 0) + 1
-    return dict(sorted(counts.items()))
+    return dict(sorted(Counter(p.source for p in pairs).items()))
 
 
 def source_weights(sources: list[str], power: float) -> torch.Tensor | None:
@@ -281,7 +279,7 @@ def source_weights(sources: list[str], power: float) -> torch.Tensor | None:
         return None
     if not 0 < power <= 1:
         raise TrainingError(f"--source-balance {power}: expected a power between 0 and 1, e.g. 0.5")
-    counts = {s: sources.count(s) for s in set(sources)}
+    counts = Counter(sources)
     return torch.tensor([counts[s] ** -power for s in sources], dtype=torch.float64)
 
 
