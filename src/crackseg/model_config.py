@@ -99,7 +99,7 @@ class LazyModel:
     """The network of a weights file, loaded (and checked against its config) on first use.
 
     The compiled backends run from a cached export and need the torch network only to export or check one;
-    loading it costs the segmentation-models-pytorch import, about 2 s of start-up. Calls and attribute reads go
+    loading it costs the torch and segmentation-models-pytorch imports, about 3 s of start-up. Calls and attribute reads go
     to the loaded network, so it stands in wherever a network is passed.
     """
 
@@ -108,7 +108,7 @@ class LazyModel:
 
     @functools.cached_property
     def module(self):
-        from crackseg.models import load_model
+        from crackseg.models import load_model  # here: `models` imports torch
 
         return load_model(self.weights)[0]
 
