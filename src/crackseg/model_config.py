@@ -99,8 +99,8 @@ class LazyModel:
     """The network of a weights file, loaded (and checked against its config) on first use.
 
     The compiled backends run from a cached export and need the torch network only to export or check one;
-    loading it costs the torch and segmentation-models-pytorch imports, about 3 s of start-up. Calls and attribute reads go
-    to the loaded network, so it stands in wherever a network is passed.
+    loading it costs the torch and segmentation-models-pytorch imports, about 3 s of start-up. Calls and
+    attribute reads go to the loaded network, so it stands in wherever a network is passed.
     """
 
     def __init__(self, weights: Path):
