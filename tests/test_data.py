@@ -245,7 +245,10 @@ def test_reads_all_shared_data():
     counts = {}
     for p in pairs:
         counts[p.source] = counts.get(p.source, 0) + 1
-    assert counts == {"cfd": 72, "crack500": 1078, "deepcrack": 300, "uav-crack": 315, "uav75": 48}
+    assert counts == {
+        "aiglern": 269, "cfd": 72, "crack500": 1078, "deepcrack": 300, "gaps384": 1710, "marble": 246,
+        "shadowcrack": 671, "uav-crack": 315, "uav75": 48,
+    }  # fmt: skip
     stats = summarize([p for p in pairs if p.source == "cfd"][:5])
     print(stats)
     assert 0 < stats["cfd"]["crack_fraction"] < 0.1

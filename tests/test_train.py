@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from crackseg.cli import build_parser, main
+from crackseg.metrics import source_mean_f1_curve
 from crackseg.models import ModelConfig, build_model, load_model, save_model
 from crackseg.synthetic import write_synthetic_dataset
 from crackseg.train import (
@@ -19,7 +20,6 @@ from crackseg.train import (
     init_from,
     make_degradation,
     parse_scale_range,
-    source_mean_f1,
     source_weights,
     train,
 )
@@ -202,7 +202,7 @@ def test_bad_degrade_scale_is_a_one_line_error_naming_the_option(synthetic_root,
 def test_source_mean_f1_counts_every_source_once():
     # one threshold; source a: tp 8 fp 2 fn 0 (F1 0.889), source b: tp 1 fp 0 fn 9 (F1 0.182)
     counts = {"a": np.array([[8, 2, 0, 90]]), "b": np.array([[1, 0, 9, 90]])}
-    assert source_mean_f1(counts, 0) == pytest.approx((16 / 18 + 2 / 11) / 2)
+    assert source_mean_f1_curve(counts)[0] == pytest.approx((16 / 18 + 2 / 11) / 2)
 
 
 def test_select_sources_keeps_the_epoch_with_the_best_per_source_mean(synthetic_root, tmp_path):
@@ -215,3 +215,15 @@ def test_select_sources_keeps_the_epoch_with_the_best_per_source_mean(synthetic_
     f1s = [float(h["val_f1_sources"]) for h in history]
     assert all(0 <= f <= 1 for f in f1s)
     assert load_model(run / "best")[1].notes["epoch"] == 1 + f1s.index(max(f1s))
+
+
+def test_pretrained_encoder_trains_with_its_own_normalisation(synthetic_root, tmp_path):
+    args = _args(
+        synthetic_root, tmp_path / "run", "--arch", "unet", "--encoder", "timm-tf_efficientnet_lite0",
+        "--encoder-weights", "imagenet", "--epochs", "1", "--threshold-by", "sources",
+    )  # fmt: skip
+    run = train(args)
+    model, config = load_model(run / "best")
+    assert config.mean == config.std == (0.5, 0.5, 0.5)  # the Lite checkpoints' [-1, 1] inputs, not ImageNet's
+    # the stored threshold is where the mean of the per-source F1s peaked
+    assert float(_history(run)[0]["threshold"]) == pytest.approx(config.threshold)

@@ -72,6 +72,12 @@ def best_threshold(total_counts: np.ndarray, thresholds: np.ndarray = THRESHOLDS
     return float(thresholds[i]), float(f1[i])
 
 
+def source_mean_f1_curve(source_counts: dict[str, np.ndarray]) -> np.ndarray:
+    """The mean over sources of each source's dataset-level F1, at every threshold (each surface counts the same,
+    however many photos it has)."""
+    return np.mean([scores(*counts.T)["f1"] for counts in source_counts.values()], axis=0)
+
+
 # --- one image at one threshold ----------------------------------------------------------------------------
 
 

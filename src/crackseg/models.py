@@ -11,10 +11,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 from torch import nn
 
 from crackseg.model_config import CONFIG_NAME, WEIGHTS_NAME, ModelConfig, ModelError, read_config, resolve_weights
+from crackseg.pretrained import INSTALLED_WEIGHTS, load_installed_weights, load_local_weights, read_state_dict
 
 # Encoder depth each architecture uses by default; deeper encoder stages are removed from the model.
 ARCH_DEPTH = {"pspnet": 3}
@@ -37,19 +37,35 @@ class CrackNet(nn.Module):
         return self.net(x)[..., :h, :w]
 
 
-def _load_local_encoder_weights(encoder: nn.Module, path: Path) -> None:
-    if not path.is_file():
-        raise ModelError(f"{path}: encoder weights file not found")
-    if path.suffix == ".safetensors":
-        state = load_file(str(path))
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    state = state.get("state_dict", state) if isinstance(state, dict) else state
-    own = encoder.state_dict()
-    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    if not usable:
-        raise ModelError(f"{path}: no tensor matches the encoder; expected a torchvision-format state dict")
-    encoder.load_state_dict(usable, strict=False)
+def drop_unused_modules(module: nn.Module, example: torch.Tensor) -> list[str]:
+    """Replace the submodules that a forward pass of `example` never calls by ``nn.Identity``; return their names.
+
+    Encoders keep stages (and, in timm's EfficientNets, a classifier's ``conv_head``) that a shallower
+    ``encoder_depth`` never runs; they would only bloat files and optimizer state. Found by running the module,
+    so it works for every encoder, whatever its stages are called.
+    """
+    called: set[nn.Module] = set()
+    hooks = [m.register_forward_hook(lambda m, _i, _o: called.add(m)) for m in module.modules()]
+    was_training = module.training
+    try:
+        with torch.no_grad():
+            module.eval()(example)
+    finally:
+        for hook in hooks:
+            hook.remove()
+        module.train(was_training)
+    # A container indexed by its parent (timm's `blocks[0](x)`) is never called itself: it counts as used when
+    # anything inside it ran.
+    ran = [name + "." for name, m in module.named_modules() if m in called]
+    dropped = []
+    for name, child in list(module.named_modules()):
+        if not name or any(r.startswith(name + ".") for r in ran) or any(name.startswith(d + ".") for d in dropped):
+            continue
+        if any(True for _ in child.parameters()) or any(True for _ in child.buffers()):
+            parent_name, _, attr = name.rpartition(".")
+            setattr(module.get_submodule(parent_name) if parent_name else module, attr, nn.Identity())
+            dropped.append(name)
+    return dropped
 
 
 def build_model(
@@ -57,20 +73,22 @@ def build_model(
 ) -> CrackNet:
     """Any segmentation-models-pytorch architecture and encoder by name, with one output channel (logits).
 
-    `encoder_weights` is None (random init), "imagenet" (downloaded by smp; needs network access) or a path to a
-    torchvision-format state dict (``.pth`` or ``.safetensors``) for offline use.
+    `encoder_weights` is None (random init), "imagenet" (from an installed weights package where one is known for
+    the encoder, see `pretrained`; else smp's download, which needs network access) or a path to a state dict in
+    the encoder's own naming (``.pth`` or ``.safetensors``, e.g. torchvision's ResNet weights).
     """
     # Imported here, not at the top: it pulls in timm, torchvision and torch._dynamo (about 2 s), which commands
     # running a compiled backend from its cache never need (LazyModel).
     import segmentation_models_pytorch as smp
 
     local = encoder_weights if encoder_weights not in (None, "imagenet") else None
+    installed = encoder_weights == "imagenet" and encoder in INSTALLED_WEIGHTS
     depth = kwargs.pop("encoder_depth", None) or ARCH_DEPTH.get(arch.lower(), 5)
     try:
         net = smp.create_model(
             arch,
             encoder_name=encoder,
-            encoder_weights=None if local else encoder_weights,
+            encoder_weights=None if local or installed else encoder_weights,
             encoder_depth=depth,
             in_channels=3,
             classes=1,
@@ -78,24 +96,19 @@ def build_model(
         )
     except (KeyError, ValueError, TypeError) as err:
         raise ModelError(f"cannot build arch={arch!r} encoder={encoder!r}: {err}") from None
-    except OSError as err:  # network errors from the weights download are OSErrors
+    except Exception as err:  # smp's download: offline it fails with an OSError or a hub error
+        if encoder_weights != "imagenet":
+            raise
         raise ModelError(
-            f"could not download ImageNet weights for {encoder} ({type(err).__name__}); offline, pass a local "
-            "torchvision-format state dict instead: --encoder-weights PATH/TO/resnet18.pth"
+            f"could not fetch ImageNet weights for {encoder} ({type(err).__name__}); offline, use an encoder whose "
+            f"weights install as a package ({', '.join(INSTALLED_WEIGHTS)}) or pass a local state dict: "
+            "--encoder-weights PATH"
         ) from None
-    except Exception as err:
-        if encoder_weights == "imagenet":
-            raise ModelError(
-                f"could not fetch ImageNet weights for {encoder} ({type(err).__name__}: {err}); offline, pass a "
-                "local torchvision-format state dict instead: --encoder-weights PATH/TO/resnet18.pth"
-            ) from None
-        raise
-    # Stages the encoder never runs at this depth would only bloat files and optimizer state.
-    for stage in range(depth, 5):
-        if hasattr(net.encoder, f"layer{stage}"):
-            delattr(net.encoder, f"layer{stage}")
-    if local:
-        _load_local_encoder_weights(net.encoder, Path(local))
+    if installed:
+        load_installed_weights(net.encoder, encoder)
+    elif local:
+        load_local_weights(net.encoder, local)
+    drop_unused_modules(net.encoder, torch.zeros(1, 3, 64, 64))
     return CrackNet(net, stride=2**depth)
 
 
@@ -127,16 +140,7 @@ def load_model(weights: str | Path | None = None, model: str | None = None) -> t
     """Load a model (safetensors, or a legacy .pth through ``torch.load(weights_only=True)``) in eval mode."""
     path = resolve_weights(weights, model)
     config = read_config(path)
-    try:
-        if path.suffix == ".safetensors":
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            state = state.get("model", state.get("state_dict", state))
-    except ModelError:
-        raise
-    except Exception as err:
-        raise ModelError(f"{path}: not a crackseg model file ({type(err).__name__}: {err})") from None
+    state = read_state_dict(path)
     net = model_from_config(config)
     if not any(k.startswith("net.") for k in state):
         state = {f"net.{k}": v for k, v in state.items()}  # a bare smp state dict
@@ -152,7 +156,3 @@ def load_model(weights: str | Path | None = None, model: str | None = None) -> t
         )
     net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
     return net.eval(), config
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())

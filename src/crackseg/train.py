@@ -33,13 +33,15 @@ from crackseg.data import CrackDataset, add_split_arguments, find_all_pairs, spl
 from crackseg.images import atomic_write_bytes
 from crackseg.inference import cpu_has_bf16_matrix_engine
 from crackseg.losses import ALPHA_SCHEDULES, LOSSES, alpha_at, build_loss
-from crackseg.metrics import THRESHOLDS, best_threshold, scores, sweep_counts
+from crackseg.metrics import THRESHOLDS, best_threshold, scores, source_mean_f1_curve, sweep_counts
 from crackseg.models import ModelConfig, build_model, save_model
+from crackseg.pretrained import matching_tensors, normalization
 
 log = logging.getLogger(__name__)
 
 HISTORY_FIELDS = [
-    "epoch", "train_loss", "val_loss", "val_iou", "val_f1", "val_ods", "val_f1_sources", "alpha", "lr", "seconds"
+    "epoch", "train_loss", "val_loss", "val_iou", "val_f1", "val_ods", "val_f1_sources", "threshold", "alpha", "lr",
+    "seconds",
 ]  # fmt: skip
 
 
@@ -70,7 +72,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     a(
         "--encoder-weights",
         default=None,
-        help="none, imagenet (needs network) or a torchvision state-dict path",
+        help="none; imagenet (offline from an installed weights package for timm-tf_efficientnet_lite0/1/2, else "
+        "downloaded); or the path of a state dict in the encoder's own naming",
     )
     a("--size", type=int, default=448, help="training crop size")
     a("--epochs", type=int, default=50)
@@ -92,6 +95,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="which validation number picks the best epoch: loss, F1 at 0.5, F1 at the best threshold (ODS), or "
         "sources: the mean over the data's sources of each source's F1 at that threshold (every surface counts "
         "the same, however many photos it has)",
+    )
+    a(
+        "--threshold-by",
+        choices=["pooled", "sources"],
+        default="pooled",
+        help="the threshold stored with the model: where the pooled validation F1 peaks (ODS), or where the mean of "
+        "the per-source F1s peaks (a large source no longer decides it alone); val_f1_sources is taken there",
     )
     a("--patience", type=int, default=0, help="stop after this many epochs without improvement (0: never)")
     a("--clip-grad", type=float, default=0.0)
@@ -259,14 +269,26 @@ def make_datasets(args) -> tuple[EpochSeededDataset, CrackDataset, dict]:
     transform = train_transform(
         args.size, not args.light_augment, args.distractor_prob, parse_scale_range(args.scale_range)
     )
-    train_set = EpochSeededDataset(CrackDataset(train_pairs, transform, extra=extra), args.seed)
-    val_set = CrackDataset(val_pairs)
+    mean, std = input_normalization(args)
+    train_set = EpochSeededDataset(CrackDataset(train_pairs, transform, mean, std, extra=extra), args.seed)
+    val_set = CrackDataset(val_pairs, mean=mean, std=std)
     summary = {
         "train": {"pairs": len(train_pairs), "sources": _count_sources(train_pairs)},
         "val": {"pairs": len(val_pairs), "sources": _count_sources(val_pairs)},
         "val_names": [str(p.image) for p in val_pairs],
     }
     return train_set, val_set, summary
+
+
+def input_normalization(args) -> tuple[tuple, tuple]:
+    """The mean/std the network's inputs are normalised with: those of the model it starts from, or of its
+    encoder's pretrained weights (ImageNet's for a random start, as before)."""
+    if args.init_from:
+        from crackseg.model_config import read_config, resolve_weights
+
+        config = read_config(resolve_weights(args.init_from))
+        return config.mean, config.std
+    return normalization(args.encoder, args.encoder_weights)
 
 
 def _count_sources(pairs) -> dict[str, int]:
@@ -396,11 +418,6 @@ def validate(model, loss_fn, loader, alpha, precision, device) -> tuple[float, d
     return loss, dict(zip(sources, _all_reduce_array(np.stack([counts[s] for s in sources]), device)))
 
 
-def source_mean_f1(counts: dict[str, np.ndarray], threshold_index: int) -> float:
-    """The mean over sources of each source's dataset-level F1 at one threshold."""
-    return float(np.mean([scores(*c[threshold_index])["f1"] for c in counts.values()]))
-
-
 def _all_reduce_mean(total: float, count: int, device) -> float:
     if dist.is_initialized():
         t = torch.tensor([total, count], dtype=torch.float64, device=device)
@@ -458,7 +475,7 @@ def plot_curves(out: Path, history: list[dict]) -> None:
     if all("val_ods" in h for h in history):
         ax_score.plot(epochs, [h["val_ods"] for h in history], "o-", label="crack F1 @ best threshold (ODS)")
     if all(h.get("val_f1_sources") not in (None, "") for h in history):
-        ax_score.plot(epochs, [h["val_f1_sources"] for h in history], "o-", label="mean of per-source F1 @ ODS t")
+        ax_score.plot(epochs, [h["val_f1_sources"] for h in history], "o-", label="mean of per-source F1 @ stored t")
     ax_score.set(xlabel="epoch", ylabel="score", title="Validation (dataset level)", ylim=(0, 1))
     ax_score.legend()
     fig.tight_layout()
@@ -481,11 +498,14 @@ def prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
 
 
 def model_config(args, threshold: float = 0.5, notes: dict | None = None) -> ModelConfig:
+    mean, std = input_normalization(args)
     return ModelConfig(
         arch=args.arch,
         encoder=args.encoder,
         encoder_depth=args.encoder_depth,
         arch_kwargs=args.arch_kwargs,
+        mean=mean,
+        std=std,
         train_size=args.size,
         threshold=threshold,
         name=Path(args.out).name,
@@ -581,7 +601,10 @@ def train(args: argparse.Namespace) -> Path:
             counts = sum(source_counts.values())
             at_half = scores(*counts[49])  # threshold 0.50
             threshold, ods_f1 = best_threshold(counts)
-            f1_sources = source_mean_f1(source_counts, int(np.argmin(np.abs(THRESHOLDS - threshold))))
+            sources_curve = source_mean_f1_curve(source_counts)
+            if args.threshold_by == "sources":
+                threshold = float(THRESHOLDS[int(np.argmax(sources_curve))])
+            f1_sources = float(sources_curve[int(np.argmin(np.abs(THRESHOLDS - threshold)))])
             record = {
                 "epoch": epoch + 1,
                 "train_loss": round(train_loss, 6),
@@ -590,6 +613,7 @@ def train(args: argparse.Namespace) -> Path:
                 "val_f1": round(at_half["f1"], 6),
                 "val_ods": round(ods_f1, 6),
                 "val_f1_sources": round(f1_sources, 6),
+                "threshold": threshold,
                 "alpha": round(alpha, 4),
                 "lr": optimizer.param_groups[0]["lr"],
                 "seconds": round(time.time() - started, 1),
@@ -641,13 +665,11 @@ def init_from(model: torch.nn.Module, path: str) -> list[str]:
     """
     from crackseg.models import load_model
 
-    source = load_model(path)[0].state_dict()
-    target = model.state_dict()
-    matching = {k: v for k, v in source.items() if k in target and target[k].shape == v.shape}
+    matching, skipped = matching_tensors(load_model(path)[0].state_dict(), model.state_dict())
     if not matching:
         raise TrainingError(f"--init-from {path}: no tensor matches this architecture; pass a model of the same family")
     model.load_state_dict(matching, strict=False)
-    return sorted(k for k in target if k not in matching)
+    return skipped
 
 
 def make_optimizer(model, args):
@@ -714,7 +736,8 @@ def write_run_info(out: Path, args, summary: dict, device, precision: str, world
 def format_record(r: dict) -> str:
     return (
         f"epoch {r['epoch']:3d}  train {r['train_loss']:.4f}  val {r['val_loss']:.4f}  IoU {r['val_iou']:.3f}  "
-        f"F1 {r['val_f1']:.3f}  ODS {r['val_ods']:.3f}  per-source F1 {r['val_f1_sources']:.3f}  "
+        f"F1 {r['val_f1']:.3f}  ODS {r['val_ods']:.3f}  "
+        f"per-source F1 {r['val_f1_sources']:.3f} @ {r.get('threshold', 0):.2f}  "
         f"α {r['alpha']:.2f}  lr {r['lr']:.2e}  {r['seconds']:.0f}s"
     )
 
