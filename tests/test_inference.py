@@ -5,7 +5,7 @@ from PIL import Image
 
 from crackseg.cli import main
 from crackseg.images import default_mode, normalize_image, read_mask, write_image
-from crackseg.inference import CrackSegmenter, blend_window, output_stems, tile_starts
+from crackseg.inference import CrackSegmenter, blend_window, output_paths, tile_starts
 from crackseg.models import ModelConfig, load_model
 from crackseg.synthetic import synthetic_crack
 
@@ -119,25 +119,60 @@ def test_predict_command_writes_masks_of_input_size(tiny_model_dir, tmp_path):
     assert (out / "p0.png").stat().st_mode & 0o777 == default_mode()
 
 
-def test_predict_shards_skip_existing_and_never_overwrite_inputs(tiny_model_dir, tmp_path):
+def test_predict_shards_and_skip_existing(tiny_model_dir, tmp_path):
     for i in range(4):
-        write_image(tmp_path / f"m{i}.png", synthetic_crack((32, 32), seed=i)[0])
-    before = {p.name: p.read_bytes() for p in tmp_path.glob("*.png")}
+        write_image(tmp_path / "in" / f"m{i}.png", synthetic_crack((32, 32), seed=i)[0])
     args = ["--weights", str(tiny_model_dir), "--tile", "64"]
-    assert main(["predict", str(tmp_path / "m?.png"), "-o", str(tmp_path), "--shard", "0/2", *args]) == 0
-    assert main(["predict", str(tmp_path / "m?.png"), "-o", str(tmp_path), "--shard", "1/2", *args]) == 0
-    assert {p.name: p.read_bytes() for p in tmp_path.glob("m?.png")} == before  # inputs untouched
-    assert sorted(p.name for p in tmp_path.glob("*_mask.png")) == [f"m{i}_mask.png" for i in range(4)]
-    assert read_mask(tmp_path / "m0_mask.png").shape == (32, 32)
+    pattern, out = str(tmp_path / "in" / "m?.png"), str(tmp_path / "out")
+    assert main(["predict", pattern, "-o", out, "--shard", "0/2", *args]) == 0
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == ["m0.png", "m2.png"]
+    assert main(["predict", pattern, "-o", out, "--shard", "1/2", *args]) == 0
+    first = (tmp_path / "out" / "m0.png").stat().st_mtime_ns
+    assert main(["predict", pattern, "-o", out, "--skip-existing", *args]) == 0
+    assert (tmp_path / "out" / "m0.png").stat().st_mtime_ns == first  # not segmented again
+    assert read_mask(tmp_path / "out" / "m0.png").shape == (32, 32)
+
+
+def test_output_folder_that_holds_the_inputs_is_refused_and_nothing_is_touched(tiny_model_dir, tmp_path, capsys):
+    # the bad-input report's folder: a photo beside files that carry the names of its would-be outputs
+    photos = tmp_path / "site"
+    write_image(photos / "site.jpg", synthetic_crack((48, 48), seed=0)[0])
+    write_image(photos / "site_overlay.jpg", synthetic_crack((48, 48), seed=1)[0])
+    write_image(photos / "site_prob.png", synthetic_crack((48, 48), seed=2)[0])
+    before = {p.name: p.read_bytes() for p in photos.iterdir()}
+    args = ["--weights", str(tiny_model_dir), "--tile", "64", "--overlay", "--prob"]
+    for target in (photos, photos / "out"):  # the folder itself, or a folder inside it (a re-run would read it)
+        assert main(["predict", str(photos), "-o", str(target), *args]) == 2
+        assert f"the input folder {photos}" in capsys.readouterr().err
+    assert main(["predict", str(photos / "site.jpg"), "-o", str(photos), *args]) == 2
+    assert {p.name: p.read_bytes() for p in photos.iterdir()} == before
+
+
+def test_colliding_output_names_keep_the_extension_and_the_count_is_true(tiny_model_dir, tmp_path, capsys):
+    photos = tmp_path / "in"
+    for i, name in enumerate(["003.jpg", "003.png", "site.jpg", "site_prob.png", "other.jpg"]):
+        write_image(photos / name, synthetic_crack((40, 40), seed=i)[0])
+    out = tmp_path / "out"
+    assert main(["predict", str(photos), "-o", str(out), "--prob", "--weights", str(tiny_model_dir)]) == 0
+    assert "5 written" in capsys.readouterr().out
+    # five masks and five probability maps, none replaced: the colliding ones keep their input's extension
+    assert sorted(p.name for p in out.iterdir()) == [
+        "003_jpg.png", "003_jpg_prob.png", "003_png.png", "003_png_prob.png", "other.png", "other_prob.png",
+        "site_jpg.png", "site_jpg_prob.png", "site_prob_png.png", "site_prob_png_prob.png",
+    ]  # fmt: skip
 
 
 def test_name_collisions_keep_folder_structure(tmp_path):
     a, b = tmp_path / "a" / "x.jpg", tmp_path / "b" / "x.jpg"
-    stems = output_stems([(a, a.parent), (b, b.parent)], tmp_path / "out")
-    assert stems[a] != stems[b]
-    assert stems[a] == tmp_path / "out" / "a" / "x"
+    paths = output_paths([(a, a.parent), (b, b.parent)], tmp_path / "out", {"mask": ".png"})
+    assert paths[a]["mask"] != paths[b]["mask"]
+    assert paths[a]["mask"] == tmp_path / "out" / "a" / "x.png"
 
 
 def test_missing_default_model_or_input_is_a_clear_error(tmp_path, capsys):
-    assert main(["predict", str(tmp_path / "nothing.jpg"), "-o", str(tmp_path), "--model", "no-such"]) == 2
+    write_image(tmp_path / "in" / "p.jpg", synthetic_crack((32, 32), seed=0)[0])
+    assert main(["predict", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--model", "no-such"]) == 2
     assert "no shipped model named 'no-such'" in capsys.readouterr().err
+    # a missing input is reported before any model is loaded
+    assert main(["predict", str(tmp_path / "nothing.jpg"), "-o", str(tmp_path / "out"), "--model", "no-such"]) == 2
+    assert "nothing.jpg: no such file" in capsys.readouterr().err

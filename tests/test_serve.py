@@ -15,10 +15,12 @@ from crackseg.images import encode_image
 from crackseg.inference import CrackSegmenter
 from crackseg.models import ModelConfig
 from crackseg.serve import create_app
-from crackseg.serve.app import Result, ResultStore
+from crackseg.serve.app import Result, ResultStore, allowed_host_names
 from crackseg.synthetic import synthetic_crack
 
 # --- helpers shared with test_browser.py ------------------------------------------------------------------
+
+LOCAL = "http://127.0.0.1:8000"  # the test client's requests, as a browser on this machine sends them
 
 
 class DarknessBackend:
@@ -70,13 +72,13 @@ def post(client, data: bytes, name="photo.png", **form):
 @pytest.fixture(scope="module")
 def tiny_client(tiny_model_dir):
     app = create_app(CrackSegmenter.from_pretrained(tiny_model_dir), workers=1)
-    with TestClient(app) as client:
+    with TestClient(app, base_url=LOCAL) as client:
         yield client
 
 
 @pytest.fixture(scope="module")
 def dark_client():
-    with TestClient(create_app(darkness_segmenter(), workers=2)) as client:
+    with TestClient(create_app(darkness_segmenter(), workers=2), base_url=LOCAL) as client:
         yield client
 
 
@@ -180,7 +182,7 @@ def test_inline_returns_data_urls_and_keeps_nothing(dark_client):
 @pytest.fixture(scope="module")
 def strict_client():
     app = create_app(darkness_segmenter(), max_upload_mb=0.05, max_pixels=40_000, workers=1)
-    with TestClient(app) as client:
+    with TestClient(app, base_url=LOCAL) as client:
         yield client
 
 
@@ -235,6 +237,16 @@ def test_truncated_image_is_400(dark_client):
     assert "cut.png" in response.json()["detail"] and "truncated" in response.json()["detail"]
 
 
+def test_zero_negative_or_infinite_pixel_size_is_422(dark_client):
+    urls = post(dark_client, png_bytes(drawn_cracks_photo())).json()["urls"]
+    for bad in ("0", "-0.5", "inf", "nan"):
+        response = post(dark_client, png_bytes(drawn_cracks_photo()), pixel_size_mm=bad)
+        assert response.status_code == 422, bad
+        assert response.json()["detail"][0]["loc"][-1] == "pixel_size_mm"
+        for url in (urls["measurements"], urls["csv"]):
+            assert dark_client.get(url, params={"pixel_size_mm": bad}).status_code == 422, (url, bad)
+
+
 def test_empty_file_and_missing_field_and_bad_threshold(dark_client):
     assert post(dark_client, b"").status_code == 400
     assert dark_client.post("/api/predict", data={"threshold": "0.5"}).status_code == 422
@@ -252,6 +264,80 @@ def test_busy_server_answers_503(dark_client):
     assert response.status_code == 503 and "Retry-After" in response.headers
 
 
+# --- who may use the server: Host and Origin ----------------------------------------------------------------
+
+
+def test_forged_host_and_cross_origin_posts_are_refused(dark_client):
+    data = png_bytes(drawn_cracks_photo())
+
+    def send(method="POST", url="/api/predict", **headers):
+        files = {"file": ("photo.png", data, "image/png")} if method == "POST" else None
+        return dark_client.request(method, url, files=files, headers=headers)
+
+    # A DNS-rebinding page: the browser sends the attacker's name as Host, for reads and for posts.
+    for host in ("attacker.example:8000", "attacker.example", "127.0.0.1.attacker.example:8000", "a@127.0.0.1:8000"):
+        for method, url in (("GET", "/api/health"), ("GET", "/"), ("POST", "/api/predict")):
+            response = send(method, url, host=host)
+            assert response.status_code == 400, (host, url)
+            assert "not allowed" in response.json()["detail"]
+    # Another site's page (or another port on this machine) posting: 403, before the photo is processed.
+    for origin in ("http://attacker.example", "http://127.0.0.1:9000", "http://127.0.0.1", "https://127.0.0.1:8000"):
+        response = send(origin=origin)
+        assert response.status_code == 403, origin
+        assert "cross-origin" in response.json()["detail"]
+    assert send(origin="null").status_code == 403  # a sandboxed frame or a file:// page
+    rid = send().json()["id"]
+    assert send("DELETE", f"/api/results/{rid}", origin="http://attacker.example").status_code == 403
+
+    # The page's own origin, under each loopback name, and clients that send no Origin (curl, scripts).
+    for host in ("127.0.0.1:8000", "localhost:8000", "[::1]:8000", "LocalHost.:8000"):
+        origin = f"http://{host}"
+        assert send(host=host, origin=origin).status_code == 200, host
+        assert send("GET", "/api/health", host=host).status_code == 200
+    assert send(origin="http://localhost:8000").status_code == 200  # another loopback name, same server
+    assert send().status_code == 200
+    assert send("GET", "/api/health", origin="http://attacker.example").status_code == 200  # reads: CORS applies
+    assert send("DELETE", f"/api/results/{rid}", origin=LOCAL).status_code == 200
+
+
+def test_allowed_hosts_follow_the_listening_address(monkeypatch):
+    assert allowed_host_names("127.0.0.1") == {"localhost", "127.0.0.1", "::1"}
+    assert allowed_host_names("Crackbox.LAN") == {"localhost", "127.0.0.1", "::1", "crackbox.lan"}
+    monkeypatch.setattr("crackseg.serve.app.socket.gethostname", lambda: "crackbox")
+    assert allowed_host_names("0.0.0.0") == {"localhost", "127.0.0.1", "::1", "crackbox", "crackbox.local"}
+
+    photo = png_bytes(drawn_cracks_photo())
+    app = create_app(darkness_segmenter(), workers=1, host="crackbox.lan")
+    with TestClient(app, base_url="http://crackbox.lan:8080") as client:
+        assert client.get("/api/health").status_code == 200
+        headers = {"origin": "http://crackbox.lan:8080"}
+        assert client.post("/api/predict", files={"file": ("a.png", photo)}, headers=headers).status_code == 200
+        assert client.get("/api/health", headers={"host": "other.lan:8080"}).status_code == 400
+
+    # Listening on every interface: the address a request arrived at (here the test client's server address;
+    # uvicorn's is the socket's) and the machine's name are accepted; other names are not.
+    app = create_app(darkness_segmenter(), workers=1, host="0.0.0.0")
+    with TestClient(app, base_url="http://192.168.1.5:8000") as client:
+        assert client.get("/api/health").status_code == 200
+        headers = {"origin": "http://192.168.1.5:8000"}
+        assert client.post("/api/predict", files={"file": ("a.png", photo)}, headers=headers).status_code == 200
+        assert client.get("/api/health", headers={"host": "crackbox.local:8000"}).status_code == 200
+        assert client.get("/api/health", headers={"host": "attacker.example:8000"}).status_code == 400
+
+
+def test_no_docs_pages_that_need_a_cdn_and_the_openapi_description_works(dark_client):
+    """FastAPI's /docs and /redoc load their scripts from a CDN (blank offline): they are gone."""
+    for url in ("/docs", "/redoc", "/docs/oauth2-redirect"):
+        assert dark_client.get(url).status_code == 404, url
+    spec = dark_client.get("/openapi.json")
+    assert spec.status_code == 200
+    assert {"/api/predict", "/api/health", "/api/model"} <= set(spec.json()["paths"])
+    # Nothing the page loads comes from the network.
+    for url in ("/", "/static/app.js", "/static/style.css"):
+        text = dark_client.get(url).text
+        assert "cdn" not in text.lower() and "https://" not in text and "//unpkg" not in text, url
+
+
 # --- health, model, privacy of results --------------------------------------------------------------------
 
 
@@ -261,7 +347,6 @@ def test_health_and_model(tiny_client):
     model = tiny_client.get("/api/model").json()
     assert model["name"] == "tiny" and model["config"]["arch"] == "pspnet"
     assert model["threshold"] == 0.5 and model["backend"] == "torch"
-    assert tiny_client.get("/docs").status_code == 200
     page = tiny_client.get("/")
     assert page.status_code == 200 and 'id="threshold"' in page.text
     assert tiny_client.get("/static/app.js").status_code == 200
@@ -309,7 +394,7 @@ def test_inference_runs_off_the_event_loop(dark_client):
 
     config = ModelConfig(train_size=256)
     app = create_app(CrackSegmenter(None, config, backend=SlowBackend(config)), workers=1)
-    with TestClient(app) as client:
+    with TestClient(app, base_url=LOCAL) as client:
         answer = {}
         worker = threading.Thread(target=lambda: answer.update(r=post(client, png_bytes(drawn_cracks_photo()))))
         worker.start()
@@ -333,7 +418,7 @@ def test_serve_command_binds_loopback_by_default_and_warns_otherwise(tiny_model_
     assert main(["serve", "--weights", str(tiny_model_dir), "--max-upload-mb", "5"]) == 0
     assert calls[-1][1]["host"] == "127.0.0.1" and calls[-1][1]["port"] == 8000
     assert "warning" not in capsys.readouterr().err
-    with TestClient(calls[-1][0]) as client:
+    with TestClient(calls[-1][0], base_url=LOCAL) as client:
         limits = client.get("/api/model").json()["limits"]
     assert limits["max_upload_mb"] == 5 and limits["max_pixels"] == 100_000_000
 
@@ -359,7 +444,7 @@ def test_the_network_is_never_entered_by_two_threads_at_once():
 
     config = ModelConfig(train_size=64)  # 200×240 photo: 4×5 tiles, 5 batches of 4 per request
     app = create_app(CrackSegmenter(None, config, backend=OneAtATime(config)), workers=3)
-    with TestClient(app) as client:
+    with TestClient(app, base_url=LOCAL) as client:
         answers = []
         threads = [
             threading.Thread(target=lambda: answers.append(post(client, png_bytes(drawn_cracks_photo()))))

@@ -35,16 +35,45 @@ def cmd_train(args) -> int:
     return 0
 
 
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: must be a whole number of at least 1")
+    return value
+
+
+def tile_size(text: str) -> int:
+    from crackseg.inference import check_tile
+
+    try:
+        return check_tile(int(text))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def threshold_value(text: str) -> float:
+    from crackseg.inference import check_threshold
+
+    try:
+        return check_threshold(float(text))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", help="a trained model: model.safetensors, its folder, or a run folder")
     p.add_argument("--model", help="a shipped model by name (default: the default model)")
-    p.add_argument("--threshold", type=float, help="probability threshold (default: the model's)")
-    p.add_argument("--tile", type=int, help="tile size for large images (default: the model's training size)")
+    p.add_argument("--threshold", type=threshold_value, help="probability threshold, 0 < t < 1 (default: the model's)")
+    p.add_argument(
+        "--tile",
+        type=tile_size,
+        help="tile size for large images, a multiple of 32 (default: the model's training size)",
+    )
     p.add_argument("--overlap", type=float, default=0.25, help="overlap between tiles, as a fraction")
     p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnx", "openvino"])
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "int8"])
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    p.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass")
+    p.add_argument("--batch-size", type=positive_int, default=4, help="tiles per forward pass")
     p.add_argument("--max-pixels", type=float, default=500e6, help="refuse images with more pixels than this")
     p.add_argument("--tta", action="store_true", help="average the four flips of each tile (4× slower)")
 
@@ -67,9 +96,21 @@ def make_segmenter(args):
     )
 
 
+def check_outputs_before_work(inputs: list[str], out: str) -> None:
+    """Fail on a bad output folder before the model loads: not among the inputs, and writable."""
+    from pathlib import Path
+
+    from crackseg.images import ensure_output_folder
+    from crackseg.inference import check_output_folder, collect_inputs
+
+    check_output_folder(inputs, collect_inputs(inputs), Path(out))
+    ensure_output_folder(out)
+
+
 def cmd_predict(args) -> int:
     from crackseg.inference import predict_files
 
+    check_outputs_before_work(args.inputs, args.out)
     segmenter = make_segmenter(args)
     print(f"model {segmenter.config.name or args.weights or args.model}; {segmenter.describe()}", file=sys.stderr)
     written, failures = predict_files(
@@ -91,6 +132,9 @@ def cmd_evaluate(args) -> int:
         pairs = split_pairs(pairs, args.val_fraction, args.split_seed)[1]
         if not pairs:
             raise DataError("the validation split of --data is empty (too few photos); drop --split-val")
+    from crackseg.images import ensure_output_folder
+
+    ensure_output_folder(args.out)
     segmenter = make_segmenter(args)
     model_name = segmenter.config.name or args.weights or args.model
     print(f"model {model_name}; {segmenter.describe()}; {len(pairs)} images", file=sys.stderr)
@@ -148,11 +192,13 @@ def cmd_serve(args) -> int:
 
 
 def cmd_measure(args) -> int:
+    from crackseg.images import ensure_output_folder
     from crackseg.quantify import measure_files
 
     segment = None
     if args.masks and (args.weights or args.model):
         raise ValueError("--masks measures the masks as they are: drop --weights/--model, or drop --masks")
+    ensure_output_folder(args.out)
     if not args.masks:
         segmenter = make_segmenter(args)
         name = segmenter.config.name or args.weights or args.model
@@ -246,7 +292,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--weights", help="a trained model: model.safetensors, its folder, or a run folder")
     p.add_argument("--model", help="a shipped model by name (default: the default model)")
     p.add_argument("-o", "--out", required=True, help="output .onnx file")
-    p.add_argument("--tile", type=int, help="the model's fixed tile size (default: its training size)")
+    p.add_argument("--tile", type=tile_size, help="the model's fixed tile size (default: its training size)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "int8"], help="int8: static QDQ model")
     p.add_argument("--calibration-data", nargs="+", help="int8: data folders whose training crops calibrate")
     p.add_argument("--calibration-crops", type=int, default=300, help="int8: number of calibration crops")

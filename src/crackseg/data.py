@@ -119,6 +119,8 @@ def _check_size(pair: Pair) -> None:
 def find_pairs(root: str | Path, skip_unpaired: bool = False, exclude_splits: tuple[str, ...] = ()) -> list[Pair]:
     """All image/mask pairs under `root`, sorted by path; sizes are checked from the file headers."""
     root = Path(root)
+    if root.is_file():
+        raise DataError(f"{root}: is a file; pass the folder that holds the images and masks")
     if not root.is_dir():
         raise DataError(f"{root}: data folder not found")
     folders = [root] + sorted(p for p in root.rglob("*") if p.is_dir())

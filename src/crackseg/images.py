@@ -20,8 +20,10 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 
-# Allow big inspection photos (drone / line-scan); the inference engine bounds work by its own pixel limit.
+# Allow big inspection photos (drone / line-scan): `read_image` checks its own limit from the header, before
+# decoding, so a small file that declares a huge image is refused without the memory or the time.
 Image.MAX_IMAGE_PIXELS = 1_000_000_000
+DEFAULT_MAX_PIXELS = 500_000_000  # larger inputs are refused: 500 MP needs ~2 GB for the probability map
 
 
 class ImageReadError(ValueError):
@@ -32,9 +34,18 @@ def is_image_file(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() in IMAGE_EXTENSIONS
 
 
-def _open_upright(path: Path) -> Image.Image:
+def check_pixels(width: int, height: int, max_pixels: float, name: str) -> None:
+    if width * height > max_pixels:
+        raise ImageReadError(
+            f"{name}: {width}×{height} = {width * height / 1e6:.0f} MP exceeds the limit of {max_pixels / 1e6:.0f} MP; "
+            "raise --max-pixels (max_pixels) if you have the memory"
+        )
+
+
+def _open_upright(path: Path, max_pixels: float = DEFAULT_MAX_PIXELS) -> Image.Image:
     try:
         with Image.open(path) as img:
+            check_pixels(*img.size, max_pixels, str(path))  # from the header: nothing is decoded yet
             img.load()  # forces decoding now, so truncated files fail here with a clear message
             return ImageOps.exif_transpose(img)
     except FileNotFoundError:
@@ -46,17 +57,28 @@ def _open_upright(path: Path) -> Image.Image:
 
 
 def to_rgb_uint8(array: np.ndarray) -> np.ndarray:
-    """Convert a grayscale, RGB or RGBA array of uint8/uint16/float to H×W×3 uint8."""
+    """Convert a grayscale, RGB or RGBA array of uint8/uint16/float to H×W×3 uint8.
+
+    Values are scaled by the range they actually use where that is unambiguous: floats in [0, 1] or 0–255,
+    integers in 0–255 (whatever their type) or 0–65535; NaN or infinite values are refused.
+    """
     a = np.asarray(array)
-    if a.dtype == np.uint16 or (a.dtype.kind in "iu" and a.max(initial=0) > 255):
-        a = (a.astype(np.float32) / 257.0).round().clip(0, 255).astype(np.uint8)
-    elif a.dtype == bool:
+    if a.size == 0:
+        raise ValueError(f"empty image (an array of shape {a.shape})")
+    if a.dtype.kind not in "biuf":
+        raise ValueError(f"expected an image array of numbers, got dtype {a.dtype}")
+    if a.dtype.kind == "f" and not np.isfinite(a).all():
+        raise ValueError("the image holds NaN or infinite values; replace them (e.g. np.nan_to_num) first")
+    top = float(a.max())
+    if a.dtype == bool:
         a = a.astype(np.uint8) * 255
     elif a.dtype.kind == "f":
-        scale = 255.0 if a.max(initial=0) <= 1.0 else 1.0
+        scale = 255.0 if top <= 1.0 else (1.0 if top <= 255 else 255.0 / 65535.0)
         a = (a * scale).round().clip(0, 255).astype(np.uint8)
-    else:
-        a = a.astype(np.uint8)
+    elif top > 255:  # 16-bit data
+        a = (a.astype(np.float32) / 257.0).round().clip(0, 255).astype(np.uint8)
+    else:  # 8-bit values, whatever the type holding them (a uint16 array of 0–255 is not a dark 16-bit photo)
+        a = a.clip(0, 255).astype(np.uint8)
     if a.ndim == 2:
         a = np.repeat(a[:, :, None], 3, axis=2)
     elif a.ndim == 3 and a.shape[2] == 1:
@@ -71,14 +93,21 @@ def to_rgb_uint8(array: np.ndarray) -> np.ndarray:
 def pil_to_rgb(img: Image.Image) -> np.ndarray:
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         return to_rgb_uint8(np.asarray(img).astype(np.uint32).clip(0, 65535).astype(np.uint16))
+    if img.mode == "F":  # 32-bit float (TIFF): PIL's own conversion would clip [0, 1] data to black
+        return to_rgb_uint8(np.asarray(img))
     if img.mode not in ("RGB", "L"):
         img = img.convert("RGB")
     return to_rgb_uint8(np.asarray(img))
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Read a photo as H×W×3 uint8 RGB, rotated upright by its EXIF orientation."""
-    return pil_to_rgb(_open_upright(Path(path)))
+def read_image(path: str | os.PathLike, max_pixels: float = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Read a photo as H×W×3 uint8 RGB, rotated upright by its EXIF orientation; images of more than
+    `max_pixels` are refused from their header, before decoding."""
+    path = Path(path)
+    try:
+        return pil_to_rgb(_open_upright(path, max_pixels))
+    except ValueError as err:
+        raise ImageReadError(str(err) if str(path) in str(err) else f"{path}: {err}") from None
 
 
 def normalize_image(image: np.ndarray, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> np.ndarray:
@@ -148,6 +177,22 @@ _UMASK = _read_umask()
 def default_mode(folder: bool = False) -> int:
     """The permissions open() or mkdir() would give under the umask (mkstemp's are owner-only)."""
     return (0o777 if folder else 0o666) & ~_UMASK
+
+
+def ensure_output_folder(path: str | os.PathLike, option: str = "-o") -> Path:
+    """Create the output folder and check that files can be written there, before any work starts."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OSError(f"{option} {path}: is a file, not a folder; name a folder for the outputs")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as err:
+        raise OSError(
+            f"{option} {path}: cannot write there ({err.strerror}); choose a folder you can write to"
+        ) from None
+    return path
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
-from crackseg.images import normalize_image, pil_to_rgb, read_image, to_rgb_uint8
+from crackseg.images import DEFAULT_MAX_PIXELS, check_pixels, normalize_image, pil_to_rgb, read_image, to_rgb_uint8
 from crackseg.model_config import ModelConfig
 
 if TYPE_CHECKING:
@@ -25,7 +25,20 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_PIXELS = 500_000_000  # larger inputs are refused: 500 MP needs ~2 GB for the probability map
+
+TILE_MULTIPLE = 32  # the largest stride of any encoder depth: every network pads and crops exactly at this size
+
+
+def check_tile(tile: int) -> int:
+    if tile < TILE_MULTIPLE or tile % TILE_MULTIPLE:
+        raise ValueError(f"tile {tile}: must be a multiple of {TILE_MULTIPLE} of at least {TILE_MULTIPLE}, e.g. 448")
+    return tile
+
+
+def check_threshold(threshold: float) -> float:
+    if not 0 < threshold < 1:  # also refuses NaN
+        raise ValueError(f"threshold {threshold}: must lie strictly between 0 and 1, e.g. 0.5")
+    return threshold
 
 
 @dataclass
@@ -133,12 +146,14 @@ class CrackSegmenter:
         self.config = config or ModelConfig()
         self.model = model
         self.backend = backend or TorchBackend(model, precision, device)
-        self.tile = int(tile or self.backend.fixed_size or self.config.train_size)
+        self.tile = check_tile(int(tile if tile is not None else self.backend.fixed_size or self.config.train_size))
         if not 0 <= overlap < 1:
             raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size {batch_size}: must be at least 1")
         self.overlap, self.batch_size, self.max_pixels = overlap, batch_size, max_pixels
         self.tta = tta
-        self.threshold = float(self.config.threshold if threshold is None else threshold)
+        self.threshold = check_threshold(float(self.config.threshold if threshold is None else threshold))
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike | None = None, **kwargs) -> CrackSegmenter:
@@ -174,11 +189,7 @@ class CrackSegmenter:
     def predict_prob(self, image: np.ndarray) -> np.ndarray:
         """Crack probability (float32, the image's H×W) of an H×W×3 uint8 RGB image."""
         height, width = image.shape[:2]
-        if height * width > self.max_pixels:
-            raise ValueError(
-                f"image of {width}×{height} = {height * width / 1e6:.0f} MP exceeds the limit of "
-                f"{self.max_pixels / 1e6:.0f} MP; raise max_pixels (--max-pixels) if you have the memory"
-            )
+        check_pixels(width, height, self.max_pixels, "image")
         tile = self.tile
         if height <= tile and width <= tile and self.backend.fixed_size is None:
             return self._run([image])[0]  # one pass; the network pads to its stride itself
@@ -211,19 +222,26 @@ class CrackSegmenter:
 
     def predict(self, image, threshold: float | None = None) -> Prediction:
         """Predict one image: a path, a PIL image, or a numpy array (grayscale/RGB/RGBA, uint8/uint16)."""
-        prob = self.predict_prob(as_rgb(image))
-        return Prediction(prob, self.threshold if threshold is None else float(threshold))
+        threshold = self.threshold if threshold is None else check_threshold(float(threshold))
+        return Prediction(self.predict_prob(as_rgb(image, self.max_pixels)), threshold)
 
     def predict_batch(self, images, threshold: float | None = None) -> list[Prediction]:
         return [self.predict(image, threshold) for image in images]
 
 
-def as_rgb(image) -> np.ndarray:
+def as_rgb(image, max_pixels: float = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """An image given as a path, a PIL image or an array, as H×W×3 uint8 RGB."""
     if isinstance(image, (str, os.PathLike)):
-        return read_image(image)
+        return read_image(image, max_pixels)
     if isinstance(image, Image.Image):
+        check_pixels(*image.size, max_pixels, "image")
         return pil_to_rgb(image)
-    return to_rgb_uint8(np.asarray(image))
+    if isinstance(image, np.ndarray) or hasattr(image, "__array__"):
+        return to_rgb_uint8(np.asarray(image))
+    raise TypeError(
+        f"cannot segment a {type(image).__name__}: pass a file path, a PIL image or a numpy array "
+        "(H×W, H×W×3 or H×W×4; uint8, uint16 or float)"
+    )
 
 
 # --- many files: the engine behind `crackseg predict` -------------------------------------------------------
@@ -263,24 +281,58 @@ def shard(items: list, spec: str | None) -> list:
     return items[index::count]
 
 
-def output_stems(files: list[tuple[Path, Path]], out_dir: Path) -> dict[Path, Path]:
-    """Output path stem for each input: OUT/NAME, or OUT/<relative folder>/NAME when names collide.
+PREDICT_OUTPUTS = {"mask": ".png", "prob": "_prob.png", "overlay": "_overlay.jpg"}
 
-    An output never lands on an input file, even when OUT_DIR is the inputs' own folder.
+
+def check_output_folder(inputs: list[str], files: list[tuple[Path, Path]], out_dir: Path) -> None:
+    """Refuse an output folder that holds input photos or lies inside a searched input folder: outputs there
+    could replace photos, and a second run would read the first run's masks as photos."""
+    out = out_dir.resolve()
+    searched = [Path(item).resolve() for item in inputs if Path(item).is_dir()]
+    folders = {path.parent.resolve() for path, _ in files}
+    clash = next((f for f in searched if out == f or f in out.parents), None) or (out if out in folders else None)
+    if clash is not None:
+        raise ValueError(
+            f"-o {out_dir}: {'is' if clash == out else 'lies inside'} the input folder {clash}; outputs there would "
+            f"mix with the photos (and could replace them): choose another folder, e.g. -o {clash}_cracks"
+        )
+
+
+def output_paths(files: list[tuple[Path, Path]], out_dir: Path, suffixes: dict[str, str]) -> dict[Path, dict]:
+    """For each input, the path of each output kind (`suffixes`: kind → what follows the name): unique in the run.
+
+    Names follow the input's name (OUT/NAME.png, OUT/NAME_prob.png, ...), with its folder relative to the searched
+    root when two inputs share a name, and its extension (OUT/003_jpg.png) when two outputs would still coincide
+    (003.jpg and 003.png; site.jpg's probabilities and the mask of an input named site_prob.png).
     """
-    names = [p.stem for p, _ in files]
-    collide = len(set(names)) < len(names)
-    inputs = {p.resolve() for p, _ in files}
+    from collections import Counter
+
+    names = Counter(p.stem for p, _ in files)
+    roots = {r for _, r in files}
     stems = {}
     for path, root in files:
-        relative = path.relative_to(root) if collide else Path(path.name)
-        if collide and len({r for _, r in files}) > 1:
+        relative = path.relative_to(root) if names[path.stem] > 1 else Path(path.name)
+        if names[path.stem] > 1 and len(roots) > 1:
             relative = Path(root.name) / relative
-        stem = out_dir / relative.with_suffix("")
-        if stem.with_suffix(".png").resolve() in inputs:
-            stem = stem.with_name(stem.name + "_mask")
-        stems[path] = stem
-    return stems
+        stems[path] = out_dir / relative.with_suffix("")
+
+    def outputs(stem: Path) -> dict[str, Path]:
+        return {kind: stem.with_name(stem.name + suffix) for kind, suffix in suffixes.items()}
+
+    counts = Counter(q for stem in stems.values() for q in outputs(stem).values())
+    for path, stem in stems.items():
+        if any(counts[q] > 1 for q in outputs(stem).values()):
+            stems[path] = stem.with_name(f"{stem.name}_{path.suffix.lstrip('.').lower()}")
+    paths = {path: outputs(stem) for path, stem in stems.items()}
+    everything = [q.resolve() for outs in paths.values() for q in outs.values()]
+    inputs = {p.resolve() for p, _ in files}
+    clash = next((q for q in everything if q in inputs), None)
+    if clash is not None or len(set(everything)) < len(everything):
+        raise ValueError(
+            f"{clash or Counter(everything).most_common(1)[0][0]}: two outputs (or an output and an input) would "
+            "share this name; rename the inputs or choose another -o"
+        )
+    return paths
 
 
 def overlay(image: np.ndarray, mask: np.ndarray, color=(255, 0, 0), alpha: float = 0.6) -> np.ndarray:
@@ -309,25 +361,27 @@ def predict_files(
     from crackseg.images import ImageReadError, write_image
 
     out_dir = Path(out_dir)
-    files = shard(collect_inputs(inputs), shard_spec)
-    stems = output_stems(files, out_dir)
+    everything = collect_inputs(inputs)
+    check_output_folder(inputs, everything, out_dir)
+    files = shard(everything, shard_spec)
+    wanted = {"mask", "prob" if write_prob else "", "overlay" if write_overlay else ""}
+    paths = output_paths(files, out_dir, {k: v for k, v in PREDICT_OUTPUTS.items() if k in wanted})
     written, failures = 0, []
     for path, _ in tqdm(files, desc="predict", unit="img", disable=not progress):
-        stem = stems[path]
-        mask_path = stem.with_name(stem.name + ".png")
-        if skip_existing and mask_path.exists():
+        outputs = paths[path]
+        if skip_existing and outputs["mask"].exists():
             continue
         try:
-            image = read_image(path)
+            image = read_image(path, segmenter.max_pixels)
             result = segmenter.predict(image)
         except (ImageReadError, ValueError, MemoryError) as err:
             failures.append(f"{path}: {err}" if str(path) not in str(err) else str(err))
             continue
         mask = result.mask
         if write_prob:
-            write_image(stem.with_name(stem.name + "_prob.png"), np.round(result.prob * 255).astype(np.uint8))
+            write_image(outputs["prob"], np.round(result.prob * 255).astype(np.uint8))
         if write_overlay:
-            write_image(stem.with_name(stem.name + "_overlay.jpg"), overlay(image, mask))
-        write_image(mask_path, mask.view(np.uint8) * 255)  # last: its presence means the input is done
+            write_image(outputs["overlay"], overlay(image, mask))
+        write_image(outputs["mask"], mask.view(np.uint8) * 255)  # last: its presence means the input is done
         written += 1
     return written, failures

@@ -55,21 +55,28 @@ class ModelConfig:
 
 
 def read_config(weights: Path) -> ModelConfig:
-    """The config of a weights file: embedded in a crackseg safetensors file, else its folder's config.json."""
+    """The config of a weights file. The folder's config.json wins when present (so an edited threshold counts),
+    and an invalid one is an error that names it; else the config embedded in a crackseg safetensors file; else
+    (a legacy .pth from the original project) the PSPNet-ResNet18 defaults."""
     sidecar = weights.parent / CONFIG_NAME
-    try:
-        if weights.suffix == ".safetensors":
-            from safetensors import safe_open
-
-            with safe_open(str(weights), framework="numpy") as f:
-                embedded = (f.metadata() or {}).get("crackseg_config")
-            if embedded:
-                return ModelConfig.from_dict(json.loads(embedded))
-        if sidecar.is_file():
+    if sidecar.is_file():
+        try:
             return ModelConfig.from_dict(json.loads(sidecar.read_text()))
+        except Exception as err:
+            raise ModelError(
+                f"{sidecar}: invalid model config ({type(err).__name__}: {err}); fix it, or delete it to use the "
+                "config stored in the weights file"
+            ) from None
+    if weights.suffix != ".safetensors":
+        return ModelConfig()
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(weights), framework="numpy") as f:
+            embedded = (f.metadata() or {}).get("crackseg_config")
+        return ModelConfig.from_dict(json.loads(embedded)) if embedded else ModelConfig()
     except Exception as err:
         raise ModelError(f"{weights}: not a crackseg model file ({type(err).__name__}: {err})") from None
-    return ModelConfig()  # a legacy .pth from the original project: PSPNet-ResNet18 defaults
 
 
 def resolve_weights(weights: str | Path | None = None, model: str | None = None) -> Path:

@@ -39,6 +39,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -52,6 +53,9 @@ from skimage.morphology import remove_small_holes, skeletonize
 
 DEFAULT_MIN_LENGTH = 10.0  # px: shorter components are specks; they are dropped and counted
 DEFAULT_HOLE_AREA = 16  # px: holes up to this size inside a crack are filled
+MOSTLY_CRACK = 0.5  # a mask with more crack than this is almost surely not a crack mask: warn
+
+log = logging.getLogger(__name__)
 # Vossepoel & Smeulders (1982): weights of straight steps, diagonal steps and corners of a chain code.
 STEP_WEIGHT, DIAGONAL_WEIGHT, CORNER_WEIGHT = 0.980, 1.406, -0.091
 WIDTH_SMOOTHING = 5  # rounds of neighbour averaging along the skeleton (a spread of about ±2 px)
@@ -92,6 +96,7 @@ class Measurement:
     min_length_px: float
     cracks: list[Crack] = field(default_factory=list)
     dropped: int = 0  # components shorter than min_length_px
+    warnings: list[str] = field(default_factory=list)  # signs that the mask is not a crack mask
     # The kept cracks' skeleton pixels, for drawing: row, column, local width (px) and crack id.
     skeleton_rows: np.ndarray = _empty(np.int32)
     skeleton_cols: np.ndarray = _empty(np.int32)
@@ -137,6 +142,7 @@ class Measurement:
         return {
             "image_size": {"height": self.height, "width": self.width},
             "pixel_size_mm": self.pixel_size_mm,
+            "warnings": self.warnings,
             "summary": self.summary(),
             "cracks": [asdict(c) for c in self.cracks],
         }
@@ -380,6 +386,11 @@ def measure(
     result = Measurement(mask.shape[0], mask.shape[1], pixel_size_mm, float(min_length))
     if not mask.any():
         return result
+    if mask.mean() > MOSTLY_CRACK:
+        result.warnings.append(
+            f"{mask.mean():.0%} of the mask is crack: this is unlikely to be a crack mask (inverted, or a photo?); "
+            "its widths are bounded by the image, not measured"
+        )
 
     crop, top, left = crop_to_cracks(mask)
     crop = fill_small_holes(crop, hole_area)
@@ -412,8 +423,10 @@ def measure(
         if length[k] < min_length or first[k] == first[k + 1]:  # (a crack always has a skeleton pixel)
             result.dropped += 1
             continue
-        widths = node_width[order[first[k] : first[k + 1]]]
         rows_k, cols_k = boxes[k - 1]
+        # A crack is no wider than its bounding box (the area-matching shift could say so on a blob-like mask).
+        box_side = min(rows_k.stop - rows_k.start, cols_k.stop - cols_k.start)
+        widths = np.minimum(node_width[order[first[k] : first[k + 1]]], box_side)
         crack = Crack(
             id=result.count + 1,
             crack_class=classify(orientation[k], tips[k] >= 3 or loops[k] > 0, longitudinal_axis),
@@ -572,16 +585,16 @@ def measure_files(
     from tqdm import tqdm
 
     from crackseg.images import ImageReadError, atomic_write_bytes, read_image, read_mask, write_image
-    from crackseg.inference import collect_inputs, output_stems
+    from crackseg.inference import check_output_folder, collect_inputs, output_paths
 
     if pixel_size_mm is not None and not pixel_size_mm > 0:
         raise ValueError(f"--pixel-size must be a positive number of mm per pixel, got {pixel_size_mm}")
     out_dir = Path(out_dir)
     files = collect_inputs(inputs)
-    stems = output_stems(files, out_dir)
+    check_output_folder(inputs, files, out_dir)
+    paths = output_paths(files, out_dir, {"measure": "_measure.json", "width": "_width.png"})
     rows, measured, failures = [], 0, []
     for path, _ in tqdm(files, desc="measure", unit="img", disable=not progress):
-        stem = stems[path]
         try:
             if segment is None:
                 mask = read_mask(path)
@@ -595,8 +608,10 @@ def measure_files(
             failures.append(str(err) if str(path) in str(err) else f"{path}: {err}")
             continue
         report = {"input": str(path), "source": "mask" if segment is None else "photo", **result.to_dict()}
-        atomic_write_bytes(stem.with_name(stem.name + "_measure.json"), json.dumps(report, indent=1).encode())
-        write_image(stem.with_name(stem.name + "_width.png"), figure)
+        for warning in result.warnings:
+            log.warning("%s: %s", path, warning)
+        atomic_write_bytes(paths[path]["measure"], json.dumps(report, indent=1).encode())
+        write_image(paths[path]["width"], figure)
         rows += [csv_row(str(path), crack) for crack in result.cracks]
         measured += 1
     table = io.StringIO()

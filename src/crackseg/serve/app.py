@@ -16,9 +16,12 @@ import copy
 import csv
 import dataclasses
 import io
+import ipaddress
 import logging
 import math
+import re
 import secrets
+import socket
 import threading
 import time
 from collections import OrderedDict
@@ -46,7 +49,10 @@ FORM_OVERHEAD = 64 * 1024  # multipart boundaries, part headers and the small fo
 READABLE = "JPEG, PNG, TIFF, BMP or WebP"
 
 Threshold = Annotated[float | None, Query(gt=0, lt=1, description="probability threshold (default: the request's)")]
-PixelSize = Annotated[float | None, Query(gt=0, description="size of one pixel in mm, for lengths and widths in mm")]
+PixelSize = Annotated[
+    float | None,
+    Query(gt=0, allow_inf_nan=False, description="size of one pixel in mm, for lengths and widths in mm"),
+]
 
 
 class UploadError(Exception):
@@ -265,6 +271,97 @@ class BodySizeLimit:
         await self.app(scope, limited_receive, send)
 
 
+# Where the page may be used from. A browser sends the name it connected to in the Host header (with the port
+# when it is not the scheme's default) and, with every POST, the page's origin in the Origin header. A Host
+# the server was not started for is a DNS-rebinding page (an attacker's name pointed at this machine) reading
+# the answers; an Origin of another site is a page posting in the user's name: both are refused. Clients that
+# are not browsers (curl, scripts) send no Origin and are not affected.
+
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+WILDCARD_HOSTS = ("", "0.0.0.0", "::")
+UNSAFE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
+DEFAULT_PORTS = {"http": 80, "https": 443}
+HOST_PORT = re.compile(r"(\[[0-9a-f:.]+\]|[a-z0-9_.-]+)(?::(\d{1,5}))?")
+ORIGIN = re.compile(r"([a-z][a-z0-9+.-]*)://" + HOST_PORT.pattern)
+
+
+def host_name(name: str) -> str:
+    """A host name or address as compared here: lower case, IPv6 without brackets, no trailing dot."""
+    name = name.strip().lower()
+    if name.startswith("[") and name.endswith("]"):
+        name = name[1:-1]
+    return name.rstrip(".") if name not in WILDCARD_HOSTS else name
+
+
+def allowed_host_names(host: str) -> frozenset[str]:
+    """The names a server bound to `host` (its --host) answers to: the loopback names, and `host` itself, or
+    for a wildcard bind (0.0.0.0, ::) this machine's name. Requests are also accepted for the address they
+    actually arrived at (see `HostOriginGuard`), which covers every interface's address on a wildcard bind."""
+    host = host_name(host)
+    names = set(LOOPBACK_NAMES)
+    if host in WILDCARD_HOSTS:
+        machine = host_name(socket.gethostname())
+        names.update(filter(None, (machine, f"{machine}.local" if machine and "." not in machine else "")))
+    else:
+        names.add(host)
+    return frozenset(names)
+
+
+def split_host_port(value: str, pattern: re.Pattern = HOST_PORT) -> tuple[str, ...] | None:
+    """The parts of a Host header (name, port) or an Origin (scheme, name, port), port "" when absent;
+    None when malformed (userinfo, a path, spaces, an unbracketed IPv6 address, a port past 65535)."""
+    match = pattern.fullmatch(value.strip().lower())
+    if match is None:
+        return None
+    *scheme, name, port = match.groups()
+    if port and int(port) > 65535:
+        return None
+    return (*scheme, host_name(name), port or "")
+
+
+class HostOriginGuard:
+    """Answers 400 to a request whose Host header names neither one of `allowed` nor the address the
+    connection arrived at (an IP address, which a DNS-rebinding page cannot make a browser send), and 403 to a
+    POST/PUT/PATCH/DELETE whose Origin header is present but is not `http://<such a name>:<the port in Host>`.
+    The port is the one the browser connected to, which is the listening port unless a proxy or a container's
+    port mapping is in between."""
+
+    def __init__(self, app, allowed: frozenset[str]):
+        self.app, self.allowed = app, allowed
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] not in ("http", "websocket"):
+            return await self.app(scope, receive, send)
+        headers = {k.decode(): v.decode("latin-1") for k, v in scope["headers"] if k in (b"host", b"origin")}
+        allowed = self.allowed
+        server = scope.get("server")
+        if server and server[0]:
+            allowed = allowed | {host_name(str(server[0]))}  # an IP address when served by uvicorn
+        scheme = scope.get("scheme", "http")
+        host = split_host_port(headers.get("host", ""))
+        if host is None or host[0] not in allowed:
+            shown = headers.get("host", "")[:100]
+            detail = (
+                f"host {shown!r} not allowed: this server answers to {', '.join(sorted(self.allowed))} "
+                "(start it with --host NAME to be reached under another name)"
+            )
+            return await JSONResponse({"detail": detail}, 400)(scope, receive, send)
+        port = int(host[1] or DEFAULT_PORTS.get(scheme, 0))
+        origin = headers.get("origin")
+        if origin is not None and scope.get("method") in UNSAFE_METHODS:
+            parts = split_host_port(origin, ORIGIN)
+            same_site = (
+                parts is not None
+                and parts[0] == scheme
+                and parts[1] in allowed
+                and int(parts[2] or DEFAULT_PORTS.get(parts[0], 0)) == port
+            )
+            if not same_site:
+                detail = f"cross-origin request from {origin[:100]!r} refused: use the page this server serves"
+                return await JSONResponse({"detail": detail}, 403)(scope, receive, send)
+        await self.app(scope, receive, send)
+
+
 class SerialBackend:
     """Lets one network call run at a time. Some engines must not be entered from two threads at once (an
     OpenVINO infer request), and on a CPU one call already uses every core; the workers still overlap
@@ -303,6 +400,7 @@ def create_app(
     max_pending: int | None = None,
     result_ttl_s: float = 900,
     max_result_mb: float = 1024,
+    host: str = "127.0.0.1",
 ) -> FastAPI:
     """The crackseg web app around one shared segmenter (a `CrackSegmenter` or anything with its interface).
 
@@ -310,7 +408,12 @@ def create_app(
     segmenter's own limit). workers: photos processed at once (the network itself runs one batch at a time,
     see `SerialBackend`). max_pending: requests allowed to wait
     for or run in the pool (default 8 per worker); more get 503. result_ttl_s: how long results can be
-    fetched. max_result_mb: memory for kept results; the oldest go first when it is full.
+    fetched. max_result_mb: memory for kept results; the oldest go first when it is full. host: the address
+    the server listens on (`crackseg serve --host`): requests are answered only for it and the loopback names
+    (`allowed_host_names`), and POSTs only from the page's own origin (`HostOriginGuard`).
+
+    There are no /docs or /redoc pages: FastAPI's load Swagger UI and ReDoc from a CDN, so they are blank
+    offline. `/openapi.json` describes the API.
     """
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
@@ -351,11 +454,14 @@ def create_app(
         version=__version__,
         summary="Segment and measure cracks in photos of roads, bridges, walls and tunnels.",
         lifespan=lifespan,
+        docs_url=None,  # Swagger UI and ReDoc come from a CDN: blank offline; /openapi.json stays
+        redoc_url=None,
     )
     app.state.pending = 0
     app.state.store = store
     too_large = f"upload too large: this server accepts files up to {max_upload_mb:g} MB"
     app.add_middleware(BodySizeLimit, max_bytes=max_upload_bytes + FORM_OVERHEAD, message=too_large)
+    app.add_middleware(HostOriginGuard, allowed=allowed_host_names(host))  # outermost: before any body is read
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     def result_or_404(rid: str) -> Result:
@@ -395,7 +501,7 @@ def create_app(
         request: Request,
         file: Annotated[UploadFile, File(description=f"the photo ({READABLE})")],
         threshold: Annotated[float | None, Form(gt=0, lt=1)] = None,
-        pixel_size_mm: Annotated[float | None, Form(gt=0)] = None,
+        pixel_size_mm: Annotated[float | None, Form(gt=0, allow_inf_nan=False)] = None,
         inline: Annotated[bool, Query(description="return the images as base64 data URLs; keep nothing")] = False,
     ):
         name = Path(file.filename or "upload").name
@@ -420,6 +526,9 @@ def create_app(
             raise HTTPException(503, message) from None
         finally:
             app.state.pending -= 1
+        if not inline and await request.is_disconnected():
+            log.info("%s: the client left (cancelled) before the answer; the result is not kept", name)
+            return Response(status_code=499)  # nobody reads it; keeping the result would only hold memory
         height, width = result.prob.shape
         answer = {
             "file": name,
@@ -512,8 +621,6 @@ def create_app(
 
 def is_loopback(host: str) -> bool:
     """True when `host` only accepts connections from this machine."""
-    import ipaddress
-
     if host == "localhost":
         return True
     try:

@@ -12,7 +12,10 @@ const state = {
   overlay: null, // canvas holding the red crack layer at the current threshold
   layer: null, // its pixels, reused at every redraw
   measureSeq: 0, // drops re-measurements that arrive after a newer one was asked for
+  uploadSeq: 0, // the latest upload; an older one that ends after it was replaced changes nothing on the page
 };
+
+const busy = { controller: null, timer: null, started: 0 }; // the upload in flight, for Cancel and the clock
 
 function setStatus(text, isError = false) {
   $("status").textContent = text;
@@ -32,8 +35,8 @@ async function fetchJson(url, options) {
   return body;
 }
 
-async function fetchBitmap(url, raw) {
-  const response = await fetch(url);
+async function fetchBitmap(url, raw, signal) {
+  const response = await fetch(url, { signal });
   if (!response.ok) throw new Error(errorText(response.status, await response.json().catch(() => null)));
   // The probability PNG holds data, not colour: decode it without colour management.
   const options = raw ? { colorSpaceConversion: "none", premultiplyAlpha: "none" } : {};
@@ -44,9 +47,27 @@ function threshold() {
   return Number($("threshold").value);
 }
 
+// The pixel size field: empty (no millimetres), or a positive number; anything else is refused with a message.
+function pixelSizeField() {
+  const input = $("pixel-size");
+  const text = input.value.trim();
+  if (input.validity.badInput) return { ok: false }; // typed text that is not a number
+  if (text === "") return { ok: true, value: null };
+  const value = Number(text);
+  return Number.isFinite(value) && value > 0 ? { ok: true, value } : { ok: false };
+}
+
 function pixelSize() {
-  const value = Number($("pixel-size").value);
-  return value > 0 ? value : null;
+  const field = pixelSizeField();
+  return field.ok ? field.value : null;
+}
+
+function checkPixelSize() {
+  const { ok } = pixelSizeField();
+  $("pixel-size").setAttribute("aria-invalid", String(!ok));
+  $("pixel-size-error").textContent = ok ? "" : "The pixel size must be a number above 0 (mm per pixel), or empty.";
+  $("pixel-size-error").hidden = ok;
+  return ok;
 }
 
 // --- model and limits ---------------------------------------------------------------------------------------
@@ -69,18 +90,25 @@ async function loadModel() {
 
 async function upload(file) {
   if (!file) return;
+  if (!checkPixelSize()) {
+    setStatus(`${file.name} not sent: correct the pixel size first.`, true);
+    return;
+  }
+  if (busy.controller) busy.controller.abort(); // a new photo replaces the one still in flight
+  const seq = ++state.uploadSeq;
   const previous = state.result;
   const form = new FormData();
   form.append("file", file);
   form.append("threshold", threshold());
   if (pixelSize()) form.append("pixel_size_mm", pixelSize());
-  document.body.dataset.state = "busy";
+  const signal = startBusy();
   setStatus(`Segmenting ${file.name}…`);
+  let result = null;
   try {
-    const result = await fetchJson("api/predict", { method: "POST", body: form });
+    result = await fetchJson("api/predict", { method: "POST", body: form, signal });
     const [photo, probBitmap] = await Promise.all([
-      fetchBitmap(result.urls.image, false),
-      fetchBitmap(result.urls.prob, true),
+      fetchBitmap(result.urls.image, false, signal),
+      fetchBitmap(result.urls.prob, true, signal),
     ]);
     state.result = result;
     state.photo = photo;
@@ -94,11 +122,58 @@ async function upload(file) {
     $("expiry").textContent = `Results stay on the server for ${Math.round(result.expires_in_s / 60)} min.`;
     setStatus(`${result.file}: done in ${(result.timing_ms.total / 1000).toFixed(1)} s`);
     document.body.dataset.state = "ready";
-    if (previous && previous.id) fetch(`api/results/${previous.id}`, { method: "DELETE" }).catch(() => {});
+    forget(previous);
   } catch (err) {
-    setStatus(err.message, true);
-    document.body.dataset.state = state.result ? "ready" : "error";
+    if (result) forget(result); // made, but never shown
+    if (seq !== state.uploadSeq) return; // replaced by a newer upload, which owns the page now
+    if (err.name === "AbortError") {
+      setStatus(`Cancelled: ${file.name} was not segmented.`);
+      document.body.dataset.state = state.result ? "ready" : "empty";
+    } else {
+      clearResult(); // the previous photo's result must not stand beside this photo's error
+      setStatus(err.message, true);
+      document.body.dataset.state = "error";
+    }
+  } finally {
+    if (seq === state.uploadSeq) stopBusy();
   }
+}
+
+function startBusy() {
+  busy.controller = new AbortController();
+  busy.started = performance.now();
+  document.body.dataset.state = "busy";
+  $("busy").hidden = false;
+  showElapsed();
+  clearInterval(busy.timer);
+  busy.timer = setInterval(showElapsed, 250);
+  return busy.controller.signal;
+}
+
+function showElapsed() {
+  $("elapsed").textContent = `${Math.floor((performance.now() - busy.started) / 1000)} s`;
+}
+
+function stopBusy() {
+  clearInterval(busy.timer);
+  busy.controller = null;
+  $("busy").hidden = true;
+}
+
+// Frees a result on the server (it would otherwise stay in memory until it expires).
+function forget(result) {
+  if (result && result.id) fetch(`api/results/${result.id}`, { method: "DELETE" }).catch(() => {});
+}
+
+function clearResult() {
+  forget(state.result);
+  Object.assign(state, { result: null, photo: null, prob: null, overlay: null, layer: null });
+  state.measureSeq++; // a re-measurement still on its way is for the result that is gone
+  $("result-panel").hidden = true;
+  $("view").width = $("view").height = 0;
+  $("cracks").querySelector("tbody").replaceChildren();
+  for (const id of ["download-mask", "download-overlay", "download-csv"]) $(id).removeAttribute("href");
+  for (const id of ["crack-count", "total-length", "crack-fraction", "image-size"]) $(id).textContent = "–";
 }
 
 function probValues(bitmap) {
@@ -219,9 +294,10 @@ async function remeasure() {
     const answer = await fetchJson(`${state.result.urls.measurements}?${params}`);
     if (seq !== state.measureSeq) return;
     showMeasurements(answer);
+    if (busy.controller) return; // the status line tells about the photo in progress
     setStatus(`threshold ${threshold().toFixed(2)}: ${answer.measurements.cracks.length} cracks`);
   } catch (err) {
-    setStatus(err.message, true);
+    if (seq === state.measureSeq && !busy.controller) setStatus(err.message, true);
   }
 }
 
@@ -240,7 +316,11 @@ function updateDownloads() {
 
 function wire() {
   const zone = $("drop-zone");
-  $("file-input").addEventListener("change", (e) => upload(e.target.files[0]));
+  $("file-input").addEventListener("change", (e) => {
+    upload(e.target.files[0]);
+    e.target.value = ""; // choosing the same file again (say, after fixing the pixel size) sends it again
+  });
+  $("cancel").addEventListener("click", () => busy.controller && busy.controller.abort());
   for (const type of ["dragenter", "dragover"]) {
     zone.addEventListener(type, (e) => {
       e.preventDefault();
@@ -264,6 +344,7 @@ function wire() {
     scheduleMeasure();
   });
   $("pixel-size").addEventListener("input", () => {
+    if (!checkPixelSize()) return; // the table and downloads keep the last valid size; the message says why
     updateDownloads();
     scheduleMeasure();
   });

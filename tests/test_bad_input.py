@@ -1,0 +1,135 @@
+"""Regression tests for the bad-input report: every odd input ends in a clear one-line error naming the file or
+option, or in a correct result; nothing is lost or overwritten. (Output-name collisions and output folders that
+hold the inputs: test_inference.py.)"""
+
+import json
+import shutil
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from crackseg.cli import main
+from crackseg.images import ImageReadError, read_image, to_rgb_uint8, write_image
+from crackseg.inference import CrackSegmenter
+from crackseg.model_config import ModelError, read_config, resolve_weights
+from crackseg.quantify import measure
+from crackseg.synthetic import synthetic_crack
+
+
+@pytest.fixture(scope="module")
+def photo_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("photos")
+    write_image(folder / "p.jpg", synthetic_crack((48, 48), seed=0)[0])
+    return folder
+
+
+@pytest.mark.parametrize(
+    "option,value,says",
+    [
+        ("--batch-size", "-2", "must be a whole number of at least 1"),
+        ("--batch-size", "0", "must be a whole number of at least 1"),
+        ("--tile", "7", "tile 7: must be a multiple of 32"),
+        ("--tile", "0", "tile 0: must be a multiple of 32"),
+        ("--threshold", "1.5", "threshold 1.5: must lie strictly between 0 and 1"),
+        ("--threshold", "-1", "threshold -1.0: must lie strictly between 0 and 1"),
+    ],
+)
+def test_bad_numbers_are_refused_when_parsed(photo_dir, tmp_path, capsys, option, value, says):
+    with pytest.raises(SystemExit) as stop:
+        main(["predict", str(photo_dir), "-o", str(tmp_path / "out"), f"{option}={value}"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert option in err and says in err
+    assert not (tmp_path / "out").exists()  # refused before any work
+
+
+def test_the_python_api_applies_the_same_rules(tiny_model_dir):
+    with pytest.raises(ValueError, match="threshold 1.5"):
+        CrackSegmenter.from_pretrained(tiny_model_dir, threshold=1.5)
+    with pytest.raises(ValueError, match="tile 7"):
+        CrackSegmenter.from_pretrained(tiny_model_dir, tile=7)
+    with pytest.raises(ValueError, match="batch_size 0"):
+        CrackSegmenter.from_pretrained(tiny_model_dir, batch_size=0)
+    seg = CrackSegmenter.from_pretrained(tiny_model_dir)
+    with pytest.raises(ValueError, match="threshold -1"):
+        seg.predict(np.zeros((32, 32, 3), np.uint8), threshold=-1)
+
+
+def _bomb_png(path, side: int) -> None:
+    """A valid PNG header declaring side×side grey pixels, with a tiny (truncated) image stream."""
+    ihdr = side.to_bytes(4, "big") * 2 + bytes([8, 0, 0, 0, 0])
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
+
+    body = chunk(b"IDAT", zlib.compress(b"\x00" * 1000)) + chunk(b"IEND", b"")
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + body)
+
+
+def test_a_decompression_bomb_is_refused_from_its_header(tmp_path):
+    _bomb_png(tmp_path / "bomb.png", 30_000)
+    with pytest.raises(ImageReadError, match=r"bomb.png: 30000×30000 = 900 MP exceeds the limit of 500 MP"):
+        read_image(tmp_path / "bomb.png")  # refused before decoding: no 900 MP buffer, no 20 s
+    with pytest.raises(ImageReadError, match="exceeds the limit of 1 MP"):
+        read_image(tmp_path / "bomb.png", max_pixels=1e6)
+
+
+def test_float_and_wide_integer_images_keep_their_content(tmp_path):
+    photo = synthetic_crack((40, 40), seed=3)[0]
+    grey = photo[:, :, 0]
+    Image.fromarray(grey.astype(np.float32) / 255).save(tmp_path / "float01.tif")  # PIL mode "F", in [0, 1]
+    assert Image.open(tmp_path / "float01.tif").mode == "F"
+    assert np.abs(read_image(tmp_path / "float01.tif")[:, :, 0].astype(int) - grey).max() <= 1
+    assert np.array_equal(to_rgb_uint8(grey.astype(np.uint16)), to_rgb_uint8(grey))  # 0–255 held in uint16
+    assert to_rgb_uint8(np.full((4, 4), 65535, np.uint16)).max() == 255  # real 16-bit data is scaled down
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        to_rgb_uint8(np.array([[0.5, np.nan]], np.float32))
+
+
+@pytest.mark.parametrize(
+    "image,error,says",
+    [
+        (None, TypeError, "cannot segment a NoneType: pass a file path, a PIL image or a numpy array"),
+        (b"\xff\xd8", TypeError, "cannot segment a bytes"),
+        (np.zeros((0, 0, 3), np.uint8), ValueError, "empty image"),
+    ],
+)
+def test_the_python_api_names_what_it_accepts(tiny_model_dir, image, error, says):
+    seg = CrackSegmenter.from_pretrained(tiny_model_dir)
+    with pytest.raises(error, match=says):
+        seg.predict(image)
+
+
+def test_an_all_white_mask_is_flagged_and_its_width_bounded(tmp_path, caplog):
+    result = measure(np.ones((300, 300), bool))
+    assert result.warnings and "unlikely to be a crack mask" in result.warnings[0]
+    assert all(c.width_max_px <= 300 for c in result.cracks)
+    write_image(tmp_path / "white.png", np.full((300, 300), 255, np.uint8))
+    assert main(["measure", str(tmp_path / "white.png"), "--masks", "-o", str(tmp_path / "out")]) == 0
+    assert "white.png: 100% of the mask is crack" in caplog.text  # the command prints it as a WARNING line
+    report = json.loads((tmp_path / "out" / "white_measure.json").read_text())
+    assert report["warnings"]
+
+
+def test_config_json_beside_the_weights_wins_and_a_broken_one_is_named(tiny_model_dir, tmp_path):
+    model = shutil.copytree(tiny_model_dir, tmp_path / "m")
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, "threshold": 0.95}))
+    assert read_config(resolve_weights(model)).threshold == 0.95  # the edited sidecar counts
+    assert CrackSegmenter.from_pretrained(model).threshold == 0.95
+    (model / "config.json").write_text("{not json")
+    with pytest.raises(ModelError, match=r"m/config.json: invalid model config"):
+        read_config(resolve_weights(model))
+
+
+def test_unusable_output_folders_fail_before_the_model_loads(photo_dir, tmp_path, capsys):
+    afile = tmp_path / "taken"
+    afile.write_text("x")
+    assert main(["predict", str(photo_dir), "-o", str(afile), "--model", "no-such"]) == 2
+    assert f"-o {afile}: is a file, not a folder" in capsys.readouterr().err
+    assert main(["predict", str(photo_dir), "-o", str(afile / "sub"), "--model", "no-such"]) == 2
+    assert f"-o {afile / 'sub'}: cannot write there" in capsys.readouterr().err
+    assert main(["evaluate", "--data", str(afile), "-o", str(tmp_path / "r")]) == 2
+    assert f"{afile}: is a file; pass the folder" in capsys.readouterr().err
