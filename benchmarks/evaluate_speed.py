@@ -19,7 +19,6 @@ from pathlib import Path
 
 import torch
 
-from crackseg.backends import make_segmenter
 from crackseg.data import find_pairs
 from crackseg.evaluate import evaluate
 from crackseg.images import read_image
@@ -54,7 +53,7 @@ def main() -> int:
         torch.set_num_threads(args.threads)
     pairs = find_pairs(args.data)[: args.limit or None]
     if args.weights:
-        segmenter = make_segmenter(weights=args.weights, tile=args.tile)
+        segmenter = CrackSegmenter.from_pretrained(Path(args.weights), tile=args.tile)
     else:
         segmenter = random_segmenter(args.arch, args.encoder, args.size, args.tile)
     segmenter.predict_prob(read_image(pairs[0].image))  # warm-up: first-call allocations are not evaluation

@@ -161,7 +161,7 @@ def run_predict(args, image: Path, out: Path, env: dict) -> tuple[float, float, 
     stderr = log.read_text()
     if child.returncode != 0:
         raise SystemExit(f"crackseg predict failed on {image}:\n{stderr[-2000:]}")
-    choice = next((line for line in stderr.splitlines() if line.startswith("backend auto:")), "")
+    choice = next((line for line in stderr.splitlines() if line.startswith("model ")), "")  # model NAME; engine
     return seconds, peak_kb / 1e6, choice
 
 

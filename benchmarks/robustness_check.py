@@ -27,10 +27,9 @@ import cv2
 import numpy as np
 import torch
 
-from crackseg.backends import make_segmenter
 from crackseg.data import find_pairs, split_pairs
 from crackseg.evaluate import load_pair
-from crackseg.inference import is_weights_path
+from crackseg.inference import CrackSegmenter, is_weights_path
 from crackseg.metrics import confusion, scores
 from crackseg.synthetic import add_distractor
 
@@ -63,9 +62,8 @@ def conditions(image, truth, name: str, args):
 def score_model(weights: str, pairs, args) -> dict:
     """Dataset-level scores per condition (all sources) and per (condition, source)."""
     is_path = is_weights_path(weights)
-    segmenter = make_segmenter(
-        weights=weights if is_path else None,
-        model=None if is_path else weights,
+    segmenter = CrackSegmenter.from_pretrained(
+        Path(weights) if is_path else weights,
         backend=args.backend,
         precision=args.precision,
     )

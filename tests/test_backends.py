@@ -13,10 +13,11 @@ import torch
 from PIL import Image
 
 from crackseg import backends, export
-from crackseg.backends import agreement, auto_candidates, is_accurate, make_segmenter
+from crackseg.backends import agreement, auto_candidates, is_accurate
 from crackseg.cli import main
 from crackseg.export import CalibrationCrops, ExportError, cached_onnx, export_onnx, onnx_metadata
 from crackseg.images import write_image
+from crackseg.inference import CrackSegmenter
 from crackseg.models import ModelError, load_model, resolve_weights
 from crackseg.synthetic import synthetic_crack
 
@@ -51,7 +52,9 @@ def image():
 
 @pytest.fixture(scope="module")
 def reference(tiny_model_dir, image):
-    return make_segmenter(tiny_model_dir, backend="torch", precision="fp32", tile=TILE).predict_prob(image)
+    return CrackSegmenter.from_pretrained(tiny_model_dir, backend="torch", precision="fp32", tile=TILE).predict_prob(
+        image
+    )
 
 
 def test_export_matches_torch_for_any_batch(exported, tiny):
@@ -133,13 +136,13 @@ def test_broken_weights_are_reported_as_such_not_as_missing_backends(cache, tmp_
     # Nothing cached for these bytes: the export loads the file and says what is wrong with it.
     bogus = tmp_path / "model.pth"
     bogus.write_bytes(b"not a model")
-    with pytest.raises(ModelError, match="not a crackseg model file"):
-        make_segmenter(bogus, tile=TILE)
+    with pytest.raises(ModelError, match="model.pth: not a readable weights file"):
+        CrackSegmenter.from_pretrained(bogus, tile=TILE)
 
 
 @pytest.mark.parametrize("backend", ["onnx", "openvino"])
 def test_fp32_backends_agree_with_torch(exported, tiny_model_dir, image, reference, backend):
-    segmenter = make_segmenter(tiny_model_dir, backend=backend, precision="fp32", tile=TILE)
+    segmenter = CrackSegmenter.from_pretrained(tiny_model_dir, backend=backend, precision="fp32", tile=TILE)
     assert (segmenter.backend.name, segmenter.backend.precision, segmenter.tile) == (backend, "fp32", TILE)
     prob = segmenter.predict_prob(image)
     assert prob.shape == image.shape[:2] and prob.dtype == np.float32
@@ -150,8 +153,12 @@ def test_fp32_backends_agree_with_torch(exported, tiny_model_dir, image, referen
 
 def test_small_image_is_padded_to_the_fixed_tile(exported, tiny_model_dir):
     small = synthetic_crack((40, 50), seed=2)[0]
-    torch_prob = make_segmenter(tiny_model_dir, backend="torch", precision="fp32", tile=TILE).predict_prob(small)
-    onnx_prob = make_segmenter(tiny_model_dir, backend="onnx", precision="fp32", tile=TILE).predict_prob(small)
+    torch_prob = CrackSegmenter.from_pretrained(
+        tiny_model_dir, backend="torch", precision="fp32", tile=TILE
+    ).predict_prob(small)
+    onnx_prob = CrackSegmenter.from_pretrained(
+        tiny_model_dir, backend="onnx", precision="fp32", tile=TILE
+    ).predict_prob(small)
     assert onnx_prob.shape == (40, 50)
     # torch pads only to the network's stride, onnx to the tile: same content, nearly the same output
     assert agreement(torch_prob, onnx_prob)["f1"] >= 0.98
@@ -179,10 +186,12 @@ def test_int8_calibration_runs_and_auto_uses_it_only_if_accurate(
     engine, figures = backends.verified_int8(weights, net, config, TILE, backend, crops)
     assert engine.precision == "int8" and engine.fixed_size == TILE
     assert set(figures) == {"f1", "p999"}
-    segmenter = make_segmenter(tiny_model_dir, backend=backend, precision="int8", tile=TILE, calibration_crops=4)
+    segmenter = CrackSegmenter.from_pretrained(
+        tiny_model_dir, backend=backend, precision="int8", tile=TILE, calibration_crops=4
+    )
     prob = segmenter.predict_prob(image)
     assert prob.shape == image.shape[:2]
-    auto = make_segmenter(tiny_model_dir, tile=TILE, calibration_crops=4).backend
+    auto = CrackSegmenter.from_pretrained(tiny_model_dir, tile=TILE, calibration_crops=4).backend
     if is_accurate(figures) and (backend, "int8") in auto_candidates():
         # auto may choose it, so it must agree with fp32 torch on an image it was not calibrated on
         assert is_accurate(agreement(reference, prob))
@@ -190,13 +199,12 @@ def test_int8_calibration_runs_and_auto_uses_it_only_if_accurate(
         assert (auto.name, auto.precision) != (backend, "int8")
 
 
-def test_auto_picks_an_accurate_backend_and_says_so_once(exported, tiny_model_dir, image, reference, capsys):
-    backends._announced.clear()
-    first = make_segmenter(tiny_model_dir, tile=TILE, calibration_crops=4)
-    make_segmenter(tiny_model_dir, tile=TILE, calibration_crops=4)
+def test_auto_picks_an_accurate_backend_quietly_and_describes_it(exported, tiny_model_dir, image, reference, capsys):
+    first = CrackSegmenter.from_pretrained(tiny_model_dir, tile=TILE, calibration_crops=4)
     assert (first.backend.name, first.backend.precision) in auto_candidates()
     assert is_accurate(agreement(reference, first.predict_prob(image)))
-    assert capsys.readouterr().err.count("backend auto:") == 1
+    assert capsys.readouterr().err == ""  # the library prints nothing; the choice is readable instead
+    assert first.describe().startswith(f"{first.backend.name} {first.backend.precision} (auto: the fastest")
 
 
 @pytest.mark.parametrize("bf16_engine", [True, False], ids=["bf16-cpu", "avx2-cpu"])
@@ -212,17 +220,17 @@ def test_auto_falls_back_to_torch_when_other_backends_fail(tiny_model_dir, monke
         return real(backend, *args, **kwargs)
 
     monkeypatch.setattr(backends, "build_backend", broken)
-    backends._announced.clear()
-    segmenter = make_segmenter(tiny_model_dir, tile=TILE)
+    segmenter = CrackSegmenter.from_pretrained(tiny_model_dir, tile=TILE)
     assert (segmenter.backend.name, segmenter.backend.precision) == ("torch", expected)
-    assert f"backend auto: torch {expected}" in capsys.readouterr().err
+    assert segmenter.describe().startswith(f"torch {expected} (auto:")
+    assert "onnx fp32 (onnx is broken)" in segmenter.describe() or bf16_engine
 
 
 def test_unavailable_combinations_say_what_to_do(tiny_model_dir):
     with pytest.raises(backends.BackendError, match="onnx or openvino"):
-        make_segmenter(tiny_model_dir, backend="torch", precision="int8")
+        CrackSegmenter.from_pretrained(tiny_model_dir, backend="torch", precision="int8")
     with pytest.raises(backends.BackendError, match="bf16"):
-        make_segmenter(tiny_model_dir, backend="onnx", precision="bf16", tile=TILE)
+        CrackSegmenter.from_pretrained(tiny_model_dir, backend="onnx", precision="bf16", tile=TILE)
 
 
 def test_export_command_writes_a_checked_onnx_file(exported, tiny_model_dir, tmp_path, capsys):
@@ -240,7 +248,7 @@ def test_auto_never_calibrates_int8_by_itself(exported, tiny_model_dir, tmp_path
         raise AssertionError("auto started an int8 calibration")
 
     monkeypatch.setattr(backends, "cached_int8", fail)
-    segmenter = make_segmenter(tiny_model_dir, tile=TILE)
+    segmenter = CrackSegmenter.from_pretrained(tiny_model_dir, tile=TILE)
     assert segmenter.backend.precision != "int8"
 
 
@@ -250,3 +258,24 @@ def test_export_command_int8_reports_agreement(exported, tiny_model_dir, tmp_pat
     assert main(argv + ["--precision", "int8", "--calibration-crops", "4"]) == 0
     assert "int8_calibration" in onnx_metadata(out)
     assert "onnx: mask F1" in capsys.readouterr().out
+
+
+def test_python_api_defaults_pick_the_same_engine_as_the_cli_without_torch(exported, cache, tiny_model_dir, image):
+    # One constructor behind every caller: the README's Python example runs what `crackseg predict` runs.
+    code = (
+        "import sys; from crackseg import CrackSegmenter; from crackseg.cli import main; "
+        f"seg = CrackSegmenter.from_pretrained({str(tiny_model_dir)!r}, tile={TILE}); "
+        f"rc = main(['predict', sys.argv[1], '-o', sys.argv[2], '--weights', {str(tiny_model_dir)!r}, "
+        f"'--tile', '{TILE}']); "
+        "print('API', seg.describe()); print('torch', 'torch' in sys.modules)"
+    )
+    write_image(cache / "api.png", image)
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(cache / "api.png"), str(cache / "api-out")],
+        capture_output=True, text=True, timeout=120, env=os.environ | {"CRACKSEG_CACHE": str(cache)},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    api = next(line for line in done.stdout.splitlines() if line.startswith("API "))[4:]
+    cli = next(line for line in done.stderr.splitlines() if line.startswith("model "))
+    assert cli.endswith("; " + api)  # "model tiny; openvino bf16 (auto: ...), tile 64, overlap 0.25"
+    assert "torch False" in done.stdout

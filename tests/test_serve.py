@@ -71,7 +71,7 @@ def post(client, data: bytes, name="photo.png", **form):
 
 @pytest.fixture(scope="module")
 def tiny_client(tiny_model_dir):
-    app = create_app(CrackSegmenter.from_pretrained(tiny_model_dir), workers=1)
+    app = create_app(CrackSegmenter.from_pretrained(tiny_model_dir, backend="torch"), workers=1)
     with TestClient(app, base_url=LOCAL) as client:
         yield client
 
@@ -425,6 +425,12 @@ def test_serve_command_binds_loopback_by_default_and_warns_otherwise(tiny_model_
     assert main(["serve", "--weights", str(tiny_model_dir), "--host", "0.0.0.0", "--port", "8123"]) == 0
     assert calls[-1][1]["host"] == "0.0.0.0" and calls[-1][1]["port"] == 8123
     assert "warning: listening on 0.0.0.0" in capsys.readouterr().err
+
+    # the name given to --host is one the server answers under; a name it was not given is refused
+    assert main(["serve", "--weights", str(tiny_model_dir), "--host", "crackbox.lan"]) == 0
+    with TestClient(calls[-1][0], base_url="http://crackbox.lan:8000") as client:
+        assert client.get("/api/health").status_code == 200
+        assert client.get("/api/health", headers={"host": "evil.example:8000"}).status_code == 400
 
 
 def test_the_network_is_never_entered_by_two_threads_at_once():

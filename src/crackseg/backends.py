@@ -30,8 +30,8 @@ from crackseg.export import (
     nncf_available,
 )
 from crackseg.images import atomic_write_bytes
-from crackseg.inference import CrackSegmenter, TorchBackend, cpu_has_bf16_matrix_engine, sigmoid
-from crackseg.model_config import LazyModel, ModelConfig, ModelError, read_config, resolve_weights
+from crackseg.inference import TorchBackend, cpu_has_bf16_matrix_engine, sigmoid
+from crackseg.model_config import ModelConfig, ModelError
 
 if TYPE_CHECKING:
     import torch
@@ -237,16 +237,6 @@ def build_backend(
     return OpenVinoBackend(onnx_path, precision)
 
 
-_announced: set[str] = set()
-
-
-def announce(message: str) -> None:
-    """Print `auto`'s choice once per process (to stderr, so piped output stays clean)."""
-    if message not in _announced:
-        _announced.add(message)
-        print(message, file=sys.stderr)
-
-
 def choose_backend(backend, precision, weights, net, config, tile, device="cpu", crops=None):
     """Resolve auto backend/precision to the first candidate that builds (and, for int8, was calibrated
     earlier and agrees with fp32: auto never spends minutes calibrating on its own)."""
@@ -266,32 +256,29 @@ def choose_backend(backend, precision, weights, net, config, tile, device="cpu",
             log.info("auto: %s %s unavailable: %s", name, prec, err)
             continue
         skipped = "; not chosen: " + ", ".join(problems) if problems else ""
-        announce(f"backend auto: {engine.name} {engine.precision} (fastest accurate choice here{skipped})")
+        engine.choice = f"auto: the fastest accurate choice here{skipped}"
+        log.info("backend %s %s (%s)", engine.name, engine.precision, engine.choice)
         return engine
     raise BackendError("no backend could be built: " + "; ".join(problems))
 
 
-def make_segmenter(
-    weights=None,
-    model=None,
+def build_engine(
+    weights: Path,
+    net,
+    config: ModelConfig,
+    tile: int,
     backend: str = "auto",
     precision: str = "auto",
     device: str = "cpu",
     calibration_data=None,
     calibration_crops: int | None = None,
-    **kwargs,
-) -> CrackSegmenter:
-    """A CrackSegmenter for a weights path or shipped model name, on the requested backend and precision.
+):
+    """The engine `CrackSegmenter.from_pretrained` runs: the requested backend and precision, or `auto`'s choice.
 
     `calibration_data`: crackseg data folder(s) whose training crops calibrate int8 (default: generated).
     """
-    path = resolve_weights(weights, model)
-    net, config = LazyModel(path), read_config(path)
-    tile = int(kwargs.pop("tile", None) or config.train_size)
     data = [calibration_data] if isinstance(calibration_data, (str, Path)) else list(calibration_data or [])
     crops = CalibrationCrops(config, tile, count=calibration_crops or CalibrationCrops.count, data=data)
     if "auto" in (backend, precision):
-        engine = choose_backend(backend, precision, path, net, config, tile, device, crops)
-    else:
-        engine = build_backend(backend, precision, path, net, config, tile, device, crops)
-    return CrackSegmenter(net, config, backend=engine, tile=tile, **kwargs)
+        return choose_backend(backend, precision, weights, net, config, tile, device, crops)
+    return build_backend(backend, precision, weights, net, config, tile, device, crops)

@@ -78,12 +78,13 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tta", action="store_true", help="average the four flips of each tile (4× slower)")
 
 
-def make_segmenter(args):
-    from crackseg.backends import make_segmenter as build
+def segmenter_from_args(args):
+    from pathlib import Path
 
-    return build(
-        weights=args.weights,
-        model=args.model,
+    from crackseg.inference import CrackSegmenter
+
+    return CrackSegmenter.from_pretrained(
+        Path(args.weights) if args.weights else args.model,
         backend=args.backend,
         precision=args.precision,
         device=args.device,
@@ -111,7 +112,7 @@ def cmd_predict(args) -> int:
     from crackseg.inference import predict_files
 
     check_outputs_before_work(args.inputs, args.out)
-    segmenter = make_segmenter(args)
+    segmenter = segmenter_from_args(args)
     print(f"model {segmenter.config.name or args.weights or args.model}; {segmenter.describe()}", file=sys.stderr)
     written, failures = predict_files(
         segmenter, args.inputs, args.out, args.prob, args.overlay, args.shard, args.skip_existing
@@ -135,7 +136,7 @@ def cmd_evaluate(args) -> int:
     from crackseg.images import ensure_output_folder
 
     ensure_output_folder(args.out)
-    segmenter = make_segmenter(args)
+    segmenter = segmenter_from_args(args)
     model_name = segmenter.config.name or args.weights or args.model
     print(f"model {model_name}; {segmenter.describe()}; {len(pairs)} images", file=sys.stderr)
     report = evaluate(
@@ -168,13 +169,14 @@ def cmd_serve(args) -> int:
 
     from crackseg.serve.app import create_app, is_loopback
 
-    segmenter = make_segmenter(args)
+    segmenter = segmenter_from_args(args)
     app = create_app(
         segmenter,
         max_upload_mb=args.max_upload_mb,
         max_pixels=int(args.max_pixels),
         workers=args.workers,
         result_ttl_s=args.result_ttl,
+        host=args.host,
     )
     name = segmenter.config.name or args.weights or args.model
     print(f"model {name}; {segmenter.describe()}; {args.workers} inference worker(s)", file=sys.stderr)
@@ -185,7 +187,7 @@ def cmd_serve(args) -> int:
             file=sys.stderr,
         )
     url = f"http://{args.host}:{args.port}/"
-    print(f"crackseg serving on {url}  (API docs at {url}docs; Ctrl+C stops)", file=sys.stderr)
+    print(f"crackseg serving on {url}  (API description at {url}openapi.json; Ctrl+C stops)", file=sys.stderr)
     # Ctrl+C: in-flight photos get 10 s to finish, then the server stops even with a queue waiting.
     uvicorn.run(app, host=args.host, port=args.port, log_level="info", timeout_graceful_shutdown=10)
     return 0
@@ -200,7 +202,7 @@ def cmd_measure(args) -> int:
         raise ValueError("--masks measures the masks as they are: drop --weights/--model, or drop --masks")
     ensure_output_folder(args.out)
     if not args.masks:
-        segmenter = make_segmenter(args)
+        segmenter = segmenter_from_args(args)
         name = segmenter.config.name or args.weights or args.model
         print(f"model {name}; {segmenter.describe()}", file=sys.stderr)
 

@@ -115,9 +115,11 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
 
 
 def is_weights_path(name_or_path: str | os.PathLike | None) -> bool:
-    """Whether a model argument names trained weights on disk rather than a shipped model."""
+    """Whether a model argument names trained weights on disk rather than a shipped model (a Path always does)."""
     return name_or_path is not None and (
-        Path(name_or_path).exists() or str(name_or_path).endswith((".safetensors", ".pth", ".pt"))
+        isinstance(name_or_path, os.PathLike)
+        or Path(name_or_path).exists()
+        or str(name_or_path).endswith((".safetensors", ".pth", ".pt"))
     )
 
 
@@ -156,17 +158,37 @@ class CrackSegmenter:
         self.threshold = check_threshold(float(self.config.threshold if threshold is None else threshold))
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike | None = None, **kwargs) -> CrackSegmenter:
-        """A shipped model by name (default: the default model) or a trained model's path."""
-        from crackseg.models import load_model
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike | None = None,
+        backend: str = "auto",
+        precision: str = "auto",
+        device: str = "cpu",
+        tile: int | None = None,
+        calibration_data=None,
+        calibration_crops: int | None = None,
+        **kwargs,
+    ) -> CrackSegmenter:
+        """The way to get a segmenter: a shipped model by name (default: the default model) or a trained model's
+        path, on the fastest accurate engine here (`backend="auto"`, as `crackseg predict`) or the one named.
+
+        `kwargs`: overlap, batch_size, threshold, max_pixels, tta. `describe()` says which engine runs.
+        """
+        from crackseg.backends import build_engine  # here: backends imports this module
+        from crackseg.model_config import LazyModel, read_config, resolve_weights
 
         is_path = is_weights_path(name_or_path)
-        model, config = load_model(weights=name_or_path if is_path else None, model=None if is_path else name_or_path)
-        return cls(model, config, **kwargs)
+        path = resolve_weights(name_or_path if is_path else None, None if is_path else name_or_path)
+        net, config = LazyModel(path), read_config(path)
+        tile = check_tile(int(tile if tile is not None else config.train_size))
+        engine = build_engine(path, net, config, tile, backend, precision, device, calibration_data, calibration_crops)
+        return cls(net, config, backend=engine, tile=tile, **kwargs)
 
     def describe(self) -> str:
         flips = ", flip TTA" if self.tta else ""
-        return f"{self.backend.name} {self.backend.precision}, tile {self.tile}, overlap {self.overlap}{flips}"
+        choice = getattr(self.backend, "choice", "")
+        engine = f"{self.backend.name} {self.backend.precision}" + (f" ({choice})" if choice else "")
+        return f"{engine}, tile {self.tile}, overlap {self.overlap}{flips}"
 
     def _run(self, tiles: list[np.ndarray]) -> np.ndarray:
         batch = np.stack([normalize_image(t, self.config.mean, self.config.std) for t in tiles])

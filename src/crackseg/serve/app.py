@@ -4,7 +4,10 @@ All requests share one segmenter. Decoding, inference and measuring run in a bou
 event loop, so the server keeps answering page loads and health checks while photos are segmented; requests
 beyond the pool's queue are turned away with 503 instead of piling up. A result (the upright photo and its
 probability map) is kept in memory, never on disk, under a random id from `secrets.token_urlsafe` for
-`result_ttl_s` seconds: only the client that received the id can fetch it.
+`result_ttl_s` seconds: only the client that received the id can fetch it. Requests are answered only under
+the names the server listens on, and POSTs only from its own page (`HostOriginGuard`): another site's page
+can neither post to it nor, through DNS rebinding, read its answers. Nothing is loaded from the network:
+there are no Swagger/ReDoc pages (they need a CDN); `/openapi.json` describes the API.
 """
 
 from __future__ import annotations
