@@ -68,13 +68,17 @@ class Contiguous:
         return self.net(torch.from_numpy(batch))[:, 0].numpy()
 
 
-def engines(weights: Path, net, config, crops, hardware_bf16: bool):
-    """(label, engine or None, reason) for every backend × precision, in table order."""
+def engines(handle, crops, hardware_bf16: bool):
+    """(label, engine or None, reason) for every backend × precision, in table order, then the engine the Python
+    API's defaults pick (`CrackSegmenter.from_pretrained()`, as `crackseg predict`)."""
     import copy
 
-    from crackseg.backends import BackendError, build_backend
-    from crackseg.export import nncf_available
-    from crackseg.inference import TorchBackend
+    from crackseg.engines import BackendError, build_backend
+    from crackseg.engines.int8 import nncf_available
+    from crackseg.engines.torch_engine import TorchBackend
+    from crackseg.inference import CrackSegmenter
+
+    net = handle.network
 
     yield "torch fp32", Contiguous(copy.deepcopy(net)), ""
     yield "torch fp32 channels_last", TorchBackend(copy.deepcopy(net), "fp32"), ""  # what --backend torch runs
@@ -99,17 +103,20 @@ def engines(weights: Path, net, config, crops, hardware_bf16: bool):
             continue
         try:
             started = time.perf_counter()
-            engine = build_backend(backend, precision, weights, net, config, TILE, crops=crops)
+            engine = build_backend(backend, precision, handle, TILE, crops=crops)
             print(f"  built {label} in {time.perf_counter() - started:.0f} s", file=sys.stderr)
             yield label, engine, ""
         except (BackendError, RuntimeError, ImportError) as err:
             yield label, None, f"failed: {err}"
+    api = CrackSegmenter.from_pretrained(handle.path, tile=TILE).backend
+    yield f"Python API: {api.name} {api.precision}", api, ""
 
 
-def throughput_table(weights, net, config, args, gflop: float, peak: float) -> None:
-    from crackseg.backends import measure_agreement
-    from crackseg.export import CalibrationCrops
-    from crackseg.inference import cpu_has_bf16_matrix_engine
+def throughput_table(handle, args, gflop: float, peak: float) -> None:
+    from crackseg.engines.int8 import CalibrationCrops, measure_agreement
+    from crackseg.engines.torch_engine import cpu_has_bf16_matrix_engine
+
+    net, config = handle.network, handle.config
 
     crops = CalibrationCrops(config, TILE, count=args.calibration_crops, data=args.data)
     check = list(CalibrationCrops(config, TILE, count=args.agreement_crops, data=args.data, split="val"))
@@ -120,7 +127,7 @@ def throughput_table(weights, net, config, args, gflop: float, peak: float) -> N
     header = "".join(f"{f'b{n} img/s':>11}{'×fp32':>7}{'GFLOP/s':>9}" for n in batches)
     print(f"\n{'backend precision':<28}{header}{'mask F1':>9}{'p99.9|Δp|':>11}")
     baseline = {}
-    for label, engine, reason in engines(weights, net, config, crops, cpu_has_bf16_matrix_engine()):
+    for label, engine, reason in engines(handle, crops, cpu_has_bf16_matrix_engine()):
         if engine is None:
             print(f"{label:<28}{reason}")
             continue
@@ -205,8 +212,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     os.environ["OMP_NUM_THREADS"] = str(args.threads)  # for the end-to-end child processes
 
-    from crackseg.inference import cpu_has_bf16_matrix_engine
-    from crackseg.models import ModelConfig, build_model, load_model, resolve_weights, save_model
+    from crackseg.engines import ModelHandle
+    from crackseg.engines.torch_engine import cpu_has_bf16_matrix_engine
+    from crackseg.models import ModelConfig, build_model, save_model
 
     with tempfile.TemporaryDirectory(prefix="crackseg-bench-") as tmp:
         workdir = Path(tmp)
@@ -215,16 +223,16 @@ def main() -> None:
             torch.manual_seed(0)
             config = ModelConfig(arch="pspnet", encoder="resnet18", train_size=TILE, name="random-pspnet-r18")
             args.weights = save_model(build_model("pspnet", "resnet18"), config, workdir / "model")
-        weights = resolve_weights(args.weights)
-        net, config = load_model(weights)
-        gflop = model_gflop(net)
+        handle = ModelHandle.find(args.weights)
+        weights, config = handle.path, handle.config
+        gflop = model_gflop(handle.network)
         peak = matmul_peak(torch.float32)
         bf16 = cpu_has_bf16_matrix_engine()
         print(f"model {config.name or weights} ({config.arch}-{config.encoder}), {TILE}², {args.threads} thr.")
         print(f"CPU bf16 matrix engine: {'yes' if bf16 else 'no'}; fp32 matmul peak {peak:.0f} GFLOP/s", end="")
         print(f"; bf16 peak {matmul_peak(torch.bfloat16):.0f} GFLOP/s" if bf16 else "")
         if not args.e2e_only:
-            throughput_table(weights, net, config, args, gflop, peak)
+            throughput_table(handle, args, gflop, peak)
         if not args.skip_e2e:
             end_to_end(args, workdir)
 

@@ -19,7 +19,7 @@ import torch
 
 from crackseg.cli import build_parser
 from crackseg.data import CrackDataset, find_all_pairs, train_transform
-from crackseg.inference import cpu_has_bf16_matrix_engine
+from crackseg.engines.torch_engine import cpu_has_bf16_matrix_engine
 from crackseg.losses import build_loss
 from crackseg.models import build_model
 from crackseg.train import EpochSeededDataset, memory_format, train_one_epoch

@@ -14,13 +14,15 @@ import pytest
 import torch
 from PIL import Image
 
-from crackseg import backends, export
-from crackseg.backends import agreement, auto_candidates, is_accurate
+from crackseg import engines
 from crackseg.cli import main
-from crackseg.export import CalibrationCrops, ExportError, cached_onnx, export_onnx, onnx_metadata
+from crackseg.engines import BackendError, ModelHandle, auto_candidates, export_model, int8
+from crackseg.engines import cache as export
+from crackseg.engines.cache import ExportError, cached_onnx, export_onnx, onnx_metadata
+from crackseg.engines.int8 import CalibrationCrops, agreement, is_accurate
 from crackseg.images import write_image
 from crackseg.inference import CrackSegmenter
-from crackseg.models import ModelError, load_model, resolve_weights
+from crackseg.models import ModelError
 from crackseg.synthetic import synthetic_crack
 
 TILE = 64
@@ -37,14 +39,12 @@ def cache(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny(tiny_model_dir):
-    net, config = load_model(tiny_model_dir)
-    return resolve_weights(tiny_model_dir), net, config
+    return ModelHandle.find(tiny_model_dir)
 
 
 @pytest.fixture(scope="module")
 def exported(cache, tiny):
-    weights, net, config = tiny
-    return cached_onnx(weights, net, config, TILE)
+    return cached_onnx(tiny, TILE)
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +60,7 @@ def reference(tiny_model_dir, image):
 
 
 def test_export_matches_torch_for_any_batch(exported, tiny):
-    _, net, _ = tiny
+    net = tiny.network
     session = ort.InferenceSession(str(exported), providers=["CPUExecutionProvider"])
     assert session.get_inputs()[0].shape[1:] == [3, TILE, TILE]
     x = torch.randn(3, 3, TILE, TILE, generator=torch.Generator().manual_seed(1))
@@ -72,32 +72,28 @@ def test_export_matches_torch_for_any_batch(exported, tiny):
 
 
 def test_config_is_embedded_as_metadata(exported, tiny):
-    _, _, config = tiny
+    config = tiny.config
     meta = onnx_metadata(exported)
     assert meta["tile"] == str(TILE)
     assert export.config_from_onnx(exported) == config
 
 
 def test_export_refuses_a_model_that_differs_from_torch(exported, tiny, tmp_path, monkeypatch):
-    import onnx
-
-    _, net, config = tiny
-    monkeypatch.setattr(export, "_export_dynamo", lambda *args: onnx.load(str(exported)))  # skip re-exporting
     monkeypatch.setattr(export, "max_logit_difference", lambda *args, **kwargs: 0.5)
     with pytest.raises(ExportError, match="differs from PyTorch"):
-        export_onnx(net, config, tmp_path / "bad.onnx", TILE)
+        export_onnx(tiny.network, tiny.config, tmp_path / "bad.onnx", TILE)
     assert not (tmp_path / "bad.onnx").exists()
 
 
 def test_second_run_reuses_the_cached_export(exported, tiny, monkeypatch):
-    weights, net, config = tiny
+    weights = tiny.path
     before = exported.stat().st_mtime_ns
 
     def fail(*args, **kwargs):
         raise AssertionError("exported again despite the cache")
 
     monkeypatch.setattr(export, "export_onnx", fail)
-    assert cached_onnx(weights, net, config, TILE) == exported
+    assert cached_onnx(tiny, TILE) == exported
     assert exported.stat().st_mtime_ns == before
     # the key covers tile, backend and precision: another tile is another entry
     assert export.cache_path(weights, TILE * 2, "onnx", "fp32", ".onnx") != exported
@@ -109,7 +105,7 @@ def test_export_of_a_cached_model_does_not_load_the_network(exported, tiny_model
         raise AssertionError("the torch network was loaded although its export is cached")
 
     monkeypatch.setattr("crackseg.models.load_model", fail)
-    out, _ = export.export_model(tiny_model_dir, out=tmp_path / "model.onnx", tile=TILE)
+    out, _ = export_model(tiny_model_dir, out=tmp_path / "model.onnx", tile=TILE)
     assert out.read_bytes() == exported.read_bytes()
 
 
@@ -166,7 +162,7 @@ def test_small_image_is_padded_to_the_fixed_tile(exported, tiny_model_dir):
 
 
 def test_calibration_crops_from_a_data_folder(synthetic_root, tiny):
-    _, _, config = tiny
+    config = tiny.config
     crops = CalibrationCrops(config, 48, count=5, data=[str(synthetic_root)], batch_size=2)
     batches = list(crops)
     assert [b.shape for b in batches] == [(2, 3, 48, 48), (2, 3, 48, 48), (1, 3, 48, 48)]
@@ -180,11 +176,10 @@ def test_calibration_crops_from_a_data_folder(synthetic_root, tiny):
 def test_int8_calibration_runs_and_auto_uses_it_only_if_accurate(
     exported, tiny, tiny_model_dir, image, reference, backend
 ):
-    if backend == "openvino" and not export.nncf_available():
+    if backend == "openvino" and not int8.nncf_available():
         pytest.skip("NNCF is not installed")
-    weights, net, config = tiny
-    crops = CalibrationCrops(config, TILE, count=4)
-    engine, figures = backends.verified_int8(weights, net, config, TILE, backend, crops)
+    crops = CalibrationCrops(tiny.config, TILE, count=4)
+    engine, figures = int8.verified_int8(tiny, TILE, backend, crops, engines.INT8_OPENERS[backend])
     assert engine.precision == "int8" and engine.fixed_size == TILE
     assert {"f1", "f1_fp32", "mask_f1", "p999"} <= set(figures)
     segmenter = CrackSegmenter.from_pretrained(
@@ -211,16 +206,16 @@ def test_auto_picks_an_accurate_backend_quietly_and_describes_it(exported, tiny_
 @pytest.mark.parametrize("bf16_engine", [True, False], ids=["bf16-cpu", "avx2-cpu"])
 def test_auto_falls_back_to_torch_when_other_backends_fail(tiny_model_dir, monkeypatch, capsys, bf16_engine):
     # torch bf16 where the CPU has bf16 matrix engines, torch fp32 elsewhere: whatever CPU the tests run on
-    monkeypatch.setattr(backends, "cpu_has_bf16_matrix_engine", lambda: bf16_engine)
+    monkeypatch.setattr(engines, "cpu_has_bf16_matrix_engine", lambda: bf16_engine)
     expected = "bf16" if bf16_engine else "fp32"
-    real = backends.build_backend
+    real = engines.build_backend
 
     def broken(backend, *args, **kwargs):
         if backend != "torch":
             raise RuntimeError(f"{backend} is broken")
         return real(backend, *args, **kwargs)
 
-    monkeypatch.setattr(backends, "build_backend", broken)
+    monkeypatch.setattr(engines, "build_backend", broken)
     segmenter = CrackSegmenter.from_pretrained(tiny_model_dir, tile=TILE)
     assert (segmenter.backend.name, segmenter.backend.precision) == ("torch", expected)
     assert segmenter.describe().startswith(f"torch {expected} (auto:")
@@ -228,9 +223,9 @@ def test_auto_falls_back_to_torch_when_other_backends_fail(tiny_model_dir, monke
 
 
 def test_unavailable_combinations_say_what_to_do(tiny_model_dir):
-    with pytest.raises(backends.BackendError, match="onnx or openvino"):
+    with pytest.raises(BackendError, match="onnx or openvino"):
         CrackSegmenter.from_pretrained(tiny_model_dir, backend="torch", precision="int8")
-    with pytest.raises(backends.BackendError, match="bf16"):
+    with pytest.raises(BackendError, match="bf16"):
         CrackSegmenter.from_pretrained(tiny_model_dir, backend="onnx", precision="bf16", tile=TILE)
 
 
@@ -248,7 +243,7 @@ def test_auto_never_calibrates_int8_by_itself(exported, tiny_model_dir, tmp_path
     def fail(*args, **kwargs):
         raise AssertionError("auto started an int8 calibration")
 
-    monkeypatch.setattr(backends, "cached_int8", fail)
+    monkeypatch.setattr(int8, "cached_int8", fail)
     segmenter = CrackSegmenter.from_pretrained(tiny_model_dir, tile=TILE)
     assert segmenter.backend.precision != "int8"
 
@@ -285,19 +280,18 @@ def test_python_api_defaults_pick_the_same_engine_as_the_cli_without_torch(expor
 def test_int8_is_judged_by_task_accuracy_and_a_model_that_fails_is_not_chosen(
     exported, tiny, tiny_model_dir, monkeypatch
 ):
-    weights, net, config = tiny
-    backend = "openvino" if export.nncf_available() else "onnx"
-    crops = CalibrationCrops(config, TILE, count=4)
-    _, figures = backends.verified_int8(weights, net, config, TILE, backend, crops)
+    backend = "openvino" if int8.nncf_available() else "onnx"
+    crops = CalibrationCrops(tiny.config, TILE, count=4)
+    _, figures = int8.verified_int8(tiny, TILE, backend, crops, engines.INT8_OPENERS[backend])
     assert 0 <= figures["f1"] <= 1 and 0 <= figures["f1_fp32"] <= 1 and 0 <= figures["mask_f1"] <= 1
     # the rule: crack F1 within 0.005 of fp32's and masks agreeing at F1 >= 0.98, whatever the probabilities do
     assert is_accurate({"f1": 0.760, "f1_fp32": 0.764, "mask_f1": 0.99, "p999": 0.05})
     assert not is_accurate({"f1": 0.755, "f1_fp32": 0.764, "mask_f1": 0.99, "p999": 0.001})
     assert not is_accurate({"f1": 0.764, "f1_fp32": 0.764, "mask_f1": 0.97, "p999": 0.001})
     # a recorded int8 model that fails the F1 rule is never auto's choice, even where int8 comes first
-    record = Path(f"{export.int8_cache_path(weights, TILE, backend)}.agreement.json")
+    record = Path(f"{int8.int8_cache_path(tiny.path, TILE, backend)}.agreement.json")
     record.write_text(json.dumps({"f1": 0.70, "f1_fp32": 0.76, "mask_f1": 0.99, "p999": 0.01}))
-    monkeypatch.setattr(backends, "auto_candidates", lambda device="cpu": [(backend, "int8"), ("torch", "fp32")])
+    monkeypatch.setattr(engines, "auto_candidates", lambda device="cpu": [(backend, "int8"), ("torch", "fp32")])
     chosen = CrackSegmenter.from_pretrained(tiny_model_dir, tile=TILE)
     assert (chosen.backend.name, chosen.backend.precision) == ("torch", "fp32")
     assert "int8 crack F1 0.700 against fp32's 0.760" in chosen.describe()

@@ -7,8 +7,10 @@ import json
 
 import numpy as np
 import pytest
+import shapely
 from scipy import ndimage as ndi
 from skimage.measure import regionprops
+from skimage.morphology import skeletonize
 
 from crackseg import quantify
 from crackseg.cli import main
@@ -288,3 +290,123 @@ def test_cli_measures_photos_with_a_model(tmp_path, tiny_model_dir, capsys):
         assert report["source"] == "photo" and report["image_size"] == {"height": 64, "width": 96}
         assert (out / f"p{seed}_width.png").exists()
     assert (out / "cracks.csv").read_text().startswith("image,id,crack_class,length_px")
+
+
+# --- centrelines ---------------------------------------------------------------------------------------------
+
+
+def line_length(lines) -> float:
+    return float(shapely.MultiLineString(lines).length)
+
+
+@pytest.mark.parametrize("angle", [0, 30, 45, 100])
+@pytest.mark.parametrize("width", [1, 5, 9])
+def test_a_straight_crack_is_one_ordered_line_on_its_axis(width, angle):
+    mask = digital_band(width, angle)
+    result = measure(mask)
+    (line,) = result.centrelines[0]
+    assert len(line) <= 4  # simplified: a straight crack needs two points, give or take the tips
+    # On the band's axis: pixel centres are at +0.5 in image coordinates, the band's centre at size / 2 + 0.5.
+    centre = np.array(mask.shape[::-1]) / 2 + 0.5
+    t = np.radians(angle)
+    across = -(line[:, 0] - centre[0]) * np.sin(t) - (line[:, 1] - centre[1]) * np.cos(t)
+    assert np.abs(across).max() <= 1.0
+    along = (line[:, 0] - centre[0]) * np.cos(t) - (line[:, 1] - centre[1]) * np.sin(t)
+    assert np.all(np.diff(along) > 0) or np.all(np.diff(along) < 0)  # in order along the crack
+    assert line_length([line]) == pytest.approx(LENGTH, rel=0.03)  # tip to tip, as the measured length
+
+
+def test_branched_cracks_are_lines_that_meet():
+    t_shape = segment((200, 240), (20, 60), (220, 60), 5) | segment((200, 240), (120, 60), (120, 190), 5)
+    result = measure(t_shape)
+    lines = result.centrelines[0]
+    assert len(lines) == 3  # two halves of the bar and the stem, between the tips and the junction
+    ends = np.array([p for line in lines for p in (line[0], line[-1])])
+    junction = ends[np.argmin(np.abs(ends - [120.5, 60.5]).sum(axis=1))]
+    assert sum(np.allclose(p, junction) for p in ends) == 3  # all three start or end at the same point
+    assert line_length(lines) == pytest.approx(result.cracks[0].length_px, rel=0.03)
+
+
+def test_a_ring_is_a_closed_line_and_every_skeleton_step_is_traced_once():
+    ring = arc(60, 5, 360)
+    result = measure(ring)
+    (line,) = result.centrelines[0]
+    assert np.array_equal(line[0], line[-1]) and len(line) > 8
+    assert line_length([line]) == pytest.approx(2 * np.pi * 60, rel=0.02)
+
+    rng = np.random.default_rng(4)
+    mask = np.zeros((300, 300), bool)
+    for _ in range(12):
+        x0, y0, x1, y1 = rng.uniform(10, 290, 4)
+        mask |= segment(mask.shape, (x0, y0), (x1, y1), rng.uniform(1, 7))
+    graph = quantify.SkeletonGraph.from_image(skeletonize(mask, method="lee"))
+    branches = quantify.trace_branches(graph)
+    steps = {frozenset(pair) for b in branches for pair in zip(b[:-1], b[1:], strict=True)}
+    assert sum(len(b) - 1 for b in branches) == len(steps) == len(graph.edge_a)  # each edge exactly once
+    assert steps == {frozenset(e) for e in zip(graph.edge_a.tolist(), graph.edge_b.tolist(), strict=True)}
+
+
+def test_centrelines_are_in_image_coordinates_and_a_blob_gets_a_segment():
+    mask = np.zeros((100, 160), bool)
+    mask[40:52, 100:112] = True  # a 12 × 12 square: the skeleton is a pixel or two
+    mask[20, 10:60] = True  # a 1-px line from pixel column 10 to 59: x from 10 to 60 at y = 20.5
+    result = measure(mask, min_length=0)
+    line, square = (result.centrelines[i][0] for i in range(2))
+    np.testing.assert_allclose(line[[0, -1]], [[10, 20.5], [60, 20.5]], atol=0.05)
+    assert len(square) == 2 and np.allclose(square.mean(axis=0), [106, 46], atol=1)
+    assert line_length([square]) == pytest.approx(result.cracks[1].length_px, abs=0.05)
+
+
+def test_centrelines_stay_out_of_the_json():
+    result = measure(band(3, length=60, size=90))
+    assert "centrelines" not in json.dumps(result.to_dict())
+
+
+# --- width classes -------------------------------------------------------------------------------------------
+
+
+def test_concrete_width_classes_from_p95_in_mm_and_below_resolution():
+    mask = segment((120, 320), (10, 30), (310, 30), 3) | segment((120, 320), (10, 90), (310, 80), 9)
+    thin_mask = segment((120, 320), (10, 60), (310, 60), 1)
+    result = measure(mask | thin_mask, pixel_size_mm=0.05)  # 3 px = 0.15 mm, 9 px = 0.45 mm, 1 px = 0.05 mm
+    by_width = {round(c.width_median_px): c for c in result.cracks}
+    assert {w: c.width_class for w, c in by_width.items()} == {1: "<0.1 mm", 3: "0.1-0.2 mm", 9: ">=0.4 mm"}
+    assert {w: c.below_resolution for w, c in by_width.items()} == {1: True, 3: False, 9: False}
+    assert {w: c.branched for w, c in by_width.items()} == {1: False, 3: False, 9: False}
+    summary = result.summary()
+    assert summary["width_classes"] == {"<0.1 mm": 1, "0.1-0.2 mm": 1, "0.2-0.3 mm": 0, "0.3-0.4 mm": 0, ">=0.4 mm": 1}
+    assert summary["below_resolution"] == 1 and summary["width_class_scheme"] == "concrete"
+    assert summary["length_by_width_class_mm"][">=0.4 mm"] == pytest.approx(by_width[9].length_mm, abs=1e-3)
+    unscaled = measure(mask)
+    assert {c.width_class for c in unscaled.cracks} == {quantify.UNKNOWN_WIDTH_CLASS}
+    assert unscaled.summary()["width_classes"] == {quantify.UNKNOWN_WIDTH_CLASS: 2}
+
+
+def test_width_class_boundaries_and_presets():
+    concrete = quantify.load_width_classes()
+    assert concrete.name == "concrete" and concrete.labels[0] == "<0.1 mm" and concrete.labels[-1] == ">=0.4 mm"
+    assert [concrete.classify(w) for w in (0.05, 0.1, 0.29, 0.3, 0.4, 2.0)] == [
+        "<0.1 mm",
+        "0.1-0.2 mm",
+        "0.2-0.3 mm",
+        "0.3-0.4 mm",
+        ">=0.4 mm",
+        ">=0.4 mm",
+    ]
+    pavement = quantify.load_width_classes("pavement")
+    assert [pavement.classify(w) for w in (2.9, 3.0, 18.9, 19.0)] == [
+        "low (<3 mm)",
+        "medium (3-19 mm)",
+        "medium (3-19 mm)",
+        "high (>=19 mm)",
+    ]
+    assert concrete.classify(None) == quantify.UNKNOWN_WIDTH_CLASS
+    assert measure(band(5, angle=0), pixel_size_mm=2, width_classes="pavement").cracks[0].width_class == (
+        "medium (3-19 mm)"  # 5 px × 2 mm = 10 mm
+    )
+    with pytest.raises(quantify.ClassesError, match="increasing"):
+        quantify.WidthClasses("x", (0.3, 0.3), ("a", "b", "c"))
+    with pytest.raises(quantify.ClassesError, match="differ"):
+        quantify.WidthClasses("x", (0.3,), ("a", "a"))
+    with pytest.raises(ValueError, match=r"--classes nope: expected concrete or pavement or a \.json file"):
+        measure(band(5), width_classes="nope")

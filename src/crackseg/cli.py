@@ -61,6 +61,8 @@ def threshold_value(text: str) -> float:
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    from crackseg.engines import PRECISIONS, REGISTRY
+
     p.add_argument("--weights", help="a trained model: model.safetensors, its folder, or a run folder")
     p.add_argument("--model", help="a shipped model by name (default: the default model)")
     p.add_argument("--threshold", type=threshold_value, help="probability threshold, 0 < t < 1 (default: the model's)")
@@ -70,8 +72,14 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
         help="tile size for large images, a multiple of 32 (default: the model's training size)",
     )
     p.add_argument("--overlap", type=float, default=0.25, help="overlap between tiles, as a fraction")
-    p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnx", "openvino"])
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "int8"])
+    p.add_argument("--backend", default="auto", choices=["auto", *REGISTRY])
+    p.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", *PRECISIONS],
+        help="int8 runs only models that passed the accuracy rule under auto; its probabilities (--prob) may "
+        "differ from fp32's by a few hundredths, its masks hardly",
+    )
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--batch-size", type=positive_int, default=4, help="tiles per forward pass")
     p.add_argument("--max-pixels", type=float, default=500e6, help="refuse images with more pixels than this")
@@ -195,11 +203,13 @@ def cmd_serve(args) -> int:
 
 def cmd_measure(args) -> int:
     from crackseg.images import ensure_output_folder
-    from crackseg.quantify import measure_files
+    from crackseg.outputs import parse_formats
+    from crackseg.quantify import load_width_classes, measure_files
 
     segment = None
     if args.masks and (args.weights or args.model):
         raise ValueError("--masks measures the masks as they are: drop --weights/--model, or drop --masks")
+    formats, classes = parse_formats(args.formats), load_width_classes(args.classes)  # before the model loads
     ensure_output_folder(args.out)
     if not args.masks:
         segmenter = segmenter_from_args(args)
@@ -209,7 +219,9 @@ def cmd_measure(args) -> int:
         def segment(image):
             return segmenter.predict(image).mask
 
-    measured, cracks, failures = measure_files(args.inputs, args.out, segment, args.pixel_size, args.min_length)
+    measured, cracks, failures = measure_files(
+        args.inputs, args.out, segment, args.pixel_size, args.min_length, formats=formats, width_classes=classes
+    )
     for failure in failures:
         print(f"failed: {failure}", file=sys.stderr)
     print(f"{measured} measured, {cracks} cracks, {len(failures)} failed -> {args.out}")
@@ -217,7 +229,7 @@ def cmd_measure(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from crackseg.export import export_model
+    from crackseg.engines import export_model
 
     data, crops = args.calibration_data, args.calibration_crops
     path, summary = export_model(args.weights, args.model, args.out, args.tile, args.precision, data, crops)
@@ -285,8 +297,24 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", help="photos (masks with --masks): files, folders or glob patterns")
     p.add_argument("-o", "--out", required=True, help="output folder")
     p.add_argument("--masks", action="store_true", help="the inputs are crack masks: measure them, no model")
-    p.add_argument("--pixel-size", type=float, metavar="MM", help="millimetres per pixel: also report mm, mm²")
+    p.add_argument(
+        "--pixel-size",
+        type=float,
+        metavar="MM",
+        help="millimetres per pixel: also report mm, mm² (default: from a GeoTIFF's georeference, if projected)",
+    )
     p.add_argument("--min-length", type=float, default=10.0, metavar="PX", help="drop (and count) shorter cracks")
+    p.add_argument(
+        "--formats",
+        metavar="LIST",
+        help="outputs to write, comma-separated, from json,csv,png,geojson,gpkg,dxf (default: all)",
+    )
+    p.add_argument(
+        "--classes",
+        default="concrete",
+        metavar="SCHEME",
+        help='width classes: concrete (0.1-0.4 mm bins), pavement (3 / 19 mm) or FILE.json {"bins_mm", "labels"}',
+    )
     add_model_arguments(p)
     p.set_defaults(func=cmd_measure)
 

@@ -6,7 +6,6 @@ nothing resizes, normalises or thresholds on its own.
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 import os
@@ -17,6 +16,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
+from crackseg.engines.base import sigmoid
+from crackseg.engines.torch_engine import TorchBackend
 from crackseg.images import DEFAULT_MAX_PIXELS, check_pixels, normalize_image, pil_to_rgb, read_image, to_rgb_uint8
 from crackseg.model_config import ModelConfig
 
@@ -51,48 +52,6 @@ class Prediction:
         return self.prob >= self.threshold
 
 
-@functools.cache
-def cpu_has_bf16_matrix_engine() -> bool:
-    """True on CPUs with AMX or AVX-512 BF16, where bf16 matmuls are several times faster than fp32."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
-
-
-class TorchBackend:
-    """Eager PyTorch in channels_last; bf16 autocast where the CPU has bf16 matrix engines (or on CUDA).
-
-    channels_last also speeds up fp32 inference on an AVX2-only CPU (1.4–1.7× for U-Net and PSPNet-ResNet18 at
-    448², benchmarks/predict_speed.py), unlike fp32 training there (see crackseg.train.memory_format).
-    """
-
-    name = "torch"
-    fixed_size = None  # accepts any tile size
-
-    def __init__(self, model: torch.nn.Module, precision: str = "auto", device: str = "cpu"):
-        import torch
-
-        if precision == "auto":
-            on_cuda = device.startswith("cuda")
-            precision = "bf16" if (on_cuda or cpu_has_bf16_matrix_engine()) else "fp32"
-        if precision not in ("fp32", "bf16"):
-            raise ValueError(f"precision {precision!r} is not available with the torch backend (fp32, bf16)")
-        self.precision, self.device = precision, torch.device(device)
-        self.format = torch.channels_last
-        self.model = model.eval().to(self.device, memory_format=self.format)
-
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        import torch
-
-        x = torch.from_numpy(batch).to(self.device).contiguous(memory_format=self.format)
-        bf16 = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
-        with torch.inference_mode(), bf16:
-            logits = self.model(x)
-        return logits.float()[:, 0].cpu().numpy()
-
-
 def blend_window(size: int) -> np.ndarray:
     """1-D Hann-like weights of a tile; a small floor keeps image borders (covered by one tile) defined."""
     return np.maximum(np.sin(np.pi * (np.arange(size) + 0.5) / size) ** 2, 1e-3).astype(np.float32)
@@ -108,10 +67,6 @@ def tile_starts(length: int, tile: int, overlap: float) -> list[int]:
 
 
 FLIP_AXES = [(), (3,), (2,), (2, 3)]  # N×C×H×W: none, horizontal, vertical, both
-
-
-def sigmoid(x: np.ndarray) -> np.ndarray:
-    return (0.5 * (np.tanh(0.5 * x) + 1)).astype(np.float32)  # tanh form: no overflow for large |x|
 
 
 def is_weights_path(name_or_path: str | os.PathLike | None) -> bool:
@@ -146,7 +101,7 @@ class CrackSegmenter:
         tta: bool = False,
     ):
         self.config = config or ModelConfig()
-        self.model = model
+        self.model = model  # a network, or the ModelHandle of from_pretrained
         self.backend = backend or TorchBackend(model, precision, device)
         self.tile = check_tile(int(tile if tile is not None else self.backend.fixed_size or self.config.train_size))
         if not 0 <= overlap < 1:
@@ -174,15 +129,13 @@ class CrackSegmenter:
 
         `kwargs`: overlap, batch_size, threshold, max_pixels, tta. `describe()` says which engine runs.
         """
-        from crackseg.backends import build_engine  # here: backends imports this module
-        from crackseg.model_config import LazyModel, read_config, resolve_weights
+        from crackseg.engines import ModelHandle, build_engine
 
         is_path = is_weights_path(name_or_path)
-        path = resolve_weights(name_or_path if is_path else None, None if is_path else name_or_path)
-        net, config = LazyModel(path), read_config(path)
-        tile = check_tile(int(tile if tile is not None else config.train_size))
-        engine = build_engine(path, net, config, tile, backend, precision, device, calibration_data, calibration_crops)
-        return cls(net, config, backend=engine, tile=tile, **kwargs)
+        handle = ModelHandle.find(name_or_path if is_path else None, None if is_path else name_or_path)
+        tile = check_tile(int(tile if tile is not None else handle.config.train_size))
+        engine = build_engine(handle, tile, backend, precision, device, calibration_data, calibration_crops)
+        return cls(handle, handle.config, backend=engine, tile=tile, **kwargs)
 
     def describe(self) -> str:
         flips = ", flip TTA" if self.tta else ""

@@ -7,7 +7,6 @@ start; importing torch would add about 1.3 s to each of them. Building and loadi
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,29 +99,3 @@ def resolve_weights(weights: str | Path | None = None, model: str | None = None)
             "pass --weights PATH to a trained model"
         )
     return path
-
-
-class LazyModel:
-    """The network of a weights file, loaded (and checked against its config) on first use.
-
-    The compiled backends run from a cached export and need the torch network only to export or check one;
-    loading it costs the torch and segmentation-models-pytorch imports, about 3 s of start-up. Calls and
-    attribute reads go to the loaded network, so it stands in wherever a network is passed.
-    """
-
-    def __init__(self, weights: Path):
-        self.weights = weights
-
-    @functools.cached_property
-    def module(self):
-        from crackseg.models import load_model  # here: `models` imports torch
-
-        return load_model(self.weights)[0]
-
-    def __call__(self, *args, **kwargs):
-        return self.module(*args, **kwargs)
-
-    def __getattr__(self, name: str):
-        if name.startswith("__") or name == "weights":  # not set yet (copy, pickle): no load, no recursion
-            raise AttributeError(name)
-        return getattr(self.module, name)

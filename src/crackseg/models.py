@@ -78,7 +78,7 @@ def build_model(
     the encoder's own naming (``.pth`` or ``.safetensors``, e.g. torchvision's ResNet weights).
     """
     # Imported here, not at the top: it pulls in timm, torchvision and torch._dynamo (about 2 s), which commands
-    # running a compiled backend from its cache never need (LazyModel).
+    # running a compiled backend from its cache never need (engines.ModelHandle).
     import segmentation_models_pytorch as smp
 
     local = encoder_weights if encoder_weights not in (None, "imagenet") else None

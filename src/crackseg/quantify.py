@@ -32,19 +32,28 @@ How the numbers are made, and why:
   other axis) or diagonal.
 - Units: lengths and widths in px, and in mm (× pixel size) when `pixel_size_mm` is given; areas in px²
   and mm² (× pixel size²).
+- Width class: the crack's 95th-percentile width in mm put into bins (`WidthClasses`; presets `concrete`,
+  after the 0.1–0.4 mm limits of EC2 Table 7.1N and ACI 224R, and `pavement`, low / medium / high severity by
+  width), "unknown (no scale)" without a pixel size. The p95, not the median: a crack is rated by its widest
+  stretch, not its typical one. A crack whose median width is under 2 px is `below_resolution`: thinner
+  than the photo resolves, so its mm widths are upper bounds.
+- Centrelines: the pruned skeleton is cut into branches (tip or junction to the next tip or junction, and
+  closed loops), each ordered along its pixels, simplified with a 1-px tolerance (Douglas–Peucker, shapely)
+  and, at a tip, lengthened by d − 0.5 to the crack's end, as the length is. Coordinates are image
+  coordinates: x right, y down, from the top-left corner of the image, so pixel (row, col) has its centre at
+  (col + 0.5, row + 0.5), as in GDAL / rasterio, whose affine transform then maps them to the map.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
+import shapely
 from scipy.ndimage import find_objects
 from scipy.sparse import coo_matrix, csr_matrix
 from scipy.sparse.csgraph import connected_components
@@ -60,6 +69,103 @@ log = logging.getLogger(__name__)
 STEP_WEIGHT, DIAGONAL_WEIGHT, CORNER_WEIGHT = 0.980, 1.406, -0.091
 WIDTH_SMOOTHING = 5  # rounds of neighbour averaging along the skeleton (a spread of about ±2 px)
 CLASSES = ("longitudinal", "transverse", "diagonal", "branched-network")
+UNKNOWN_WIDTH_CLASS = "unknown (no scale)"  # the width class of every crack when the pixel size is not known
+BELOW_RESOLUTION_PX = 2.0  # a median width under this is not resolved: its mm widths are upper bounds
+SIMPLIFY_TOLERANCE_PX = 1.0  # centreline points may move this far: the skeleton's own staircase error
+
+
+class ClassesError(ValueError):
+    """A width-class scheme (`--classes`) that cannot be used; the message says which part and what to do."""
+
+
+def default_labels(bins_mm) -> tuple[str, ...]:
+    """Class names for bins a < b < ... < z: "<a mm", "a-b mm", ..., ">=z mm"."""
+    inner = [f"{a:g}-{b:g} mm" for a, b in zip(bins_mm[:-1], bins_mm[1:], strict=True)]
+    return (f"<{bins_mm[0]:g} mm", *inner, f">={bins_mm[-1]:g} mm")
+
+
+def check_bins(bins) -> tuple[float, ...]:
+    """Class boundaries in mm as a tuple, or a ClassesError saying what is wrong with them."""
+    numbers = isinstance(bins, list | tuple) and all(
+        isinstance(b, int | float) and not isinstance(b, bool) for b in bins
+    )
+    if not numbers or not bins:
+        raise ClassesError(f"bins_mm must be a non-empty list of numbers (mm), got {bins!r}")
+    if not (bins[0] > 0 and all(a < b for a, b in zip(bins[:-1], bins[1:], strict=True))):
+        raise ClassesError(f"bins_mm must be positive and increasing, got {list(bins)}")
+    return tuple(float(b) for b in bins)
+
+
+@dataclass(frozen=True)
+class WidthClasses:
+    """Crack-width classes: a width w in mm is in class i when bins_mm[i - 1] <= w < bins_mm[i]."""
+
+    name: str
+    bins_mm: tuple[float, ...]
+    labels: tuple[str, ...]
+
+    def __post_init__(self):
+        bins = check_bins(self.bins_mm)
+        if len(self.labels) != len(bins) + 1 or not all(isinstance(s, str) and s for s in self.labels):
+            raise ClassesError(
+                f"labels must be {len(bins) + 1} names (one more than bins_mm: below the first bin, between each "
+                f"two, above the last), got {list(self.labels)}"
+            )
+        if len(set(self.labels)) < len(self.labels) or UNKNOWN_WIDTH_CLASS in self.labels:
+            raise ClassesError(f"labels must differ from each other and from {UNKNOWN_WIDTH_CLASS!r}")
+
+    def classify(self, width_mm: float | None) -> str:
+        if width_mm is None:
+            return UNKNOWN_WIDTH_CLASS
+        return self.labels[int(np.searchsorted(self.bins_mm, width_mm, side="right"))]
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "bins_mm": list(self.bins_mm), "labels": list(self.labels)}
+
+
+WIDTH_CLASS_PRESETS = {
+    # EC2 (EN 1992-1-1, Table 7.1N: w_max 0.2 / 0.3 / 0.4 mm) and ACI 224R (0.10 mm for water-retaining
+    # structures up to 0.41 mm in dry air): the widths at which reinforced concrete is judged.
+    "concrete": WidthClasses("concrete", (0.1, 0.2, 0.3, 0.4), default_labels((0.1, 0.2, 0.3, 0.4))),
+    # Severity by crack width, after ASTM D6433 / the FHWA LTPP distress manual.
+    "pavement": WidthClasses("pavement", (3.0, 19.0), ("low (<3 mm)", "medium (3-19 mm)", "high (>=19 mm)")),
+}
+
+
+def load_width_classes(spec: str | Path | WidthClasses | None = None) -> WidthClasses:
+    """A preset by name ("concrete", the default, or "pavement"), or a JSON file {"name", "bins_mm", "labels"}.
+
+    "name" defaults to the file's name and "labels" to "<a mm", "a-b mm", ..., ">=z mm".
+    """
+    if isinstance(spec, WidthClasses):
+        return spec
+    if spec is None or str(spec) in WIDTH_CLASS_PRESETS:
+        return WIDTH_CLASS_PRESETS[str(spec or "concrete")]
+    path = Path(spec)
+    if path.suffix.lower() != ".json":
+        raise ClassesError(f"--classes {spec}: expected {' or '.join(WIDTH_CLASS_PRESETS)} or a .json file")
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ClassesError(f"--classes {spec}: no such file") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ClassesError(f"--classes {spec}: not readable JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise ClassesError(f'--classes {spec}: expected a JSON object {{"name", "bins_mm", "labels"}}')
+    unknown = sorted(set(data) - {"name", "bins_mm", "labels"})
+    if unknown:
+        raise ClassesError(f"--classes {spec}: unknown field {unknown[0]!r}; the fields are name, bins_mm, labels")
+    if "bins_mm" not in data:
+        raise ClassesError(
+            f"--classes {spec}: the field 'bins_mm' is missing (class boundaries in mm, e.g. [0.2, 0.4])"
+        )
+    try:
+        bins = check_bins(data["bins_mm"])
+        labels = data.get("labels", default_labels(bins))
+        labels = tuple(labels) if isinstance(labels, list | tuple) else ()
+        return WidthClasses(str(data.get("name", path.stem)), bins, labels)
+    except ClassesError as err:
+        raise ClassesError(f"--classes {spec}: {err}") from None
 
 
 @dataclass
@@ -76,6 +182,10 @@ class Crack:
     orientation_deg: float  # counter-clockwise from horizontal, [0, 180)
     branch_points: int
     endpoints: int
+    orientation_class: str  # longitudinal, transverse or diagonal, branched or not
+    branched: bool  # 3 or more ends, or a loop (crack_class says "branched-network" then)
+    width_class: str  # from width_p95_mm; UNKNOWN_WIDTH_CLASS without a pixel size
+    below_resolution: bool  # median width under 2 px: the mm widths are upper bounds
     length_mm: float | None = None
     width_mean_mm: float | None = None
     width_median_mm: float | None = None
@@ -94,6 +204,7 @@ class Measurement:
     width: int
     pixel_size_mm: float | None
     min_length_px: float
+    width_classes: WidthClasses = WIDTH_CLASS_PRESETS["concrete"]
     cracks: list[Crack] = field(default_factory=list)
     dropped: int = 0  # components shorter than min_length_px
     warnings: list[str] = field(default_factory=list)  # signs that the mask is not a crack mask
@@ -102,6 +213,8 @@ class Measurement:
     skeleton_cols: np.ndarray = _empty(np.int32)
     skeleton_width_px: np.ndarray = _empty(np.float32)
     skeleton_id: np.ndarray = _empty(np.int32)
+    # Per crack (aligned with `cracks`): its centreline, one (n, 2) array of x, y image coordinates per branch.
+    centrelines: list[list[np.ndarray]] = field(repr=False, default_factory=list)
 
     @property
     def count(self) -> int:
@@ -130,18 +243,36 @@ class Measurement:
             "dropped_short": self.dropped,
             "min_length_px": self.min_length_px,
             "classes": {name: sum(c.crack_class == name for c in self.cracks) for name in CLASSES},
+            "below_resolution": sum(c.below_resolution for c in self.cracks),
+            "width_class_scheme": self.width_classes.name,
+            "width_classes": {name: sum(c.width_class == name for c in self.cracks) for name in self.width_labels},
+            "length_by_width_class_px": self.length_by_width_class(),
         }
         if self.pixel_size_mm:
             out["total_length_mm"] = round(self.total_length_px * self.pixel_size_mm, 3)
             out["max_width_mm"] = round(self.max_width_px * self.pixel_size_mm, 4)
             out["crack_area_mm2"] = round(sum(c.area_px for c in self.cracks) * self.pixel_size_mm**2, 3)
+            out["length_by_width_class_mm"] = self.length_by_width_class(self.pixel_size_mm)
         return out
+
+    @property
+    def width_labels(self) -> tuple[str, ...]:
+        """The width classes a crack of this measurement can be in."""
+        return self.width_classes.labels if self.pixel_size_mm else (UNKNOWN_WIDTH_CLASS,)
+
+    def length_by_width_class(self, scale: float = 1.0) -> dict[str, float]:
+        """Total crack length per width class, in px (or × `scale`)."""
+        return {
+            name: round(sum(c.length_px for c in self.cracks if c.width_class == name) * scale, 3)
+            for name in self.width_labels
+        }
 
     def to_dict(self) -> dict:
         """JSON-ready: image size, pixel size, per-image summary and one entry per crack."""
         return {
             "image_size": {"height": self.height, "width": self.width},
             "pixel_size_mm": self.pixel_size_mm,
+            "width_classes": self.width_classes.to_dict(),
             "warnings": self.warnings,
             "summary": self.summary(),
             "cracks": [asdict(c) for c in self.cracks],
@@ -291,6 +422,86 @@ def node_widths(
     return np.maximum(graph.smooth(raw + shift[node_crack], WIDTH_SMOOTHING), 1.0)
 
 
+def trace_branches(graph: SkeletonGraph) -> list[list[int]]:
+    """The skeleton cut into branches, each the list of its nodes in order along it.
+
+    A branch runs from a node of degree ≠ 2 (a tip or a junction) through degree-2 nodes to the next such
+    node; a lone node is a branch of one; a ring of degree-2 nodes is a closed branch (its first node again
+    at the end). Every edge is in exactly one branch.
+    """
+    n, m = len(graph), len(graph.edge_a)
+    ends = np.concatenate([graph.edge_a, graph.edge_b])  # each edge from both of its nodes
+    order = np.argsort(ends, kind="stable")
+    first = np.searchsorted(ends[order], np.arange(n + 1))
+    slots_of = np.empty(2 * m, np.int64)
+    slots_of[order] = np.arange(2 * m)
+    # Python lists: the walk below goes one node at a time, where numpy scalars would be slow.
+    start, degree = first.tolist(), np.diff(first).tolist()
+    other = np.concatenate([graph.edge_b, graph.edge_a])[order].tolist()
+    edge = (order % max(m, 1)).tolist()
+    used = bytearray(m)
+
+    def walk(node: int, slot: int) -> list[int]:  # from `node` along the edge at `slot`, to a tip or junction
+        path = [node]
+        while True:
+            used[edge[slot]] = 1
+            node = other[slot]
+            path.append(node)
+            if degree[node] != 2:
+                return path
+            slot = start[node] + used[edge[start[node]]]  # its other edge
+            if used[edge[slot]]:  # round a ring, back at the start
+                return path
+
+    branches = []
+    for node in np.flatnonzero(np.diff(first) != 2).tolist():
+        if degree[node] == 0:
+            branches.append([node])
+        for slot in range(start[node], start[node + 1]):
+            if not used[edge[slot]]:
+                branches.append(walk(node, slot))
+    for e in range(m):  # what is left are rings of degree-2 nodes
+        if not used[e]:
+            branches.append(walk(int(graph.edge_a[e]), int(slots_of[e])))
+    return branches
+
+
+def branch_lines(
+    graph: SkeletonGraph, node_d: np.ndarray, node_angle: np.ndarray, branches: list[list[int]]
+) -> list[np.ndarray]:
+    """Each branch as an (n, 2) array of x, y image coordinates: pixel centres, simplified, tips extended.
+
+    Simplified with a SIMPLIFY_TOLERANCE_PX tolerance: a digital line's staircase is noise, not shape. At a
+    tip the line goes on along its last segment by d − 0.5, the stretch from the skeleton's end to the crack's
+    end that the length counts too, so that a line is as long as its crack. A lone node (a blob-like crack)
+    becomes a segment 2·(d − 0.5) long along the crack's axis (`node_angle`, degrees counter-clockwise).
+    """
+    x, y, degree = graph.cols + 0.5, graph.rows + 0.5, graph.degree()
+    paths = [b for b in branches if len(b) > 1]
+    simplified = []
+    if paths:
+        nodes = np.concatenate(paths)
+        index = np.repeat(np.arange(len(paths)), [len(b) for b in paths])
+        lines = shapely.simplify(shapely.linestrings(x[nodes], y[nodes], indices=index), SIMPLIFY_TOLERANCE_PX)
+        coords, which = shapely.get_coordinates(lines, return_index=True)
+        simplified = iter(np.split(coords, np.flatnonzero(np.diff(which)) + 1))
+    out = []
+    for branch in branches:
+        if len(branch) == 1:
+            node = branch[0]
+            t = np.radians(node_angle[node])
+            half = (node_d[node] - 0.5) * np.array([np.cos(t), -np.sin(t)])  # y down in the image
+            out.append(np.array([[x[node], y[node]] - half, [x[node], y[node]] + half]))
+            continue
+        line = next(simplified)
+        for end, inner, node in ((0, 1, branch[0]), (-1, -2, branch[-1])):
+            if degree[node] == 1:
+                step = line[end] - line[inner]
+                line[end] += step / np.hypot(*step) * (node_d[node] - 0.5)
+        out.append(line)
+    return out
+
+
 # --- measuring ----------------------------------------------------------------------------------------------
 
 
@@ -346,8 +557,10 @@ def principal_axes(rows: np.ndarray, cols: np.ndarray, pixel_label: np.ndarray, 
 
 
 def classify(orientation_deg: float, branched: bool, longitudinal_axis: str = "vertical") -> str:
-    if branched:
-        return "branched-network"
+    return "branched-network" if branched else orientation_class(orientation_deg, longitudinal_axis)
+
+
+def orientation_class(orientation_deg: float, longitudinal_axis: str = "vertical") -> str:
     from_horizontal = min(orientation_deg, 180.0 - orientation_deg)  # 0 … 90
     if 22.5 <= from_horizontal <= 67.5:
         return "diagonal"
@@ -371,19 +584,22 @@ def measure(
     min_length: float = DEFAULT_MIN_LENGTH,
     longitudinal_axis: str = "vertical",
     hole_area: int = DEFAULT_HOLE_AREA,
+    width_classes: str | Path | WidthClasses | None = None,
 ) -> Measurement:
     """Measure every crack in a binary mask (True / non-zero = crack); see the module notes for the methods.
 
     `pixel_size_mm`: millimetres per pixel, to report mm as well as px. `min_length`: cracks shorter than
     this (px) are dropped and counted. `longitudinal_axis`: the image axis along the structure ("vertical"
     for a road photographed in the direction of travel), which decides longitudinal vs transverse.
+    `width_classes`: a preset name ("concrete", the default, or "pavement"), a JSON file or a WidthClasses.
     """
     if pixel_size_mm is not None and not pixel_size_mm > 0:
         raise ValueError(f"pixel size must be a positive number of mm per pixel, got {pixel_size_mm}")
     if longitudinal_axis not in ("vertical", "horizontal"):
         raise ValueError(f"longitudinal_axis must be 'vertical' or 'horizontal', got {longitudinal_axis!r}")
     mask = as_mask(mask)
-    result = Measurement(mask.shape[0], mask.shape[1], pixel_size_mm, float(min_length))
+    classes = load_width_classes(width_classes)
+    result = Measurement(mask.shape[0], mask.shape[1], pixel_size_mm, float(min_length), classes)
     if not mask.any():
         return result
     if mask.mean() > MOSTLY_CRACK:
@@ -427,9 +643,10 @@ def measure(
         # A crack is no wider than its bounding box (the area-matching shift could say so on a blob-like mask).
         box_side = min(rows_k.stop - rows_k.start, cols_k.stop - cols_k.start)
         widths = np.minimum(node_width[order[first[k] : first[k + 1]]], box_side)
+        branched = bool(tips[k] >= 3 or loops[k] > 0)
         crack = Crack(
             id=result.count + 1,
-            crack_class=classify(orientation[k], tips[k] >= 3 or loops[k] > 0, longitudinal_axis),
+            crack_class=classify(orientation[k], branched, longitudinal_axis),
             length_px=round(float(length[k]), 2),
             width_mean_px=round(float(widths.mean()), 2),
             width_median_px=round(float(np.median(widths)), 2),
@@ -445,9 +662,14 @@ def measure(
             orientation_deg=round(float(orientation[k]), 1),
             branch_points=int(junctions[k]),
             endpoints=int(tips[k]),
+            orientation_class=orientation_class(orientation[k], longitudinal_axis),
+            branched=branched,
+            width_class=UNKNOWN_WIDTH_CLASS,
+            below_resolution=bool(np.median(widths) < BELOW_RESOLUTION_PX),
         )
         if pixel_size_mm:
             add_millimetres(crack, pixel_size_mm)
+            crack.width_class = classes.classify(crack.width_p95_mm)
         result.cracks.append(crack)
         crack_id[k] = crack.id
 
@@ -456,7 +678,22 @@ def measure(
     result.skeleton_cols = (graph.cols[kept] + left).astype(np.int32)
     result.skeleton_width_px = node_width[kept].astype(np.float32)
     result.skeleton_id = crack_id[node_crack[kept]]
+    result.centrelines = crack_centrelines(graph, node_d, orientation[node_crack], crack_id[node_crack], result.count)
+    for lines in result.centrelines:
+        for line in lines:
+            line += (left, top)  # crop → image coordinates
     return result
+
+
+def crack_centrelines(
+    graph: SkeletonGraph, node_d: np.ndarray, node_angle: np.ndarray, node_id: np.ndarray, count: int
+) -> list[list[np.ndarray]]:
+    """The branches of each kept crack (`node_id`: its id at each node, 0 when dropped), ids 1 … `count`."""
+    branches = [b for b in trace_branches(graph) if node_id[b[0]] > 0]
+    out = [[] for _ in range(count)]
+    for branch, line in zip(branches, branch_lines(graph, node_d, node_angle, branches), strict=True):
+        out[node_id[branch[0]] - 1].append(line)
+    return out
 
 
 def add_millimetres(crack: Crack, pixel_size_mm: float) -> None:
@@ -559,14 +796,6 @@ def label_positions(result: Measurement) -> dict[int, tuple[float, float]]:
 
 # --- many files: the engine behind `crackseg measure` -------------------------------------------------------
 
-CSV_FIELDS = ["image"] + [f.name for f in fields(Crack) if f.name != "bbox"] + ["bbox_x", "bbox_y", "bbox_w", "bbox_h"]
-
-
-def csv_row(image: str, crack: Crack) -> dict:
-    row = {"image": image, **asdict(crack)}
-    row["bbox_x"], row["bbox_y"], row["bbox_w"], row["bbox_h"] = row.pop("bbox")
-    return row
-
 
 def measure_files(
     inputs: list[str],
@@ -575,48 +804,54 @@ def measure_files(
     pixel_size_mm: float | None = None,
     min_length: float = DEFAULT_MIN_LENGTH,
     progress: bool = True,
+    formats: tuple[str, ...] | None = None,
+    width_classes: str | Path | WidthClasses | None = None,
 ) -> tuple[int, int, list[str]]:
     """Measure the cracks in photos or masks; returns (inputs measured, cracks found, failures).
 
     `segment`: a function from an RGB uint8 photo to a bool mask (the model); None when the inputs are
-    masks already. Writes OUT/NAME_measure.json and OUT/NAME_width.png per input and OUT/cracks.csv (one
-    row per crack across all inputs). A failing input is reported in `failures` and skipped.
+    masks already. Writes, per input, the `formats` of crackseg.outputs.FORMATS (default: all): OUT/NAME_measure.json,
+    NAME_width.png, NAME_cracks.geojson / .gpkg / .dxf, and OUT/cracks.csv (one row per crack across all
+    inputs). A GeoTIFF's georeference places the maps and, in a projected CRS, gives the pixel size, unless
+    `pixel_size_mm` is given. A failing input is reported in `failures` and skipped.
     """
     from tqdm import tqdm
 
-    from crackseg.images import ImageReadError, atomic_write_bytes, read_image, read_mask, write_image
+    from crackseg.georef import check_shape, is_tiff, read_georeference, resolve_pixel_size
+    from crackseg.images import ImageReadError, atomic_write_bytes, read_image, read_mask
     from crackseg.inference import check_output_folder, collect_inputs, output_paths
+    from crackseg.outputs import FORMATS, csv_bytes, csv_row, report_dict, write_outputs
 
     if pixel_size_mm is not None and not pixel_size_mm > 0:
         raise ValueError(f"--pixel-size must be a positive number of mm per pixel, got {pixel_size_mm}")
+    formats = tuple(FORMATS) if formats is None else formats
+    classes = load_width_classes(width_classes)  # a bad --classes fails here, before any input is read
     out_dir = Path(out_dir)
     files = collect_inputs(inputs)
     check_output_folder(inputs, files, out_dir)
-    paths = output_paths(files, out_dir, {"measure": "_measure.json", "width": "_width.png"})
-    rows, measured, failures = [], 0, []
+    paths = output_paths(files, out_dir, {kind: FORMATS[kind] for kind in formats if FORMATS[kind]})
+    rows, measured, failures, said_no_crs = [], 0, [], False
     for path, _ in tqdm(files, desc="measure", unit="img", disable=not progress):
         try:
-            if segment is None:
-                mask = read_mask(path)
-                image = mask.astype(np.uint8) * 255
-            else:
-                image = read_image(path)
-                mask = segment(image)
-            result = measure(mask, pixel_size_mm, min_length)
-            figure = width_figure(image, result)
+            georef = read_georeference(path)
+            scale, scale_from = resolve_pixel_size(str(path), georef, pixel_size_mm)
+            image = read_image(path) if segment is not None else read_mask(path).astype(np.uint8) * 255
+            check_shape(str(path), georef, image.shape)
+            result = measure(segment(image) if segment else image, scale, min_length, width_classes=classes)
+            figure = width_figure(image, result) if "png" in formats else None
         except (ImageReadError, ValueError, MemoryError) as err:
             failures.append(str(err) if str(path) in str(err) else f"{path}: {err}")
             continue
-        report = {"input": str(path), "source": "mask" if segment is None else "photo", **result.to_dict()}
+        if is_tiff(path) and georef is None and not said_no_crs:
+            log.warning("%s: a TIFF without a CRS: its crack maps are in image pixels (said once per run)", path)
+            said_no_crs = True
         for warning in result.warnings:
             log.warning("%s: %s", path, warning)
-        atomic_write_bytes(paths[path]["measure"], json.dumps(report, indent=1).encode())
-        write_image(paths[path]["width"], figure)
+        source = "mask" if segment is None else "photo"
+        report = report_dict(result, str(path), source, georef, scale_from)
+        write_outputs(paths[path], result, report, georef, figure)
         rows += [csv_row(str(path), crack) for crack in result.cracks]
         measured += 1
-    table = io.StringIO()
-    writer = csv.DictWriter(table, fieldnames=CSV_FIELDS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_bytes(out_dir / "cracks.csv", table.getvalue().encode())
+    if "csv" in formats:
+        atomic_write_bytes(out_dir / "cracks.csv", csv_bytes(rows))
     return measured, len(rows), failures

@@ -30,8 +30,8 @@ from tqdm import tqdm
 
 from crackseg import __version__
 from crackseg.data import CrackDataset, add_split_arguments, find_all_pairs, split_pairs, train_transform
+from crackseg.engines.torch_engine import cpu_has_bf16_matrix_engine
 from crackseg.images import atomic_write_bytes
-from crackseg.inference import cpu_has_bf16_matrix_engine
 from crackseg.losses import ALPHA_SCHEDULES, LOSSES, alpha_at, build_loss
 from crackseg.metrics import THRESHOLDS, best_threshold, scores, source_mean_f1_curve, sweep_counts
 from crackseg.models import ModelConfig, build_model, save_model

@@ -1,0 +1,156 @@
+"""Inference engines: PyTorch, ONNX Runtime and OpenVINO, in fp32, bf16 or int8, and `auto`'s choice among them.
+
+Every engine follows the `Backend` interface (`engines.base`): a callable from a float32 N×3×T×T normalised batch
+to N×T×T logits, with `name`, `precision` and `fixed_size`. `CrackSegmenter.from_pretrained` is the one caller
+that builds them (through `build_engine`), so the CLI, the server and the Python API run the same engine.
+
+Adding a backend: one module with a `build(handle, precision, tile, device, crops, **int8_options)` function,
+one entry in `REGISTRY` (the CLI's `--backend` choices are read from it), a place in `auto_candidates` if `auto`
+should try it, and its tests.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from crackseg.engines import onnxruntime_engine, openvino_engine, torch_engine
+from crackseg.engines.base import Backend, BackendError
+from crackseg.engines.cache import MAX_EXPORT_DIFF, cached_onnx
+from crackseg.engines.handle import ModelHandle
+from crackseg.engines.int8 import CALIBRATION_CROPS, CalibrationCrops, int8_cache_path, nncf_available
+from crackseg.engines.torch_engine import cpu_has_bf16_matrix_engine
+from crackseg.images import atomic_write_bytes
+from crackseg.model_config import ModelError
+
+log = logging.getLogger(__name__)
+
+REGISTRY = {"torch": torch_engine.build, "onnx": onnxruntime_engine.build, "openvino": openvino_engine.build}
+PRECISIONS = ("fp32", "bf16", "int8")
+INT8_OPENERS = {"onnx": onnxruntime_engine.open_int8, "openvino": openvino_engine.open_int8}
+
+__all__ = ["REGISTRY", "PRECISIONS", "Backend", "BackendError", "ModelHandle", "build_engine", "export_model"]
+
+
+def auto_candidates(device: str = "cpu") -> list[tuple[str, str]]:
+    """(backend, precision) pairs in the order `auto` tries them: fastest first on this kind of CPU.
+
+    Order from benchmarks/predict_speed.py (448², 2 threads): on CPUs with bf16 matrix engines (AMX, AVX-512
+    BF16) OpenVINO int8 > OpenVINO bf16 > PyTorch bf16 > fp32; on an AVX2-only EPYC OpenVINO int8 > ONNX Runtime
+    int8 > ONNX Runtime fp32 > OpenVINO fp32 > PyTorch fp32. An int8 entry is taken only if an int8 model of these
+    weights was calibrated earlier (`crackseg export --precision int8`, or an explicit `--precision int8` run)
+    and passed the task-accuracy rule (`engines.int8`).
+    """
+    if device.startswith("cuda"):
+        return [("torch", "bf16"), ("torch", "fp32")]
+    if cpu_has_bf16_matrix_engine():
+        order = [("openvino", "int8"), ("openvino", "bf16"), ("torch", "bf16")]
+    else:
+        order = [("openvino", "int8"), ("onnx", "int8"), ("onnx", "fp32"), ("openvino", "fp32")]
+    if not nncf_available():
+        order = [c for c in order if c != ("openvino", "int8")]
+    return order + [("torch", "fp32")]
+
+
+def build_backend(
+    backend: str,
+    precision: str,
+    handle: ModelHandle,
+    tile: int,
+    device: str = "cpu",
+    crops: CalibrationCrops | None = None,
+    require_accurate: bool = False,
+    calibrate: bool = True,
+):
+    """One engine; raises BackendError (or the library's error) when it cannot be built here."""
+    if precision not in PRECISIONS:
+        raise BackendError(f"precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+    if backend not in REGISTRY:
+        raise BackendError(f"backend {backend!r}: expected auto or one of {', '.join(REGISTRY)}")
+    int8_options = {"require_accurate": require_accurate, "calibrate": calibrate}
+    return REGISTRY[backend](handle, precision, tile, device, crops, **int8_options)
+
+
+def choose_backend(backend: str, precision: str, handle: ModelHandle, tile: int, device="cpu", crops=None):
+    """Resolve auto backend/precision to the first candidate that builds (and, for int8, was calibrated
+    earlier and passed the accuracy rule: auto never spends minutes calibrating on its own)."""
+    candidates = [(b, p) for b, p in auto_candidates(device) if backend in ("auto", b) and precision in ("auto", p)]
+    if not candidates:  # e.g. --backend onnx --precision auto on a bf16 CPU: its fp32 path
+        candidates = [(backend if backend != "auto" else "torch", precision if precision != "auto" else "fp32")]
+    problems = []
+    for name, prec in candidates:
+        try:
+            engine = build_backend(name, prec, handle, tile, device, crops, require_accurate=True, calibrate=False)
+        except ModelError:  # a broken weights file is no backend's fault: say so, not "no backend could be built"
+            raise
+        except Exception as err:  # a failing backend must not stop prediction: try the next one
+            problems.append(f"{name} {prec} ({err})")
+            log.info("auto: %s %s unavailable: %s", name, prec, err)
+            continue
+        skipped = "; not chosen: " + ", ".join(problems) if problems else ""
+        engine.choice = f"auto: the fastest accurate choice here{skipped}"
+        return engine
+    raise BackendError("no backend could be built: " + "; ".join(problems))
+
+
+def build_engine(
+    handle: ModelHandle,
+    tile: int,
+    backend: str = "auto",
+    precision: str = "auto",
+    device: str = "cpu",
+    calibration_data=None,
+    calibration_crops: int | None = None,
+):
+    """The engine `CrackSegmenter.from_pretrained` runs: the requested backend and precision, or `auto`'s choice.
+
+    `calibration_data`: crackseg data folder(s) whose training crops calibrate int8 (default: generated).
+    """
+    data = [calibration_data] if isinstance(calibration_data, (str, Path)) else list(calibration_data or [])
+    crops = CalibrationCrops(handle.config, tile, count=calibration_crops or CALIBRATION_CROPS, data=data)
+    if "auto" in (backend, precision):
+        return choose_backend(backend, precision, handle, tile, device, crops)
+    return build_backend(backend, precision, handle, tile, device, crops)
+
+
+def export_model(
+    weights=None,
+    model=None,
+    out: str | Path = "model.onnx",
+    tile: int | None = None,
+    precision: str = "fp32",
+    calibration_data=None,
+    calibration_crops: int = CALIBRATION_CROPS,
+) -> tuple[Path, str]:
+    """`crackseg export`: write the checked ONNX model (fp32, or int8 QDQ for ONNX Runtime) to `out`.
+
+    The cache gets the same file, so `predict` does not export again. int8 also prepares OpenVINO's int8
+    model in the cache (when NNCF is installed) and judges both by the task-accuracy rule: `auto` uses an int8
+    model only when it was made this way (or by an explicit --precision int8 run) and passed. With calibration
+    data, cached int8 models calibrated otherwise are replaced. Returns (path, a summary).
+    """
+    from crackseg.engines.int8 import cached_int8, is_accurate, verified_int8
+
+    handle = ModelHandle.find(weights, model)  # the network loads only if nothing is cached
+    tile = int(tile or handle.config.train_size)
+    if precision == "fp32":
+        source = cached_onnx(handle, tile)
+        summary = f"fp32, tile {tile}, max |Δlogit| vs PyTorch < {MAX_EXPORT_DIFF:g}"
+    elif precision == "int8":
+        data = [calibration_data] if isinstance(calibration_data, (str, Path)) else calibration_data
+        crops = CalibrationCrops(handle.config, tile, count=calibration_crops, data=list(data or []))
+        summary = f"int8 QDQ, tile {tile}, calibrated on {crops.describe()}; on held-out crops"
+        for backend in ("onnx", "openvino") if nncf_available() else ("onnx",):
+            if crops.data:  # replaces a cached int8 model calibrated on other crops
+                cached_int8(handle, tile, backend, crops, refresh=True)
+            _, figures = verified_int8(handle, tile, backend, crops, INT8_OPENERS[backend])
+            verdict = "passes" if is_accurate(figures) else "fails"
+            summary += (
+                f"; {backend}: crack F1 {figures['f1']:.4f} (fp32 {figures['f1_fp32']:.4f}), mask agreement F1 "
+                f"{figures['mask_f1']:.4f}, p99.9 |Δp| {figures['p999']:.4f}: {verdict}"
+            )
+        source = int8_cache_path(handle.path, tile, "onnx")
+    else:
+        raise ValueError(f"--precision {precision!r}: export writes fp32 or int8 ONNX")
+    atomic_write_bytes(out, Path(source).read_bytes())
+    return Path(out), summary

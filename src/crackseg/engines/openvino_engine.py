@@ -1,0 +1,66 @@
+"""OpenVINO on the CPU: the exported ONNX in fp32 or bf16, or an NNCF-quantized int8 IR."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from crackseg.engines.base import BackendError, default_threads
+from crackseg.engines.cache import cache_dir, cached_onnx
+from crackseg.engines.torch_engine import cpu_has_bf16_matrix_engine
+
+if TYPE_CHECKING:
+    from crackseg.engines.handle import ModelHandle
+
+
+class OpenVinoBackend:
+    """OpenVINO on the CPU, reading the exported ONNX (fp32/bf16) or an NNCF-quantized IR (int8).
+
+    bf16 inference is requested only where the CPU has bf16 matrix engines (AMX / AVX-512 BF16), unless asked
+    for explicitly. Compiled models are cached by OpenVINO under the crackseg cache folder.
+    """
+
+    name = "openvino"
+
+    def __init__(self, path: str | Path, precision: str = "fp32", threads: int | None = None):
+        import openvino as ov
+
+        core = ov.Core()
+        core.set_property({"CACHE_DIR": str(cache_dir() / "openvino")})
+        bf16 = precision == "bf16" or (precision == "int8" and cpu_has_bf16_matrix_engine())
+        config = {
+            "INFERENCE_PRECISION_HINT": "bf16" if bf16 else "f32",
+            "PERFORMANCE_HINT": "LATENCY",  # one stream using all threads: tiles arrive one batch at a time
+            "INFERENCE_NUM_THREADS": threads or default_threads(),
+        }
+        path = Path(path)
+        self.compiled = core.compile_model(str(path / "model.xml" if path.is_dir() else path), "CPU", config)
+        self._local = threading.local()  # an infer request serves one call at a time: one per thread
+        self.precision, self.path = precision, Path(path)
+        self.fixed_size = int(self.compiled.input(0).get_partial_shape()[3].get_length())
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        request = getattr(self._local, "request", None)
+        if request is None:
+            request = self._local.request = self.compiled.create_infer_request()
+        out = request.infer({0: np.ascontiguousarray(batch, np.float32)})[0]
+        return out[:, 0].copy()  # the request reuses its output buffer on the next call
+
+
+def open_int8(path: Path) -> OpenVinoBackend:
+    return OpenVinoBackend(path, "int8")
+
+
+def build(handle: ModelHandle, precision: str, tile: int, device: str, crops=None, **int8_options) -> OpenVinoBackend:
+    if device.startswith("cuda"):
+        raise BackendError("the openvino backend runs on the CPU only; use --device cpu or --backend onnx/torch")
+    if precision == "int8":
+        from crackseg.engines.int8 import nncf_available, verified_int8
+
+        if not nncf_available():
+            raise BackendError("openvino int8 needs NNCF: pip install nncf (or use --backend onnx)")
+        return verified_int8(handle, tile, "openvino", crops, open_int8, **int8_options)[0]
+    return OpenVinoBackend(cached_onnx(handle, tile), precision)

@@ -1,0 +1,130 @@
+"""Where a photo lies on the map: a GeoTIFF's affine transform and CRS, the pixel size they give, and the
+conversion of image coordinates to map and to WGS84 coordinates.
+
+Image coordinates are GDAL's: x right, y down, from the top-left corner of the image (a pixel's centre at
++0.5), so the raster's affine transform maps them to the map as they are. Only TIFFs are asked: rasterio
+reads just the header here; the pixels still come through crackseg's own image reader.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+TIFF_SUFFIXES = {".tif", ".tiff"}
+SQUARE_TOLERANCE = 0.01  # pixel sides that differ by more than this share are not square
+
+
+class GeoreferenceError(ValueError):
+    """A raster whose georeference cannot give what was asked (a scale in mm); the message says what to do."""
+
+
+@dataclass(frozen=True)
+class Georeference:
+    transform: tuple[float, ...]  # rasterio / affine order: a, b, c, d, e, f (x = a·col + b·row + c, ...)
+    crs_wkt: str  # the raster's CRS, as WKT
+    shape: tuple[int, int] | None = None  # the raster's height and width, px, where known
+
+    @property
+    def crs(self):
+        import pyproj
+
+        return pyproj.CRS.from_wkt(self.crs_wkt)
+
+    def crs_name(self) -> str:
+        """The CRS as "EPSG:32633" where it has an EPSG code, else by its name."""
+        epsg = self.crs.to_epsg()
+        return f"EPSG:{epsg}" if epsg else self.crs.name
+
+    def to_map(self, xy: np.ndarray) -> np.ndarray:
+        """Image coordinates (n, 2) → the raster's map coordinates."""
+        a, b, c, d, e, f = self.transform[:6]
+        return np.column_stack([a * xy[:, 0] + b * xy[:, 1] + c, d * xy[:, 0] + e * xy[:, 1] + f])
+
+    def to_wgs84(self, xy: np.ndarray) -> np.ndarray:
+        """Image coordinates (n, 2) → longitude, latitude in degrees (WGS 84), as GeoJSON wants them."""
+        mapped = self.to_map(xy)
+        lon, lat = wgs84_transformer(self.crs_wkt).transform(mapped[:, 0], mapped[:, 1])
+        return np.column_stack([lon, lat])
+
+    def pixel_size_mm(self, name: str) -> float:
+        """The side of a pixel in mm, from the transform and the CRS's unit (metres, feet, ...).
+
+        `name`: the file, for the messages. A geographic CRS (degrees) or non-square pixels give no one scale.
+        """
+        crs = self.crs
+        if not crs.is_projected:
+            kind = "geographic (degrees)" if crs.is_geographic else "not a projected CRS"
+            raise GeoreferenceError(
+                f"{name}: its CRS {self.crs_name()} is {kind}: no pixel size in mm can be read from it; give "
+                "--pixel-size MM, or reproject the raster to a projected CRS (e.g. its UTM zone)"
+            )
+        a, b, _, d, e, _ = self.transform[:6]
+        side_x, side_y = math.hypot(a, d), math.hypot(b, e)
+        unit = crs.axis_info[0].unit_name
+        if abs(side_x - side_y) > SQUARE_TOLERANCE * max(side_x, side_y):
+            raise GeoreferenceError(
+                f"{name}: its pixels are {side_x:g} × {side_y:g} {unit}, not square, and widths need square pixels; "
+                "resample the raster to square pixels, or give --pixel-size MM to measure it anyway"
+            )
+        return (side_x + side_y) / 2 * crs.axis_info[0].unit_conversion_factor * 1000.0  # unit → m → mm
+
+    def to_dict(self) -> dict:
+        return {"crs": self.crs_name(), "crs_wkt": self.crs_wkt, "transform": list(self.transform[:6])}
+
+
+@functools.lru_cache(maxsize=8)
+def wgs84_transformer(crs_wkt: str):
+    import pyproj
+
+    return pyproj.Transformer.from_crs(pyproj.CRS.from_wkt(crs_wkt), "EPSG:4326", always_xy=True)
+
+
+def is_tiff(path: str | Path) -> bool:
+    return Path(path).suffix.lower() in TIFF_SUFFIXES
+
+
+def read_georeference(path: str | Path) -> Georeference | None:
+    """The georeference of a GeoTIFF; None for other files, and for TIFFs without a CRS (their maps are in px).
+
+    A TIFF rasterio cannot open gets None too: the image reader then says what is wrong with it.
+    """
+    if not is_tiff(path):
+        return None
+    import rasterio
+    from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)  # a plain TIFF: we say so once, ourselves
+            with rasterio.open(path) as src:
+                if src.crs is None:
+                    return None
+                return Georeference(tuple(src.transform)[:6], src.crs.to_wkt(), (src.height, src.width))
+    except RasterioIOError:
+        return None
+
+
+def check_shape(name: str, georef: Georeference | None, shape: tuple[int, ...]) -> None:
+    """The mask must be the raster the transform describes: a rotated or resized read would misplace every crack."""
+    if georef is not None and georef.shape is not None and tuple(shape[:2]) != tuple(georef.shape):
+        raise GeoreferenceError(
+            f"{name}: read as {shape[1]}×{shape[0]} px but its georeference describes {georef.shape[1]}×"
+            f"{georef.shape[0]} px (an EXIF orientation tag?); remove the tag or write the raster upright"
+        )
+
+
+def resolve_pixel_size(
+    name: str, georef: Georeference | None, given_mm: float | None
+) -> tuple[float | None, str | None]:
+    """The pixel size in mm and where it came from: `--pixel-size` when given (it wins), else the georeference."""
+    if given_mm is not None:
+        return given_mm, "--pixel-size"
+    if georef is not None:
+        return georef.pixel_size_mm(name), "georeference"
+    return None, None

@@ -1,0 +1,301 @@
+"""Crack maps: GeoJSON, GeoPackage, DXF, CSV and summary JSON from `crackseg measure`, on generated GeoTIFFs and
+PNG masks whose cracks have a known place, length and width."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import ezdxf
+import numpy as np
+import pyogrio
+import pyproj
+import pytest
+import rasterio
+import shapely
+from affine import Affine
+
+from crackseg.cli import main
+from crackseg.georef import Georeference, GeoreferenceError
+from crackseg.images import write_image
+from crackseg.outputs import CSV_FIELDS, dxf_layer_name, parse_formats
+from crackseg.quantify import WIDTH_CLASS_PRESETS
+
+PIXEL_M = 0.0005  # 0.5 mm pixels
+ORIGIN = (500_000.0, 5_000_000.0)  # top-left corner, EPSG:32633 (UTM 33N) metres
+TRANSFORM = Affine(PIXEL_M, 0.0, ORIGIN[0], 0.0, -PIXEL_M, ORIGIN[1])  # north up
+SHAPE = (400, 600)
+# Known cracks, in image coordinates (x right, y down from the top-left corner): ends, width px, pavement class.
+CRACKS = [
+    ((40.0, 60.0), (540.0, 160.0), 4, "low (<3 mm)"),  # 2 mm wide
+    ((100.0, 200.0), (140.0, 380.0), 12, "medium (3-19 mm)"),  # 6 mm wide
+    ((300.0, 250.0), (560.0, 330.0), 1, "low (<3 mm)"),  # 0.5 mm: 1 px, below the resolution
+]
+
+
+def band(shape, p0, p1, width) -> np.ndarray:
+    """Pixels whose centres (col + 0.5, row + 0.5) lie within width/2 of the segment p0–p1, flat ends."""
+    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]] + 0.5
+    (x0, y0), (x1, y1) = p0, p1
+    length = np.hypot(x1 - x0, y1 - y0)
+    ux, uy = (x1 - x0) / length, (y1 - y0) / length
+    along = (xx - x0) * ux + (yy - y0) * uy
+    across = -(xx - x0) * uy + (yy - y0) * ux
+    return (along >= 0) & (along <= length) & (np.abs(across) <= width / 2)
+
+
+def crack_mask(shape=SHAPE, cracks=CRACKS) -> np.ndarray:
+    mask = np.zeros(shape, bool)
+    for p0, p1, width, _ in cracks:
+        mask |= band(shape, p0, p1, width)
+    return mask
+
+
+def write_geotiff(path, mask, crs="EPSG:32633", transform=None):
+    transform = transform or TRANSFORM
+    profile = {"driver": "GTiff", "height": mask.shape[0], "width": mask.shape[1], "count": 1, "dtype": "uint8"}
+    with rasterio.open(path, "w", **profile, crs=crs, transform=transform) as dst:
+        dst.write(mask.astype(np.uint8) * 255, 1)
+    return path
+
+
+def known_crack(line: np.ndarray):
+    """The known crack a measured line (image coordinates) belongs to: the one whose segment is nearest."""
+    return min(CRACKS, key=lambda c: shapely.LineString([c[0], c[1]]).hausdorff_distance(shapely.LineString(line)))
+
+
+def check_on_segment(line: np.ndarray, p0, p1, width: float, tolerance_px: float = 1.0) -> None:
+    """Every vertex within `tolerance_px` of the segment, and the line's ends as near its ends.
+
+    A wide crack's flat end leaves its tip uncertain by a share of the width: its ends may be width/5 off.
+    """
+    segment = shapely.LineString([p0, p1])
+    assert max(segment.distance(shapely.Point(p)) for p in line) <= tolerance_px
+
+    def apart(a, b):
+        return float(np.hypot(*(np.asarray(a) - b)))
+
+    ends_error = min(
+        max(apart(line[0], p0), apart(line[-1], p1)),
+        max(apart(line[0], p1), apart(line[-1], p0)),  # a line may run either way
+    )
+    assert ends_error <= max(tolerance_px, width / 5), (line[[0, -1]], p0, p1)
+
+
+@pytest.fixture(scope="module")
+def geo_run(tmp_path_factory):
+    """`crackseg measure` on a georeferenced GeoTIFF mask, pavement classes: the output folder."""
+    tmp = tmp_path_factory.mktemp("geo")
+    write_geotiff(tmp / "deck.tif", crack_mask())
+    code = main(["measure", str(tmp / "deck.tif"), "--masks", "-o", str(tmp / "out"), "--classes", "pavement"])
+    assert code == 0
+    return tmp / "out"
+
+
+def to_image(xy_map: np.ndarray) -> np.ndarray:
+    """Map coordinates (EPSG:32633) → image coordinates, by the inverse of the test raster's transform."""
+    return np.column_stack([(xy_map[:, 0] - ORIGIN[0]) / PIXEL_M, (ORIGIN[1] - xy_map[:, 1]) / PIXEL_M])
+
+
+def test_geotiff_geojson_is_wgs84_and_lands_on_the_cracks(geo_run):
+    doc = json.loads((geo_run / "deck_cracks.geojson").read_text())
+    assert doc["type"] == "FeatureCollection" and "crs" not in doc  # RFC 7946: WGS 84, said by saying nothing
+    assert doc["source_crs"] == "EPSG:32633" and doc["pixel_size_mm"] == pytest.approx(0.5)
+    assert len(doc["features"]) == 3
+    back = pyproj.Transformer.from_crs("EPSG:4326", "EPSG:32633", always_xy=True)
+    seen = set()
+    for feature in doc["features"]:
+        assert feature["geometry"]["type"] == "MultiLineString"
+        (lonlat,) = feature["geometry"]["coordinates"]  # a straight crack: one branch
+        lon, lat = np.array(lonlat).T
+        assert 14 < lon.min() and lon.max() < 16 and 44 < lat.min() and lat.max() < 46  # UTM 33N, 45° N
+        line = to_image(np.column_stack(back.transform(lon, lat)))
+        p0, p1, width, pavement_class = known_crack(line)
+        seen.add(width)
+        check_on_segment(line, p0, p1, width)  # within one pixel = 0.5 mm on the ground
+        props = feature["properties"]
+        true_length = np.hypot(p1[0] - p0[0], p1[1] - p0[1])
+        assert props["length_mm"] == pytest.approx(true_length * 0.5, rel=0.03)
+        assert shapely.LineString(line).length == pytest.approx(true_length, rel=0.03)  # the line itself, too
+        assert abs(props["width_median_px"] - width) <= (1.0 if width == 1 else 0.5)
+        assert props["width_median_mm"] == pytest.approx(props["width_median_px"] * 0.5, abs=1e-3)
+        assert props["width_class"] == pavement_class
+        assert props["below_resolution"] is (width < 2)
+        assert props["branched"] is False and props["orientation_class"] in ("transverse", "longitudinal", "diagonal")
+        assert set(props) == set(CSV_FIELDS) - {"image"}  # one layout everywhere
+    assert seen == {1, 4, 12}
+
+
+def test_geotiff_geopackage_and_dxf_hold_the_same_geometry(geo_run):
+    doc = json.loads((geo_run / "deck_cracks.geojson").read_text())
+    back = pyproj.Transformer.from_crs("EPSG:4326", "EPSG:32633", always_xy=True)
+    expected = {}
+    for f in doc["features"]:
+        lon, lat = np.array(f["geometry"]["coordinates"][0]).T
+        expected[f["id"]] = np.column_stack(back.transform(lon, lat))  # map metres
+
+    info = pyogrio.read_info(geo_run / "deck_cracks.gpkg")
+    assert info["crs"] == "EPSG:32633" and info["geometry_type"] == "MultiLineString" and info["features"] == 3
+    meta, _, wkb, columns = pyogrio.raw.read(geo_run / "deck_cracks.gpkg")
+    table = dict(zip(meta["fields"], columns, strict=True))
+    for crack_id, geometry in zip(table["id"], shapely.from_wkb(wkb), strict=True):
+        np.testing.assert_allclose(shapely.get_coordinates(geometry), expected[crack_id], atol=5e-5)  # 0.05 mm
+    props = {f["id"]: f["properties"] for f in doc["features"]}
+    for i, crack_id in enumerate(table["id"]):
+        assert table["width_class"][i] == props[crack_id]["width_class"]
+        assert bool(table["below_resolution"][i]) == props[crack_id]["below_resolution"]
+        assert table["length_mm"][i] == pytest.approx(props[crack_id]["length_mm"])
+
+    drawing = ezdxf.readfile(geo_run / "deck_cracks.dxf")
+    assert drawing.units == ezdxf.units.MM
+    polylines = list(drawing.modelspace().query("LWPOLYLINE"))
+    assert len(polylines) == 3
+    for polyline in polylines:
+        points = np.array([p[:2] for p in polyline.get_points("xy")])
+        image = np.column_stack([points[:, 0] / 0.5, SHAPE[0] - points[:, 1] / 0.5])  # mm, y up → image px
+        crack_id = min(expected, key=lambda k: np.abs(to_image(expected[k]) - image).max())
+        np.testing.assert_allclose(image, to_image(expected[crack_id]), atol=0.1)
+        assert polyline.dxf.layer == dxf_layer_name(props[crack_id]["width_class"])
+    layers = {layer.dxf.name for layer in drawing.layers}
+    assert {dxf_layer_name(label) for label in WIDTH_CLASS_PRESETS["pavement"].labels} <= layers
+
+
+def test_geotiff_csv_and_summary(geo_run):
+    rows = list(csv.DictReader((geo_run / "cracks.csv").open()))
+    assert len(rows) == 3 and list(rows[0]) == CSV_FIELDS
+    assert sorted(r["width_class"] for r in rows) == ["low (<3 mm)", "low (<3 mm)", "medium (3-19 mm)"]
+    report = json.loads((geo_run / "deck_measure.json").read_text())
+    assert report["pixel_size_mm"] == pytest.approx(0.5) and report["pixel_size_from"] == "georeference"
+    assert report["georeference"]["crs"] == "EPSG:32633"
+    summary = report["summary"]
+    assert summary["count"] == 3 and summary["below_resolution"] == 1 and summary["width_class_scheme"] == "pavement"
+    assert summary["width_classes"] == {"low (<3 mm)": 2, "medium (3-19 mm)": 1, "high (>=19 mm)": 0}
+    by_class = summary["length_by_width_class_mm"]
+    assert sum(by_class.values()) == pytest.approx(summary["total_length_mm"], abs=0.01)
+    assert summary["crack_area_fraction"] == pytest.approx(crack_mask().mean(), abs=1e-6)
+    assert report["units"]["coordinates"]["gpkg"].endswith("EPSG:32633")
+    assert (geo_run / "deck_width.png").exists()
+
+
+def test_png_mask_gives_pixel_coordinates(tmp_path):
+    write_image(tmp_path / "wall.png", crack_mask().astype(np.uint8) * 255)
+    assert main(["measure", str(tmp_path / "wall.png"), "--masks", "-o", str(tmp_path / "out")]) == 0
+    doc = json.loads((tmp_path / "out" / "wall_cracks.geojson").read_text())
+    assert doc["crs"] is None and "pixels" in doc["note"] and "y down" in doc["note"]
+    for feature in doc["features"]:
+        line = np.array(feature["geometry"]["coordinates"][0])
+        p0, p1, width, _ = known_crack(line)
+        check_on_segment(line, p0, p1, width)
+        assert feature["properties"]["width_class"] == "unknown (no scale)"
+        assert feature["properties"]["length_mm"] is None
+    info = pyogrio.read_info(tmp_path / "out" / "wall_cracks.gpkg")
+    assert info["crs"] is None and info["layer_metadata"]["coordinates"].startswith("px from the image's bottom-left")
+    _, _, wkb, _ = pyogrio.raw.read(tmp_path / "out" / "wall_cracks.gpkg")
+    first = shapely.get_coordinates(shapely.from_wkb(wkb[0]))
+    pixels = np.array(doc["features"][0]["geometry"]["coordinates"][0])
+    np.testing.assert_allclose(first, np.column_stack([pixels[:, 0], SHAPE[0] - pixels[:, 1]]), atol=1e-3)
+    drawing = ezdxf.readfile(tmp_path / "out" / "wall_cracks.dxf")
+    assert drawing.units == 0  # unitless: pixels
+    assert {p.dxf.layer for p in drawing.modelspace().query("LWPOLYLINE")} == {"crack unknown (no scale)"}
+
+
+def test_pixel_size_overrides_the_georeference_and_concrete_classes(tmp_path):
+    cracks = [((40.0, 60.0), (540.0, 160.0), 3, "0.1-0.2 mm"), ((100.0, 200.0), (140.0, 380.0), 9, ">=0.4 mm")]
+    write_geotiff(tmp_path / "pier.tif", crack_mask(cracks=cracks))
+    out = tmp_path / "out"
+    assert main(["measure", str(tmp_path / "pier.tif"), "--masks", "-o", str(out), "--pixel-size", "0.05"]) == 0
+    report = json.loads((out / "pier_measure.json").read_text())
+    assert report["pixel_size_mm"] == 0.05 and report["pixel_size_from"] == "--pixel-size"
+    assert report["georeference"]["crs"] == "EPSG:32633"  # the maps are still placed by the transform
+    got = sorted((c["width_median_px"], c["width_class"]) for c in report["cracks"])
+    assert [name for _, name in got] == ["0.1-0.2 mm", ">=0.4 mm"]
+
+
+def test_geographic_crs_needs_a_pixel_size(tmp_path, capsys):
+    transform = Affine(1e-8, 0.0, 15.0, 0.0, -1e-8, 45.0)  # about 1 mm by 0.8 mm: no scale without --pixel-size
+    write_geotiff(tmp_path / "lonlat.tif", crack_mask(), crs="EPSG:4326", transform=transform)
+    out = tmp_path / "out"
+    assert main(["measure", str(tmp_path / "lonlat.tif"), "--masks", "-o", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "lonlat.tif" in err and "geographic" in err and "--pixel-size" in err
+    assert not (out / "lonlat_cracks.geojson").exists()
+    assert main(["measure", str(tmp_path / "lonlat.tif"), "--masks", "-o", str(out), "--pixel-size", "0.5"]) == 0
+    feature = json.loads((out / "lonlat_cracks.geojson").read_text())["features"][0]
+    lon, lat = np.array(feature["geometry"]["coordinates"][0]).T
+    line = np.column_stack([(lon - 15.0) / 1e-8, (45.0 - lat) / 1e-8])  # back to image coordinates
+    p0, p1, width, _ = known_crack(line)
+    check_on_segment(line, p0, p1, width)
+
+
+def test_tiff_without_crs_is_said_once_and_mapped_in_pixels(tmp_path, caplog):
+    for name in ("a.tif", "b.tif"):
+        write_image(tmp_path / "in" / name, crack_mask().astype(np.uint8) * 255)  # PIL: a TIFF with no georeference
+    assert main(["measure", str(tmp_path / "in"), "--masks", "-o", str(tmp_path / "out"), "--formats", "geojson"]) == 0
+    assert caplog.text.count("without a CRS") == 1
+    assert json.loads((tmp_path / "out" / "b_cracks.geojson").read_text())["crs"] is None
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a_cracks.geojson", "b_cracks.geojson"]
+
+
+def test_formats_narrow_the_outputs_and_a_bad_one_is_named(tmp_path, capsys):
+    write_image(tmp_path / "m.png", crack_mask().astype(np.uint8) * 255)
+    out = tmp_path / "out"
+    assert main(["measure", str(tmp_path / "m.png"), "--masks", "-o", str(out), "--formats", "dxf,csv"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["cracks.csv", "m_cracks.dxf"]
+    assert main(["measure", str(tmp_path / "m.png"), "--masks", "-o", str(out), "--formats", "dxf,shp"]) == 2
+    assert "--formats" in capsys.readouterr().err
+    assert parse_formats(None) == ("json", "csv", "png", "geojson", "gpkg", "dxf")
+    assert parse_formats(" GeoJSON, gpkg ,geojson") == ("geojson", "gpkg")
+
+
+@pytest.mark.parametrize(
+    ("content", "says"),
+    [
+        ({"name": "x", "bins_mm": [0.2, 0.4], "colour": "red"}, "unknown field 'colour'"),
+        ({"name": "x"}, "'bins_mm' is missing"),
+        ({"bins_mm": [0.4, 0.2]}, "increasing"),
+        ({"bins_mm": [0.2, "wide"]}, "list of numbers"),
+        ({"bins_mm": [0.2, 0.4], "labels": ["thin", "wide"]}, "3 names"),
+        ([0.2, 0.4], "JSON object"),
+    ],
+)
+def test_a_bad_classes_file_is_a_clear_error(tmp_path, capsys, content, says):
+    (tmp_path / "classes.json").write_text(json.dumps(content))
+    write_image(tmp_path / "m.png", crack_mask().astype(np.uint8) * 255)
+    argv = ["measure", str(tmp_path / "m.png"), "--masks", "-o", str(tmp_path / "out")]
+    assert main([*argv, "--classes", str(tmp_path / "classes.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: --classes ") and "classes.json" in err and says in err
+    assert not (tmp_path / "out").exists()  # refused before anything was read or written
+
+
+def test_a_classes_file_and_a_misspelt_preset(tmp_path, capsys):
+    (tmp_path / "bridge.json").write_text(json.dumps({"bins_mm": [1, 5]}))  # name and labels default
+    write_image(tmp_path / "m.png", crack_mask().astype(np.uint8) * 255)
+    argv = ["measure", str(tmp_path / "m.png"), "--masks", "-o", str(tmp_path / "out"), "--pixel-size", "0.5"]
+    assert main([*argv, "--classes", str(tmp_path / "bridge.json"), "--formats", "json"]) == 0
+    report = json.loads((tmp_path / "out" / "m_measure.json").read_text())
+    assert report["width_classes"] == {"name": "bridge", "bins_mm": [1.0, 5.0], "labels": ["<1 mm", "1-5 mm", ">=5 mm"]}
+    assert sorted(c["width_class"] for c in report["cracks"]) == ["1-5 mm", "<1 mm", ">=5 mm"]
+    assert main([*argv, "--classes", "concret"]) == 2
+    assert "concrete or pavement" in capsys.readouterr().err
+
+
+def test_pixel_size_from_the_crs_unit():
+    feet = pyproj.CRS("EPSG:2263")  # New York Long Island, US survey feet
+    geo = Georeference((0.001, 0.0, 1e6, 0.0, -0.001, 2e5), feet.to_wkt())
+    assert geo.pixel_size_mm("ny.tif") == pytest.approx(0.001 * 1200 / 3937 * 1000, rel=1e-6)
+    metres = Georeference(tuple(TRANSFORM)[:6], pyproj.CRS("EPSG:32633").to_wkt())
+    assert metres.pixel_size_mm("utm.tif") == pytest.approx(0.5)
+    rotated = Affine.rotation(30) @ Affine.scale(PIXEL_M, -PIXEL_M)
+    assert Georeference(tuple(rotated)[:6], metres.crs_wkt).pixel_size_mm("r.tif") == pytest.approx(0.5)
+    with pytest.raises(GeoreferenceError, match=r"oblong\.tif: .*not square"):
+        Georeference((PIXEL_M, 0, 0, 0, -2 * PIXEL_M, 0), metres.crs_wkt).pixel_size_mm("oblong.tif")
+
+
+def test_every_preset_class_is_a_valid_dxf_layer_name():
+    from ezdxf.lldxf.validator import is_valid_layer_name
+
+    for classes in WIDTH_CLASS_PRESETS.values():
+        names = [dxf_layer_name(label) for label in classes.labels]
+        assert all(is_valid_layer_name(n) for n in names) and len(set(names)) == len(names)
+    assert dxf_layer_name('a/b:"c"') == "crack a_b__c_"
