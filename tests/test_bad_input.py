@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from crackseg.cli import main
+from crackseg.errors import InputError
 from crackseg.images import ImageReadError, read_image, to_rgb_uint8, write_image
 from crackseg.inference import CrackSegmenter
 from crackseg.model_config import ModelError, read_config, resolve_weights
@@ -133,3 +134,18 @@ def test_unusable_output_folders_fail_before_the_model_loads(photo_dir, tmp_path
     assert f"-o {afile / 'sub'}: cannot write there" in capsys.readouterr().err
     assert main(["evaluate", "--data", str(afile), "-o", str(tmp_path / "r")]) == 2
     assert f"{afile}: is a file; pass the folder" in capsys.readouterr().err
+
+
+def test_only_the_users_errors_become_one_line_messages(photo_dir, tmp_path, monkeypatch, capsys):
+    import crackseg.inference
+    from crackseg.errors import CracksegError
+
+    for error in (ModelError, ImageReadError, InputError):
+        assert issubclass(error, CracksegError)
+
+    def bug(*args, **kwargs):
+        raise KeyError("a bug, not a user error")
+
+    monkeypatch.setattr(crackseg.inference, "predict_files", bug)
+    with pytest.raises(KeyError):  # keeps its traceback instead of passing for a user error
+        main(["predict", str(photo_dir), "-o", str(tmp_path / "out"), "--backend", "torch"])

@@ -158,6 +158,8 @@ def test_geotiff_geopackage_and_dxf_hold_the_same_geometry(geo_run):
         assert polyline.dxf.layer == dxf_layer_name(props[crack_id]["width_class"])
     layers = {layer.dxf.name for layer in drawing.layers}
     assert {dxf_layer_name(label) for label in WIDTH_CLASS_PRESETS["pavement"].labels} <= layers
+    ids = sorted(text.dxf.text for text in drawing.modelspace().query("TEXT") if text.dxf.layer == "crack id")
+    assert ids == ["1", "2", "3"]  # to find a drawn crack's row in the tables
 
 
 def test_geotiff_csv_and_summary(geo_run):
@@ -299,3 +301,14 @@ def test_every_preset_class_is_a_valid_dxf_layer_name():
         names = [dxf_layer_name(label) for label in classes.labels]
         assert all(is_valid_layer_name(n) for n in names) and len(set(names)) == len(names)
     assert dxf_layer_name('a/b:"c"') == "crack a_b__c_"
+
+
+def test_a_crs_without_a_place_on_earth_is_named_before_any_output():
+    local = 'ENGCRS["site grid",EDATUM["site"],CS[Cartesian,2],AXIS["x",east,LENGTHUNIT["metre",1]],'
+    local += 'AXIS["y",north,LENGTHUNIT["metre",1]]]'
+    geo = Georeference(tuple(TRANSFORM)[:6], pyproj.CRS(local).to_wkt(), SHAPE)
+    with pytest.raises(GeoreferenceError, match=r"site\.tif: .*WGS 84.*--formats"):
+        geo.check_wgs84("site.tif")
+    with pytest.raises(GeoreferenceError, match=r"site\.tif: .*not a projected CRS.*--pixel-size"):
+        geo.pixel_size_mm("site.tif")
+    Georeference(tuple(TRANSFORM)[:6], pyproj.CRS("EPSG:32633").to_wkt(), SHAPE).check_wgs84("deck.tif")

@@ -8,6 +8,7 @@ import os
 import sys
 
 from crackseg import __version__
+from crackseg.errors import CracksegError, InputError
 
 
 def cmd_data(args) -> int:
@@ -208,7 +209,7 @@ def cmd_measure(args) -> int:
 
     segment = None
     if args.masks and (args.weights or args.model):
-        raise ValueError("--masks measures the masks as they are: drop --weights/--model, or drop --masks")
+        raise InputError("--masks measures the masks as they are: drop --weights/--model, or drop --masks")
     formats, classes = parse_formats(args.formats), load_width_classes(args.classes)  # before the model loads
     ensure_output_folder(args.out)
     if not args.masks:
@@ -335,14 +336,14 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser(command=next((a for a in argv if not a.startswith("-")), ""))
     args = parser.parse_args(argv)
-    if args.command == "train":
-        from crackseg.train import apply_config_file
-
-        apply_config_file(args, parser, argv)
     try:
+        if args.command == "train":
+            from crackseg.train import apply_config_file
+
+            apply_config_file(args, parser, argv)
         return args.func(args)
     except KeyboardInterrupt:
         return 130
-    except (ValueError, RuntimeError, FileNotFoundError, OSError) as err:
+    except (CracksegError, OSError) as err:  # the user's to fix; anything else is a bug and keeps its traceback
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -23,6 +23,7 @@ from PIL import Image
 if TYPE_CHECKING:
     import albumentations as A
 
+from crackseg.errors import CracksegError
 from crackseg.images import IMAGENET_MEAN, IMAGENET_STD, is_image_file, normalize_image, read_image, read_mask
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,7 @@ MASK_SUFFIXES = ("_mask", "_label", "_gt")
 SPLIT_NAMES = ("train", "val", "valid", "validation", "test")
 
 
-class DataError(ValueError):
+class DataError(CracksegError, ValueError):
     """A data folder or file cannot be used; the message names it and says what to do."""
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from crackseg.errors import CracksegError
+
 KERNEL_SIZE = 21
 SIGMA_RANGE = (0.2, 4.0)
 
@@ -18,7 +20,7 @@ Seed = int | np.random.Generator
 Range = tuple[float, float] | None
 
 
-class DegradationError(ValueError):
+class DegradationError(CracksegError, ValueError):
     """Bad degradation settings or input (a one-line message saying what to fix)."""
 
 

@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from crackseg import __version__
 from crackseg.data import DataError, Pair
+from crackseg.errors import InputError
 from crackseg.images import atomic_write_bytes, read_image, read_mask
 from crackseg.metrics import (
     confusion,
@@ -229,9 +230,9 @@ def evaluate(
         raise DataError("empty dataset: no image/mask pairs to evaluate")
     threshold = float(segmenter.threshold if threshold is None else threshold)
     if not 0 <= threshold <= 1:
-        raise ValueError(f"threshold {threshold} is outside [0, 1]")
+        raise InputError(f"threshold {threshold} is outside [0, 1]")
     if tolerance is not None and tolerance < 0:
-        raise ValueError(f"tolerance {tolerance} must be ≥ 0 pixels")
+        raise InputError(f"tolerance {tolerance} must be ≥ 0 pixels")
     scale = parse_degrade(degrade)
     degrader = None if scale is None else make_degrader(scale, degrade_seed)
     out_dir = Path(out_dir)

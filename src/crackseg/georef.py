@@ -16,11 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
+from crackseg.errors import InputError
+
 TIFF_SUFFIXES = {".tif", ".tiff"}
 SQUARE_TOLERANCE = 0.01  # pixel sides that differ by more than this share are not square
 
 
-class GeoreferenceError(ValueError):
+class GeoreferenceError(InputError):
     """A raster whose georeference cannot give what was asked (a scale in mm); the message says what to do."""
 
 
@@ -30,8 +32,8 @@ class Georeference:
     crs_wkt: str  # the raster's CRS, as WKT
     shape: tuple[int, int] | None = None  # the raster's height and width, px, where known
 
-    @property
-    def crs(self):
+    @functools.cached_property
+    def crs(self):  # parsed once: pyproj reads WKT slowly
         import pyproj
 
         return pyproj.CRS.from_wkt(self.crs_wkt)
@@ -51,6 +53,22 @@ class Georeference:
         mapped = self.to_map(xy)
         lon, lat = wgs84_transformer(self.crs_wkt).transform(mapped[:, 0], mapped[:, 1])
         return np.column_stack([lon, lat])
+
+    def check_wgs84(self, name: str) -> None:
+        """Fail early, naming the file, where the raster's corners have no WGS 84 place (GeoJSON needs one)."""
+        from pyproj.exceptions import ProjError
+
+        height, width = self.shape or (1, 1)
+        corners = np.array([[0, 0], [width, 0], [0, height], [width, height]], np.float64)
+        try:
+            ok = np.isfinite(self.to_wgs84(corners)).all()
+        except ProjError:
+            ok = False
+        if not ok:
+            raise GeoreferenceError(
+                f"{name}: its CRS {self.crs_name()} cannot be converted to WGS 84 longitude/latitude for GeoJSON; "
+                "assign the raster its real CRS (e.g. gdal_edit.py -a_srs EPSG:...), or leave geojson out of --formats"
+            )
 
     def pixel_size_mm(self, name: str) -> float:
         """The side of a pixel in mm, from the transform and the CRS's unit (metres, feet, ...).

@@ -15,6 +15,8 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from crackseg.errors import CracksegError, InputError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -26,7 +28,7 @@ Image.MAX_IMAGE_PIXELS = 1_000_000_000
 DEFAULT_MAX_PIXELS = 500_000_000  # larger inputs are refused: 500 MP needs ~2 GB for the probability map
 
 
-class ImageReadError(ValueError):
+class ImageReadError(CracksegError, ValueError):
     """An input file could not be read as an image; the message names the file and the reason."""
 
 
@@ -64,11 +66,11 @@ def to_rgb_uint8(array: np.ndarray) -> np.ndarray:
     """
     a = np.asarray(array)
     if a.size == 0:
-        raise ValueError(f"empty image (an array of shape {a.shape})")
+        raise InputError(f"empty image (an array of shape {a.shape})")
     if a.dtype.kind not in "biuf":
-        raise ValueError(f"expected an image array of numbers, got dtype {a.dtype}")
+        raise InputError(f"expected an image array of numbers, got dtype {a.dtype}")
     if a.dtype.kind == "f" and not np.isfinite(a).all():
-        raise ValueError("the image holds NaN or infinite values; replace them (e.g. np.nan_to_num) first")
+        raise InputError("the image holds NaN or infinite values; replace them (e.g. np.nan_to_num) first")
     top = float(a.max())
     if a.dtype == bool:
         a = a.astype(np.uint8) * 255
@@ -86,7 +88,7 @@ def to_rgb_uint8(array: np.ndarray) -> np.ndarray:
     elif a.ndim == 3 and a.shape[2] == 4:
         a = a[:, :, :3]  # alpha is dropped: cracks are judged on the visible colour
     if a.ndim != 3 or a.shape[2] != 3:
-        raise ValueError(f"expected a grayscale, RGB or RGBA image, got an array of shape {array.shape}")
+        raise InputError(f"expected a grayscale, RGB or RGBA image, got an array of shape {array.shape}")
     return np.ascontiguousarray(a)
 
 
@@ -146,7 +148,7 @@ def mask_from_array(values: np.ndarray, name: str = "mask") -> np.ndarray:
     # Values far from both 0 and 1 are a third cluster: allow the few that JPEG edges produce.
     middle = (norm > 0.25) & (norm < 0.75)
     if middle.mean() > 0.05:
-        raise ValueError(f"{name}: not a binary mask ({middle.mean():.0%} of pixels are mid-grey)")
+        raise InputError(f"{name}: not a binary mask ({middle.mean():.0%} of pixels are mid-grey)")
     return norm > 0.5
 
 

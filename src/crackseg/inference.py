@@ -18,6 +18,7 @@ from PIL import Image
 
 from crackseg.engines.base import sigmoid
 from crackseg.engines.torch_engine import TorchBackend
+from crackseg.errors import InputError, InputTypeError
 from crackseg.images import DEFAULT_MAX_PIXELS, check_pixels, normalize_image, pil_to_rgb, read_image, to_rgb_uint8
 from crackseg.model_config import ModelConfig
 
@@ -32,13 +33,13 @@ TILE_MULTIPLE = 32  # the largest stride of any encoder depth: every network pad
 
 def check_tile(tile: int) -> int:
     if tile < TILE_MULTIPLE or tile % TILE_MULTIPLE:
-        raise ValueError(f"tile {tile}: must be a multiple of {TILE_MULTIPLE} of at least {TILE_MULTIPLE}, e.g. 448")
+        raise InputError(f"tile {tile}: must be a multiple of {TILE_MULTIPLE} of at least {TILE_MULTIPLE}, e.g. 448")
     return tile
 
 
 def check_threshold(threshold: float) -> float:
     if not 0 < threshold < 1:  # also refuses NaN
-        raise ValueError(f"threshold {threshold}: must lie strictly between 0 and 1, e.g. 0.5")
+        raise InputError(f"threshold {threshold}: must lie strictly between 0 and 1, e.g. 0.5")
     return threshold
 
 
@@ -105,9 +106,9 @@ class CrackSegmenter:
         self.backend = backend or TorchBackend(model, precision, device)
         self.tile = check_tile(int(tile if tile is not None else self.backend.fixed_size or self.config.train_size))
         if not 0 <= overlap < 1:
-            raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+            raise InputError(f"overlap must be in [0, 1), got {overlap}")
         if int(batch_size) < 1:
-            raise ValueError(f"batch_size {batch_size}: must be at least 1")
+            raise InputError(f"batch_size {batch_size}: must be at least 1")
         self.overlap, self.batch_size, self.max_pixels = overlap, batch_size, max_pixels
         self.tta = tta
         self.threshold = check_threshold(float(self.config.threshold if threshold is None else threshold))
@@ -213,7 +214,7 @@ def as_rgb(image, max_pixels: float = DEFAULT_MAX_PIXELS) -> np.ndarray:
         return pil_to_rgb(image)
     if isinstance(image, np.ndarray) or hasattr(image, "__array__"):
         return to_rgb_uint8(np.asarray(image))
-    raise TypeError(
+    raise InputTypeError(
         f"cannot segment a {type(image).__name__}: pass a file path, a PIL image or a numpy array "
         "(H×W, H×W×3 or H×W×4; uint8, uint16 or float)"
     )
@@ -238,7 +239,7 @@ def collect_inputs(inputs: list[str]) -> list[tuple[Path, Path]]:
         else:
             matches = sorted(Path(m) for m in glob.glob(item, recursive=True))
             if not matches:
-                raise FileNotFoundError(f"{item}: no such file, folder or matching pattern")
+                raise InputError(f"{item}: no such file, folder or matching pattern")
             found += [(m, m.parent) for m in matches if m.is_file()]
     unique = {p.resolve(): (p, root) for p, root in found}
     return list(unique.values())
@@ -252,7 +253,7 @@ def shard(items: list, spec: str | None) -> list:
         index, count = (int(v) for v in spec.split("/"))
         assert 0 <= index < count
     except (ValueError, AssertionError):
-        raise ValueError(f"--shard {spec!r}: expected i/n with 0 ≤ i < n, e.g. 0/4") from None
+        raise InputError(f"--shard {spec!r}: expected i/n with 0 ≤ i < n, e.g. 0/4") from None
     return items[index::count]
 
 
@@ -267,7 +268,7 @@ def check_output_folder(inputs: list[str], files: list[tuple[Path, Path]], out_d
     folders = {path.parent.resolve() for path, _ in files}
     clash = next((f for f in searched if out == f or f in out.parents), None) or (out if out in folders else None)
     if clash is not None:
-        raise ValueError(
+        raise InputError(
             f"-o {out_dir}: {'is' if clash == out else 'lies inside'} the input folder {clash}; outputs there would "
             f"mix with the photos (and could replace them): choose another folder, e.g. -o {clash}_cracks"
         )
@@ -303,7 +304,7 @@ def output_paths(files: list[tuple[Path, Path]], out_dir: Path, suffixes: dict[s
     inputs = {p.resolve() for p, _ in files}
     clash = next((q for q in everything if q in inputs), None)
     if clash is not None or len(set(everything)) < len(everything):
-        raise ValueError(
+        raise InputError(
             f"{clash or Counter(everything).most_common(1)[0][0]}: two outputs (or an output and an input) would "
             "share this name; rename the inputs or choose another -o"
         )

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from crackseg.errors import InputError
+
 ALPHA_SCHEDULES = ("linear", "step", "constant")
 LOSSES = ("bc", "bce", "dice", "bce+dice", "focal")
 
@@ -28,7 +30,7 @@ def alpha_at(schedule: str, epoch: int, epochs: int, constant: float = 0.5) -> f
         return min(0.01 + 0.01 * epoch, 0.99)
     if schedule == "constant":
         return constant
-    raise ValueError(f"unknown alpha schedule {schedule!r}; choose one of {', '.join(ALPHA_SCHEDULES)}")
+    raise InputError(f"unknown alpha schedule {schedule!r}; choose one of {', '.join(ALPHA_SCHEDULES)}")
 
 
 def boundary_loss(logits: torch.Tensor, sdf: torch.Tensor) -> torch.Tensor:
@@ -111,4 +113,4 @@ def build_loss(name: str = "bc", gamma: float = 0.5, pos_weight: float | None = 
         return BCLoss(gamma, pos_weight)
     if name in LOSSES:
         return RegionLoss(name)
-    raise ValueError(f"unknown loss {name!r}; choose one of {', '.join(LOSSES)}")
+    raise InputError(f"unknown loss {name!r}; choose one of {', '.join(LOSSES)}")

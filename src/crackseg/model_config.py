@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from crackseg import __version__
+from crackseg.errors import CracksegError
 from crackseg.images import IMAGENET_MEAN, IMAGENET_STD
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
@@ -19,7 +20,7 @@ DEFAULT_MODEL = "unet-r18"
 CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
 
 
-class ModelError(ValueError):
+class ModelError(CracksegError, ValueError):
     """A model file or model name cannot be used; the message says which and what to do."""
 
 

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from crackseg.errors import InputError
 from crackseg.georef import Georeference
 from crackseg.images import atomic_write_bytes, default_mode
 from crackseg.quantify import UNKNOWN_WIDTH_CLASS, Crack, Measurement
@@ -55,7 +56,7 @@ DXF_UNKNOWN_COLOUR = 8  # grey
 DXF_ID_LAYER = "crack id"  # each crack's number, as in the tables, beside its skeleton's middle
 
 
-class FormatsError(ValueError):
+class FormatsError(InputError):
     """`--formats` names a format crackseg does not write."""
 
 

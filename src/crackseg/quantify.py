@@ -60,6 +60,8 @@ from scipy.sparse.csgraph import connected_components
 from skimage.measure import label
 from skimage.morphology import remove_small_holes, skeletonize
 
+from crackseg.errors import InputError
+
 DEFAULT_MIN_LENGTH = 10.0  # px: shorter components are specks; they are dropped and counted
 DEFAULT_HOLE_AREA = 16  # px: holes up to this size inside a crack are filled
 MOSTLY_CRACK = 0.5  # a mask with more crack than this is almost surely not a crack mask: warn
@@ -74,7 +76,7 @@ BELOW_RESOLUTION_PX = 2.0  # a median width under this is not resolved: its mm w
 SIMPLIFY_TOLERANCE_PX = 1.0  # centreline points may move this far: the skeleton's own staircase error
 
 
-class ClassesError(ValueError):
+class ClassesError(InputError):
     """A width-class scheme (`--classes`) that cannot be used; the message says which part and what to do."""
 
 
@@ -127,7 +129,9 @@ WIDTH_CLASS_PRESETS = {
     # EC2 (EN 1992-1-1, Table 7.1N: w_max 0.2 / 0.3 / 0.4 mm) and ACI 224R (0.10 mm for water-retaining
     # structures up to 0.41 mm in dry air): the widths at which reinforced concrete is judged.
     "concrete": WidthClasses("concrete", (0.1, 0.2, 0.3, 0.4), default_labels((0.1, 0.2, 0.3, 0.4))),
-    # Severity by crack width, after ASTM D6433 / the FHWA LTPP distress manual.
+    # Severity by crack width, after ASTM D6433 and the FHWA LTPP distress manual: high from 19 mm as in LTPP;
+    # the low/medium boundary differs between manuals and surfaces (3 mm here; LTPP asphalt 6 mm, ASTM D6433
+    # 10 mm), so a JSON file (--classes FILE.json) sets an agency's own.
     "pavement": WidthClasses("pavement", (3.0, 19.0), ("low (<3 mm)", "medium (3-19 mm)", "high (>=19 mm)")),
 }
 
@@ -478,7 +482,7 @@ def branch_lines(
     """
     x, y, degree = graph.cols + 0.5, graph.rows + 0.5, graph.degree()
     paths = [b for b in branches if len(b) > 1]
-    simplified = []
+    simplified = iter([])
     if paths:
         nodes = np.concatenate(paths)
         index = np.repeat(np.arange(len(paths)), [len(b) for b in paths])
@@ -511,7 +515,7 @@ def as_mask(mask) -> np.ndarray:
     if a.ndim == 3 and a.shape[2] in (1, 3, 4):
         a = a[:, :, :3].max(axis=2)
     if a.ndim != 2:
-        raise ValueError(f"expected a 2-D mask, got an array of shape {a.shape}")
+        raise InputError(f"expected a 2-D mask, got an array of shape {a.shape}")
     if a.dtype == bool:
         return a
     return a > (0.5 if a.dtype.kind == "f" else 0)
@@ -594,9 +598,9 @@ def measure(
     `width_classes`: a preset name ("concrete", the default, or "pavement"), a JSON file or a WidthClasses.
     """
     if pixel_size_mm is not None and not pixel_size_mm > 0:
-        raise ValueError(f"pixel size must be a positive number of mm per pixel, got {pixel_size_mm}")
+        raise InputError(f"pixel size must be a positive number of mm per pixel, got {pixel_size_mm}")
     if longitudinal_axis not in ("vertical", "horizontal"):
-        raise ValueError(f"longitudinal_axis must be 'vertical' or 'horizontal', got {longitudinal_axis!r}")
+        raise InputError(f"longitudinal_axis must be 'vertical' or 'horizontal', got {longitudinal_axis!r}")
     mask = as_mask(mask)
     classes = load_width_classes(width_classes)
     result = Measurement(mask.shape[0], mask.shape[1], pixel_size_mm, float(min_length), classes)
@@ -721,7 +725,7 @@ def width_figure(
 
     base = to_rgb_uint8(image)
     if base.shape[:2] != (result.height, result.width):
-        raise ValueError(
+        raise InputError(
             f"the image is {base.shape[1]}×{base.shape[0]} px "
             f"but the measured mask was {result.width}×{result.height} px"
         )
@@ -823,7 +827,7 @@ def measure_files(
     from crackseg.outputs import FORMATS, csv_bytes, csv_row, report_dict, write_outputs
 
     if pixel_size_mm is not None and not pixel_size_mm > 0:
-        raise ValueError(f"--pixel-size must be a positive number of mm per pixel, got {pixel_size_mm}")
+        raise InputError(f"--pixel-size must be a positive number of mm per pixel, got {pixel_size_mm}")
     formats = tuple(FORMATS) if formats is None else formats
     classes = load_width_classes(width_classes)  # a bad --classes fails here, before any input is read
     out_dir = Path(out_dir)
@@ -834,6 +838,8 @@ def measure_files(
     for path, _ in tqdm(files, desc="measure", unit="img", disable=not progress):
         try:
             georef = read_georeference(path)
+            if georef is not None and "geojson" in formats:
+                georef.check_wgs84(str(path))
             scale, scale_from = resolve_pixel_size(str(path), georef, pixel_size_mm)
             image = read_image(path) if segment is not None else read_mask(path).astype(np.uint8) * 255
             check_shape(str(path), georef, image.shape)

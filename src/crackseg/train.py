@@ -31,6 +31,7 @@ from tqdm import tqdm
 from crackseg import __version__
 from crackseg.data import CrackDataset, add_split_arguments, find_all_pairs, split_pairs, train_transform
 from crackseg.engines.torch_engine import cpu_has_bf16_matrix_engine
+from crackseg.errors import CracksegError, InputError
 from crackseg.images import atomic_write_bytes
 from crackseg.losses import ALPHA_SCHEDULES, LOSSES, alpha_at, build_loss
 from crackseg.metrics import THRESHOLDS, best_threshold, scores, source_mean_f1_curve, sweep_counts
@@ -45,7 +46,7 @@ HISTORY_FIELDS = [
 ]  # fmt: skip
 
 
-class TrainingError(RuntimeError):
+class TrainingError(CracksegError, RuntimeError):
     """Training cannot go on; the message says why and where the last good checkpoint is."""
 
 
@@ -685,7 +686,7 @@ def make_ema(model, decay: float):
     if not decay:
         return None
     if not 0 < decay < 1:
-        raise ValueError(f"--ema {decay}: the decay must lie between 0 and 1, e.g. 0.998")
+        raise InputError(f"--ema {decay}: the decay must lie between 0 and 1, e.g. 0.998")
     multi_avg_fn = torch.optim.swa_utils.get_ema_multi_avg_fn(decay)
     return torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=multi_avg_fn, use_buffers=True)
 

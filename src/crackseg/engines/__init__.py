@@ -20,6 +20,7 @@ from crackseg.engines.cache import MAX_EXPORT_DIFF, cached_onnx
 from crackseg.engines.handle import ModelHandle
 from crackseg.engines.int8 import CALIBRATION_CROPS, CalibrationCrops, int8_cache_path, nncf_available
 from crackseg.engines.torch_engine import cpu_has_bf16_matrix_engine
+from crackseg.errors import InputError
 from crackseg.images import atomic_write_bytes
 from crackseg.model_config import ModelError
 
@@ -151,6 +152,6 @@ def export_model(
             )
         source = int8_cache_path(handle.path, tile, "onnx")
     else:
-        raise ValueError(f"--precision {precision!r}: export writes fp32 or int8 ONNX")
+        raise InputError(f"--precision {precision!r}: export writes fp32 or int8 ONNX")
     atomic_write_bytes(out, Path(source).read_bytes())
     return Path(out), summary

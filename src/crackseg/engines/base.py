@@ -8,10 +8,12 @@ from typing import Protocol
 
 import numpy as np
 
+from crackseg.errors import CracksegError
+
 INPUT_NAME, OUTPUT_NAME = "input", "logits"  # of every exported model
 
 
-class BackendError(RuntimeError):
+class BackendError(CracksegError, RuntimeError):
     """A backend/precision combination is not available here; the message says what to install or pick."""
 
 

@@ -26,6 +26,7 @@ import numpy as np
 
 from crackseg.engines.base import INPUT_NAME, OUTPUT_NAME
 from crackseg.engines.handle import ModelHandle, weights_sha256
+from crackseg.errors import CracksegError
 from crackseg.images import atomic_write_bytes, default_mode
 from crackseg.model_config import ModelConfig
 
@@ -38,7 +39,7 @@ MAX_EXPORT_DIFF = 1e-4  # max |logit difference| between the ONNX model and PyTo
 EXPORT_FORMAT = 1  # part of every cache key: bump it when the export or quantization recipe changes
 
 
-class ExportError(RuntimeError):
+class ExportError(CracksegError, RuntimeError):
     """The model could not be exported, or the export does not match PyTorch."""
 
 

@@ -40,6 +40,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from starlette.concurrency import run_in_threadpool
 
 from crackseg import __version__
+from crackseg.errors import InputError
 from crackseg.images import encode_image, pil_to_rgb
 from crackseg.inference import overlay
 from crackseg.quantify import measure
@@ -419,9 +420,9 @@ def create_app(
     offline. `/openapi.json` describes the API.
     """
     if workers < 1:
-        raise ValueError(f"workers must be at least 1, got {workers}")
+        raise InputError(f"--workers must be at least 1, got {workers}")
     if not result_ttl_s > 0:
-        raise ValueError(f"result_ttl_s must be positive, got {result_ttl_s}")
+        raise InputError(f"--result-ttl must be positive, got {result_ttl_s}")
     segmenter = copy.copy(segmenter)  # the caller's segmenter keeps its own backend
     segmenter.backend = SerialBackend(segmenter.backend)
     max_upload_bytes = int(max_upload_mb * MB)

@@ -1,0 +1,18 @@
+"""The one base of the project's errors: what `crackseg` reports as a one-line message.
+
+Every error a user can cause (a bad file, option or value) derives from `CracksegError`, so the command line turns
+exactly those into `error: ...` lines, and anything else, a bug, keeps its traceback. Each class also derives
+from the built-in exception it used to be (ValueError, RuntimeError), so callers catching those still work.
+"""
+
+
+class CracksegError(Exception):
+    """A problem the user can fix; the message names the file or option and says what to do."""
+
+
+class InputError(CracksegError, ValueError):
+    """A value, option or input given to crackseg cannot be used."""
+
+
+class InputTypeError(InputError, TypeError):
+    """An input of a type crackseg does not accept (the message names the accepted ones)."""
