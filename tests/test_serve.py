@@ -145,8 +145,19 @@ def test_rethreshold_and_csv_use_the_kept_probabilities(dark_client):
     assert csv.status_code == 200 and csv.headers["content-type"].startswith("text/csv")
     lines = csv.text.strip().splitlines()
     assert len(lines) == 3 and "length_mm" in lines[0] and "bbox_x" in lines[0]
-    no_size = dark_client.get(urls["csv"]).text.splitlines()[0]
-    assert "length_px" in no_size and "length_mm" not in no_size
+    # the same layout as `crackseg measure` writes: one writer for both
+    from crackseg.outputs import CSV_FIELDS
+
+    assert lines[0].split(",") == CSV_FIELDS
+    no_size = dark_client.get(urls["csv"]).text.splitlines()
+    assert no_size[0].split(",") == CSV_FIELDS and no_size[1].split(",")[CSV_FIELDS.index("length_mm")] == ""
+    geojson = dark_client.get(urls["geojson"], params={"pixel_size_mm": 0.1})
+    assert geojson.headers["content-type"].startswith("application/geo+json")
+    features = geojson.json()["features"]
+    assert len(features) == 2 and features[0]["geometry"]["type"] == "MultiLineString"
+    assert features[0]["properties"]["length_mm"] > 0
+    dxf = dark_client.get(urls["dxf"], params={"pixel_size_mm": 0.1})
+    assert dxf.status_code == 200 and b"LWPOLYLINE" in dxf.content
 
 
 def test_downloads_are_named_after_the_upload_safely(dark_client):

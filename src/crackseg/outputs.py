@@ -151,9 +151,12 @@ def geojson_dict(result: Measurement, georef: Georeference | None = None, name: 
     return collection | {"features": features}
 
 
+def geojson_bytes(result: Measurement, georef: Georeference | None = None, name: str | None = None) -> bytes:
+    return json.dumps(geojson_dict(result, georef, name), ensure_ascii=False, allow_nan=False).encode()
+
+
 def write_geojson(path: str | Path, result: Measurement, georef: Georeference | None = None) -> None:
-    doc = geojson_dict(result, georef, Path(path).stem)
-    atomic_write_bytes(path, json.dumps(doc, ensure_ascii=False, allow_nan=False).encode())
+    atomic_write_bytes(path, geojson_bytes(result, georef, Path(path).stem))
 
 
 # --- GeoPackage ---------------------------------------------------------------------------------------------
@@ -222,6 +225,10 @@ def dxf_layer_name(label: str) -> str:
 
 
 def write_dxf(path: str | Path, result: Measurement) -> None:
+    atomic_write_bytes(path, dxf_bytes(result))
+
+
+def dxf_bytes(result: Measurement) -> bytes:
     """A drawing of the cracks: one LWPOLYLINE per branch, on one layer per width class (mm, else px; y up)."""
     import ezdxf
     from ezdxf import units
@@ -246,7 +253,7 @@ def write_dxf(path: str | Path, result: Measurement) -> None:
             )
     text = io.StringIO()
     doc.write(text)
-    atomic_write_bytes(path, text.getvalue().encode(doc.output_encoding))
+    return text.getvalue().encode(doc.output_encoding)
 
 
 def add_ids(doc, result: Measurement) -> None:

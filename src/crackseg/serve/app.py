@@ -16,9 +16,7 @@ import asyncio
 import base64
 import contextlib
 import copy
-import csv
 import dataclasses
-import io
 import ipaddress
 import logging
 import math
@@ -30,7 +28,7 @@ import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import numpy as np
 from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFile
@@ -183,27 +181,14 @@ def measure_mask(mask: np.ndarray, pixel_size_mm: float | None) -> dict:
     return to_jsonable(measure(mask, pixel_size_mm=pixel_size_mm).to_dict())
 
 
-def crack_rows(measurements: dict) -> list[dict]:
-    """One flat dict per crack, for the CSV download; millimetre columns only when a pixel size was given."""
-    rows = []
-    for crack in measurements.get("cracks", []):
-        row = {}
-        for key, value in crack.items():
-            if key == "bbox":
-                row.update(zip(("bbox_x", "bbox_y", "bbox_width", "bbox_height"), value, strict=True))
-            elif value is not None or measurements.get("pixel_size_mm"):
-                row[key] = value
-        rows.append(row)
-    return rows
+def crack_map(result: Result, threshold: float, pixel_size_mm: float | None, kind: str) -> bytes:
+    """The cracks as `measure` writes them (one writer, one layout): "csv", "geojson" or "dxf"."""
+    from crackseg.outputs import csv_bytes, csv_row, dxf_bytes, geojson_bytes
 
-
-def csv_text(rows: list[dict]) -> str:
-    columns = list(dict.fromkeys(key for row in rows for key in row))
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=columns or ["id"], lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return out.getvalue()
+    cracks = measure(result.mask(threshold), pixel_size_mm=pixel_size_mm)
+    if kind == "csv":
+        return csv_bytes([csv_row(result.name, crack) for crack in cracks.cracks])
+    return geojson_bytes(cracks, name=result.name) if kind == "geojson" else dxf_bytes(cracks)
 
 
 # --- the work done in the pool ------------------------------------------------------------------------------
@@ -566,6 +551,8 @@ def create_app(
                     "prob": f"{base}/prob.png",
                     "measurements": f"{base}/measurements",
                     "csv": f"{base}/cracks.csv",
+                    "geojson": f"{base}/cracks.geojson",
+                    "dxf": f"{base}/cracks.dxf",
                 },
                 expires_in_s=result_ttl_s,
             )
@@ -607,12 +594,21 @@ def create_app(
     async def result_measurements(rid: str, threshold: Threshold = None, pixel_size_mm: PixelSize = None):
         return await remeasured(result_or_404(rid), threshold, pixel_size_mm)
 
-    @app.get("/api/results/{rid}/cracks.csv", summary="one row per crack, as CSV")
-    async def result_csv(rid: str, threshold: Threshold = None, pixel_size_mm: PixelSize = None):
+    media_types = {"csv": "text/csv; charset=utf-8", "geojson": "application/geo+json", "dxf": "image/vnd.dxf"}
+
+    @app.get(
+        "/api/results/{rid}/cracks.{kind}",
+        summary="the cracks: one row per crack (csv), centrelines in image pixels (geojson), or a drawing (dxf)",
+    )
+    async def result_cracks(
+        rid: str, kind: Literal["csv", "geojson", "dxf"], threshold: Threshold = None, pixel_size_mm: PixelSize = None
+    ):
         result = result_or_404(rid)
-        values = await remeasured(result, threshold, pixel_size_mm)
-        text = csv_text(crack_rows(values["measurements"]))
-        return no_store(text.encode(), "text/csv; charset=utf-8", f"{stem(result)}_cracks.csv")
+        threshold = result.threshold if threshold is None else threshold
+        pixel_size_mm = result.pixel_size_mm if pixel_size_mm is None else pixel_size_mm
+        loop = asyncio.get_running_loop()
+        data = await loop.run_in_executor(app.state.pool, crack_map, result, threshold, pixel_size_mm, kind)
+        return no_store(data, media_types[kind], f"{stem(result)}_cracks.{kind}")
 
     @app.delete("/api/results/{rid}", summary="forget a result now")
     async def forget(rid: str):

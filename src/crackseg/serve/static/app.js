@@ -172,7 +172,9 @@ function clearResult() {
   $("result-panel").hidden = true;
   $("view").width = $("view").height = 0;
   $("cracks").querySelector("tbody").replaceChildren();
-  for (const id of ["download-mask", "download-overlay", "download-csv"]) $(id).removeAttribute("href");
+  for (const id of ["download-mask", "download-overlay", "download-csv", "download-geojson", "download-dxf"]) {
+    $(id).removeAttribute("href");
+  }
   for (const id of ["crack-count", "total-length", "crack-fraction", "image-size"]) $(id).textContent = "–";
 }
 
@@ -310,6 +312,8 @@ function updateDownloads() {
   $("download-mask").href = `${urls.mask}?${t}`;
   $("download-overlay").href = `${urls.overlay}?${t}`;
   $("download-csv").href = `${urls.csv}?${withSize}`;
+  $("download-geojson").href = `${urls.geojson}?${withSize}`;
+  $("download-dxf").href = `${urls.dxf}?${withSize}`;
 }
 
 // --- wiring -------------------------------------------------------------------------------------------------
