@@ -204,8 +204,8 @@ def cmd_serve(args) -> int:
 
 def cmd_measure(args) -> int:
     from crackseg.images import ensure_output_folder
-    from crackseg.outputs import parse_formats
-    from crackseg.quantify import load_width_classes, measure_files
+    from crackseg.outputs import measure_files, parse_formats
+    from crackseg.quantify import load_width_classes
 
     segment = None
     if args.masks and (args.weights or args.model):

@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import os
 import re
 import shutil
@@ -33,7 +34,18 @@ import numpy as np
 from crackseg.errors import InputError
 from crackseg.georef import Georeference
 from crackseg.images import atomic_write_bytes, default_mode
-from crackseg.quantify import UNKNOWN_WIDTH_CLASS, Crack, Measurement
+from crackseg.quantify import (
+    DEFAULT_MIN_LENGTH,
+    UNKNOWN_WIDTH_CLASS,
+    Crack,
+    Measurement,
+    WidthClasses,
+    load_width_classes,
+    measure,
+    width_figure,
+)
+
+log = logging.getLogger(__name__)
 
 # Output kind → what follows the input's name; "csv" is one cracks.csv for the whole run.
 FORMATS = {
@@ -315,3 +327,67 @@ def write_outputs(
         write_gpkg(paths["gpkg"], result, georef)
     if "dxf" in paths:
         write_dxf(paths["dxf"], result)
+
+
+# --- many files: the engine behind `crackseg measure` -------------------------------------------------------
+
+
+def measure_files(
+    inputs: list[str],
+    out_dir: str | Path,
+    segment=None,
+    pixel_size_mm: float | None = None,
+    min_length: float = DEFAULT_MIN_LENGTH,
+    progress: bool = True,
+    formats: tuple[str, ...] | None = None,
+    width_classes: str | Path | WidthClasses | None = None,
+) -> tuple[int, int, list[str]]:
+    """Measure the cracks in photos or masks; returns (inputs measured, cracks found, failures).
+
+    `segment`: a function from an RGB uint8 photo to a bool mask (the model); None when the inputs are
+    masks already. Writes, per input, the `formats` of FORMATS (default: all): OUT/NAME_measure.json,
+    NAME_width.png, NAME_cracks.geojson / .gpkg / .dxf, and OUT/cracks.csv (one row per crack across all
+    inputs). A GeoTIFF's georeference places the maps and, in a projected CRS, gives the pixel size, unless
+    `pixel_size_mm` is given. A failing input is reported in `failures` and skipped.
+    """
+    from tqdm import tqdm
+
+    from crackseg.georef import check_shape, is_tiff, read_georeference, resolve_pixel_size
+    from crackseg.images import ImageReadError, atomic_write_bytes, read_image, read_mask
+    from crackseg.inference import check_output_folder, collect_inputs, output_paths
+
+    if pixel_size_mm is not None and not pixel_size_mm > 0:
+        raise InputError(f"--pixel-size must be a positive number of mm per pixel, got {pixel_size_mm}")
+    formats = tuple(FORMATS) if formats is None else formats
+    classes = load_width_classes(width_classes)  # a bad --classes fails here, before any input is read
+    out_dir = Path(out_dir)
+    files = collect_inputs(inputs)
+    check_output_folder(inputs, files, out_dir)
+    paths = output_paths(files, out_dir, {kind: FORMATS[kind] for kind in formats if FORMATS[kind]})
+    rows, measured, failures, said_no_crs = [], 0, [], False
+    for path, _ in tqdm(files, desc="measure", unit="img", disable=not progress):
+        try:
+            georef = read_georeference(path)
+            if georef is not None and "geojson" in formats:
+                georef.check_wgs84(str(path))
+            scale, scale_from = resolve_pixel_size(str(path), georef, pixel_size_mm)
+            image = read_image(path) if segment is not None else read_mask(path).astype(np.uint8) * 255
+            check_shape(str(path), georef, image.shape)
+            result = measure(segment(image) if segment else image, scale, min_length, width_classes=classes)
+            figure = width_figure(image, result) if "png" in formats else None
+        except (ImageReadError, ValueError, MemoryError) as err:
+            failures.append(str(err) if str(path) in str(err) else f"{path}: {err}")
+            continue
+        if is_tiff(path) and georef is None and not said_no_crs:
+            log.warning("%s: a TIFF without a CRS: its crack maps are in image pixels (said once per run)", path)
+            said_no_crs = True
+        for warning in result.warnings:
+            log.warning("%s: %s", path, warning)
+        source = "mask" if segment is None else "photo"
+        report = report_dict(result, str(path), source, georef, scale_from)
+        write_outputs(paths[path], result, report, georef, figure)
+        rows += [csv_row(str(path), crack) for crack in result.cracks]
+        measured += 1
+    if "csv" in formats:
+        atomic_write_bytes(out_dir / "cracks.csv", csv_bytes(rows))
+    return measured, len(rows), failures
