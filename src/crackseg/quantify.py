@@ -47,7 +47,6 @@ How the numbers are made, and why:
 from __future__ import annotations
 
 import json
-import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -66,7 +65,6 @@ DEFAULT_MIN_LENGTH = 10.0  # px: shorter components are specks; they are dropped
 DEFAULT_HOLE_AREA = 16  # px: holes up to this size inside a crack are filled
 MOSTLY_CRACK = 0.5  # a mask with more crack than this is almost surely not a crack mask: warn
 
-log = logging.getLogger(__name__)
 # Vossepoel & Smeulders (1982): weights of straight steps, diagonal steps and corners of a chain code.
 STEP_WEIGHT, DIAGONAL_WEIGHT, CORNER_WEIGHT = 0.980, 1.406, -0.091
 WIDTH_SMOOTHING = 5  # rounds of neighbour averaging along the skeleton (a spread of about ±2 px)
