@@ -330,11 +330,14 @@ def predict_files(
 ) -> tuple[int, list[str]]:
     """Segment every input and write masks (and optionally probabilities, overlays); returns (written, failures).
 
-    A failing file is reported and skipped; the rest are still processed.
+    A georeferenced TIFF (an orthomosaic) is segmented block by block into GeoTIFFs on its own grid and CRS,
+    NAME.tif and NAME_prob.tif (no overlay: it would be as large as the photo). A failing file is reported and
+    skipped; the rest are still processed.
     """
     from tqdm import tqdm
 
     from crackseg.images import ImageReadError, write_image
+    from crackseg.rasters import is_georeferenced_raster, segment_raster
 
     out_dir = Path(out_dir)
     everything = collect_inputs(inputs)
@@ -345,9 +348,16 @@ def predict_files(
     written, failures = 0, []
     for path, _ in tqdm(files, desc="predict", unit="img", disable=not progress):
         outputs = paths[path]
+        raster = is_georeferenced_raster(path)
+        if raster:
+            outputs = {kind: q.with_suffix(".tif") for kind, q in outputs.items() if kind != "overlay"}
         if skip_existing and outputs["mask"].exists():
             continue
         try:
+            if raster:
+                segment_raster(segmenter, path, outputs["mask"], outputs.get("prob"))
+                written += 1
+                continue
             image = read_image(path, segmenter.max_pixels)
             result = segmenter.predict(image)
         except (ImageReadError, ValueError, MemoryError) as err:

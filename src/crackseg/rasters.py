@@ -1,0 +1,150 @@
+"""Orthomosaics and other GeoTIFFs of any size, block by block: read a window, segment it, write it.
+
+A 40,000 × 40,000 RGB raster is 4.8 GB of pixels and its probability map 6.4 GB of float32, so neither is ever held
+whole: each block of `block` px is read with a margin of one tile (so the tiles at its edge see the same context
+as inside), segmented through the one inference path, cropped back to the block and written into tiled,
+compressed GeoTIFFs that keep the input's CRS and transform. Memory is bounded by one block and its margin.
+
+Pixels outside the raster's valid-data mask (its nodata value, alpha band or internal mask) are never cracks.
+16-bit rasters are scaled by 1/257 and float rasters by their data range per block only where it is 0–1 or 0–255
+(`images.to_rgb_uint8`); 4-band rasters (RGBA, RGB+NIR) are read as their first three bands.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from crackseg.errors import InputError
+from crackseg.images import check_pixels, default_mode, to_rgb_uint8
+
+DEFAULT_BLOCK = 4096  # px per block side: ~50 MB of RGB and ~70 MB of probabilities with its margin
+
+
+class RasterError(InputError):
+    """A raster that cannot be segmented block by block; the message names it and says why."""
+
+
+def blocks(height: int, width: int, block: int) -> Iterator[tuple[int, int, int, int]]:
+    """(row, col, height, width) of each block covering the raster, in raster order."""
+    for row in range(0, height, block):
+        for col in range(0, width, block):
+            yield row, col, min(block, height - row), min(block, width - col)
+
+
+def read_rgb(src, row: int, col: int, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """A window as H×W×3 uint8 RGB, and its valid-data mask (True = a real pixel)."""
+    from rasterio.windows import Window
+
+    window = Window(col, row, width, height)
+    bands = [1, 2, 3] if src.count >= 3 else [1]
+    data = np.moveaxis(src.read(bands, window=window), 0, -1)
+    if data.dtype == np.uint16:
+        data = (data.astype(np.float32) / 257.0).round().astype(np.uint8)  # fixed, not per block: no seams
+    valid = src.dataset_mask(window=window) > 0
+    return to_rgb_uint8(data[..., 0] if data.shape[-1] == 1 else data), valid
+
+
+def output_profile(src, dtype: str) -> dict:
+    """One band of `dtype` on the input's grid, tiled and compressed (a mask compresses to almost nothing)."""
+    return {
+        "driver": "GTiff",
+        "height": src.height,
+        "width": src.width,
+        "count": 1,
+        "dtype": dtype,
+        "crs": src.crs,
+        "transform": src.transform,
+        "tiled": True,
+        "blockxsize": 512,
+        "blockysize": 512,
+        "compress": "deflate",
+        "BIGTIFF": "IF_SAFER",
+    }
+
+
+def check_disk_space(folder: Path, height: int, width: int, write_prob: bool) -> None:
+    """Refuse before starting when the outputs could not fit: in the worst case (nothing compresses) a byte per
+    pixel for the mask and another for the probabilities."""
+    need = height * width * (2 if write_prob else 1)
+    free = shutil.disk_usage(folder).free
+    if need > free:
+        raise RasterError(
+            f"{folder}: {free / 1e9:.1f} GB free, the outputs may need up to {need / 1e9:.1f} GB; free some space "
+            "or choose another -o"
+        )
+
+
+def segment_raster(
+    segmenter,
+    path: str | os.PathLike,
+    mask_path: Path,
+    prob_path: Path | None = None,
+    block: int = DEFAULT_BLOCK,
+) -> float:
+    """Segment a GeoTIFF block by block into a mask GeoTIFF (0/255) and optionally a probability GeoTIFF (×255),
+    both on the input's grid and CRS, written atomically. Returns the crack share of the valid pixels."""
+    import rasterio
+
+    with rasterio.open(path) as src:
+        check_pixels(src.width, src.height, segmenter.max_pixels, str(path))
+        check_disk_space(mask_path.parent, src.height, src.width, prob_path is not None)
+        targets = [mask_path] + ([prob_path] if prob_path else [])
+        temporary = [Path(tempfile.mkstemp(dir=t.parent, prefix=f".{t.name}.", suffix=".tmp")[1]) for t in targets]
+        try:
+            crack, valid_total = write_blocks(segmenter, src, temporary, block)
+            for tmp, target in zip(temporary, targets, strict=True):
+                os.chmod(tmp, default_mode())
+                os.replace(tmp, target)
+        finally:
+            for tmp in temporary:
+                tmp.unlink(missing_ok=True)
+    return crack / max(valid_total, 1)
+
+
+def write_blocks(segmenter, src, outputs: list[Path], block: int) -> tuple[int, int]:
+    """The loop of `segment_raster`: each block with a one-tile margin, cropped back and written."""
+    import rasterio
+    from rasterio.windows import Window
+
+    margin = segmenter.tile
+    sinks = [rasterio.open(p, "w", **output_profile(src, "uint8")) for p in outputs]
+    crack = valid_total = 0
+    try:
+        for row, col, height, width in blocks(src.height, src.width, block):
+            top, left = max(0, row - margin), max(0, col - margin)
+            bottom, right = min(src.height, row + height + margin), min(src.width, col + width + margin)
+            image, valid = read_rgb(src, top, left, bottom - top, right - left)
+            inner = (slice(row - top, row - top + height), slice(col - left, col - left + width))
+            prob = np.where(valid, segmenter.predict_prob(image), 0.0)[inner]
+            mask = prob >= segmenter.threshold
+            crack, valid_total = crack + int(mask.sum()), valid_total + int(valid[inner].sum())
+            window = Window(col, row, width, height)
+            sinks[0].write(mask.astype(np.uint8) * 255, 1, window=window)
+            if len(sinks) > 1:
+                sinks[1].write(np.round(prob * 255).astype(np.uint8), 1, window=window)
+    finally:
+        for sink in sinks:
+            sink.close()
+    return crack, valid_total
+
+
+def is_georeferenced_raster(path: str | os.PathLike) -> bool:
+    """A TIFF that rasterio reads with a CRS: segmented block by block, its outputs GeoTIFFs on its grid."""
+    from crackseg.georef import is_tiff
+
+    if not is_tiff(path):
+        return False
+    import rasterio
+    from rasterio.errors import RasterioError
+
+    try:
+        with rasterio.open(path) as src:
+            return src.crs is not None
+    except RasterioError:
+        return False

@@ -1,0 +1,78 @@
+"""GeoTIFFs segmented block by block: outputs on the input's grid and CRS, the same probabilities as a whole-image
+pass, nodata never a crack, 16-bit and 4-band rasters read as RGB."""
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.transform import from_origin
+
+from crackseg.cli import main
+from crackseg.inference import CrackSegmenter, predict_files
+from crackseg.models import ModelConfig
+from crackseg.rasters import RasterError, check_disk_space, segment_raster
+from crackseg.synthetic import synthetic_crack
+from tests.test_inference import LocalNet
+
+TRANSFORM = from_origin(500_000.0, 5_400_000.0, 0.0005, 0.0005)  # 0.5 mm pixels in UTM 33N
+
+
+def write_geotiff(path, image: np.ndarray, **extra) -> None:
+    bands = np.moveaxis(image, -1, 0)
+    profile = {"driver": "GTiff", "height": image.shape[0], "width": image.shape[1], "count": bands.shape[0]}
+    profile |= {"dtype": str(image.dtype), "crs": "EPSG:32633", "transform": TRANSFORM, **extra}
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(bands)
+
+
+@pytest.fixture(scope="module")
+def local_segmenter():
+    return CrackSegmenter(LocalNet(), ModelConfig(train_size=96), tile=96, overlap=0.25, precision="fp32")
+
+
+def test_blocks_give_the_whole_image_probabilities_on_the_input_grid(local_segmenter, tmp_path):
+    image, _ = synthetic_crack((530, 700), seed=3, n_cracks=4)
+    write_geotiff(tmp_path / "ortho.tif", image)
+    out = tmp_path / "out"
+    out.mkdir()
+    segment_raster(local_segmenter, tmp_path / "ortho.tif", out / "ortho.tif", out / "ortho_prob.tif", block=128)
+    whole = local_segmenter.predict_prob(image)
+    with rasterio.open(out / "ortho_prob.tif") as prob, rasterio.open(out / "ortho.tif") as mask:
+        assert prob.crs.to_epsg() == 32633 and prob.transform == TRANSFORM and prob.shape == (530, 700)
+        assert mask.read(1).max() in (0, 255)
+        # a local network: block seams must not show (probabilities stored ×255, so one grey level apart at most)
+        assert np.abs(prob.read(1).astype(int) - np.round(whole * 255)).max() <= 1
+    assert sorted(p.name for p in out.iterdir()) == ["ortho.tif", "ortho_prob.tif"]  # no temporary file left
+
+
+def test_nodata_is_never_a_crack_and_16_bit_rgba_is_read(local_segmenter, tmp_path):
+    image, _ = synthetic_crack((200, 260), seed=4, n_cracks=3)
+    rgba = np.dstack([image, np.full(image.shape[:2], 255, np.uint8)]).astype(np.uint16) * 257
+    rgba[:, :100, 3] = 0  # the left part lies outside the survey
+    write_geotiff(tmp_path / "deck.tif", rgba, photometric="RGB", alpha="YES")
+    low = CrackSegmenter(LocalNet(), ModelConfig(), tile=96, precision="fp32", threshold=0.01)  # everything cracks
+    segment_raster(low, tmp_path / "deck.tif", tmp_path / "deck_mask.tif", block=128)
+    with rasterio.open(tmp_path / "deck_mask.tif") as mask:
+        values = mask.read(1)
+    assert not values[:, :100].any() and values[:, 100:].all()
+
+
+def test_predict_command_writes_geotiffs_for_georeferenced_inputs(tiny_model_dir, tmp_path):
+    image, _ = synthetic_crack((120, 150), seed=5, n_cracks=2)
+    write_geotiff(tmp_path / "site.tif", image)
+    argv = ["predict", str(tmp_path / "site.tif"), "-o", str(tmp_path / "out"), "--weights", str(tiny_model_dir)]
+    assert main([*argv, "--tile", "64", "--prob", "--backend", "torch"]) == 0
+    with rasterio.open(tmp_path / "out" / "site.tif") as mask:
+        assert mask.crs.to_epsg() == 32633 and mask.shape == (120, 150)
+    assert (tmp_path / "out" / "site_prob.tif").is_file() and not (tmp_path / "out" / "site.png").exists()
+
+
+def test_a_raster_the_disk_cannot_hold_is_refused_before_starting(tmp_path):
+    with pytest.raises(RasterError, match="GB free, the outputs may need up to"):
+        check_disk_space(tmp_path, 10**7, 10**7, write_prob=True)
+
+
+def test_the_pixel_limit_applies_to_rasters_from_their_header(local_segmenter, tmp_path):
+    write_geotiff(tmp_path / "big.tif", np.zeros((100, 100, 3), np.uint8))
+    small = CrackSegmenter(LocalNet(), ModelConfig(), tile=96, precision="fp32", max_pixels=5000)
+    written, failures = predict_files(small, [str(tmp_path / "big.tif")], tmp_path / "out", progress=False)
+    assert written == 0 and "exceeds the limit" in failures[0]
