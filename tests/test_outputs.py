@@ -312,3 +312,47 @@ def test_a_crs_without_a_place_on_earth_is_named_before_any_output():
     with pytest.raises(GeoreferenceError, match=r"site\.tif: .*not a projected CRS.*--pixel-size"):
         geo.pixel_size_mm("site.tif")
     Georeference(tuple(TRANSFORM)[:6], pyproj.CRS("EPSG:32633").to_wkt(), SHAPE).check_wgs84("deck.tif")
+
+
+def marker_photo(side_px: int, seed: int = 0) -> np.ndarray:
+    """A textured photo with a printed 4×4 ArUco marker (white border included) of `side_px` black squares' side."""
+    import cv2
+
+    from crackseg.synthetic import synthetic_crack
+
+    photo = synthetic_crack((600, 800), seed=seed, n_cracks=2)[0].copy()
+    marker = cv2.aruco.generateImageMarker(cv2.aruco.getPredefinedDictionary(cv2.aruco.DICT_4X4_50), 7, side_px)
+    border = side_px // 6
+    paper = np.full((side_px + 2 * border,) * 2, 255, np.uint8)
+    paper[border:-border, border:-border] = marker
+    photo[100 : 100 + paper.shape[0], 150 : 150 + paper.shape[1]] = paper[:, :, None]
+    return photo
+
+
+@pytest.mark.parametrize("side_px", [120, 237])
+def test_a_printed_marker_gives_the_scale_within_two_percent(side_px):
+    from crackseg.georef import marker_pixel_size, resolve_pixel_size
+
+    photo = marker_photo(side_px)
+    assert marker_pixel_size(photo, 100.0) == pytest.approx(100.0 / side_px, rel=0.02)
+    # the order: --pixel-size wins, then the marker; without a marker, pixels (and a warning)
+    assert resolve_pixel_size("p.jpg", None, 0.3, photo, 100.0) == (0.3, "--pixel-size")
+    assert resolve_pixel_size("p.jpg", None, None, photo, 100.0)[1] == "ArUco marker of 100 mm"
+    assert resolve_pixel_size("p.jpg", None, None, marker_photo(120)[300:], 100.0) == (None, None)
+
+
+def test_measure_takes_the_scale_from_a_marker(tmp_path):
+    from crackseg.images import write_image
+    from crackseg.outputs import measure_files
+
+    write_image(tmp_path / "wall.png", marker_photo(200))
+
+    def segment(image):
+        mask = np.zeros(image.shape[:2], bool)
+        mask[400:404, 300:700] = True  # a 400 px crack: 200 mm at 0.5 mm/px
+        return mask
+
+    measure_files([str(tmp_path / "wall.png")], tmp_path / "out", segment, marker_mm=100.0, progress=False)
+    report = json.loads((tmp_path / "out" / "wall_measure.json").read_text())
+    assert report["pixel_size_from"] == "ArUco marker of 100 mm"
+    assert report["pixel_size_mm"] == pytest.approx(0.5, rel=0.02)

@@ -221,7 +221,14 @@ def cmd_measure(args) -> int:
             return segmenter.predict(image).mask
 
     measured, cracks, failures = measure_files(
-        args.inputs, args.out, segment, args.pixel_size, args.min_length, formats=formats, width_classes=classes
+        args.inputs,
+        args.out,
+        segment,
+        args.pixel_size,
+        args.min_length,
+        formats=formats,
+        width_classes=classes,
+        marker_mm=args.marker_mm,
     )
     for failure in failures:
         print(f"failed: {failure}", file=sys.stderr)
@@ -305,6 +312,13 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         help="millimetres per pixel: also report mm, mm² (default: from a GeoTIFF's georeference, if projected)",
     )
     p.add_argument("--min-length", type=float, default=10.0, metavar="PX", help="drop (and count) shorter cracks")
+    p.add_argument(
+        "--marker-mm",
+        type=float,
+        metavar="MM",
+        help="side of a printed ArUco marker in the photos: their scale when neither --pixel-size nor a "
+        "georeference gives it",
+    )
     p.add_argument(
         "--formats",
         metavar="LIST",

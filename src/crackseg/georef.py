@@ -9,6 +9,7 @@ reads just the header here; the pixels still come through crackseg's own image r
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import warnings
 from dataclasses import dataclass
@@ -17,6 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from crackseg.errors import InputError
+
+log = logging.getLogger(__name__)
 
 TIFF_SUFFIXES = {".tif", ".tiff"}
 SQUARE_TOLERANCE = 0.01  # pixel sides that differ by more than this share are not square
@@ -138,11 +141,43 @@ def check_shape(name: str, georef: Georeference | None, shape: tuple[int, ...]) 
 
 
 def resolve_pixel_size(
-    name: str, georef: Georeference | None, given_mm: float | None
+    name: str,
+    georef: Georeference | None,
+    given_mm: float | None,
+    image: np.ndarray | None = None,
+    marker_mm: float | None = None,
 ) -> tuple[float | None, str | None]:
-    """The pixel size in mm and where it came from: `--pixel-size` when given (it wins), else the georeference."""
+    """The pixel size in mm and where it came from, in this order: `--pixel-size`, the georeference, a printed
+    ArUco marker of `marker_mm` in the photo (a warning, and pixels, when none is found), else None (pixels)."""
     if given_mm is not None:
         return given_mm, "--pixel-size"
     if georef is not None:
         return georef.pixel_size_mm(name), "georeference"
+    if marker_mm is not None and image is not None:
+        found = marker_pixel_size(image, marker_mm)
+        if found is not None:
+            return found, f"ArUco marker of {marker_mm:g} mm"
+        log.warning("%s: no ArUco marker found (--marker-mm %g): measured in pixels", name, marker_mm)
     return None, None
+
+
+# --- a printed marker of known size -------------------------------------------------------------------------
+
+# The dictionaries a printed marker is looked for in, most common first (OpenCV's generator defaults to 4×4).
+ARUCO_DICTIONARIES = ("DICT_4X4_50", "DICT_5X5_100", "DICT_6X6_250", "DICT_ARUCO_ORIGINAL")
+
+
+def marker_pixel_size(image: np.ndarray, marker_mm: float) -> float | None:
+    """mm per pixel from a printed ArUco marker of side `marker_mm` in the photo (the mean of its four sides,
+    so a slightly oblique view averages out); None when no marker is found."""
+    import cv2
+
+    grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY) if image.ndim == 3 else image
+    for name in ARUCO_DICTIONARIES:
+        dictionary = cv2.aruco.getPredefinedDictionary(getattr(cv2.aruco, name))
+        corners, ids, _ = cv2.aruco.ArucoDetector(dictionary, cv2.aruco.DetectorParameters()).detectMarkers(grey)
+        if ids is not None and len(ids):
+            quad = corners[0].reshape(4, 2)
+            side_px = float(np.mean(np.linalg.norm(quad - np.roll(quad, 1, axis=0), axis=1)))
+            return marker_mm / side_px
+    return None
