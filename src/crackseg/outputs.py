@@ -66,6 +66,10 @@ GPKG_LAYER = "cracks"
 DXF_COLOURS = (3, 2, 30, 1, 6, 5, 4, 7)
 DXF_UNKNOWN_COLOUR = 8  # grey
 DXF_ID_LAYER = "crack id"  # each crack's number, as in the tables, beside its skeleton's middle
+# NAME_measure.json says what it is, so that a reader (crackseg compare) can refuse files it would misread.
+# Version 1: the first with this field, and the first with each crack's centreline ("centrelines").
+MEASURE_FORMAT = "crackseg-measure"
+MEASURE_FORMAT_VERSION = 1
 
 
 class FormatsError(InputError):
@@ -211,6 +215,44 @@ def write_gpkg(path: str | Path, result: Measurement, georef: Georeference | Non
         shutil.rmtree(work, ignore_errors=True)
 
 
+def write_gpkg_layer(
+    path: str | Path,
+    layer: str,
+    geometry: list,
+    columns: dict[str, np.ndarray],
+    crs_wkt: str | None,
+    metadata: dict[str, str],
+) -> None:
+    """Any table of MultiLineStrings (shapely geometries, one per row) as a GeoPackage layer, written atomically.
+
+    `columns`: name → one array per attribute (float NaN is NULL); `crs_wkt` None for image or local coordinates.
+    """
+    import pyogrio
+    import shapely
+
+    path = Path(path)
+    work = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))  # as write_gpkg: one rename at the end
+    try:
+        tmp = work / path.name
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "'crs' was not provided")
+            pyogrio.raw.write(
+                tmp,
+                np.asarray(shapely.to_wkb(geometry), dtype=object),
+                list(columns.values()),
+                list(columns),
+                layer=layer,
+                driver="GPKG",
+                geometry_type="MultiLineString",
+                crs=crs_wkt,
+                layer_metadata=metadata,
+            )
+        os.chmod(tmp, default_mode())
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def write_layer(path: Path, geometry: np.ndarray, result: Measurement, georef: Georeference | None, note: str) -> None:
     import pyogrio
 
@@ -292,8 +334,10 @@ def report_dict(
     georef: Georeference | None = None,
     pixel_size_from: str | None = None,
 ) -> dict:
-    """NAME_measure.json: the input, its georeference, the units, the summary and every crack."""
+    """NAME_measure.json: the input, its georeference, the units, the summary, every crack and its centreline."""
     return {
+        "format": MEASURE_FORMAT,
+        "format_version": MEASURE_FORMAT_VERSION,
         "input": source_path,
         "source": source,
         **result.to_dict(),
@@ -304,7 +348,16 @@ def report_dict(
             "mm": "millimetres: px × pixel_size_mm (mm2: areas)" if result.pixel_size_mm else "no pixel size given",
             "coordinates": coordinate_note(result, georef),
         },
+        "centrelines": centreline_records(result),
     }
+
+
+def centreline_records(result: Measurement) -> list[dict]:
+    """Each crack's centreline in image pixels, one point list per branch: what `crackseg compare` matches."""
+    return [
+        {"id": crack.id, "lines": [np.round(line, PIXEL_DIGITS).tolist() for line in lines]}
+        for crack, lines in zip(result.cracks, result.centrelines, strict=True)
+    ]
 
 
 def write_outputs(
@@ -341,6 +394,7 @@ def measure_files(
     progress: bool = True,
     formats: tuple[str, ...] | None = None,
     width_classes: str | Path | WidthClasses | None = None,
+    marker_mm: float | None = None,
 ) -> tuple[int, int, list[str]]:
     """Measure the cracks in photos or masks; returns (inputs measured, cracks found, failures).
 
@@ -348,7 +402,8 @@ def measure_files(
     masks already. Writes, per input, the `formats` of FORMATS (default: all): OUT/NAME_measure.json,
     NAME_width.png, NAME_cracks.geojson / .gpkg / .dxf, and OUT/cracks.csv (one row per crack across all
     inputs). A GeoTIFF's georeference places the maps and, in a projected CRS, gives the pixel size, unless
-    `pixel_size_mm` is given. A failing input is reported in `failures` and skipped.
+    `pixel_size_mm` is given; else a printed ArUco marker of side `marker_mm` in a photo does. A failing input is
+    reported in `failures` and skipped.
     """
     from tqdm import tqdm
 
@@ -358,6 +413,8 @@ def measure_files(
 
     if pixel_size_mm is not None and not pixel_size_mm > 0:
         raise InputError(f"--pixel-size must be a positive number of mm per pixel, got {pixel_size_mm}")
+    if marker_mm is not None and not marker_mm > 0:
+        raise InputError(f"--marker-mm must be the marker's positive side in mm, got {marker_mm}")
     formats = tuple(FORMATS) if formats is None else formats
     classes = load_width_classes(width_classes)  # a bad --classes fails here, before any input is read
     out_dir = Path(out_dir)
@@ -370,9 +427,10 @@ def measure_files(
             georef = read_georeference(path)
             if georef is not None and "geojson" in formats:
                 georef.check_wgs84(str(path))
-            scale, scale_from = resolve_pixel_size(str(path), georef, pixel_size_mm)
             image = read_image(path) if segment is not None else read_mask(path).astype(np.uint8) * 255
             check_shape(str(path), georef, image.shape)
+            marker = marker_mm if segment is not None else None  # a marker is found in a photo, not in a mask
+            scale, scale_from = resolve_pixel_size(str(path), georef, pixel_size_mm, image, marker)
             result = measure(segment(image) if segment else image, scale, min_length, width_classes=classes)
             figure = width_figure(image, result) if "png" in formats else None
         except (ImageReadError, ValueError, MemoryError) as err:
