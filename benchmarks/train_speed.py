@@ -17,28 +17,24 @@ from pathlib import Path
 
 import torch
 
-from crackseg.cli import build_parser
-from crackseg.data import CrackDataset, find_all_pairs, train_transform
+from crackseg.data import CrackDataset, EpochSeededDataset, find_all_pairs, train_transform
 from crackseg.engines.torch_engine import cpu_has_bf16_matrix_engine
 from crackseg.losses import build_loss
 from crackseg.models import build_model
-from crackseg.train import EpochSeededDataset, memory_format, train_one_epoch
+from crackseg.train import memory_format, train_one_epoch
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def images_per_second(arch: str, arch_kwargs: dict, size: int, precision: str, steps: int, pairs) -> float:
-    args = build_parser().parse_args(["train", "--max-batches", str(steps)])
     dataset = EpochSeededDataset(CrackDataset(pairs, train_transform(size)), seed=0)
     loader = torch.utils.data.DataLoader(dataset, batch_size=8, shuffle=True, num_workers=1, drop_last=True)
     model = build_model(arch, **arch_kwargs).to(memory_format=memory_format(precision))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-    loss_fn, device = build_loss("bc"), torch.device("cpu")
-    args.max_batches = 1  # warm-up
-    train_one_epoch(model, None, loss_fn, optimizer, loader, 0.1, precision, device, args, 0, float("inf"), True)
-    args.max_batches = steps
+    loss_fn, step = build_loss("bc"), {"alpha": 0.1, "device": "cpu", "precision": precision}
+    train_one_epoch(model, loader, loss_fn, optimizer, **step, max_batches=1)  # warm-up
     started = time.perf_counter()
-    train_one_epoch(model, None, loss_fn, optimizer, loader, 0.1, precision, device, args, 0, float("inf"), True)
+    train_one_epoch(model, loader, loss_fn, optimizer, **step, max_batches=steps)
     return steps * 8 / (time.perf_counter() - started)
 
 

@@ -1,8 +1,10 @@
+import argparse
 import csv
 import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -10,28 +12,22 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from crackseg.cli import build_parser, main
+from crackseg.cli import main
+from crackseg.data import BatchBlockSampler, DataError, source_weights
+from crackseg.losses import build_loss
 from crackseg.metrics import source_mean_f1_curve
 from crackseg.models import ModelConfig, build_model, load_model, save_model
 from crackseg.synthetic import write_synthetic_dataset
-from crackseg.train import (
-    BatchBlockSampler,
-    TrainingError,
-    init_from,
-    make_degradation,
-    parse_scale_range,
-    source_weights,
-    train,
-)
+from crackseg.train import ConfigError, RunResult, TrainConfig, TrainingError, init_from, make_datasets, train
 
 
-def _args(data, out, *extra):
-    argv = [
-        "train", "--data", str(data), "--out", str(out), "--size", "64", "--batch-size", "4", "--epochs", "2",
-        "--workers", "0", "--alpha-schedule", "step", "--val-fraction", "0.2", "--max-batches", "3",
-        "--precision", "fp32", "--lr", "1e-3", *extra,
-    ]  # fmt: skip
-    return build_parser().parse_args(argv)
+def _config(data, out, **changes) -> TrainConfig:
+    """Two short epochs (3 batches of 4 crops of 64²) on the generated data."""
+    values = {
+        "data": [data], "out": out, "size": 64, "batch_size": 4, "epochs": 2, "workers": 0, "alpha_schedule": "step",
+        "val_fraction": 0.2, "max_batches": 3, "precision": "fp32", "lr": 1e-3,
+    }  # fmt: skip
+    return TrainConfig(**{**values, **changes})
 
 
 def _history(run: Path) -> list[dict]:
@@ -39,40 +35,55 @@ def _history(run: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def test_two_epochs_write_every_file(synthetic_root, tmp_path):
-    run = train(_args(synthetic_root, tmp_path / "run", "--select", "ods"))
-    for name in (
-        "last.pt",
-        "history.csv",
-        "loss_curve.png",
-        "run.json",
-        "best/model.safetensors",
-        "best/config.json",
-    ):
+def _without_seconds(history: list[dict]) -> list[dict]:
+    return [{k: v for k, v in h.items() if k != "seconds"} for h in history]
+
+
+def test_two_epochs_from_python_write_every_file(synthetic_root, tmp_path, monkeypatch):
+    def no_argparse(*args, **kwargs):
+        raise AssertionError("train() parsed a command line")
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_known_args", no_argparse)
+    result = train(_config(synthetic_root, tmp_path / "run", select="ods"))
+    assert isinstance(result, RunResult) and result.run_dir == tmp_path / "run"
+    run = result.run_dir
+    for name in ("last.pt", "history.csv", "loss_curve.png", "run.json", "best/model.safetensors", "best/config.json"):
         assert (run / name).is_file(), name
     history = _history(run)
-    assert [int(h["epoch"]) for h in history] == [1, 2]
+    assert [int(h["epoch"]) for h in history] == [1, 2] == [h["epoch"] for h in result.history]
     assert all(0 <= float(h["val_f1"]) <= float(h["val_ods"]) <= 1 for h in history)  # ODS: best over thresholds
-    model, config = load_model(run / "best")
+    model, config = load_model(result.best_model_dir)
     assert config.arch == "pspnet" and config.train_size == 64 and 0 < config.threshold < 1
     assert config.notes["val_ods_f1"] == pytest.approx(max(float(h["val_ods"]) for h in history), abs=1e-6)
+    assert config.notes["epoch"] == result.best["epoch"]
     state = torch.load(run / "last.pt", weights_only=True)
-    assert state["epoch"] == 2 and state["args"]["size"] == 64
+    assert state["epoch"] == 2 and state["config"]["size"] == 64 and state["config"]["max_batches"] == 3
+    assert json.loads((run / "run.json").read_text())["config"] == state["config"]
 
 
-@pytest.mark.parametrize("extra", [[], ["--ema", "0.9"]], ids=["raw", "ema"])
-def test_resume_reproduces_an_uninterrupted_run(synthetic_root, tmp_path, extra):
-    full = train(_args(synthetic_root, tmp_path / "full", *extra))
-    part = train(_args(synthetic_root, tmp_path / "part", "--epochs", "1", *extra))
-    resumed = train(_args(synthetic_root, part, "--resume", *extra))
-    strip = [{k: v for k, v in h.items() if k != "seconds"} for h in _history(full)]
-    assert [{k: v for k, v in h.items() if k != "seconds"} for h in _history(resumed)] == strip
-    a, b = load_file(str(full / "best/model.safetensors")), load_file(str(resumed / "best/model.safetensors"))
+@pytest.mark.parametrize("ema, resume_from", [(0.0, "cli"), (0.9, "python")])
+def test_resume_reproduces_an_uninterrupted_run(synthetic_root, tmp_path, ema, resume_from):
+    full = train(_config(synthetic_root, tmp_path / "full", ema=ema)).run_dir
+    part = train(_config(synthetic_root, tmp_path / "part", ema=ema, epochs=1)).run_dir
+    # Either way only the run folder and the new epoch count are given: the rest is the run's saved config.
+    if resume_from == "cli":
+        assert main(["train", "--resume", "--out", str(part), "--epochs", "2"]) == 0
+    else:
+        train(TrainConfig.from_run(part, epochs=2))
+    assert _without_seconds(_history(part)) == _without_seconds(_history(full))
+    a, b = load_file(str(full / "best/model.safetensors")), load_file(str(part / "best/model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_resume_with_another_network_is_refused(synthetic_root, tmp_path):
+    config = _config(synthetic_root, tmp_path / "run", epochs=1, max_batches=1)
+    train(config)
+    with pytest.raises(TrainingError, match="trained with arch 'pspnet', not 'unet'"):
+        train(replace(config, resume=True, epochs=2, arch="unet"))
+
+
 def test_ema_weights_are_the_ones_validated_and_saved(synthetic_root, tmp_path):
-    run = train(_args(synthetic_root, tmp_path / "run", "--epochs", "1", "--ema", "0.5"))  # epoch 1 is the best
+    run = train(_config(synthetic_root, tmp_path / "run", epochs=1, ema=0.5)).run_dir  # epoch 1 is the best
     state = torch.load(run / "last.pt", weights_only=True)
     averaged = {k.removeprefix("module."): v for k, v in state["ema"].items() if k.startswith("module.")}
     saved = load_file(str(run / "best/model.safetensors"))
@@ -80,11 +91,24 @@ def test_ema_weights_are_the_ones_validated_and_saved(synthetic_root, tmp_path):
     assert any(not torch.equal(state["model"][k], averaged[k]) for k in saved)  # not a copy of the raw weights
 
 
+class NanOnTrainingCall:
+    """A loss that turns NaN on its n-th call in training (validation runs without gradients)."""
+
+    def __init__(self, loss_fn, n: int):
+        self.loss_fn, self.n, self.calls = loss_fn, n, 0
+
+    def __call__(self, logits, mask, sdf, alpha):
+        loss = self.loss_fn(logits, mask, sdf, alpha)
+        self.calls += torch.is_grad_enabled()
+        return loss * float("nan") if torch.is_grad_enabled() and self.calls == self.n else loss
+
+
 def test_nan_loss_stops_cleanly_and_keeps_last_checkpoint(synthetic_root, tmp_path):
-    run = train(_args(synthetic_root, tmp_path / "nan", "--epochs", "1"))
+    config = _config(synthetic_root, tmp_path / "nan", epochs=1)
+    run = train(config).run_dir
     before = (run / "last.pt").read_bytes()
-    with pytest.raises(TrainingError, match="loss became nan at epoch 2, batch 2"):
-        train(_args(synthetic_root, run, "--resume", "--nan-at-batch", "1"))
+    with pytest.raises(TrainingError, match="loss became nan at epoch 2, batch 2; stopped. The last good checkpoint"):
+        train(replace(config, epochs=2, resume=True), loss_fn=NanOnTrainingCall(build_loss("bc"), 2))
     assert (run / "last.pt").read_bytes() == before
 
 
@@ -97,14 +121,75 @@ def test_existing_run_dir_is_not_overwritten(synthetic_root, tmp_path):
 
 def test_empty_validation_split(synthetic_root, tmp_path):
     with pytest.raises(TrainingError, match="validation split came out empty"):
-        train(_args(synthetic_root, tmp_path / "r", "--val-fraction", "0"))
+        train(_config(synthetic_root, tmp_path / "r", val_fraction=0))
 
 
-def test_config_file_fills_unset_options(synthetic_root, tmp_path):
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text(f"data: [{synthetic_root}]\nsize: 64\nepochs: 1\nbatch_size: 4\nworkers: 0\nmax_batches: 1\n")
-    assert main(["train", "--config", str(cfg), "--out", str(tmp_path / "r"), "--precision", "fp32"]) == 0
+def test_config_file_fills_unset_options_and_flags_override_it(synthetic_root, tmp_path):
+    cfg = tmp_path / "c.yaml"  # YAML reads 1e-3 (no dot) as text: converted like the flag's text
+    cfg.write_text(f"data: [{synthetic_root}]\nsize: 64\nepochs: 3\nbatch-size: 4\nworkers: 0\nlr: 1e-3\n")
+    argv = ["train", "--config", str(cfg), "--out", str(tmp_path / "r"), "--precision", "fp32", "--epochs", "1"]
+    assert main(argv) == 0
     assert len(_history(tmp_path / "r")) == 1
+    saved = json.loads((tmp_path / "r" / "run.json").read_text())["config"]
+    assert saved["lr"] == 0.001 and saved["batch_size"] == 4 and saved["epochs"] == 1
+    assert TrainConfig.from_file(cfg, out="x").lr == 0.001
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("lr: fast", "c.yaml: lr 'fast': expected a number"),
+        ("loss: bcee", "c.yaml: loss 'bcee': expected one of bc, bce"),
+        ("batch_size: 2.5", "c.yaml: batch_size 2.5: expected a whole number"),
+        ("learning_rate: 1e-3", "c.yaml: learning_rate: unknown option"),
+        ("max_batches: 1", "c.yaml: max_batches: unknown option"),  # a Python-only setting, not an option
+    ],
+)
+def test_config_file_with_a_bad_value_or_key_names_it(tmp_path, capsys, line, message):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"data: [somewhere]\n{line}\n")
+    assert main(["train", "--config", str(cfg), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
+    with pytest.raises(ConfigError, match=message.split(":")[1].split()[0]):
+        TrainConfig.from_file(cfg, out="r")
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"lr": 0}, "lr 0.0: expected a learning rate above 0"),
+        ({"epochs": 0}, "epochs 0: expected at least 1"),
+        ({"batch_size": "eight"}, "batch_size 'eight': expected a whole number"),
+        ({"degrade_prob": 1.5}, "degrade_prob 1.5: expected a probability"),
+        ({"ema": 1.0}, "ema 1.0: expected a decay"),
+        ({"source_balance": 2.0}, "source_balance 2.0"),
+        ({"threshold_by": "mean"}, "threshold_by 'mean': expected one of pooled, sources"),
+        ({"arch_kwargs": "[1, 2]"}, "arch_kwargs '[1, 2]': expected a mapping"),
+        ({"scale_range": "1.3,0.4"}, "scale_range '1.3,0.4': expected two factors"),
+        ({"scale_range": "0,1"}, "scale_range"),
+        ({"scale_range": "0.5"}, "scale_range"),
+        ({"degrade_scale": "2,big"}, "degrade_scale '2,big': expected factors of at least 1"),
+    ],
+)
+def test_bad_settings_are_refused_naming_the_field(tmp_path, changes, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("[", r"\[")):
+        _config(tmp_path, tmp_path / "r", **changes)
+
+
+def test_settings_are_converted_to_their_types(tmp_path):
+    config = _config(tmp_path, tmp_path / "r", lr="1e-3", epochs="3", light_augment="true", pos_weight="none")
+    assert (config.lr, config.epochs, config.light_augment, config.pos_weight) == (0.001, 3, True, None)
+    assert config.data == [str(tmp_path)] and config.out == str(tmp_path / "r")  # paths as text, for run.json
+    assert _config(tmp_path, "r", scale_range="0.4,1.3").scale_range == (0.4, 1.3)
+    assert _config(tmp_path, "r", scale_range=[0.4, 1.3]).scale_range == (0.4, 1.3)
+    assert _config(tmp_path, "r", degrade_scale="x2,4").degrade_scale == (2.0, 4.0)  # evaluate's spelling too
+    assert _config(tmp_path, "r", arch_kwargs='{"decoder_channels": [8]}').arch_kwargs == {"decoder_channels": [8]}
+    assert replace(config, epochs="5").epochs == 5  # replace() converts and checks too
+    with pytest.raises(ConfigError, match="data: required"):
+        TrainConfig(out="r")
+    assert TrainConfig.from_dict(config.to_dict()) == config
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="torchrun with gloo is exercised on Linux")
@@ -143,14 +228,12 @@ def test_ddp_two_processes_match_one(synthetic_root, tmp_path):
 
 
 def test_validation_split_follows_split_seed_not_the_training_seed(synthetic_root, tmp_path):
-    from crackseg.train import make_datasets
+    def val_names(**changes):
+        return make_datasets(_config(synthetic_root, tmp_path / "run", **changes))[2]["val_names"]
 
-    def val_names(*extra):
-        return make_datasets(_args(synthetic_root, tmp_path / "run", *extra))[2]["val_names"]
-
-    # Fine-tuning with a new --seed must validate on the same photos, or it trains on the old validation split.
-    assert val_names("--seed", "0") == val_names("--seed", "7")
-    assert val_names("--split-seed", "0") != val_names("--split-seed", "1")
+    # Fine-tuning with a new seed must validate on the same photos, or it trains on the old validation split.
+    assert val_names(seed=0) == val_names(seed=7)
+    assert val_names(split_seed=0) != val_names(split_seed=1)
 
 
 def test_init_from_a_model_of_another_decoder_width_copies_the_encoder(tmp_path):
@@ -166,13 +249,6 @@ def test_init_from_a_model_of_another_decoder_width_copies_the_encoder(tmp_path)
     assert encoder and all(torch.equal(target[k], source[k].to(target[k].dtype)) for k in encoder)
 
 
-def test_scale_range_is_two_ordered_positive_factors():
-    assert parse_scale_range("0.4,1.3") == (0.4, 1.3)
-    for bad in ("1.3,0.4", "0,1", "0.5", "small,big"):
-        with pytest.raises(TrainingError, match="--scale-range"):
-            parse_scale_range(bad)
-
-
 def test_source_balance_evens_out_the_sources():
     sources = ["big"] * 90 + ["small"] * 10
     drawn = BatchBlockSampler(100, 10, seed=0, weights=source_weights(sources, 1.0))
@@ -182,21 +258,19 @@ def test_source_balance_evens_out_the_sources():
     assert 0.15 < sqrt_share / 100 < 0.35  # sqrt(10) / (sqrt(90) + sqrt(10)) = 0.25
     assert source_weights(sources, 0.0) is None  # off: the plain permutation
     assert sorted(BatchBlockSampler(100, 10, 0)) == list(range(100))
-    with pytest.raises(TrainingError, match="--source-balance"):
+    with pytest.raises(DataError, match="source balance 2.0"):
         source_weights(sources, 2.0)
 
 
 def test_source_balanced_training_runs(synthetic_root, tmp_path):
-    run = train(_args(synthetic_root, tmp_path / "run", "--source-balance", "0.5", "--epochs", "1"))
-    assert len(_history(run)) == 1
+    result = train(_config(synthetic_root, tmp_path / "run", source_balance=0.5, epochs=1))
+    assert len(_history(result.run_dir)) == 1
 
 
 def test_bad_degrade_scale_is_a_one_line_error_naming_the_option(synthetic_root, tmp_path, capsys):
     argv = ["train", "--data", str(synthetic_root), "--out", str(tmp_path / "run"), "--degrade-prob", "0.3"]
     assert main([*argv, "--degrade-scale", "2,big"]) == 2
-    assert "--degrade-scale '2,big'" in capsys.readouterr().err
-    assert make_degradation(0.3, "x2,4").scales == [2.0, 4.0]  # the evaluate spelling works here too
-    assert make_degradation(0.0, "2,4") is None
+    assert "--degrade-scale '2,big': expected factors of at least 1" in capsys.readouterr().err
 
 
 def test_source_mean_f1_counts_every_source_once():
@@ -207,9 +281,8 @@ def test_source_mean_f1_counts_every_source_once():
 
 def test_select_sources_keeps_the_epoch_with_the_best_per_source_mean(synthetic_root, tmp_path):
     other = write_synthetic_dataset(tmp_path / "other", 12, size=(96, 128), seed=100, prefix="other")
-    args = _args(synthetic_root, tmp_path / "run", "--select", "sources", "--epochs", "3")
-    args.data = [str(synthetic_root), str(other)]
-    run = train(args)
+    config = _config(synthetic_root, tmp_path / "run", select="sources", epochs=3)
+    run = train(replace(config, data=[synthetic_root, other])).run_dir
     history = _history(run)
     assert json.loads((run / "run.json").read_text())["data"]["val"]["sources"].keys() == {"other", "syn"}
     f1s = [float(h["val_f1_sources"]) for h in history]
@@ -218,12 +291,12 @@ def test_select_sources_keeps_the_epoch_with_the_best_per_source_mean(synthetic_
 
 
 def test_pretrained_encoder_trains_with_its_own_normalisation(synthetic_root, tmp_path):
-    args = _args(
-        synthetic_root, tmp_path / "run", "--arch", "unet", "--encoder", "timm-tf_efficientnet_lite0",
-        "--encoder-weights", "imagenet", "--epochs", "1", "--threshold-by", "sources",
+    config = _config(
+        synthetic_root, tmp_path / "run", arch="unet", encoder="timm-tf_efficientnet_lite0",
+        encoder_weights="imagenet", epochs=1, threshold_by="sources",
     )  # fmt: skip
-    run = train(args)
-    model, config = load_model(run / "best")
-    assert config.mean == config.std == (0.5, 0.5, 0.5)  # the Lite checkpoints' [-1, 1] inputs, not ImageNet's
+    run = train(config).run_dir
+    model, saved = load_model(run / "best")
+    assert saved.mean == saved.std == (0.5, 0.5, 0.5)  # the Lite checkpoints' [-1, 1] inputs, not ImageNet's
     # the stored threshold is where the mean of the per-source F1s peaked
-    assert float(_history(run)[0]["threshold"]) == pytest.approx(config.threshold)
+    assert float(_history(run)[0]["threshold"]) == pytest.approx(saved.threshold)

@@ -26,13 +26,11 @@ def cmd_data(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from crackseg.train import train
+    from crackseg.train import config_from_args, train
 
-    if not args.data or not args.out:
-        raise SystemExit("error: train needs --data DIR [DIR ...] and --out RUN_DIR (or both in --config)")
-    out = train(args)
+    result = train(config_from_args(args))  # the flags over --config's file over a resumed run's saved settings
     if os.environ.get("RANK", "0") == "0":
-        print(f"best model: {out / 'best'}  (use it with --weights {out / 'best'})")
+        print(f"best model: {result.best_model_dir}  (use it with --weights {result.best_model_dir})")
     return 0
 
 
@@ -236,6 +234,40 @@ def cmd_measure(args) -> int:
     return 1 if failures else 0
 
 
+def cmd_compare(args) -> int:
+    from pathlib import Path
+
+    from crackseg.compare import CompareError, compare
+    from crackseg.compare_outputs import check_output
+
+    if args.masks and (args.weights or args.model):
+        raise InputError("--masks compares the masks as they are: drop --weights/--model, or drop --masks")
+    check_output(args.out, args.overwrite)  # before the model loads or any photo is read
+    segmenter = None
+    if not args.masks and any(Path(p).suffix.lower() != ".json" for p in (args.before, args.after)):
+        if args.photos:
+            raise CompareError("--photos is for --masks and measure files: the photos are the inputs here")
+        segmenter = segmenter_from_args(args)
+        print(f"model {segmenter.config.name or args.weights or args.model}; {segmenter.describe()}", file=sys.stderr)
+    changes = compare(
+        args.before,
+        args.after,
+        segmenter=segmenter,
+        masks=args.masks,
+        photos=tuple(None if p == "-" else p for p in args.photos or ("-", "-")),
+        pixel_size_mm=args.pixel_size,
+        tolerance_px=args.tolerance_px,
+        assume_aligned=args.assume_aligned,
+        min_length=args.min_length,
+    )
+    changes.write(args.out, args.overwrite)
+    a, s = changes.alignment, changes.summary()
+    quality = f"{a.inliers} inliers, {a.error_px:.2f} px RMS" if a.method == "features" else a.method
+    counts = ", ".join(f"{n} {name.replace('_', ' ')}" for name, n in s["counts"].items() if n)
+    print(f"aligned ({quality}); {counts or 'no cracks'} -> {args.out}")
+    return 0
+
+
 def cmd_export(args) -> int:
     from crackseg.engines import export_model
 
@@ -333,6 +365,31 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     add_model_arguments(p)
     p.set_defaults(func=cmd_measure)
 
+    p = sub.add_parser("compare", help="compare two surveys crack by crack: new, extended, widened, unchanged, closed")
+    p.add_argument("before", help="the earlier survey: a photo, a mask (--masks) or a NAME_measure.json")
+    p.add_argument("after", help="the later survey, the same kinds; results are in its frame")
+    p.add_argument("-o", "--out", required=True, help="output folder")
+    p.add_argument("--masks", action="store_true", help="the inputs are crack masks: compare them, no model")
+    p.add_argument(
+        "--photos",
+        nargs=2,
+        metavar=("BEFORE_PHOTO", "AFTER_PHOTO"),
+        help="the photos the masks or measure files came from, to register them on ('-': the one a measure file "
+        "records)",
+    )
+    p.add_argument("--pixel-size", type=float, metavar="MM", help="AFTER's millimetres per pixel (default: its own)")
+    p.add_argument(
+        "--tolerance-px",
+        type=float,
+        metavar="N",
+        help="matching tolerance in px (default and minimum: the alignment error + 2)",
+    )
+    p.add_argument("--assume-aligned", action="store_true", help="no registration: a fixed camera, same size")
+    p.add_argument("--min-length", type=float, default=10.0, metavar="PX", help="ignore shorter cracks")
+    p.add_argument("--overwrite", action="store_true", help="replace the outputs of an earlier comparison in -o")
+    add_model_arguments(p)
+    p.set_defaults(func=cmd_compare)
+
     p = sub.add_parser("export", help="export a model to ONNX at a fixed tile size (checked against PyTorch)")
     p.add_argument("--weights", help="a trained model: model.safetensors, its folder, or a run folder")
     p.add_argument("--model", help="a shipped model by name (default: the default model)")
@@ -351,10 +408,6 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser(command=next((a for a in argv if not a.startswith("-")), ""))
     args = parser.parse_args(argv)
     try:
-        if args.command == "train":
-            from crackseg.train import apply_config_file
-
-            apply_config_file(args, parser, argv)
         return args.func(args)
     except KeyboardInterrupt:
         return 130

@@ -311,3 +311,76 @@ def summarize(pairs: list[Pair]) -> dict[str, dict]:
         s: {"pairs": v["pairs"], "crack_fraction": v["crack_pixels"] / max(v["pixels"], 1)}
         for s, v in sorted(stats.items())
     }
+
+
+# --- sampling for training ------------------------------------------------------------------------------------
+# Plain classes (torch's DataLoader takes any sized map-style dataset and any iterable sampler), importing torch
+# only when used: `crackseg data` and the inference commands import this module and must not pay for torch.
+
+
+class EpochSeededDataset:
+    """Seeds the augmentation per (seed, epoch, index): the same crops whatever the worker count or resume."""
+
+    def __init__(self, dataset: CrackDataset, seed: int):
+        self.dataset, self.seed, self.epoch = dataset, seed, 0
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict:
+        item_seed = zlib.crc32(f"{self.seed}/{self.epoch}/{index}".encode())
+        if self.dataset.transform is not None:
+            self.dataset.transform.set_random_seed(item_seed)
+        if self.dataset.extra is not None:
+            self.dataset.extra.seed = item_seed
+        return self.dataset[index]
+
+
+def source_weights(sources: list[str], power: float):
+    """Per-pair sampling weights 1/count(source)^power (a float64 tensor), so small sources (concrete, formwork)
+    are seen more often; None for power 0, the data's own mix."""
+    from collections import Counter
+
+    import torch
+
+    if power == 0:
+        return None
+    if not 0 < power <= 1:
+        raise DataError(f"source balance {power}: expected a power between 0 and 1, e.g. 0.5")
+    counts = Counter(sources)
+    return torch.tensor([counts[s] ** -power for s in sources], dtype=torch.float64)
+
+
+class BatchBlockSampler:
+    """A seeded shuffle per epoch in which process r of w takes the r-th part of every global batch.
+
+    With one process it is a plain seeded shuffle; under DDP the w processes together see exactly the batches
+    one process would see, so a distributed run follows the single-process run. With `weights`, an epoch is as
+    many draws with replacement, in proportion to the weights, instead of a permutation.
+    """
+
+    def __init__(self, size: int, batch_size: int, seed: int, rank: int = 0, world: int = 1, weights=None):
+        self.size, self.batch_size, self.seed, self.rank, self.world = size, batch_size, seed, rank, world
+        self.weights, self.epoch = weights, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _indices(self) -> list[int]:
+        import torch
+
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        if self.weights is None:
+            order = torch.randperm(self.size, generator=generator)
+        else:
+            order = torch.multinomial(self.weights, self.size, replacement=True, generator=generator)
+        usable = self.size - self.size % self.batch_size
+        part = self.batch_size // self.world
+        starts = range(0, usable, self.batch_size)
+        return [i for s in starts for i in order[s + self.rank * part : s + (self.rank + 1) * part].tolist()]
+
+    def __iter__(self):
+        return iter(self._indices())
+
+    def __len__(self) -> int:
+        return (self.size // self.batch_size) * (self.batch_size // self.world)

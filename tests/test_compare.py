@@ -1,0 +1,408 @@
+"""Two surveys compared crack by crack (`crackseg compare`), on generated photos whose changes are known: one crack
+added, one extended by a known length, one widened, one deleted, the second photo shifted, rotated and brighter.
+Masks are given (or a fake segmenter returns them), so no model runs."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pyogrio
+import pytest
+import rasterio
+import shapely
+from affine import Affine
+
+from crackseg import cli
+from crackseg.cli import main
+from crackseg.compare import AlignmentError, CompareError, Survey, apply_homography, compare
+from crackseg.images import to_rgb_uint8, write_image
+
+SIZE = (480, 640)  # height, width
+# Known cracks in BEFORE's image: polyline (pixel-centre coordinates) and drawn thickness.
+CRACKS = {
+    "unchanged": ([(80, 60), (150, 90), (230, 100)], 3),
+    "extended": ([(300, 80), (380, 130), (440, 150)], 3),
+    "widened": ([(100, 300), (160, 360), (200, 420)], 2),
+    "closed": ([(320, 330), (400, 300), (470, 320)], 3),
+    "unchanged too": ([(540, 200), (560, 270), (575, 330)], 4),
+}
+EXTENSION = (520, 170)  # the extended crack goes on from its last point to here
+EXTENSION_PX = float(np.hypot(520 - 440, 170 - 150))
+NEW = ([(230, 200), (280, 235), (330, 220)], 3)
+WIDER = 6
+ANGLE, SHIFT, GAIN, BIAS = 8.0, (18.0, -12.0), 1.15, 12.0  # AFTER's camera and exposure against BEFORE's
+
+
+def texture(rng: np.random.Generator, shape=SIZE) -> np.ndarray:
+    """A concrete-like surface: noise blurred at three scales, so that every part of it has features."""
+    t = sum(cv2.GaussianBlur(rng.normal(0, 1, shape).astype(np.float32), (0, 0), s) * s for s in (1.5, 3, 6))
+    return np.clip(140 + 30 * (t - t.mean()) / t.std(), 0, 255)
+
+
+def draw(cracks, shape=SIZE) -> np.ndarray:
+    mask = np.zeros(shape, np.uint8)
+    for points, thickness in cracks:
+        cv2.polylines(mask, [np.int32(points)], False, 1, thickness=thickness)
+    return mask.astype(np.float32)
+
+
+def photo(surface: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    return np.clip(surface - 70 * cv2.GaussianBlur(mask, (0, 0), 0.7), 0, 255)
+
+
+def to_image_coordinates(h_cv: np.ndarray) -> np.ndarray:
+    """OpenCV's pixel centres are at integers, crackseg's image coordinates at +0.5."""
+    t = np.array([[1, 0, 0.5], [0, 1, 0.5], [0, 0, 1]])
+    return t @ h_cv @ np.linalg.inv(t)
+
+
+def make_pair(seed: int = 0):
+    """(BEFORE photo, BEFORE mask, AFTER photo, AFTER mask, true homography BEFORE → AFTER, image coordinates)."""
+    rng = np.random.default_rng(seed)
+    surface = texture(rng)
+    before = list(CRACKS.values())
+    points, thickness = CRACKS["extended"]
+    after = [
+        CRACKS["unchanged"],
+        (points + [EXTENSION], thickness),
+        (CRACKS["widened"][0], WIDER),
+        CRACKS["unchanged too"],
+        NEW,
+    ]
+    mask_b, mask_a = draw(before), draw(after)
+    m = cv2.getRotationMatrix2D((SIZE[1] / 2, SIZE[0] / 2), ANGLE, 1.0)
+    m[:, 2] += SHIFT
+
+    def warp(a):
+        return cv2.warpAffine(a, m, SIZE[::-1], flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+
+    photo_a = np.clip(warp(photo(surface, mask_a)) * GAIN + BIAS + rng.normal(0, 2, SIZE), 0, 255)
+    h = to_image_coordinates(np.vstack([m, [0, 0, 1]]))
+    return photo(surface, mask_b).astype(np.uint8), mask_b > 0.5, photo_a.astype(np.uint8), warp(mask_a) > 0.5, h
+
+
+def known_lines(h: np.ndarray) -> dict[str, shapely.LineString]:
+    """Each known crack's polyline in AFTER's frame (as drawn in AFTER, so the extended one with its extension)."""
+    lines = {name: np.float64(points) for name, (points, _) in CRACKS.items()} | {"new": np.float64(NEW[0])}
+    lines["extended"] = np.vstack([lines["extended"], EXTENSION])
+    return {name: shapely.LineString(apply_homography(h, xy + 0.5)) for name, xy in lines.items()}
+
+
+def by_name(changes, h) -> dict:
+    """The known crack each reported one is (the nearest polyline): name → CrackChange."""
+    known = known_lines(h)
+    out = {}
+    for crack in changes.cracks:
+        name = min(known, key=lambda k: known[k].hausdorff_distance(crack.line))
+        assert name not in out, f"two cracks reported for {name}"
+        out[name] = crack
+    return out
+
+
+@pytest.fixture(scope="module")
+def pair():
+    return make_pair()
+
+
+@pytest.fixture(scope="module")
+def changes(pair):
+    photo_b, mask_b, photo_a, mask_a, _ = pair
+    return compare(Survey.from_arrays(mask_b, photo_b, "before"), Survey.from_arrays(mask_a, photo_a, "after"))
+
+
+def test_every_change_is_found_after_a_shift_a_rotation_and_new_exposure(changes, pair):
+    cracks = by_name(changes, pair[4])
+    assert {name: c.change for name, c in cracks.items()} == {
+        "unchanged": "unchanged",
+        "extended": "extended",
+        "widened": "widened",
+        "closed": "closed",
+        "unchanged too": "unchanged",
+        "new": "new",
+    }
+    assert cracks["extended"].added_length_px == pytest.approx(EXTENSION_PX, rel=0.05)
+    assert cracks["extended"].added.hausdorff_distance(known_extension(pair[4])) < 3
+    assert cracks["widened"].width_growth_px > 2
+    assert changes.counts() == {"new": 1, "extended": 1, "widened": 1, "unchanged": 2, "closed": 1, "out_of_view": 0}
+
+
+def known_extension(h) -> shapely.LineString:
+    return shapely.LineString(apply_homography(h, np.float64([CRACKS["extended"][0][-1], EXTENSION]) + 0.5))
+
+
+def test_the_alignment_is_reported_and_right(changes, pair):
+    a = changes.alignment
+    assert a.method == "features" and a.inliers >= 100 and a.error_px < 1.0
+    corners = np.float64([[0, 0], [SIZE[1], 0], [0, SIZE[0]], [SIZE[1], SIZE[0]]])
+    assert np.abs(apply_homography(a.homography, corners) - apply_homography(pair[4], corners)).max() < 1.0
+    assert changes.tolerance_px == pytest.approx(a.error_px + 2)
+
+
+def test_ids_stay_and_new_cracks_get_fresh_ones(changes, pair):
+    cracks = by_name(changes, pair[4])
+    before_ids = {c.id for c in changes.before.measurement.cracks}
+    for name in ("unchanged", "extended", "widened", "unchanged too"):
+        assert cracks[name].before_ids == (cracks[name].id,) and cracks[name].id in before_ids
+    assert cracks["closed"].id in before_ids
+    assert cracks["new"].id == max(before_ids) + 1 == changes.next_id - 1
+
+
+def test_outputs_and_no_overwrite(changes, pair, tmp_path):
+    out = tmp_path / "out"
+    changes.write(out)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["counts"]["new"] == 1 and summary["alignment"]["error_px"] < 1
+    assert summary["added_length_px"] == pytest.approx(EXTENSION_PX, rel=0.05)
+    assert summary["largest_widening"]["id"] == by_name(changes, pair[4])["widened"].id
+    geo = json.loads((out / "changes.geojson").read_text())
+    assert geo["crs"] is None
+    added = [f for f in geo["features"] if f["properties"]["part"] == "added"]
+    assert len(added) == 1 and len(geo["features"]) == 7
+    rows = list(csv.DictReader((out / "changes.csv").open()))
+    assert sorted(r["change"] for r in rows) == sorted(
+        ["new", "extended", "widened", "unchanged", "unchanged", "closed"]
+    )
+    assert pyogrio.read_info(out / "changes.gpkg", layer="changes")["features"] == 7
+    assert "| widened | 1 |" in (out / "report.md").read_text()
+    picture = cv2.imread(str(out / "changes.png"))
+    assert picture.shape[1] > 2 * SIZE[1] * 0.9
+    with pytest.raises(CompareError, match="--overwrite"):
+        changes.write(out)
+    changes.write(out, overwrite=True)
+
+
+def write_survey(folder, name, photo, mask):
+    write_image(folder / f"{name}.png", photo)
+    write_image(folder / f"{name}_mask.png", mask.astype(np.uint8) * 255)
+
+
+def test_a_third_survey_keeps_the_second_ones_ids(pair, tmp_path):
+    """after_measure.json of one comparison is the BEFORE of the next: ids and the photo carry over."""
+    photo_b, mask_b, photo_a, mask_a, _ = pair
+    write_survey(tmp_path, "s1", photo_b, mask_b)
+    write_survey(tmp_path, "s2", photo_a, mask_a)
+    first = compare(
+        tmp_path / "s1_mask.png",
+        tmp_path / "s2_mask.png",
+        masks=True,
+        photos=(tmp_path / "s1.png", tmp_path / "s2.png"),
+    )
+    first.write(tmp_path / "one")
+    # The third survey: the second one again, with one more crack.
+    extra = draw([([(30, 400), (90, 440), (150, 455)], 3)]) > 0  # in AFTER's frame, clear of the others
+    write_survey(tmp_path, "s3", photo_a, mask_a | extra)
+    # By the command line: "-" takes the photo after_measure.json records.
+    argv = ["compare", str(tmp_path / "one" / "after_measure.json"), str(tmp_path / "s3_mask.png"), "--masks"]
+    assert main([*argv, "--photos", "-", str(tmp_path / "s3.png"), "-o", str(tmp_path / "two")]) == 0
+    summary = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert summary["alignment"]["method"] == "features" and summary["alignment"]["error_px"] < 0.5
+    rows = list(csv.DictReader((tmp_path / "two" / "changes.csv").open()))
+    kept = {int(r["id"]) for r in rows if r["change"] == "unchanged"}
+    assert kept == {c.id for c in first.cracks if c.after_number}
+    (new,) = [int(r["id"]) for r in rows if r["change"] == "new"]
+    assert new == first.next_id  # not the id of the crack closed between the first two surveys
+    assert summary["counts"]["closed"] == 0 and summary["next_crack_id"] == first.next_id + 1
+
+
+def test_unrelated_photos_fail_alignment_and_write_nothing(pair, tmp_path, capsys):
+    photo_b, mask_b, _, _, _ = pair
+    other = texture(np.random.default_rng(7)).astype(np.uint8)
+    with pytest.raises(AlignmentError, match="cannot align"):
+        compare(Survey.from_arrays(mask_b, photo_b, "b"), Survey.from_arrays(mask_b, other, "o"))
+    write_survey(tmp_path, "b", photo_b, mask_b)
+    write_survey(tmp_path, "o", other, mask_b)
+    argv = [
+        "compare",
+        str(tmp_path / "b_mask.png"),
+        str(tmp_path / "o_mask.png"),
+        "--masks",
+        "-o",
+        str(tmp_path / "out"),
+    ]
+    assert main([*argv, "--photos", str(tmp_path / "b.png"), str(tmp_path / "o.png")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: cannot align") and "\n" not in err
+    assert not any((tmp_path / "out").iterdir())
+
+
+def test_an_empty_survey_makes_every_crack_new_or_closed(pair, caplog):
+    photo_b, mask_b, _, _, _ = pair
+    empty, cracked = Survey.from_arrays(np.zeros(SIZE, bool), photo_b, "b"), Survey.from_arrays(mask_b, photo_b, "a")
+    all_new = compare(empty, cracked)
+    assert all_new.counts()["new"] == len(all_new.cracks) == 5
+    assert "every crack of AFTER is new" in caplog.text
+    all_closed = compare(cracked, empty, assume_aligned=True)
+    assert all_closed.counts()["closed"] == len(all_closed.cracks) == 5
+    assert all_closed.summary()["largest_widening"] is None
+
+
+# --- georeferenced surveys ----------------------------------------------------------------------------------
+
+PIXEL_M = 0.0005  # 0.5 mm
+ORIGIN = (500_000.0, 5_000_000.0)  # EPSG:32633 metres, BEFORE's top-left corner
+
+
+def write_geotiff(path, mask, origin=ORIGIN, pixel=PIXEL_M, crs="EPSG:32633"):
+    transform = Affine(pixel, 0.0, origin[0], 0.0, -pixel, origin[1])
+    profile = {"driver": "GTiff", "height": mask.shape[0], "width": mask.shape[1], "count": 1, "dtype": "uint8"}
+    with rasterio.open(path, "w", **profile, crs=crs, transform=transform) as dst:
+        dst.write(mask.astype(np.uint8) * 255, 1)
+
+
+@pytest.mark.parametrize("coarser", [1, 2])
+def test_georeferenced_masks_align_by_coordinates(tmp_path, coarser):
+    """AFTER's raster starts 50 px east and 30 px south of BEFORE's (and may have pixels twice as large).
+
+    One more crack runs out of BEFORE's view: AFTER sees more of it, but that is not an extension."""
+    edge = ([(590, 450), (700, 455)], 3)
+    before = draw([*CRACKS.values(), edge], (540, 720))[:480, :640] > 0
+    after = draw([*CRACKS.values(), edge, NEW], (540, 720))[30:510, 50:690]
+    if coarser == 2:
+        after = cv2.resize(after, (320, 240), interpolation=cv2.INTER_AREA)
+    after = after > 0.3
+    origin_after = (ORIGIN[0] + 50 * PIXEL_M, ORIGIN[1] - 30 * PIXEL_M)
+    write_geotiff(tmp_path / "before.tif", before)
+    write_geotiff(tmp_path / "after.tif", after, origin_after, PIXEL_M * coarser)
+    out = tmp_path / "out"
+    assert main(["compare", str(tmp_path / "before.tif"), str(tmp_path / "after.tif"), "--masks", "-o", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["alignment"]["method"] == "georeference"
+    h = np.array(summary["alignment"]["homography"])
+    expected = np.array([[1, 0, -50], [0, 1, -30], [0, 0, coarser]]) / coarser
+    expected[2, 2] = 1
+    assert np.allclose(h, expected, atol=1e-6)
+    assert summary["counts"]["new"] == 1 and summary["counts"]["unchanged"] == 6
+    assert summary["pixel_size_mm"] == pytest.approx(0.5 * coarser)
+    geo = json.loads((out / "changes.geojson").read_text())
+    assert geo["source_crs"] == "EPSG:32633" and "crs" not in geo
+    lon, lat = geo["features"][0]["geometry"]["coordinates"][0][0]
+    assert 14 < lon < 16 and 45 < lat < 46  # UTM 33N near 5000 km north
+
+
+def test_georeferenced_masks_in_different_crs_are_refused(tmp_path, capsys):
+    mask = draw(list(CRACKS.values())) > 0
+    write_geotiff(tmp_path / "before.tif", mask)
+    write_geotiff(tmp_path / "after.tif", mask, crs="EPSG:32632")
+    assert (
+        main(
+            ["compare", str(tmp_path / "before.tif"), str(tmp_path / "after.tif"), "--masks", "-o", str(tmp_path / "o")]
+        )
+        == 2
+    )
+    assert "reproject" in capsys.readouterr().err
+
+
+# --- bad input ----------------------------------------------------------------------------------------------
+
+
+def test_assume_aligned_needs_the_same_size(pair):
+    _, mask_b, _, mask_a, _ = pair
+    smaller = Survey.from_arrays(mask_a[:400, :600], name="a")
+    with pytest.raises(CompareError, match="drop --assume-aligned"):
+        compare(Survey.from_arrays(mask_b, name="b"), smaller, assume_aligned=True)
+    same = compare(Survey.from_arrays(mask_b, name="b"), Survey.from_arrays(mask_b, name="b2"), assume_aligned=True)
+    assert same.counts()["unchanged"] == 5 and same.alignment.error_px == 0
+
+
+def test_masks_without_photos_or_georeference_say_what_to_give(pair):
+    _, mask_b, _, mask_a, _ = pair
+    with pytest.raises(AlignmentError, match="--photos"):
+        compare(Survey.from_arrays(mask_b, name="b"), Survey.from_arrays(mask_a, name="a"))
+
+
+def measured(tmp_path, mask) -> str:
+    write_image(tmp_path / "m.png", mask.astype(np.uint8) * 255)
+    assert main(["measure", str(tmp_path / "m.png"), "--masks", "-o", str(tmp_path / "measured")]) == 0
+    return str(tmp_path / "measured" / "m_measure.json")
+
+
+@pytest.mark.parametrize(
+    "edit, says",
+    [
+        (lambda d: {k: v for k, v in d.items() if k not in ("format", "format_version")}, "older crackseg"),
+        (lambda d: d | {"format_version": 99}, "format version 99"),
+        (lambda d: {"format": "crackseg-changes"}, "after_measure.json"),
+        (lambda d: {"something": 1}, "not a NAME_measure.json"),
+    ],
+)
+def test_measure_files_of_another_version_are_refused(pair, tmp_path, capsys, edit, says):
+    path = measured(tmp_path, pair[1])
+    Path(path).write_text(json.dumps(edit(json.loads(Path(path).read_text()))))
+    capsys.readouterr()
+    assert main(["compare", path, path, "--assume-aligned", "-o", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert says in err and err.count("\n") == 1
+
+
+def test_a_measure_file_compares_with_itself(pair, tmp_path):
+    path = measured(tmp_path, pair[1])
+    same = compare(path, path, assume_aligned=True)
+    assert same.counts()["unchanged"] == 5 and [c.id for c in same.cracks] == [1, 2, 3, 4, 5]
+
+
+def test_an_unwritable_output_folder_is_named(pair, tmp_path, capsys):
+    (tmp_path / "file").write_text("")
+    path = measured(tmp_path, pair[1])
+    capsys.readouterr()
+    assert main(["compare", path, path, "--assume-aligned", "-o", str(tmp_path / "file" / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: -o {tmp_path / 'file' / 'out'}") and err.count("\n") == 1
+
+
+# --- the command line, with a fake segmenter ----------------------------------------------------------------
+
+
+class FakeSegmenter:
+    """Knows the mask of each test photo: segmentation is not what is tested here."""
+
+    class config:  # noqa: N801 (the real segmenter's attribute)
+        name = "fake"
+
+    def __init__(self, pairs):
+        self.masks = {to_rgb_uint8(photo).tobytes(): mask for photo, mask in pairs}
+
+    def describe(self) -> str:
+        return "fake segmenter"
+
+    def predict(self, image):
+        class Result:
+            mask = self.masks[np.ascontiguousarray(image).tobytes()]
+
+        return Result()
+
+
+def test_cli_compares_two_photos(pair, tmp_path, monkeypatch, capsys):
+    photo_b, mask_b, photo_a, mask_a, h = pair
+    write_image(tmp_path / "2023.png", photo_b)
+    write_image(tmp_path / "2025.png", photo_a)
+    monkeypatch.setattr(cli, "segmenter_from_args", lambda args: FakeSegmenter([(photo_b, mask_b), (photo_a, mask_a)]))
+    out = tmp_path / "changes"
+    argv = ["compare", str(tmp_path / "2023.png"), str(tmp_path / "2025.png"), "-o", str(out), "--pixel-size", "0.1"]
+    assert main(argv) == 0
+    said = capsys.readouterr().out
+    assert "1 new, 1 extended, 1 widened, 2 unchanged, 1 closed" in said
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["added_length_mm"] == pytest.approx(EXTENSION_PX * 0.1, rel=0.05)
+    after = json.loads((out / "after_measure.json").read_text())
+    assert after["photo"].endswith("2025.png") and after["next_crack_id"] == 7
+    assert main(argv) == 2  # the outputs are there now
+    assert "--overwrite" in capsys.readouterr().err
+    assert main([*argv, "--overwrite"]) == 0
+
+
+def test_a_cropped_after_photo_and_pixel_sizes_that_disagree(pair):
+    """Different image sizes are fine once registered; pixel sizes that contradict the registration are not."""
+    photo_b, mask_b, photo_a, mask_a, h = pair
+    crop = (slice(20, 460), slice(10, 630))
+    before = Survey.from_arrays(mask_b, photo_b, "b", pixel_size_mm=0.2)
+    after = Survey.from_arrays(mask_a[crop], photo_a[crop], "a", pixel_size_mm=0.2)
+    changes = compare(before, after)
+    shift = np.array([[1, 0, -10], [0, 1, -20], [0, 0, 1]])
+    assert {n: c.change for n, c in by_name(changes, shift @ h).items()}["extended"] == "extended"
+    assert changes.counts()["closed"] == 1 and changes.pixel_size_mm == 0.2
+    with pytest.raises(CompareError, match="align at ×1.00"):
+        compare(before, Survey.from_arrays(mask_a, photo_a, "a", pixel_size_mm=0.1))
