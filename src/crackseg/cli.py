@@ -61,6 +61,7 @@ def threshold_value(text: str) -> float:
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
     from crackseg.engines import PRECISIONS, REGISTRY
+    from crackseg.images import DEFAULT_MAX_PIXELS
 
     p.add_argument("--weights", help="a trained model: model.safetensors, its folder, or a run folder")
     p.add_argument("--model", help="a shipped model by name (default: the default model)")
@@ -81,7 +82,9 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--batch-size", type=positive_int, default=4, help="tiles per forward pass")
-    p.add_argument("--max-pixels", type=float, default=500e6, help="refuse images with more pixels than this")
+    p.add_argument(
+        "--max-pixels", type=float, default=DEFAULT_MAX_PIXELS, help="refuse images with more pixels than this"
+    )
     p.add_argument("--tta", action="store_true", help="average the four flips of each tile (4× slower)")
 
 
@@ -390,6 +393,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     add_model_arguments(p)
     p.set_defaults(func=cmd_compare)
 
+    from crackseg.engines.int8 import CALIBRATION_CROPS
+
     p = sub.add_parser("export", help="export a model to ONNX at a fixed tile size (checked against PyTorch)")
     p.add_argument("--weights", help="a trained model: model.safetensors, its folder, or a run folder")
     p.add_argument("--model", help="a shipped model by name (default: the default model)")
@@ -397,7 +402,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--tile", type=tile_size, help="the model's fixed tile size (default: its training size)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "int8"], help="int8: static QDQ model")
     p.add_argument("--calibration-data", nargs="+", help="int8: data folders whose training crops calibrate")
-    p.add_argument("--calibration-crops", type=int, default=300, help="int8: number of calibration crops")
+    p.add_argument(
+        "--calibration-crops", type=positive_int, default=CALIBRATION_CROPS, help="int8: number of calibration crops"
+    )
     p.set_defaults(func=cmd_export)
     return parser
 
