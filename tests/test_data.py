@@ -11,10 +11,10 @@ from crackseg.data import (
     DataError,
     find_all_pairs,
     find_pairs,
+    pairs_per_source,
     photo_group,
     signed_distance,
     split_pairs,
-    summarize,
     train_transform,
 )
 from crackseg.images import ImageReadError, read_image, read_mask, write_image
@@ -249,7 +249,7 @@ def test_reads_all_shared_data():
         "aiglern": 269, "cfd": 72, "crack500": 1078, "deepcrack": 300, "gaps384": 1710, "marble": 246,
         "shadowcrack": 671, "uav-crack": 315, "uav75": 48,
     }  # fmt: skip
-    stats = summarize([p for p in pairs if p.source == "cfd"][:5])
+    stats = pairs_per_source([p for p in pairs if p.source == "cfd"][:5])
     print(stats)
     assert 0 < stats["cfd"]["crack_fraction"] < 0.1
 

@@ -12,13 +12,13 @@ from crackseg.errors import CracksegError, InputError
 
 
 def cmd_data(args) -> int:
-    from crackseg.data import find_all_pairs, split_pairs, summarize
+    from crackseg.data import find_all_pairs, pairs_per_source, split_pairs
 
     pairs = find_all_pairs(args.data, args.skip_unpaired)
     train, val = split_pairs(pairs, args.val_fraction, args.split_seed)
     val_names = {p.image for p in val}
     print(f"{'source':<14}{'pairs':>7}{'val':>6}{'crack %':>9}")
-    for source, entry in summarize(pairs).items():
+    for source, entry in pairs_per_source(pairs).items():
         n_val = sum(1 for p in pairs if p.source == source and p.image in val_names)
         print(f"{source:<14}{entry['pairs']:>7}{n_val:>6}{100 * entry['crack_fraction']:>9.2f}")
     print(f"{'all':<14}{len(pairs):>7}{len(val):>6}")

@@ -298,7 +298,7 @@ class CrackDataset:
         }
 
 
-def summarize(pairs: list[Pair]) -> dict[str, dict]:
+def pairs_per_source(pairs: list[Pair]) -> dict[str, dict]:
     """Per-source pair counts and crack-pixel fractions (reads every mask)."""
     stats: dict[str, dict] = defaultdict(lambda: {"pairs": 0, "crack_pixels": 0, "pixels": 0})
     for pair in pairs:
