@@ -153,7 +153,7 @@ def high_water_kb(pid: int) -> int:
 def run_predict(args, image: Path, out: Path, env: dict) -> tuple[float, float, str]:
     """Wall seconds, peak RSS (GB) and the auto line of one `crackseg predict` child process."""
     command = [sys.executable, "-m", "crackseg", "predict", str(image), "-o", str(out)]
-    command += ["--tile", str(TILE), "--weights", str(args.weights)]
+    command += ["--tile", str(TILE), "--weights", str(args.weights[0])]  # the first model
     log = out.parent / "predict.log"
     started = time.perf_counter()
     peak_kb = 0
@@ -197,7 +197,9 @@ def end_to_end(args, workdir: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--weights", help="a crackseg model (default: random-init PSPNet-ResNet18)")
+    parser.add_argument(
+        "--weights", nargs="+", help="crackseg models, each measured in turn (default: random-init PSPNet-ResNet18)"
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--data", nargs="*", default=[], help="crackseg data folders for calibration/agreement")
     parser.add_argument("--calibration-crops", type=int, help="int8 calibration crops (default 300; quick 32)")
@@ -222,16 +224,16 @@ def main() -> None:
         if not args.weights:
             torch.manual_seed(0)
             config = ModelConfig(arch="pspnet", encoder="resnet18", train_size=TILE, name="random-pspnet-r18")
-            args.weights = save_model(build_model("pspnet", "resnet18"), config, workdir / "model")
-        handle = ModelHandle.find(args.weights)
-        weights, config = handle.path, handle.config
-        gflop = model_gflop(handle.network)
+            args.weights = [save_model(build_model("pspnet", "resnet18"), config, workdir / "model")]
         peak = matmul_peak(torch.float32)
         bf16 = cpu_has_bf16_matrix_engine()
-        print(f"model {config.name or weights} ({config.arch}-{config.encoder}), {TILE}², {args.threads} thr.")
         print(f"CPU bf16 matrix engine: {'yes' if bf16 else 'no'}; fp32 matmul peak {peak:.0f} GFLOP/s", end="")
         print(f"; bf16 peak {matmul_peak(torch.bfloat16):.0f} GFLOP/s" if bf16 else "")
-        if not args.e2e_only:
+        for weights in args.weights if not args.e2e_only else []:
+            handle = ModelHandle.find(weights)
+            gflop = model_gflop(handle.network)
+            name = handle.config.name or handle.path
+            print(f"\nmodel {name} ({handle.config.arch}-{handle.config.encoder}), {TILE}², {args.threads} thr.")
             throughput_table(handle, args, gflop, peak)
         if not args.skip_e2e:
             end_to_end(args, workdir)

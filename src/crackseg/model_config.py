@@ -16,7 +16,7 @@ from crackseg.errors import CracksegError
 from crackseg.images import IMAGENET_MEAN, IMAGENET_STD
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
-DEFAULT_MODEL = "unet-r18"
+DEFAULT_MODEL = "unet-lite0"
 CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
 
 
