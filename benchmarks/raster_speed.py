@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from predict_speed import high_water_kb  # the same poll of the child's VmHWM
 
 
 def write_orthomosaic(path: Path, size: int, block: int = 2048) -> None:
@@ -38,14 +39,6 @@ def write_orthomosaic(path: Path, size: int, block: int = 2048) -> None:
                 height, width = min(block, size - row), min(block, size - col)
                 image, _ = synthetic_crack((height, width), seed=row * 7 + col, n_cracks=3)
                 dst.write(np.moveaxis(image, -1, 0), window=Window(col, row, width, height))
-
-
-def high_water_kb(pid: int) -> int:
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return 0
-    return next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM")), 0)
 
 
 def main() -> None:

@@ -31,7 +31,6 @@ How, and why:
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 from dataclasses import dataclass, field
@@ -41,7 +40,7 @@ import cv2
 import numpy as np
 import shapely
 
-from crackseg.errors import InputError
+from crackseg.errors import InputError, read_json
 from crackseg.georef import Georeference, GeoreferenceError, read_georeference
 from crackseg.quantify import DEFAULT_MIN_LENGTH, Crack, Measurement, measure
 
@@ -187,12 +186,7 @@ def read_measure_file(path: Path, which: str) -> dict:
     """A NAME_measure.json as a dict, or a CompareError saying why this crackseg cannot read it."""
     from crackseg.outputs import MEASURE_FORMAT, MEASURE_FORMAT_VERSION
 
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise CompareError(f"{which} {path}: no such file") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CompareError(f"{which} {path}: not readable JSON ({err})") from None
+    data = read_json(path, f"{which} {path}", CompareError)
     kind = data.get("format") if isinstance(data, dict) else None
     if kind == CHANGES_FORMAT:
         raise CompareError(

@@ -16,3 +16,16 @@ class InputError(CracksegError, ValueError):
 
 class InputTypeError(InputError, TypeError):
     """An input of a type crackseg does not accept (the message names the accepted ones)."""
+
+
+def read_json(path, label: str, error: type[CracksegError]):
+    """The JSON in a file the user named, or an `error` naming it (`label`, e.g. "--classes x.json") and why."""
+    import json
+    from pathlib import Path
+
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise error(f"{label}: no such file") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise error(f"{label}: not readable JSON ({err})") from None

@@ -46,7 +46,6 @@ How the numbers are made, and why:
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -59,7 +58,7 @@ from scipy.sparse.csgraph import connected_components
 from skimage.measure import label
 from skimage.morphology import remove_small_holes, skeletonize
 
-from crackseg.errors import InputError
+from crackseg.errors import InputError, read_json
 
 DEFAULT_MIN_LENGTH = 10.0  # px: shorter components are specks; they are dropped and counted
 DEFAULT_HOLE_AREA = 16  # px: holes up to this size inside a crack are filled
@@ -146,12 +145,7 @@ def load_width_classes(spec: str | Path | WidthClasses | None = None) -> WidthCl
     path = Path(spec)
     if path.suffix.lower() != ".json":
         raise ClassesError(f"--classes {spec}: expected {' or '.join(WIDTH_CLASS_PRESETS)} or a .json file")
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ClassesError(f"--classes {spec}: no such file") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ClassesError(f"--classes {spec}: not readable JSON ({err})") from None
+    data = read_json(path, f"--classes {spec}", ClassesError)
     if not isinstance(data, dict):
         raise ClassesError(f'--classes {spec}: expected a JSON object {{"name", "bins_mm", "labels"}}')
     unknown = sorted(set(data) - {"name", "bins_mm", "labels"})
