@@ -109,6 +109,17 @@ def test_export_of_a_cached_model_does_not_load_the_network(exported, tiny_model
     assert out.read_bytes() == exported.read_bytes()
 
 
+def run_fresh(code: str, cache, image, name: str) -> subprocess.CompletedProcess:
+    """Run `code` in a new process (as every command is) on CACHE/NAME.png -> CACHE/NAME-out; it must succeed."""
+    write_image(cache / f"{name}.png", image)
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(cache / f"{name}.png"), str(cache / f"{name}-out")],
+        capture_output=True, text=True, timeout=120, env=os.environ | {"CRACKSEG_CACHE": str(cache)},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done
+
+
 def test_cached_export_predicts_without_importing_torch(exported, cache, tiny_model_dir, image, reference):
     # A fresh process, as every command is: with the export cached, `crackseg predict` needs neither the network
     # nor torch (1.3 s of start-up) nor segmentation-models-pytorch (2 s more).
@@ -119,14 +130,9 @@ def test_cached_export_predicts_without_importing_torch(exported, cache, tiny_mo
         "import crackseg.evaluate, crackseg.quantify, crackseg.serve.app; "  # nor do evaluate, measure and serve
         "print(rc, *(name in sys.modules for name in ('torch', 'segmentation_models_pytorch')))"
     )
-    write_image(cache / "photo.png", image)
-    done = subprocess.run(
-        [sys.executable, "-c", code, str(cache / "photo.png"), str(cache / "out")],
-        capture_output=True, text=True, timeout=120, env=os.environ | {"CRACKSEG_CACHE": str(cache)},
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-2000:]
+    done = run_fresh(code, cache, image, "photo")
     assert done.stdout.split()[-3:] == ["0", "False", "False"]
-    prob = np.asarray(Image.open(cache / "out" / "photo_prob.png"), np.float32) / 255  # rounded to 1/255
+    prob = np.asarray(Image.open(cache / "photo-out" / "photo_prob.png"), np.float32) / 255  # rounded to 1/255
     assert agreement(reference, prob)["f1"] >= 0.98
 
 
@@ -265,12 +271,7 @@ def test_python_api_defaults_pick_the_same_engine_as_the_cli_without_torch(expor
         f"'--tile', '{TILE}']); "
         "print('API', seg.describe()); print('torch', 'torch' in sys.modules)"
     )
-    write_image(cache / "api.png", image)
-    done = subprocess.run(
-        [sys.executable, "-c", code, str(cache / "api.png"), str(cache / "api-out")],
-        capture_output=True, text=True, timeout=120, env=os.environ | {"CRACKSEG_CACHE": str(cache)},
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-2000:]
+    done = run_fresh(code, cache, image, "api")
     api = next(line for line in done.stdout.splitlines() if line.startswith("API "))[4:]
     cli = next(line for line in done.stderr.splitlines() if line.startswith("model "))
     assert cli.endswith("; " + api)  # "model tiny; openvino bf16 (auto: ...), tile 64, overlap 0.25"

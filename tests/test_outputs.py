@@ -20,6 +20,7 @@ from crackseg.georef import Georeference, GeoreferenceError
 from crackseg.images import write_image
 from crackseg.outputs import CSV_FIELDS, dxf_layer_name, parse_formats
 from crackseg.quantify import WIDTH_CLASS_PRESETS
+from tests.test_quantify import segment
 
 PIXEL_M = 0.0005  # 0.5 mm pixels
 ORIGIN = (500_000.0, 5_000_000.0)  # top-left corner, EPSG:32633 (UTM 33N) metres
@@ -35,13 +36,7 @@ CRACKS = [
 
 def band(shape, p0, p1, width) -> np.ndarray:
     """Pixels whose centres (col + 0.5, row + 0.5) lie within width/2 of the segment p0–p1, flat ends."""
-    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]] + 0.5
-    (x0, y0), (x1, y1) = p0, p1
-    length = np.hypot(x1 - x0, y1 - y0)
-    ux, uy = (x1 - x0) / length, (y1 - y0) / length
-    along = (xx - x0) * ux + (yy - y0) * uy
-    across = -(xx - x0) * uy + (yy - y0) * ux
-    return (along >= 0) & (along <= length) & (np.abs(across) <= width / 2)
+    return segment(shape, p0, p1, width, centre=0.5)
 
 
 def crack_mask(shape=SHAPE, cracks=CRACKS) -> np.ndarray:

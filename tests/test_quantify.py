@@ -51,9 +51,9 @@ def digital_band(width, angle):
     return best
 
 
-def segment(shape, p0, p1, width):
-    """Pixels within width/2 of the segment p0–p1 (x, y), flat ends."""
-    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]].astype(float)
+def segment(shape, p0, p1, width, centre: float = 0.0):
+    """Pixels within width/2 of the segment p0–p1 (x, y), flat ends; a pixel sits at (col, row) + `centre`."""
+    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]] + centre
     (x0, y0), (x1, y1) = p0, p1
     length = np.hypot(x1 - x0, y1 - y0)
     ux, uy = (x1 - x0) / length, (y1 - y0) / length
