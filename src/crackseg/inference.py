@@ -336,8 +336,9 @@ def predict_files(
     """
     from tqdm import tqdm
 
+    from crackseg.georef import read_georeference
     from crackseg.images import ImageReadError, write_image
-    from crackseg.rasters import is_georeferenced_raster, segment_raster
+    from crackseg.rasters import segment_raster
 
     out_dir = Path(out_dir)
     everything = collect_inputs(inputs)
@@ -348,7 +349,7 @@ def predict_files(
     written, failures = 0, []
     for path, _ in tqdm(files, desc="predict", unit="img", disable=not progress):
         outputs = paths[path]
-        raster = is_georeferenced_raster(path)
+        raster = read_georeference(path) is not None  # a TIFF with a CRS: block by block, GeoTIFF outputs
         if raster:
             outputs = {kind: q.with_suffix(".tif") for kind, q in outputs.items() if kind != "overlay"}
         if skip_existing and outputs["mask"].exists():

@@ -132,19 +132,3 @@ def write_blocks(segmenter, src, outputs: list[Path], block: int) -> tuple[int, 
         for sink in sinks:
             sink.close()
     return crack, valid_total
-
-
-def is_georeferenced_raster(path: str | os.PathLike) -> bool:
-    """A TIFF that rasterio reads with a CRS: segmented block by block, its outputs GeoTIFFs on its grid."""
-    from crackseg.georef import is_tiff
-
-    if not is_tiff(path):
-        return False
-    import rasterio
-    from rasterio.errors import RasterioError
-
-    try:
-        with rasterio.open(path) as src:
-            return src.crs is not None
-    except RasterioError:
-        return False
