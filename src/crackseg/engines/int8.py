@@ -279,7 +279,7 @@ def verified_int8(
     config = handle.config
     crops = crops or CalibrationCrops(config, tile)
     if not calibrate and not int8_cache_path(handle.path, tile, backend).exists():
-        raise BackendError("not calibrated yet (crackseg export --precision int8 --calibration-data DIR)")
+        raise BackendError("not calibrated yet (crackseg export --precision int8 --calibration-data DIR -o FILE.onnx)")
     path = cached_int8(handle, tile, backend, crops)
     record = Path(f"{path}.agreement.json")
     figures = json.loads(record.read_text()) if record.is_file() else None
