@@ -152,7 +152,7 @@ def high_water_kb(pid: int) -> int:
 
 def run_predict(args, image: Path, out: Path, env: dict) -> tuple[float, float, str]:
     """Wall seconds, peak RSS (GB) and the auto line of one `crackseg predict` child process."""
-    command = [sys.executable, "-m", "crackseg", "predict", str(image), "-o", str(out)]
+    command = [sys.executable, "-m", "crackseg", "predict", str(image), "-o", str(out), "--overwrite"]  # run again
     command += ["--tile", str(TILE), "--weights", str(args.weights[0])]  # the first model
     log = out.parent / "predict.log"
     started = time.perf_counter()

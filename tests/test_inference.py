@@ -4,8 +4,9 @@ import torch
 from PIL import Image
 
 from crackseg.cli import main
+from crackseg.errors import OutputExistsError
 from crackseg.images import default_mode, normalize_image, read_mask, write_image
-from crackseg.inference import CrackSegmenter, blend_window, output_paths, tile_starts
+from crackseg.inference import CrackSegmenter, blend_window, output_paths, predict_files, tile_starts
 from crackseg.models import ModelConfig, load_model
 from crackseg.synthetic import synthetic_crack
 
@@ -131,6 +132,59 @@ def test_predict_shards_and_skip_existing(tiny_model_dir, tmp_path):
     assert main(["predict", pattern, "-o", out, "--skip-existing", *args]) == 0
     assert (tmp_path / "out" / "m0.png").stat().st_mtime_ns == first  # not segmented again
     assert read_mask(tmp_path / "out" / "m0.png").shape == (32, 32)
+
+
+def test_predict_replaces_an_earlier_runs_outputs_only_with_overwrite(tiny_model_dir, tmp_path, capsys):
+    write_image(tmp_path / "in" / "site.jpg", synthetic_crack((48, 64), seed=0)[0])
+    out = tmp_path / "out"
+    args = [str(tmp_path / "in"), "-o", str(out), "--overlay", "--weights", str(tiny_model_dir), "--tile", "64"]
+    assert main(["predict", *args]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert sorted(before) == ["site.png", "site_overlay.jpg"]
+    capsys.readouterr()
+    # refused before the model loads (an unknown model would fail there) or the photo is read: one line, what to do
+    assert main(["predict", *args[:3], "--overlay", "--model", "no-such"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(f"error: -o {out}: {out / 'site.png'} is there already")
+    assert "--overwrite" in err and "--skip-existing" in err and "no-such" not in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    # any output counts, not just the mask: an overlay alone is refused too
+    (out / "site.png").unlink()
+    assert main(["predict", *args]) == 2
+    assert f"{out / 'site_overlay.jpg'} is there already" in capsys.readouterr().err
+    assert (out / "site_overlay.jpg").read_bytes() == before["site_overlay.jpg"]
+    # --overwrite replaces them
+    (out / "site.png").write_bytes(b"an earlier mask")
+    assert main(["predict", *args, "--overwrite"]) == 0
+    assert read_mask(out / "site.png").shape == (48, 64)
+    assert Image.open(out / "site_overlay.jpg").size == (64, 48)
+
+
+def test_predict_files_is_safe_by_default(tiny_model_dir, tmp_path):
+    write_image(tmp_path / "in" / "p.png", synthetic_crack((40, 40), seed=1)[0])
+    segmenter = CrackSegmenter.from_pretrained(tiny_model_dir, backend="torch", tile=64)
+    inputs, out = [str(tmp_path / "in")], tmp_path / "out"
+    assert predict_files(segmenter, inputs, out, progress=False) == (1, [])
+    (out / "p.png").write_bytes(b"kept")
+    with pytest.raises(OutputExistsError, match="--overwrite"):
+        predict_files(segmenter, inputs, out, write_prob=True, progress=False)
+    assert (out / "p.png").read_bytes() == b"kept" and not (out / "p_prob.png").exists()
+    assert predict_files(segmenter, inputs, out, skip_existing=True, progress=False) == (0, [])
+    assert predict_files(segmenter, inputs, out, overwrite=True, progress=False) == (1, [])
+    assert read_mask(out / "p.png").shape == (40, 40)
+
+
+def test_shards_name_their_outputs_over_all_the_inputs(tiny_model_dir, tmp_path):
+    # two photos named alike fall into different shards: each shard must still give them their own names
+    for i, folder in enumerate(["a", "b"]):
+        write_image(tmp_path / "in" / folder / "x.jpg", synthetic_crack((32, 32), seed=i)[0])
+    args = [str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--weights", str(tiny_model_dir), "--tile", "64"]
+    assert main(["predict", *args, "--shard", "0/2"]) == 0
+    assert main(["predict", *args, "--shard", "1/2"]) == 0  # not refused: the other shard wrote other files
+    assert sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*.png")) == [
+        "a/x.png",
+        "b/x.png",
+    ]
 
 
 def test_output_folder_that_holds_the_inputs_is_refused_and_nothing_is_touched(tiny_model_dir, tmp_path, capsys):

@@ -16,9 +16,10 @@ import shapely
 from affine import Affine
 
 from crackseg.cli import main
+from crackseg.errors import OutputExistsError
 from crackseg.georef import Georeference, GeoreferenceError
 from crackseg.images import write_image
-from crackseg.outputs import CSV_FIELDS, dxf_layer_name, parse_formats
+from crackseg.outputs import CSV_FIELDS, dxf_layer_name, measure_files, parse_formats
 from crackseg.quantify import WIDTH_CLASS_PRESETS
 from tests.test_quantify import segment
 
@@ -216,12 +217,53 @@ def test_geographic_crs_needs_a_pixel_size(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "lonlat.tif" in err and "geographic" in err and "--pixel-size" in err
     assert not (out / "lonlat_cracks.geojson").exists()
+    assert not (out / "cracks.csv").exists()  # nothing measured, no table: the run with the fix is not refused
     assert main(["measure", str(tmp_path / "lonlat.tif"), "--masks", "-o", str(out), "--pixel-size", "0.5"]) == 0
     feature = json.loads((out / "lonlat_cracks.geojson").read_text())["features"][0]
     lon, lat = np.array(feature["geometry"]["coordinates"][0]).T
     line = np.column_stack([(lon - 15.0) / 1e-8, (45.0 - lat) / 1e-8])  # back to image coordinates
     p0, p1, width, _ = known_crack(line)
     check_on_segment(line, p0, p1, width)
+
+
+def test_measure_replaces_an_earlier_runs_outputs_only_with_overwrite(tmp_path, capsys):
+    write_image(tmp_path / "m.png", crack_mask().astype(np.uint8) * 255)
+    out = tmp_path / "out"
+    argv = ["measure", str(tmp_path / "m.png"), "--masks", "-o", str(out)]
+    assert main(argv) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert len(before) == 6
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(f"error: -o {out}: {out / 'm_measure.json'} is there already")
+    assert "--overwrite" in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    # the run's own table counts too; files of formats the run does not write do not
+    for name in before:
+        if name != "cracks.csv":
+            (out / name).unlink()
+    assert main([*argv, "--formats", "geojson,csv"]) == 2
+    assert f"{out / 'cracks.csv'} is there already" in capsys.readouterr().err
+    assert main([*argv, "--formats", "geojson"]) == 0
+    (out / "cracks.csv").write_text("an earlier table")
+    assert main([*argv, "--formats", "geojson,csv", "--overwrite"]) == 0
+    assert len(list(csv.DictReader((out / "cracks.csv").open()))) == len(CRACKS)
+
+
+def test_measure_refuses_before_the_model_loads_and_measure_files_is_safe_by_default(tmp_path, capsys):
+    write_image(tmp_path / "wall.png", crack_mask().astype(np.uint8) * 255)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "wall_cracks.dxf").write_bytes(b"an earlier drawing")
+    assert main(["measure", str(tmp_path / "wall.png"), "-o", str(out), "--model", "no-such"]) == 2
+    err = capsys.readouterr().err
+    assert "wall_cracks.dxf is there already" in err and "no-such" not in err
+    with pytest.raises(OutputExistsError, match="wall_cracks.dxf"):
+        measure_files([str(tmp_path / "wall.png")], out, progress=False)
+    assert (out / "wall_cracks.dxf").read_bytes() == b"an earlier drawing"
+    assert measure_files([str(tmp_path / "wall.png")], out, progress=False, overwrite=True)[:2] == (1, len(CRACKS))
+    assert ezdxf.readfile(out / "wall_cracks.dxf").modelspace().query("LWPOLYLINE")
 
 
 def test_tiff_without_crs_is_said_once_and_mapped_in_pixels(tmp_path, caplog):

@@ -107,25 +107,22 @@ def segmenter_from_args(args):
     )
 
 
-def check_outputs_before_work(inputs: list[str], out: str) -> None:
-    """Fail on a bad output folder before the model loads: not among the inputs, and writable."""
-    from pathlib import Path
-
-    from crackseg.images import ensure_output_folder
-    from crackseg.inference import check_output_folder, collect_inputs
-
-    check_output_folder(inputs, collect_inputs(inputs), Path(out))
-    ensure_output_folder(out)
-
-
 def cmd_predict(args) -> int:
-    from crackseg.inference import predict_files
+    from crackseg.inference import plan_predict, predict_files
 
-    check_outputs_before_work(args.inputs, args.out)
+    # The output folder and the files already there, before the model loads or any photo is read.
+    plan_predict(args.inputs, args.out, args.prob, args.overlay, args.shard, args.skip_existing, args.overwrite)
     segmenter = segmenter_from_args(args)
     print(f"model {segmenter.config.name or args.weights or args.model}; {segmenter.describe()}", file=sys.stderr)
     written, failures = predict_files(
-        segmenter, args.inputs, args.out, args.prob, args.overlay, args.shard, args.skip_existing
+        segmenter,
+        args.inputs,
+        args.out,
+        write_prob=args.prob,
+        write_overlay=args.overlay,
+        shard_spec=args.shard,
+        skip_existing=args.skip_existing,
+        overwrite=args.overwrite,
     )
     for failure in failures:
         print(f"failed: {failure}", file=sys.stderr)
@@ -204,15 +201,14 @@ def cmd_serve(args) -> int:
 
 
 def cmd_measure(args) -> int:
-    from crackseg.images import ensure_output_folder
-    from crackseg.outputs import measure_files, parse_formats
+    from crackseg.outputs import measure_files, parse_formats, plan_measure
     from crackseg.quantify import load_width_classes
 
     segment = None
     if args.masks and (args.weights or args.model):
         raise InputError("--masks measures the masks as they are: drop --weights/--model, or drop --masks")
     formats, classes = parse_formats(args.formats), load_width_classes(args.classes)  # before the model loads
-    ensure_output_folder(args.out)
+    plan_measure(args.inputs, args.out, formats, args.overwrite)  # the folder and the files already there, too
     if not args.masks:
         segmenter = segmenter_from_args(args)
         name = segmenter.config.name or args.weights or args.model
@@ -230,6 +226,7 @@ def cmd_measure(args) -> int:
         formats=formats,
         width_classes=classes,
         marker_mm=args.marker_mm,
+        overwrite=args.overwrite,
     )
     for failure in failures:
         print(f"failed: {failure}", file=sys.stderr)
@@ -309,7 +306,13 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--prob", action="store_true", help="also write NAME_prob.png (probability × 255)")
     p.add_argument("--overlay", action="store_true", help="also write NAME_overlay.jpg")
     p.add_argument("--shard", help="process the i-th of n slices of the inputs, e.g. 0/4")
-    p.add_argument("--skip-existing", action="store_true", help="skip inputs whose mask is already written")
+    p.add_argument(
+        "--skip-existing",
+        action="store_true",
+        help="skip inputs whose mask is already written (an input without its mask is done again, replacing what "
+        "an interrupted run left of it)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace the outputs of an earlier run in -o")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("evaluate", help="score a model on labelled images and write a report with figures")
@@ -365,6 +368,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         metavar="SCHEME",
         help='width classes: concrete (0.1-0.4 mm bins), pavement (3 / 19 mm) or FILE.json {"bins_mm", "labels"}',
     )
+    p.add_argument("--overwrite", action="store_true", help="replace the outputs of an earlier run in -o")
     add_model_arguments(p)
     p.set_defaults(func=cmd_measure)
 

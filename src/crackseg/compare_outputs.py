@@ -59,18 +59,13 @@ PANEL_SIDE = (480, 1200)  # px: the long side of each half of the picture is bro
 
 def check_output(out_dir, overwrite: bool = False) -> Path:
     """The output folder, made and checked writable; none of the outputs there already unless `overwrite`."""
-    from crackseg.images import ensure_output_folder
+    from crackseg.images import check_outputs_free, ensure_output_folder
 
-    try:
+    try:  # OutputExistsError is an OSError too: both are the folder's problems, said as a comparison's
         out = ensure_output_folder(out_dir)
+        check_outputs_free(out_dir, [out / name for name in OUTPUT_FILES], overwrite, what="comparison")
     except OSError as err:
         raise CompareError(str(err)) from None
-    existing = [name for name in OUTPUT_FILES if (out / name).exists()]
-    if existing and not overwrite:
-        raise CompareError(
-            f"-o {out_dir}: {existing[0]} is there already (an earlier comparison?); add --overwrite to replace it, "
-            "or choose another folder"
-        )
     return out
 
 

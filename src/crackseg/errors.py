@@ -18,6 +18,10 @@ class InputTypeError(InputError, TypeError):
     """An input of a type crackseg does not accept (the message names the accepted ones)."""
 
 
+class OutputExistsError(CracksegError, FileExistsError):
+    """A run would replace a file an earlier run left in its output folder, and was not told to (`overwrite`)."""
+
+
 def read_json(path, label: str, error: type[CracksegError]):
     """The JSON in a file the user named, or an `error` naming it (`label`, e.g. "--classes x.json") and why."""
     import json

@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from crackseg.errors import CracksegError, InputError
+from crackseg.errors import CracksegError, InputError, OutputExistsError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -195,6 +195,23 @@ def ensure_output_folder(path: str | os.PathLike, option: str = "-o") -> Path:
             f"{option} {path}: cannot write there ({err.strerror}); choose a folder you can write to"
         ) from None
     return path
+
+
+def check_outputs_free(
+    out_dir: str | os.PathLike, paths, overwrite: bool = False, what: str = "run", keep: str = ""
+) -> None:
+    """Nothing existing is replaced without `overwrite`: refuse when any of `paths` (the files a run would write in
+    `out_dir`) is there already, naming the first. Called before a model loads or an input is read, so that a
+    refused run costs nothing. `what` made the files (an earlier "run", "comparison"); `keep` is a way to keep them
+    that the command offers (", --skip-existing to ..."), put between --overwrite and choosing another folder."""
+    if overwrite:
+        return
+    first = next((Path(p) for p in paths if os.path.lexists(p)), None)
+    if first is not None:
+        raise OutputExistsError(
+            f"-o {out_dir}: {first} is there already (an earlier {what}?); add --overwrite to replace it{keep}, "
+            "or choose another folder"
+        )
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

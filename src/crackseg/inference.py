@@ -318,6 +318,45 @@ def overlay(image: np.ndarray, mask: np.ndarray, color=(255, 0, 0), alpha: float
     return out
 
 
+def plan_predict(
+    inputs: list[str],
+    out_dir: str | Path,
+    write_prob: bool = False,
+    write_overlay: bool = False,
+    shard_spec: str | None = None,
+    skip_existing: bool = False,
+    overwrite: bool = False,
+) -> list[tuple[Path, dict[str, Path], bool]]:
+    """What `predict_files` will write, checked before any model loads or photo is read: (input, kind → output
+    path, whether it is a georeferenced raster) for each input of this shard.
+
+    Refuses an output folder among the inputs, makes it, and refuses to replace a file an earlier run left there
+    unless `overwrite`; with `skip_existing`, inputs whose mask is there are skipped instead, and an input without
+    its mask is done again, replacing what an interrupted run left of it (its mask is written last). Names are
+    made over all the inputs, not just this shard's, so that shards never write the same file.
+    """
+    from crackseg.georef import read_georeference
+    from crackseg.images import check_outputs_free, ensure_output_folder
+
+    out_dir = Path(out_dir)
+    everything = collect_inputs(inputs)
+    check_output_folder(inputs, everything, out_dir)
+    wanted = {"mask", "prob" if write_prob else "", "overlay" if write_overlay else ""}
+    paths = output_paths(everything, out_dir, {k: v for k, v in PREDICT_OUTPUTS.items() if k in wanted})
+    plan = []
+    for path, _ in shard(everything, shard_spec):
+        raster = read_georeference(path) is not None  # a TIFF with a CRS: block by block, GeoTIFF outputs
+        outputs = paths[path]
+        if raster:
+            outputs = {kind: q.with_suffix(".tif") for kind, q in outputs.items() if kind != "overlay"}
+        plan.append((path, outputs, raster))
+    ensure_output_folder(out_dir)
+    if not skip_existing:
+        keep = ", --skip-existing to keep the inputs done already"
+        check_outputs_free(out_dir, [q for _, outs, _ in plan for q in outs.values()], overwrite, keep=keep)
+    return plan
+
+
 def predict_files(
     segmenter: CrackSegmenter,
     inputs: list[str],
@@ -327,31 +366,23 @@ def predict_files(
     shard_spec: str | None = None,
     skip_existing: bool = False,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> tuple[int, list[str]]:
     """Segment every input and write masks (and optionally probabilities, overlays); returns (written, failures).
 
     A georeferenced TIFF (an orthomosaic) is segmented block by block into GeoTIFFs on its own grid and CRS,
     NAME.tif and NAME_prob.tif (no overlay: it would be as large as the photo). A failing file is reported and
-    skipped; the rest are still processed.
+    skipped; the rest are still processed. Files already in `out_dir` are replaced only with `overwrite`
+    (`OutputExistsError` before anything is read otherwise); `skip_existing` skips the inputs whose mask is there.
     """
     from tqdm import tqdm
 
-    from crackseg.georef import read_georeference
     from crackseg.images import ImageReadError, write_image
     from crackseg.rasters import segment_raster
 
-    out_dir = Path(out_dir)
-    everything = collect_inputs(inputs)
-    check_output_folder(inputs, everything, out_dir)
-    files = shard(everything, shard_spec)
-    wanted = {"mask", "prob" if write_prob else "", "overlay" if write_overlay else ""}
-    paths = output_paths(files, out_dir, {k: v for k, v in PREDICT_OUTPUTS.items() if k in wanted})
+    plan = plan_predict(inputs, out_dir, write_prob, write_overlay, shard_spec, skip_existing, overwrite)
     written, failures = 0, []
-    for path, _ in tqdm(files, desc="predict", unit="img", disable=not progress):
-        outputs = paths[path]
-        raster = read_georeference(path) is not None  # a TIFF with a CRS: block by block, GeoTIFF outputs
-        if raster:
-            outputs = {kind: q.with_suffix(".tif") for kind, q in outputs.items() if kind != "overlay"}
+    for path, outputs, raster in tqdm(plan, desc="predict", unit="img", disable=not progress):
         if skip_existing and outputs["mask"].exists():
             continue
         try:

@@ -385,6 +385,30 @@ def write_outputs(
 # --- many files: the engine behind `crackseg measure` -------------------------------------------------------
 
 
+RUN_FILES = {"csv": "cracks.csv"}  # output kind → the one file a run writes for all its inputs
+
+
+def plan_measure(
+    inputs: list[str], out_dir: str | Path, formats: tuple[str, ...] | None = None, overwrite: bool = False
+) -> tuple[dict[Path, dict[str, Path]], dict[str, Path]]:
+    """What `measure_files` will write, checked before any model loads or input is read: per input, kind → path
+    (FORMATS), and the run's own files (cracks.csv). Refuses an output folder among the inputs, makes it, and
+    refuses to replace a file an earlier run left there unless `overwrite`."""
+    from crackseg.images import check_outputs_free, ensure_output_folder
+    from crackseg.inference import check_output_folder, collect_inputs, output_paths
+
+    formats = tuple(FORMATS) if formats is None else formats
+    out_dir = Path(out_dir)
+    files = collect_inputs(inputs)
+    check_output_folder(inputs, files, out_dir)
+    paths = output_paths(files, out_dir, {kind: FORMATS[kind] for kind in formats if FORMATS[kind]})
+    run_files = {kind: out_dir / name for kind, name in RUN_FILES.items() if kind in formats}
+    ensure_output_folder(out_dir)
+    everything = [q for outs in paths.values() for q in outs.values()] + list(run_files.values())
+    check_outputs_free(out_dir, everything, overwrite)
+    return paths, run_files
+
+
 def measure_files(
     inputs: list[str],
     out_dir: str | Path,
@@ -395,6 +419,7 @@ def measure_files(
     formats: tuple[str, ...] | None = None,
     width_classes: str | Path | WidthClasses | None = None,
     marker_mm: float | None = None,
+    overwrite: bool = False,
 ) -> tuple[int, int, list[str]]:
     """Measure the cracks in photos or masks; returns (inputs measured, cracks found, failures).
 
@@ -403,13 +428,13 @@ def measure_files(
     NAME_width.png, NAME_cracks.geojson / .gpkg / .dxf, and OUT/cracks.csv (one row per crack across all
     inputs). A GeoTIFF's georeference places the maps and, in a projected CRS, gives the pixel size, unless
     `pixel_size_mm` is given; else a printed ArUco marker of side `marker_mm` in a photo does. A failing input is
-    reported in `failures` and skipped.
+    reported in `failures` and skipped; a run that measures nothing writes no cracks.csv. Files already in `out_dir`
+    are replaced only with `overwrite` (`OutputExistsError` before anything is read otherwise).
     """
     from tqdm import tqdm
 
     from crackseg.georef import check_shape, is_tiff, read_georeference, resolve_pixel_size
     from crackseg.images import ImageReadError, atomic_write_bytes, read_image, read_mask
-    from crackseg.inference import check_output_folder, collect_inputs, output_paths
 
     if pixel_size_mm is not None and not pixel_size_mm > 0:
         raise InputError(f"--pixel-size must be a positive number of mm per pixel, got {pixel_size_mm}")
@@ -417,12 +442,9 @@ def measure_files(
         raise InputError(f"--marker-mm must be the marker's positive side in mm, got {marker_mm}")
     formats = tuple(FORMATS) if formats is None else formats
     classes = load_width_classes(width_classes)  # a bad --classes fails here, before any input is read
-    out_dir = Path(out_dir)
-    files = collect_inputs(inputs)
-    check_output_folder(inputs, files, out_dir)
-    paths = output_paths(files, out_dir, {kind: FORMATS[kind] for kind in formats if FORMATS[kind]})
+    paths, run_files = plan_measure(inputs, out_dir, formats, overwrite)
     rows, measured, failures, said_no_crs = [], 0, [], False
-    for path, _ in tqdm(files, desc="measure", unit="img", disable=not progress):
+    for path in tqdm(paths, desc="measure", unit="img", disable=not progress):
         try:
             georef = read_georeference(path)
             if georef is not None and "geojson" in formats:
@@ -446,6 +468,6 @@ def measure_files(
         write_outputs(paths[path], result, report, georef, figure)
         rows += [csv_row(str(path), crack) for crack in result.cracks]
         measured += 1
-    if "csv" in formats:
-        atomic_write_bytes(out_dir / "cracks.csv", csv_bytes(rows))
+    if "csv" in run_files and measured:  # every input failed: nothing to tabulate, and nothing to replace next time
+        atomic_write_bytes(run_files["csv"], csv_bytes(rows))
     return measured, len(rows), failures

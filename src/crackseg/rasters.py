@@ -98,7 +98,7 @@ def segment_raster(
         temporary = [Path(tempfile.mkstemp(dir=t.parent, prefix=f".{t.name}.", suffix=".tmp")[1]) for t in targets]
         try:
             crack, valid_total = write_blocks(segmenter, src, temporary, block)
-            for tmp, target in zip(temporary, targets, strict=True):
+            for tmp, target in reversed(list(zip(temporary, targets, strict=True))):  # the mask last, as predict's
                 os.chmod(tmp, default_mode())
                 os.replace(tmp, target)
         finally:
