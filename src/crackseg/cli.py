@@ -10,6 +10,8 @@ import sys
 from crackseg import __version__
 from crackseg.errors import CracksegError, InputError
 
+MIN_BLOCK = 256  # px: `measure --block`; smaller blocks would mostly read their halo
+
 
 def cmd_data(args) -> int:
     from crackseg.data import find_all_pairs, pairs_per_source, split_pairs
@@ -38,6 +40,13 @@ def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value}: must be a whole number of at least 1")
+    return value
+
+
+def block_size(text: str) -> int:
+    value = int(text)
+    if value < MIN_BLOCK:
+        raise argparse.ArgumentTypeError(f"{value}: a block must be at least {MIN_BLOCK} px a side")
     return value
 
 
@@ -213,9 +222,7 @@ def cmd_measure(args) -> int:
         segmenter = segmenter_from_args(args)
         name = segmenter.config.name or args.weights or args.model
         print(f"model {name}; {segmenter.describe()}", file=sys.stderr)
-
-        def segment(image):
-            return segmenter.predict(image).mask
+        segment = segmenter  # the model itself, so that large rasters are segmented block by block
 
     measured, cracks, failures = measure_files(
         args.inputs,
@@ -227,6 +234,7 @@ def cmd_measure(args) -> int:
         width_classes=classes,
         marker_mm=args.marker_mm,
         overwrite=args.overwrite,
+        block=args.block,
     )
     for failure in failures:
         print(f"failed: {failure}", file=sys.stderr)
@@ -369,6 +377,13 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         help='width classes: concrete (0.1-0.4 mm bins), pavement (3 / 19 mm) or FILE.json {"bins_mm", "labels"}',
     )
     p.add_argument("--overwrite", action="store_true", help="replace the outputs of an earlier run in -o")
+    p.add_argument(
+        "--block",
+        type=block_size,
+        metavar="PX",
+        help="georeferenced rasters of more than PX×PX pixels are segmented and measured PX×PX at a time, never "
+        "held whole (default 4096; a smaller PX needs less memory)",
+    )
     add_model_arguments(p)
     p.set_defaults(func=cmd_measure)
 

@@ -420,21 +420,29 @@ def measure_files(
     width_classes: str | Path | WidthClasses | None = None,
     marker_mm: float | None = None,
     overwrite: bool = False,
+    block: int | None = None,
 ) -> tuple[int, int, list[str]]:
     """Measure the cracks in photos or masks; returns (inputs measured, cracks found, failures).
 
-    `segment`: a function from an RGB uint8 photo to a bool mask (the model); None when the inputs are
-    masks already. Writes, per input, the `formats` of FORMATS (default: all): OUT/NAME_measure.json,
+    `segment`: the model (a CrackSegmenter) or any function from an RGB uint8 photo to a bool mask; None when the
+    inputs are masks already. Writes, per input, the `formats` of FORMATS (default: all): OUT/NAME_measure.json,
     NAME_width.png, NAME_cracks.geojson / .gpkg / .dxf, and OUT/cracks.csv (one row per crack across all
     inputs). A GeoTIFF's georeference places the maps and, in a projected CRS, gives the pixel size, unless
     `pixel_size_mm` is given; else a printed ArUco marker of side `marker_mm` in a photo does. A failing input is
     reported in `failures` and skipped; a run that measures nothing writes no cracks.csv. Files already in `out_dir`
     are replaced only with `overwrite` (`OutputExistsError` before anything is read otherwise).
+
+    A georeferenced raster of more than `block`² pixels (default `rasters.DEFAULT_BLOCK`, 4096) is measured block by
+    block (`rasters.measure_raster`), never held whole: a photo (with a CrackSegmenter as `segment`) is segmented
+    block by block into a temporary mask GeoTIFF in `out_dir`, removed afterwards; the width figure is drawn from
+    the raster's overview (at most 1600 px, the size the figure has anyway). The summary JSON says so ("blocks").
     """
     from tqdm import tqdm
 
     from crackseg.georef import check_shape, is_tiff, read_georeference, resolve_pixel_size
     from crackseg.images import ImageReadError, atomic_write_bytes, read_image, read_mask
+    from crackseg.quantify import DEFAULT_HALO
+    from crackseg.rasters import DEFAULT_BLOCK, OVERVIEW_SIDE, measure_raster
 
     if pixel_size_mm is not None and not pixel_size_mm > 0:
         raise InputError(f"--pixel-size must be a positive number of mm per pixel, got {pixel_size_mm}")
@@ -443,18 +451,38 @@ def measure_files(
     formats = tuple(FORMATS) if formats is None else formats
     classes = load_width_classes(width_classes)  # a bad --classes fails here, before any input is read
     paths, run_files = plan_measure(inputs, out_dir, formats, overwrite)
+    block = block or DEFAULT_BLOCK
+    segmenter = segment if hasattr(segment, "predict_prob") else None  # the model itself: rasters block by block
+    if segmenter is not None:
+
+        def segment(image):
+            return segmenter.predict(image).mask
+
     rows, measured, failures, said_no_crs = [], 0, [], False
     for path in tqdm(paths, desc="measure", unit="img", disable=not progress):
         try:
             georef = read_georeference(path)
             if georef is not None and "geojson" in formats:
                 georef.check_wgs84(str(path))
-            image = read_image(path) if segment is not None else read_mask(path).astype(np.uint8) * 255
-            check_shape(str(path), georef, image.shape)
-            marker = marker_mm if segment is not None else None  # a marker is found in a photo, not in a mask
-            scale, scale_from = resolve_pixel_size(str(path), georef, pixel_size_mm, image, marker)
-            result = measure(segment(image) if segment else image, scale, min_length, width_classes=classes)
-            figure = width_figure(image, result) if "png" in formats else None
+            blocks = None
+            large = georef is not None and georef.shape is not None and georef.shape[0] * georef.shape[1] > block**2
+            if large and (segment is None or segmenter is not None):
+                blocks = {"block_px": block, "halo_px": DEFAULT_HALO, "segmented_in_blocks": segment is not None}
+                scale, scale_from = resolve_pixel_size(str(path), georef, pixel_size_mm)
+                result, image = measure_raster(
+                    path, Path(out_dir), segmenter, scale, min_length, classes, block, "png" in formats, progress
+                )
+                figure = width_figure(image, result, overview=True) if image is not None else None
+                if figure is not None:
+                    blocks["width_figure"] = f"drawn from the raster's overview, at most {OVERVIEW_SIDE} px a side"
+                log.info("%s: %d×%d px, measured in blocks of %d px", path, georef.shape[1], georef.shape[0], block)
+            else:
+                image = read_image(path) if segment is not None else read_mask(path).astype(np.uint8) * 255
+                check_shape(str(path), georef, image.shape)
+                marker = marker_mm if segment is not None else None  # a marker is found in a photo, not in a mask
+                scale, scale_from = resolve_pixel_size(str(path), georef, pixel_size_mm, image, marker)
+                result = measure(segment(image) if segment else image, scale, min_length, width_classes=classes)
+                figure = width_figure(image, result) if "png" in formats else None
         except (ImageReadError, ValueError, MemoryError) as err:
             failures.append(str(err) if str(path) in str(err) else f"{path}: {err}")
             continue
@@ -465,6 +493,8 @@ def measure_files(
             log.warning("%s: %s", path, warning)
         source = "mask" if segment is None else "photo"
         report = report_dict(result, str(path), source, georef, scale_from)
+        if blocks is not None:
+            report["blocks"] = blocks
         write_outputs(paths[path], result, report, georef, figure)
         rows += [csv_row(str(path), crack) for crack in result.cracks]
         measured += 1

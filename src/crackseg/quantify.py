@@ -42,6 +42,14 @@ How the numbers are made, and why:
   and, at a tip, lengthened by d − 0.5 to the crack's end, as the length is. Coordinates are image
   coordinates: x right, y down, from the top-left corner of the image, so pixel (row, col) has its centre at
   (col + 0.5, row + 0.5), as in GDAL / rasterio, whose affine transform then maps them to the map.
+- Blocks: a mask too large to hold (an orthomosaic's) is measured block by block (`measure_blocks`), each block
+  read with a halo of context (DEFAULT_HALO, 160 px: enough for cracks up to 64 px wide, see SEAM_WIDTH_PX). Pixels
+  and skeleton nodes are owned by the block whose core holds them; components that touch across a seam are joined
+  (a union-find over the blocks' labels) and their sums added up: area, bounding box, pixel moments (the axis),
+  length, ∫ (2·d − 1) ds (the width shift), tips, junctions, nodes and edges (the loops). Centreline pieces end
+  half-way along the skeleton step that crosses a seam, where the next block's piece begins, and are merged. Whole
+  `measure` is the case of one block, so both give the same cracks; only the centrelines' simplification differs
+  where a line crosses a seam (its vertices there stay within the 1-px tolerance).
 """
 
 from __future__ import annotations
@@ -402,20 +410,12 @@ def node_lengths(graph: SkeletonGraph, node_d: np.ndarray) -> np.ndarray:
     return share
 
 
-def node_widths(
-    graph: SkeletonGraph,
-    node_d: np.ndarray,
-    node_length: np.ndarray,
-    node_crack: np.ndarray,
-    area: np.ndarray,
-) -> np.ndarray:
-    """Local width in px at each skeleton pixel: 2·d − 1, shifted per crack so that ∫ width ds = its area."""
-    raw = 2.0 * node_d - 1.0
-    n = len(area)
-    span = np.bincount(node_crack, weights=node_length, minlength=n)
-    covered = np.bincount(node_crack, weights=node_length * raw, minlength=n)
-    shift = np.divide(area - covered, span, out=np.zeros(n), where=span > 0)
-    return np.maximum(graph.smooth(raw + shift[node_crack], WIDTH_SMOOTHING), 1.0)
+def width_shift(area: np.ndarray, length: np.ndarray, covered: np.ndarray) -> np.ndarray:
+    """Per crack, the shift of its local widths 2·d − 1 that makes ∫ width ds along its skeleton equal its pixel area.
+
+    `covered`: ∫ (2·d − 1) ds, the sum of node length × (2·d − 1) over its skeleton nodes; `length`: its length.
+    """
+    return np.divide(area - covered, length, out=np.zeros(len(area)), where=length > 0)
 
 
 def trace_branches(graph: SkeletonGraph) -> list[list[int]]:
@@ -462,40 +462,90 @@ def trace_branches(graph: SkeletonGraph) -> list[list[int]]:
     return branches
 
 
-def branch_lines(
-    graph: SkeletonGraph, node_d: np.ndarray, node_angle: np.ndarray, branches: list[list[int]]
-) -> list[np.ndarray]:
-    """Each branch as an (n, 2) array of x, y image coordinates: pixel centres, simplified, tips extended.
+def branch_lines(chains: list[np.ndarray], tip_d: np.ndarray) -> list[np.ndarray]:
+    """Each chain of points along a branch ((n, 2) x, y image coordinates, n ≥ 2) as a line: simplified, tips extended.
 
-    Simplified with a SIMPLIFY_TOLERANCE_PX tolerance: a digital line's staircase is noise, not shape. At a
-    tip the line goes on along its last segment by d − 0.5, the stretch from the skeleton's end to the crack's
-    end that the length counts too, so that a line is as long as its crack. A lone node (a blob-like crack)
-    becomes a segment 2·(d − 0.5) long along the crack's axis (`node_angle`, degrees counter-clockwise).
+    Simplified with a SIMPLIFY_TOLERANCE_PX tolerance: a digital line's staircase is noise, not shape. At an end that
+    is a crack's tip (`tip_d`, (chains, 2): d at the chain's first and last point, NaN where that end is no tip) the
+    line goes on along its last segment by d − 0.5, the stretch from the skeleton's end to the crack's end that the
+    length counts too, so that a line is as long as its crack.
     """
-    x, y, degree = graph.cols + 0.5, graph.rows + 0.5, graph.degree()
-    paths = [b for b in branches if len(b) > 1]
-    simplified = iter([])
-    if paths:
-        nodes = np.concatenate(paths)
-        index = np.repeat(np.arange(len(paths)), [len(b) for b in paths])
-        lines = shapely.simplify(shapely.linestrings(x[nodes], y[nodes], indices=index), SIMPLIFY_TOLERANCE_PX)
-        coords, which = shapely.get_coordinates(lines, return_index=True)
-        simplified = iter(np.split(coords, np.flatnonzero(np.diff(which)) + 1))
-    out = []
-    for branch in branches:
-        if len(branch) == 1:
-            node = branch[0]
-            t = np.radians(node_angle[node])
-            half = (node_d[node] - 0.5) * np.array([np.cos(t), -np.sin(t)])  # y down in the image
-            out.append(np.array([[x[node], y[node]] - half, [x[node], y[node]] + half]))
-            continue
-        line = next(simplified)
-        for end, inner, node in ((0, 1, branch[0]), (-1, -2, branch[-1])):
-            if degree[node] == 1:
+    if not chains:
+        return []
+    points = np.concatenate(chains)
+    index = np.repeat(np.arange(len(chains)), [len(chain) for chain in chains])
+    lines = shapely.simplify(shapely.linestrings(points[:, 0], points[:, 1], indices=index), SIMPLIFY_TOLERANCE_PX)
+    coords, which = shapely.get_coordinates(lines, return_index=True)
+    out = np.split(coords, np.flatnonzero(np.diff(which)) + 1)
+    for line, (d_first, d_last) in zip(out, np.asarray(tip_d).tolist(), strict=True):
+        for end, inner, d in ((0, 1, d_first), (-1, -2, d_last)):
+            if not np.isnan(d):
                 step = line[end] - line[inner]
-                line[end] += step / np.hypot(*step) * (node_d[node] - 0.5)
-        out.append(line)
+                line[end] += step / np.hypot(*step) * (d - 0.5)
     return out
+
+
+def blob_line(x: float, y: float, d: float, angle_deg: float) -> np.ndarray:
+    """The line of a crack whose skeleton is one pixel (a blob-like crack): a segment 2·(d − 0.5) long through the
+    pixel's centre (x, y) along the crack's axis (`angle_deg`, counter-clockwise from horizontal)."""
+    t = np.radians(angle_deg)
+    half = (d - 0.5) * np.array([np.cos(t), -np.sin(t)])  # y down in the image
+    return np.array([[x, y] - half, [x, y] + half])
+
+
+def runs_of(inside: np.ndarray) -> list[tuple[int, int]]:
+    """First and last index of each run of True in a bool array."""
+    step = np.diff(np.concatenate([[0], inside.astype(np.int8), [0]]))
+    return list(zip(np.flatnonzero(step == 1).tolist(), (np.flatnonzero(step == -1) - 1).tolist(), strict=True))
+
+
+def owned_lines(
+    graph: SkeletonGraph, node_d: np.ndarray, node_label: np.ndarray, owned: np.ndarray, offset: tuple[int, int]
+) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, np.ndarray]:
+    """The centreline pieces of the `owned` nodes: each branch cut to its runs of owned nodes, as lines
+    (`branch_lines`, in image coordinates: graph row, col + `offset`), and each piece's label (`node_label`).
+
+    A run that stops where the branch goes on (over the edge of a block's core) ends half-way along the step out of
+    it, where the neighbouring block's piece begins: the two meet exactly and are merged later. Lone owned nodes
+    (a crack whose skeleton is one pixel): their x, y, d as an (n, 3) array and their labels, drawn by `blob_line`
+    once the crack's axis is known.
+    """
+    dy, dx = offset
+    degree = graph.degree()
+    xy = np.column_stack([graph.cols + 0.5 + dx, graph.rows + 0.5 + dy])
+    everything = bool(owned.all())
+    chains, tips, labels, blobs = [], [], [], []
+    for branch in trace_branches(graph):
+        if len(branch) == 1:
+            if owned[branch[0]]:
+                blobs.append(branch[0])
+            continue
+        runs = [(0, len(branch) - 1)]
+        if not everything:
+            inside = owned[branch]
+            if not inside.all():
+                if not inside.any():
+                    continue
+                if branch[0] == branch[-1]:  # a ring: start it outside, so that no run wraps round its start
+                    k = int(np.argmin(inside))
+                    branch = branch[k:-1] + branch[: k + 1]
+                    inside = owned[branch]
+                runs = runs_of(inside)
+        last = len(branch) - 1
+        for i, j in runs:
+            chain = xy[branch[i : j + 1]]
+            if i > 0:
+                chain = np.vstack([(xy[branch[i - 1]] + chain[0]) / 2, chain])
+            if j < last:
+                chain = np.vstack([chain, (chain[-1] + xy[branch[j + 1]]) / 2])
+            chains.append(chain)
+            tip_first = node_d[branch[0]] if i == 0 and degree[branch[0]] == 1 else np.nan
+            tip_last = node_d[branch[last]] if j == last and degree[branch[last]] == 1 else np.nan
+            tips.append((tip_first, tip_last))
+            labels.append(node_label[branch[i]])
+    lines = branch_lines(chains, np.array(tips, np.float64).reshape(-1, 2))
+    blobs = np.array(blobs, np.int64)
+    return lines, np.array(labels, np.int64), np.column_stack([xy[blobs], node_d[blobs]]), node_label[blobs]
 
 
 # --- measuring ----------------------------------------------------------------------------------------------
@@ -535,21 +585,31 @@ def distance_to_background(mask: np.ndarray) -> np.ndarray:
     return cv2.distanceTransform(mask.astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
 
 
-def principal_axes(rows: np.ndarray, cols: np.ndarray, pixel_label: np.ndarray, n: int) -> np.ndarray:
-    """Angle of each label's principal axis, counter-clockwise from horizontal, in [0, 180) degrees.
+def pixel_moments(rows: np.ndarray, cols: np.ndarray, pixel_label: np.ndarray, n: int) -> np.ndarray:
+    """Per label 0 … n − 1: its pixel count and the sums of x, y, x², y² and x·y (x = col, y = −row: y up), (n, 6).
 
-    The same second moments as skimage's regionprops orientation, for all labels in one pass.
+    Sums, so that a crack's add up over the blocks it spans; `axis_angles` gives its axis from them.
     """
-    count = np.maximum(np.bincount(pixel_label, minlength=n), 1)
     x, y = cols.astype(np.float64), -rows.astype(np.float64)  # y up, as on screen
+    weights = (None, x, y, x * x, y * y, x * y)
+    return np.column_stack([np.bincount(pixel_label, weights=w, minlength=n).astype(np.float64) for w in weights])
 
-    def mean(v):
-        return np.bincount(pixel_label, weights=v, minlength=n) / count
 
-    mx, my = mean(x), mean(y)
-    var_x, var_y = mean(x * x) - mx**2, mean(y * y) - my**2
-    cov_xy = mean(x * y) - mx * my
+def axis_angles(moments: np.ndarray) -> np.ndarray:
+    """The principal axis of each row of `pixel_moments`, counter-clockwise from horizontal, in [0, 180) degrees.
+
+    The same second moments as skimage's regionprops orientation.
+    """
+    count = np.maximum(moments[:, 0], 1)
+    mx, my = moments[:, 1] / count, moments[:, 2] / count
+    var_x, var_y = moments[:, 3] / count - mx**2, moments[:, 4] / count - my**2
+    cov_xy = moments[:, 5] / count - mx * my
     return np.degrees(0.5 * np.arctan2(2 * cov_xy, var_x - var_y)) % 180.0
+
+
+def principal_axes(rows: np.ndarray, cols: np.ndarray, pixel_label: np.ndarray, n: int) -> np.ndarray:
+    """Angle of each label's principal axis (`axis_angles`), for all labels in one pass."""
+    return axis_angles(pixel_moments(rows, cols, pixel_label, n))
 
 
 def classify(orientation_deg: float, branched: bool, longitudinal_axis: str = "vertical") -> str:
@@ -574,6 +634,13 @@ def crop_to_cracks(mask: np.ndarray) -> tuple[np.ndarray, int, int]:
     return mask[top : used_rows[-1] + 2, left : used_cols[-1] + 2], top, left
 
 
+def check_arguments(pixel_size_mm: float | None, longitudinal_axis: str) -> None:
+    if pixel_size_mm is not None and not pixel_size_mm > 0:
+        raise InputError(f"pixel size must be a positive number of mm per pixel, got {pixel_size_mm}")
+    if longitudinal_axis not in ("vertical", "horizontal"):
+        raise InputError(f"longitudinal_axis must be 'vertical' or 'horizontal', got {longitudinal_axis!r}")
+
+
 def measure(
     mask,
     pixel_size_mm: float | None = None,
@@ -588,108 +655,371 @@ def measure(
     this (px) are dropped and counted. `longitudinal_axis`: the image axis along the structure ("vertical"
     for a road photographed in the direction of travel), which decides longitudinal vs transverse.
     `width_classes`: a preset name ("concrete", the default, or "pavement"), a JSON file or a WidthClasses.
+    The whole mask is one block of `measure_blocks`.
     """
-    if pixel_size_mm is not None and not pixel_size_mm > 0:
-        raise InputError(f"pixel size must be a positive number of mm per pixel, got {pixel_size_mm}")
-    if longitudinal_axis not in ("vertical", "horizontal"):
-        raise InputError(f"longitudinal_axis must be 'vertical' or 'horizontal', got {longitudinal_axis!r}")
+    check_arguments(pixel_size_mm, longitudinal_axis)
     mask = as_mask(mask)
-    classes = load_width_classes(width_classes)
-    result = Measurement(mask.shape[0], mask.shape[1], pixel_size_mm, float(min_length), classes)
-    if not mask.any():
-        return result
-    if mask.mean() > MOSTLY_CRACK:
-        result.warnings.append(
-            f"{mask.mean():.0%} of the mask is crack: this is unlikely to be a crack mask (inverted, or a photo?); "
-            "its widths are bounded by the image, not measured"
-        )
 
-    crop, top, left = crop_to_cracks(mask)
+    def window(row: int, col: int, height: int, width: int) -> np.ndarray:
+        return mask[row : row + height, col : col + width]
+
+    return measure_blocks(window, mask.shape, pixel_size_mm, min_length, longitudinal_axis, hole_area, width_classes)
+
+
+# --- measuring block by block -------------------------------------------------------------------------------
+
+# A mask too large to hold (an orthomosaic's) is measured in blocks, each read with a halo of context around it.
+# Each crack pixel and skeleton node is owned by the block whose core holds it, so nothing is counted twice; the
+# halo only makes what the core sees as on the whole mask. It must cover, for the widest crack w measured across a
+# seam: the distance transform (d ≤ w/2 + 1); the skeleton (Lee's thinning is local: a halo of w gave the whole
+# mask's skeleton exactly in testing); hole filling (a hole of up to `hole_area` = 16 px reaches at most 16 px in);
+# and spur pruning: a crack cut by the window's edge ends there in a false tip about w/2 inside the window, and the
+# branch from that tip into the core must be longer than 2·d ≈ w + 2 not to be pruned as a spur. So 2·w plus a margin.
+SEAM_WIDTH_PX = 64  # the widest crack (px) that DEFAULT_HALO measures across seams as on the whole mask
+HALO_MARGIN_PX = 32  # beyond 2·width: hole filling, the five rounds of width smoothing, a thinning artefact's reach
+DEFAULT_HALO = 2 * SEAM_WIDTH_PX + HALO_MARGIN_PX  # 160 px
+
+# Columns of BlockStatistics.sums, added up per crack over the blocks it spans: the pixel moments (the pixel count,
+# i.e. the area, then Σx, Σy, Σx², Σy², Σxy), then over its skeleton nodes: the length, ∫ (2·d − 1) ds, tips,
+# junctions, nodes and edges.
+MOMENTS = slice(0, 6)
+AREA, LENGTH, COVERED, TIPS, JUNCTIONS, NODES, EDGES = 0, 6, 7, 8, 9, 10, 11
+N_SUMS = 12
+NO_PIXEL = np.iinfo(np.int64).max
+
+
+@dataclass
+class BlockStatistics:
+    """What one block adds to a mask's measurement: per 8-connected component of its core (labels 1 … n; row 0 unused),
+    the sums over the pixels and skeleton nodes the core owns; the owned nodes; the centreline pieces in the core.
+    Coordinates are the whole mask's."""
+
+    core: tuple[int, int, int, int]  # row, col, height, width of the block's core in the mask
+    crack_pixels: int = 0  # mask pixels in the core, before hole filling (the mostly-crack warning)
+    dropped: int = 0  # components wholly inside the core and too short: dropped here, and counted
+    widest_px: float = 0.0  # the largest 2·d − 1 on a skeleton node of the core
+    sums: np.ndarray = field(repr=False, default_factory=lambda: np.zeros((1, N_SUMS)))
+    first: np.ndarray = field(repr=False, default_factory=lambda: np.full(1, NO_PIXEL))  # raster index of 1st pixel
+    box: np.ndarray = field(repr=False, default_factory=lambda: np.zeros((1, 4), np.int64))  # rows, cols [start, stop)
+    node_rows: np.ndarray = _empty(np.int32)
+    node_cols: np.ndarray = _empty(np.int32)
+    node_label: np.ndarray = _empty(np.int64)
+    node_width: np.ndarray = _empty(np.float64)  # 2·d − 1 averaged along the skeleton, before its crack's shift
+    lines: list[np.ndarray] = field(repr=False, default_factory=list)  # centreline pieces, image coordinates
+    line_label: np.ndarray = _empty(np.int64)
+    blobs: np.ndarray = field(repr=False, default_factory=lambda: np.zeros((0, 3)))  # lone nodes: x, y, d
+    blob_label: np.ndarray = _empty(np.int64)
+    # Labels along the core's top row, bottom row, left and right column where a neighbouring block lies beyond
+    # (zeros elsewhere), to join the components that continue there; None: no crack in the core.
+    edges: tuple[np.ndarray, ...] | None = field(repr=False, default=None)
+
+
+def block_statistics(
+    window: np.ndarray,
+    core: tuple[int, int, int, int],
+    origin: tuple[int, int],
+    shape: tuple[int, int],
+    hole_area: int = DEFAULT_HOLE_AREA,
+    min_length: float = DEFAULT_MIN_LENGTH,
+) -> BlockStatistics:
+    """Measure what one block owns. `window`: the block's core and its halo (bool); `core`: row, col, height, width
+    of the core in the window; `origin`: the window's top-left pixel in the mask; `shape`: the mask's height, width.
+
+    The skeleton, distances and hole filling are made on the whole window; the components, the sums and the lines
+    only over the core. A component wholly inside the core is complete: when it is shorter than `min_length` (or
+    has no skeleton) it is dropped here and counted, so that specks take no memory.
+    """
+    r0, c0, h, w = core
+    origin_row, origin_col = origin
+    stats = BlockStatistics((origin_row + r0, origin_col + c0, h, w))
+    stats.crack_pixels = int(np.count_nonzero(window[r0 : r0 + h, c0 : c0 + w]))
+    if not window.any():
+        return stats
+    crop, top, left = crop_to_cracks(window)
     crop = fill_small_holes(crop, hole_area)
-    labels, n = label(crop, connectivity=2, return_num=True)
+    core_top, core_left = r0 - top, c0 - left  # the core in crop coordinates, then clipped to the crop
+    a0, a1 = max(core_top, 0), min(core_top + h, crop.shape[0])
+    b0, b1 = max(core_left, 0), min(core_left + w, crop.shape[1])
+    if a0 >= a1 or b0 >= b1:
+        return stats
+    labels, n = label(crop[a0:a1, b0:b1], connectivity=2, return_num=True)
+    if n == 0:
+        return stats
+    dy, dx = origin_row + top, origin_col + left  # crop → mask coordinates
     rows, cols = np.nonzero(labels)
     pixel_label = labels[rows, cols]
-    area = np.bincount(pixel_label, minlength=n + 1).astype(np.float64)
-    orientation = principal_axes(rows, cols, pixel_label, n + 1)
-    boxes = find_objects(labels)
+    rows, cols = rows + (a0 + dy), cols + (b0 + dx)
+    sums = np.zeros((n + 1, N_SUMS))
+    sums[:, MOMENTS] = pixel_moments(rows, cols, pixel_label, n + 1)
+    first = np.full(n + 1, NO_PIXEL)
+    _, at = np.unique(pixel_label, return_index=True)
+    first[1:] = rows[at].astype(np.int64) * shape[1] + cols[at]
+    box = np.zeros((n + 1, 4), np.int64)
+    box[1:] = [(r.start, c.start, r.stop, c.stop) for r, c in find_objects(labels)]
+    box[1:] += (a0 + dy, b0 + dx, a0 + dy, b0 + dx)
 
     dist = distance_to_background(crop)
     graph = SkeletonGraph.from_image(skeletonize(crop, method="lee"))
     graph = prune_spurs(graph, dist[graph.rows, graph.cols].astype(np.float64))
     node_d = dist[graph.rows, graph.cols].astype(np.float64)
-    node_crack = labels[graph.rows, graph.cols]
     degree = graph.degree()
     node_length = node_lengths(graph, node_d)
-    node_width = node_widths(graph, node_d, node_length, node_crack, area)
+    raw = 2.0 * node_d - 1.0
+    in_core = (graph.rows >= a0) & (graph.rows < a1) & (graph.cols >= b0) & (graph.cols < b1)
+    node_label = np.zeros(len(graph), np.int64)
+    node_label[in_core] = labels[graph.rows[in_core] - a0, graph.cols[in_core] - b0]
+    for column, weights in (
+        (LENGTH, node_length),
+        (COVERED, node_length * raw),
+        (TIPS, degree == 1),
+        (JUNCTIONS, degree >= 3),
+        (NODES, None),
+    ):
+        sums[:, column] = np.bincount(node_label, weights=weights, minlength=n + 1)
+    sums[:, EDGES] = np.bincount(node_label[graph.edge_a], minlength=n + 1)  # each edge once: by its first node
+    sums[0] = 0.0  # (the nodes outside the core)
 
-    length = np.bincount(node_crack, weights=node_length, minlength=n + 1)
-    tips = np.bincount(node_crack, weights=degree == 1, minlength=n + 1)
-    junctions = np.bincount(node_crack, weights=degree >= 3, minlength=n + 1)
-    # Loops: edges − nodes + 1 for each crack's (connected) skeleton.
-    loops = np.bincount(node_crack[graph.edge_a], minlength=n + 1) - np.bincount(node_crack, minlength=n + 1) + 1
+    edges = [np.zeros(w, np.int64), np.zeros(w, np.int64), np.zeros(h, np.int64), np.zeros(h, np.int64)]
+    if a0 == core_top and stats.core[0] > 0:
+        edges[0][b0 - core_left : b1 - core_left] = labels[0]
+    if a1 == core_top + h and stats.core[0] + h < shape[0]:
+        edges[1][b0 - core_left : b1 - core_left] = labels[-1]
+    if b0 == core_left and stats.core[1] > 0:
+        edges[2][a0 - core_top : a1 - core_top] = labels[:, 0]
+    if b1 == core_left + w and stats.core[1] + w < shape[1]:
+        edges[3][a0 - core_top : a1 - core_top] = labels[:, -1]
+    at_seam = np.zeros(n + 1, bool)
+    at_seam[np.concatenate(edges)] = True
+    keep = at_seam | ((sums[:, LENGTH] >= min_length) & (sums[:, NODES] > 0))
+    keep[0] = True
+    new_label = np.cumsum(keep) - 1  # kept labels → 1 … m
 
+    owned = in_core & keep[node_label]
+    stats.dropped = int(n + 1 - keep.sum())
+    stats.widest_px = float(raw[in_core].max(initial=0.0))
+    stats.sums, stats.first, stats.box = sums[keep], first[keep], box[keep]
+    stats.node_rows = (graph.rows[owned] + dy).astype(np.int32)
+    stats.node_cols = (graph.cols[owned] + dx).astype(np.int32)
+    stats.node_label = new_label[node_label[owned]]
+    stats.node_width = graph.smooth(raw, WIDTH_SMOOTHING)[owned]
+    lines, line_label, stats.blobs, blob_label = owned_lines(graph, node_d, node_label, owned, (dy, dx))
+    stats.lines, stats.line_label, stats.blob_label = lines, new_label[line_label], new_label[blob_label]
+    stats.edges = tuple(new_label[e] for e in edges)
+    return stats
+
+
+def touching(above: np.ndarray, below: np.ndarray) -> np.ndarray:
+    """(n, 2) label pairs that touch across a seam (8-connectivity) between two aligned rows (or columns) of labels."""
+    out = []
+    for shift in (-1, 0, 1):
+        a = above[max(0, -shift) : len(above) - max(0, shift)]
+        b = below[max(0, shift) : len(below) - max(0, -shift)]
+        both = (a > 0) & (b > 0)
+        out.append(np.column_stack([a[both], b[both]]))
+    return np.concatenate(out)
+
+
+def seam_pairs(blocks: list[BlockStatistics], offsets: np.ndarray, width: int) -> np.ndarray:
+    """(n, 2) global labels (block k's label l is offsets[k] + l) of components that touch across a block seam.
+
+    Along each seam row the labels of the blocks above and below are laid end to end over the mask's width, so that
+    the diagonal step across a corner where four blocks meet is found too; seam columns are compared per block row.
+    """
+    above, below, left_of, right_of = {}, {}, {}, {}
+    for k, stats in enumerate(blocks):
+        if stats.edges is None:
+            continue
+        row, col, h, w = stats.core
+        top, bottom, left, right = (np.where(e > 0, e + offsets[k], 0) for e in stats.edges)
+        below.setdefault(row, np.zeros(width, np.int64))[col : col + w] = top
+        above.setdefault(row + h, np.zeros(width, np.int64))[col : col + w] = bottom
+        right_of[(row, col)] = left
+        left_of[(row, col + w)] = right
+    pairs = [touching(above[r], below[r]) for r in above.keys() & below.keys()]
+    pairs += [touching(left_of[key], right_of[key]) for key in left_of.keys() & right_of.keys()]
+    return np.concatenate(pairs) if pairs else np.zeros((0, 2), np.int64)
+
+
+def new_crack(
+    crack_id: int,
+    total: np.ndarray,
+    widths: np.ndarray,
+    box: np.ndarray,
+    orientation: float,
+    pixel_size_mm: float | None,
+    longitudinal_axis: str,
+    classes: WidthClasses,
+) -> Crack:
+    """A crack from its sums (a row of N_SUMS columns), its skeleton's local widths (px), its bounding box (first row,
+    first col, last row + 1, last col + 1) and its axis (degrees)."""
+    # A crack is no wider than its bounding box (the area-matching shift could say so on a blob-like mask).
+    widths = np.minimum(widths, min(box[2] - box[0], box[3] - box[1]))
+    tips, loops = total[TIPS], total[EDGES] - total[NODES] + 1  # loops: edges − nodes + 1 of a connected skeleton
+    branched = bool(tips >= 3 or loops > 0)
+    crack = Crack(
+        id=crack_id,
+        crack_class=classify(orientation, branched, longitudinal_axis),
+        length_px=round(float(total[LENGTH]), 2),
+        width_mean_px=round(float(widths.mean()), 2),
+        width_median_px=round(float(np.median(widths)), 2),
+        width_max_px=round(float(widths.max()), 2),
+        width_p95_px=round(float(np.percentile(widths, 95)), 2),
+        area_px=int(total[AREA]),
+        bbox=(int(box[1]), int(box[0]), int(box[3] - box[1]), int(box[2] - box[0])),
+        orientation_deg=round(float(orientation), 1),
+        branch_points=int(total[JUNCTIONS]),
+        endpoints=int(tips),
+        orientation_class=orientation_class(orientation, longitudinal_axis),
+        branched=branched,
+        width_class=UNKNOWN_WIDTH_CLASS,
+        below_resolution=bool(np.median(widths) < BELOW_RESOLUTION_PX),
+    )
+    if pixel_size_mm:
+        add_millimetres(crack, pixel_size_mm)
+        crack.width_class = classes.classify(crack.width_p95_mm)
+    return crack
+
+
+def aggregate(
+    blocks: list[BlockStatistics],
+    shape: tuple[int, int],
+    pixel_size_mm: float | None = None,
+    min_length: float = DEFAULT_MIN_LENGTH,
+    longitudinal_axis: str = "vertical",
+    classes: WidthClasses = WIDTH_CLASS_PRESETS["concrete"],
+) -> Measurement:
+    """The measurement of a mask from its blocks' statistics: components that touch across seams are one crack (a
+    union-find over the blocks' labels); its sums add up; then each crack is kept, measured and classed."""
+    height, width = shape
+    result = Measurement(height, width, pixel_size_mm, float(min_length), classes)
+    crack_pixels = sum(b.crack_pixels for b in blocks)
+    if crack_pixels > MOSTLY_CRACK * height * width:
+        result.warnings.append(
+            f"{crack_pixels / (height * width):.0%} of the mask is crack: this is unlikely to be a crack mask "
+            "(inverted, or a photo?); its widths are bounded by the image, not measured"
+        )
+    result.dropped = sum(b.dropped for b in blocks)
+    offsets = np.cumsum([0] + [len(b.sums) - 1 for b in blocks])  # block k's label l → offsets[k] + l
+    sums = np.concatenate([np.zeros((1, N_SUMS))] + [b.sums[1:] for b in blocks])
+    first = np.concatenate([[NO_PIXEL]] + [b.first[1:] for b in blocks])
+    box = np.concatenate([np.zeros((1, 4), np.int64)] + [b.box[1:] for b in blocks])
+    pairs = seam_pairs(blocks, offsets, width)
+    joined = coo_matrix((np.ones(len(pairs), np.int8), (pairs[:, 0], pairs[:, 1])), shape=(len(sums), len(sums)))
+    n, component = connected_components(joined, directed=False)
+    # Cracks numbered by their first pixel in raster order, as `label` numbers components; the background goes last.
+    component_first = np.full(n, NO_PIXEL)
+    np.minimum.at(component_first, component, first)
+    rank = np.empty(n, np.int64)
+    rank[np.argsort(component_first, kind="stable")] = np.arange(n)
+    crack_of = rank[component]  # global label → crack index (n − 1: the background)
+    total = np.column_stack([np.bincount(crack_of, weights=sums[:, k], minlength=n) for k in range(N_SUMS)])
+    lo, hi = np.full((n, 2), NO_PIXEL), np.zeros((n, 2), np.int64)
+    np.minimum.at(lo, crack_of, box[:, :2])
+    np.maximum.at(hi, crack_of, box[:, 2:])
+    orientation = axis_angles(total[:, MOMENTS])
+
+    node_crack = np.concatenate(
+        [np.zeros(0, np.int64)] + [crack_of[o + b.node_label] for o, b in zip(offsets[:-1], blocks, strict=True)]
+    )
+    shift = width_shift(total[:, AREA], total[:, LENGTH], total[:, COVERED])
+    node_width = np.concatenate([np.zeros(0)] + [b.node_width for b in blocks])
+    node_width = np.maximum(node_width + shift[node_crack], 1.0)
     order = np.argsort(node_crack, kind="stable")
-    first = np.searchsorted(node_crack[order], np.arange(n + 2))
-    crack_id = np.zeros(n + 1, np.int32)  # component label → kept crack id (0: dropped)
-    for k in range(1, n + 1):
-        if length[k] < min_length or first[k] == first[k + 1]:  # (a crack always has a skeleton pixel)
+    start = np.searchsorted(node_crack[order], np.arange(n + 1))
+    crack_id = np.zeros(n, np.int32)  # crack index → kept crack id (0: dropped, and the background)
+    for k in range(n - 1):
+        if total[k, LENGTH] < min_length or start[k] == start[k + 1]:  # (a crack always has a skeleton pixel)
             result.dropped += 1
             continue
-        rows_k, cols_k = boxes[k - 1]
-        # A crack is no wider than its bounding box (the area-matching shift could say so on a blob-like mask).
-        box_side = min(rows_k.stop - rows_k.start, cols_k.stop - cols_k.start)
-        widths = np.minimum(node_width[order[first[k] : first[k + 1]]], box_side)
-        branched = bool(tips[k] >= 3 or loops[k] > 0)
-        crack = Crack(
-            id=result.count + 1,
-            crack_class=classify(orientation[k], branched, longitudinal_axis),
-            length_px=round(float(length[k]), 2),
-            width_mean_px=round(float(widths.mean()), 2),
-            width_median_px=round(float(np.median(widths)), 2),
-            width_max_px=round(float(widths.max()), 2),
-            width_p95_px=round(float(np.percentile(widths, 95)), 2),
-            area_px=int(area[k]),
-            bbox=(
-                int(cols_k.start + left),
-                int(rows_k.start + top),
-                cols_k.stop - cols_k.start,
-                rows_k.stop - rows_k.start,
-            ),
-            orientation_deg=round(float(orientation[k]), 1),
-            branch_points=int(junctions[k]),
-            endpoints=int(tips[k]),
-            orientation_class=orientation_class(orientation[k], longitudinal_axis),
-            branched=branched,
-            width_class=UNKNOWN_WIDTH_CLASS,
-            below_resolution=bool(np.median(widths) < BELOW_RESOLUTION_PX),
+        widths = node_width[order[start[k] : start[k + 1]]]
+        crack_box = np.concatenate([lo[k], hi[k]])
+        crack = new_crack(
+            result.count + 1, total[k], widths, crack_box, orientation[k], pixel_size_mm, longitudinal_axis, classes
         )
-        if pixel_size_mm:
-            add_millimetres(crack, pixel_size_mm)
-            crack.width_class = classes.classify(crack.width_p95_mm)
         result.cracks.append(crack)
         crack_id[k] = crack.id
 
     kept = crack_id[node_crack] > 0
-    result.skeleton_rows = (graph.rows[kept] + top).astype(np.int32)
-    result.skeleton_cols = (graph.cols[kept] + left).astype(np.int32)
+    result.skeleton_rows = np.concatenate([np.zeros(0, np.int32)] + [b.node_rows for b in blocks])[kept]
+    result.skeleton_cols = np.concatenate([np.zeros(0, np.int32)] + [b.node_cols for b in blocks])[kept]
     result.skeleton_width_px = node_width[kept].astype(np.float32)
     result.skeleton_id = crack_id[node_crack[kept]]
-    result.centrelines = crack_centrelines(graph, node_d, orientation[node_crack], crack_id[node_crack], result.count)
-    for lines in result.centrelines:
-        for line in lines:
-            line += (left, top)  # crop → image coordinates
+    result.centrelines = centrelines(blocks, offsets, crack_of, crack_id, orientation, result.count)
     return result
 
 
-def crack_centrelines(
-    graph: SkeletonGraph, node_d: np.ndarray, node_angle: np.ndarray, node_id: np.ndarray, count: int
+def centrelines(
+    blocks: list[BlockStatistics],
+    offsets: np.ndarray,
+    crack_of: np.ndarray,
+    crack_id: np.ndarray,
+    orientation: np.ndarray,
+    count: int,
 ) -> list[list[np.ndarray]]:
-    """The branches of each kept crack (`node_id`: its id at each node, 0 when dropped), ids 1 … `count`."""
-    branches = [b for b in trace_branches(graph) if node_id[b[0]] > 0]
+    """Each kept crack's lines: its blocks' pieces, merged where they meet at a seam (a crack in one block is left as
+    traced), and the segment of a crack whose skeleton is one pixel."""
     out = [[] for _ in range(count)]
-    for branch, line in zip(branches, branch_lines(graph, node_d, node_angle, branches), strict=True):
-        out[node_id[branch[0]] - 1].append(line)
+    spans = np.zeros(count + 1, np.int64)  # blocks each crack has lines in
+    for offset, stats in zip(offsets[:-1], blocks, strict=True):
+        line_crack = crack_of[offset + stats.line_label]
+        for line, i in zip(stats.lines, crack_id[line_crack].tolist(), strict=True):
+            if i:
+                out[i - 1].append(line)
+        blob_crack = crack_of[offset + stats.blob_label]
+        for (x, y, d), k, i in zip(stats.blobs.tolist(), blob_crack, crack_id[blob_crack].tolist(), strict=True):
+            if i:
+                out[i - 1].append(blob_line(x, y, d, orientation[k]))
+        spans[np.unique(crack_id[np.concatenate([line_crack, blob_crack])])] += 1
+    for i in np.flatnonzero(spans[1:] > 1).tolist():
+        merged = shapely.line_merge(shapely.MultiLineString(out[i]))
+        out[i] = [shapely.get_coordinates(part) for part in shapely.get_parts(merged)]
     return out
+
+
+def measure_blocks(
+    read,
+    shape: tuple[int, int],
+    pixel_size_mm: float | None = None,
+    min_length: float = DEFAULT_MIN_LENGTH,
+    longitudinal_axis: str = "vertical",
+    hole_area: int = DEFAULT_HOLE_AREA,
+    width_classes: str | Path | WidthClasses | None = None,
+    block: int | None = None,
+    halo: int = DEFAULT_HALO,
+    progress: bool = False,
+) -> Measurement:
+    """Measure a mask block by block, holding one block (and its halo) at a time: the cracks `measure` finds on the
+    whole mask (see the notes above SEAM_WIDTH_PX for what the halo must cover).
+
+    `read(row, col, height, width)`: that window of the mask, as anything `as_mask` takes; `shape`: the mask's
+    height and width; `block`: the side of a block in px (None: the whole mask at once); `halo`: px of context read
+    on each side. Memory: one window, plus per crack its sums and skeleton pixels (its widths and place, for the
+    figure) and lines. The other arguments are `measure`'s.
+    """
+    from tqdm import tqdm
+
+    from crackseg.rasters import blocks as block_grid
+
+    check_arguments(pixel_size_mm, longitudinal_axis)
+    classes = load_width_classes(width_classes)
+    height, width = shape
+    grid = [(0, 0, height, width)] if block is None else list(block_grid(height, width, block))
+    halo = 0 if len(grid) == 1 else halo
+    stats = []
+    for row, col, h, w in tqdm(grid, desc="blocks", unit="block", disable=not progress, leave=False):
+        top, left = max(row - halo, 0), max(col - halo, 0)
+        bottom, right = min(row + h + halo, height), min(col + w + halo, width)
+        window = as_mask(read(top, left, bottom - top, right - left))
+        core = (row - top, col - left, h, w)
+        stats.append(block_statistics(window, core, (top, left), shape, hole_area, min_length))
+    result = aggregate(stats, shape, pixel_size_mm, min_length, longitudinal_axis, classes)
+    widest, supported = max((b.widest_px for b in stats), default=0.0), (halo - HALO_MARGIN_PX) / 2
+    if len(grid) > 1 and widest > supported:
+        result.warnings.append(
+            f"a crack is {widest:.0f} px wide, but a halo of {halo} px measures cracks across block seams as on the "
+            f"whole mask only up to {supported:.0f} px wide: where it crosses a seam its length and widths may be off"
+        )
+    return result
 
 
 def add_millimetres(crack: Crack, pixel_size_mm: float) -> None:
@@ -702,11 +1032,17 @@ def add_millimetres(crack: Crack, pixel_size_mm: float) -> None:
 
 
 def width_figure(
-    image, result: Measurement, max_side: int = 1600, min_side: int = 480, cmap: str = "turbo"
+    image,
+    result: Measurement,
+    max_side: int = 1600,
+    min_side: int = 480,
+    cmap: str = "turbo",
+    overview: bool = False,
 ) -> np.ndarray:
     """The photo (dimmed, grey) with each skeleton coloured by local width, a colour bar and the crack ids.
 
-    `image`: the photo or the mask (any array crackseg reads as an image), the size the mask was measured at.
+    `image`: the photo or the mask (any array crackseg reads as an image), the size the mask was measured at; with
+    `overview`, a reduced copy of it (of a raster too large to hold, `rasters.overview`), of the same proportions.
     Returns an RGB uint8 array. Widths are in mm when the measurement has a pixel size, else in px.
     """
     import matplotlib
@@ -716,15 +1052,17 @@ def width_figure(
     from crackseg.images import to_rgb_uint8
 
     base = to_rgb_uint8(image)
-    if base.shape[:2] != (result.height, result.width):
+    proportions = abs(base.shape[0] * result.width / max(result.height, 1) - base.shape[1]) <= 1
+    if base.shape[:2] != (result.height, result.width) and not (overview and proportions):
         raise InputError(
             f"the image is {base.shape[1]}×{base.shape[0]} px "
             f"but the measured mask was {result.width}×{result.height} px"
         )
-    scale = float(np.clip(max(base.shape[:2]), min_side, max_side)) / max(base.shape[:2])
-    size = (max(round(base.shape[1] * scale), 1), max(round(base.shape[0] * scale), 1))
+    longest = max(result.height, result.width)
+    scale = float(np.clip(longest, min_side, max_side)) / longest  # measured px → figure px
+    size = (max(round(result.width * scale), 1), max(round(result.height * scale), 1))
     grey = cv2.cvtColor(base, cv2.COLOR_RGB2GRAY)
-    interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_NEAREST
+    interpolation = cv2.INTER_AREA if size[0] * size[1] < grey.size else cv2.INTER_NEAREST
     canvas = np.repeat((cv2.resize(grey, size, interpolation=interpolation) * 0.6).astype(np.uint8)[:, :, None], 3, 2)
 
     unit, factor = ("mm", result.pixel_size_mm) if result.pixel_size_mm else ("px", 1.0)

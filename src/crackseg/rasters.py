@@ -5,6 +5,10 @@ whole: each block of `block` px is read with a margin of one tile (so the tiles 
 as inside), segmented through the one inference path, cropped back to the block and written into tiled,
 compressed GeoTIFFs that keep the input's CRS and transform. Memory is bounded by one block and its margin.
 
+`crackseg measure` measures such a raster the same way (`measure_raster`): a photo is first segmented block by block
+into a temporary mask GeoTIFF beside the outputs, and the mask is then read window by window with a halo
+(`quantify.measure_blocks`), so that neither the photo nor the mask is ever held whole.
+
 Pixels outside the raster's valid-data mask (its nodata value, alpha band or internal mask) are never cracks.
 16-bit rasters are scaled by 1/257 and float rasters by their data range per block only where it is 0–1 or 0–255
 (`images.to_rgb_uint8`); 4-band rasters (RGBA, RGB+NIR) are read as their first three bands.
@@ -43,11 +47,16 @@ def read_rgb(src, row: int, col: int, height: int, width: int) -> tuple[np.ndarr
 
     window = Window(col, row, width, height)
     bands = [1, 2, 3] if src.count >= 3 else [1]
-    data = np.moveaxis(src.read(bands, window=window), 0, -1)
+    valid = src.dataset_mask(window=window) > 0
+    return bands_to_rgb(src.read(bands, window=window)), valid
+
+
+def bands_to_rgb(data: np.ndarray) -> np.ndarray:
+    """Bands × H × W as read from a raster (one band, or the first three) → H×W×3 uint8 RGB."""
+    data = np.moveaxis(data, 0, -1)
     if data.dtype == np.uint16:
         data = (data.astype(np.float32) / 257.0).round().astype(np.uint8)  # fixed, not per block: no seams
-    valid = src.dataset_mask(window=window) > 0
-    return to_rgb_uint8(data[..., 0] if data.shape[-1] == 1 else data), valid
+    return to_rgb_uint8(data[..., 0] if data.shape[-1] == 1 else data)
 
 
 def output_profile(src, dtype: str) -> dict:
@@ -132,3 +141,92 @@ def write_blocks(segmenter, src, outputs: list[Path], block: int) -> tuple[int, 
         for sink in sinks:
             sink.close()
     return crack, valid_total
+
+
+# --- measuring ----------------------------------------------------------------------------------------------
+
+READ_CACHE_MB = 256  # GDAL's block cache while measuring: by default 5 % of the RAM, which would count as ours
+OVERVIEW_SIDE = 1600  # px: the width figure is drawn at most this large, so a copy this size is all it needs
+
+
+def read_mask_window(src, row: int, col: int, height: int, width: int) -> np.ndarray:
+    """A window of a mask raster as bool (crack = True), binarised as `images.read_mask` does a whole mask;
+    pixels outside the raster's valid data are never cracks."""
+    from rasterio.windows import Window
+
+    from crackseg.images import mask_from_array
+
+    window = Window(col, row, width, height)
+    bands = list(range(1, min(src.count, 3) + 1))
+    values = np.moveaxis(src.read(bands, window=window), 0, -1)
+    return mask_from_array(values, name=src.name) & (src.dataset_mask(window=window) > 0)
+
+
+def measure_mask(
+    path: str | os.PathLike,
+    pixel_size_mm: float | None = None,
+    min_length: float | None = None,
+    width_classes=None,
+    block: int = DEFAULT_BLOCK,
+    halo: int | None = None,
+    progress: bool = False,
+):
+    """Measure a mask raster read window by window (`quantify.measure_blocks`): the cracks `quantify.measure` finds
+    on the whole mask, holding one block and its halo at a time."""
+    import rasterio
+
+    from crackseg.quantify import DEFAULT_HALO, DEFAULT_MIN_LENGTH, measure_blocks
+
+    with rasterio.Env(GDAL_CACHEMAX=READ_CACHE_MB), rasterio.open(path) as src:
+        return measure_blocks(
+            lambda row, col, height, width: read_mask_window(src, row, col, height, width),
+            (src.height, src.width),
+            pixel_size_mm,
+            DEFAULT_MIN_LENGTH if min_length is None else min_length,
+            width_classes=width_classes,
+            block=block,
+            halo=DEFAULT_HALO if halo is None else halo,
+            progress=progress,
+        )
+
+
+def overview(path: str | os.PathLike, max_side: int = OVERVIEW_SIDE) -> np.ndarray:
+    """The raster reduced to at most `max_side` px a side (pixels averaged, or its own overviews where it has them),
+    as H×W×3 uint8 RGB: the background of a width figure, read without holding the raster."""
+    import rasterio
+    from rasterio.enums import Resampling
+
+    with rasterio.Env(GDAL_CACHEMAX=READ_CACHE_MB), rasterio.open(path) as src:
+        scale = min(1.0, max_side / max(src.height, src.width))
+        shape = (max(round(src.height * scale), 1), max(round(src.width * scale), 1))
+        bands = [1, 2, 3] if src.count >= 3 else [1]
+        return bands_to_rgb(src.read(bands, out_shape=(len(bands), *shape), resampling=Resampling.average))
+
+
+def measure_raster(
+    path: str | os.PathLike,
+    work_dir: Path,
+    segmenter=None,
+    pixel_size_mm: float | None = None,
+    min_length: float | None = None,
+    width_classes=None,
+    block: int = DEFAULT_BLOCK,
+    with_overview: bool = False,
+    progress: bool = False,
+):
+    """Measure a georeferenced raster block by block: a mask, or with `segmenter` a photo, segmented first (block by
+    block, `segment_raster`) into a temporary mask GeoTIFF in `work_dir` that is removed afterwards. Returns the
+    Measurement and, with `with_overview`, the raster's `overview` for the width figure (else None)."""
+    mask_path = Path(path)
+    if segmenter is not None:
+        handle, name = tempfile.mkstemp(dir=work_dir, prefix=f".{mask_path.stem}_mask.", suffix=".tif")
+        os.close(handle)
+        mask_path = Path(name)
+    try:
+        if segmenter is not None:
+            segment_raster(segmenter, path, mask_path, block=block)
+        result = measure_mask(mask_path, pixel_size_mm, min_length, width_classes, block, progress=progress)
+    finally:
+        if segmenter is not None:
+            mask_path.unlink(missing_ok=True)
+    return result, overview(path) if with_overview else None
