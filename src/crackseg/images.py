@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -34,6 +35,14 @@ class ImageReadError(CracksegError, ValueError):
 
 def is_image_file(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def blocks(height: int, width: int, block: int) -> Iterator[tuple[int, int, int, int]]:
+    """(row, col, height, width) of each block covering an image of that size, in raster order (the last in each
+    row and column smaller); the grid of the rasters segmented and measured block by block."""
+    for row in range(0, height, block):
+        for col in range(0, width, block):
+            yield row, col, min(block, height - row), min(block, width - col)
 
 
 def check_pixels(width: int, height: int, max_pixels: float, name: str) -> None:

@@ -998,7 +998,7 @@ def measure_blocks(
     """
     from tqdm import tqdm
 
-    from crackseg.rasters import blocks as block_grid
+    from crackseg.images import blocks as block_grid
 
     check_arguments(pixel_size_mm, longitudinal_axis)
     classes = load_width_classes(width_classes)

@@ -19,26 +19,18 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
 from crackseg.errors import InputError
-from crackseg.images import check_pixels, default_mode, to_rgb_uint8
+from crackseg.images import blocks, check_pixels, default_mode, mask_from_array, to_rgb_uint8
 
 DEFAULT_BLOCK = 4096  # px per block side: ~50 MB of RGB and ~70 MB of probabilities with its margin
 
 
 class RasterError(InputError):
     """A raster that cannot be segmented block by block; the message names it and says why."""
-
-
-def blocks(height: int, width: int, block: int) -> Iterator[tuple[int, int, int, int]]:
-    """(row, col, height, width) of each block covering the raster, in raster order."""
-    for row in range(0, height, block):
-        for col in range(0, width, block):
-            yield row, col, min(block, height - row), min(block, width - col)
 
 
 def read_rgb(src, row: int, col: int, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
@@ -153,8 +145,6 @@ def read_mask_window(src, row: int, col: int, height: int, width: int) -> np.nda
     """A window of a mask raster as bool (crack = True), binarised as `images.read_mask` does a whole mask;
     pixels outside the raster's valid data are never cracks."""
     from rasterio.windows import Window
-
-    from crackseg.images import mask_from_array
 
     window = Window(col, row, width, height)
     bands = list(range(1, min(src.count, 3) + 1))
