@@ -184,3 +184,10 @@ def write_geotiff_rgb(path, image: np.ndarray) -> None:
     profile = {"driver": "GTiff", "height": image.shape[0], "width": image.shape[1], "count": 3, "dtype": "uint8"}
     with rasterio.open(path, "w", **profile, crs="EPSG:32633", transform=TRANSFORM) as dst:
         dst.write(np.moveaxis(image, -1, 0))
+
+
+def test_a_block_too_small_to_be_worth_its_halo_is_refused(tmp_path, capsys):
+    write_geotiff(tmp_path / "deck.tif", crack_mask())
+    with pytest.raises(SystemExit):
+        main(["measure", str(tmp_path / "deck.tif"), "--masks", "-o", str(tmp_path / "out"), "--block", "100"])
+    assert "at least 256 px" in capsys.readouterr().err
