@@ -21,7 +21,9 @@ import numpy as np
 from predict_speed import high_water_kb  # the same poll of the child's VmHWM
 
 
-def write_orthomosaic(path: Path, size: int, block: int = 2048) -> None:
+def write_orthomosaic(path: Path, size: int, block: int = 2048, crack_width: int | None = None) -> int:
+    """A SIZE × SIZE RGB GeoTIFF (EPSG:32633, 0.5 mm pixels) of generated surface with three cracks drawn in each
+    block (`crack_width` px wide, else 2-5 px at random), written block by block; returns the cracks drawn."""
     import rasterio
     from rasterio.transform import from_origin
     from rasterio.windows import Window
@@ -33,12 +35,35 @@ def write_orthomosaic(path: Path, size: int, block: int = 2048) -> None:
         "transform": from_origin(500_000.0, 5_400_000.0, 0.0005, 0.0005), "tiled": True, "blockxsize": 512,
         "blockysize": 512, "compress": "deflate", "BIGTIFF": "YES",
     }  # fmt: skip
+    drawn = 0
     with rasterio.open(path, "w", **profile) as dst:
         for row in range(0, size, block):
             for col in range(0, size, block):
                 height, width = min(block, size - row), min(block, size - col)
-                image, _ = synthetic_crack((height, width), seed=row * 7 + col, n_cracks=3)
+                image, _ = synthetic_crack((height, width), seed=row * 7 + col, n_cracks=3, crack_width=crack_width)
                 dst.write(np.moveaxis(image, -1, 0), window=Window(col, row, width, height))
+                drawn += 3
+    return drawn
+
+
+def run_child(command: list[str], env: dict | None = None, poll_s: float = 0.05) -> tuple[float, int, int, str, str]:
+    """Run a command to its end: wall seconds, peak resident memory (the child's VmHWM in KiB, polled), exit status,
+    stdout and stderr. The output goes to temporary files, not pipes, so a chatty child never stalls on a full pipe."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        started, peak = time.perf_counter(), 0
+        child = subprocess.Popen(command, env=env, stdout=out, stderr=err, text=True)
+        while child.poll() is None:
+            peak = max(peak, high_water_kb(child.pid))
+            time.sleep(poll_s)
+        seconds = time.perf_counter() - started
+        out.seek(0)
+        err.seek(0)
+        return seconds, peak, child.returncode, out.read(), err.read()
+
+
+def model_arguments(args) -> list[str]:
+    """--weights or --model as given to the benchmark, for the `crackseg` command it runs."""
+    return ["--weights", args.weights] if args.weights else (["--model", args.model] if args.model else [])
 
 
 def main() -> None:
@@ -55,17 +80,10 @@ def main() -> None:
         write_orthomosaic(ortho, args.size)
         print(f"generated {args.size}×{args.size} GeoTIFF in {time.perf_counter() - started:.0f} s")
         command = [sys.executable, "-m", "crackseg", "predict", str(ortho), "-o", str(Path(tmp) / "out")]
-        command += ["--weights", args.weights] if args.weights else (["--model", args.model] if args.model else [])
-        command += ["--prob"] if args.prob else []
+        command += model_arguments(args) + (["--prob"] if args.prob else [])
         env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
-        started, peak = time.perf_counter(), 0
-        child = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        while child.poll() is None:
-            peak = max(peak, high_water_kb(child.pid))
-            time.sleep(0.2)
-        seconds = time.perf_counter() - started
-        out, err = child.communicate()
-        if child.returncode != 0:
+        seconds, peak, code, _, err = run_child(command, env)
+        if code != 0:
             raise SystemExit(f"crackseg predict failed:\n{err[-2000:]}")
         engine = next((line for line in err.splitlines() if line.startswith("model ")), "")
         megapixels = args.size**2 / 1e6
