@@ -1,13 +1,15 @@
 """Crack maps end to end: `crackseg predict` then `crackseg measure` on a large georeferenced GeoTIFF.
 
     python benchmarks/map_speed.py --size 20000 --threads 2 [--crack-width 6] [--model NAME | --weights PATH]
+        [--photo] [--formats json,csv,png,geojson,gpkg,dxf]
 
 Writes raster_speed's generated RGB GeoTIFF of SIZE × SIZE (EPSG:32633, 0.5 mm pixels, three cracks drawn in each
 2,048² block, all --crack-width px wide), then runs the real commands in child processes, one after the other:
 `crackseg predict` (backend auto; the mask GeoTIFF) and `crackseg measure --masks` on that mask, writing the crack
 maps (GeoJSON, GeoPackage, DXF), cracks.csv and the summary JSON. Prints, per step and in total, the wall time and
 the peak resident memory (the child's VmHWM, polled), then each output's size, the cracks found and their widths
-against the drawn one.
+against the drawn one. With --photo, one command instead: `crackseg measure ortho.tif` on the photo itself, which
+segments it block by block into a temporary mask GeoTIFF and measures that, as a user would run it.
 """
 
 from __future__ import annotations
@@ -52,6 +54,8 @@ def main() -> None:
     parser.add_argument("--crack-width", type=int, default=6, help="width of the drawn cracks in px")
     parser.add_argument("--model", help="a shipped model (default: the default)")
     parser.add_argument("--weights", help="a trained model folder")
+    parser.add_argument("--photo", action="store_true", help="one step: `crackseg measure` on the photo itself")
+    parser.add_argument("--formats", default=MAP_FORMATS, help=f"measure's --formats (default {MAP_FORMATS})")
     args = parser.parse_args()
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
     crackseg = [sys.executable, "-m", "crackseg"]
@@ -67,21 +71,23 @@ def main() -> None:
         )
         predict = [*crackseg, "predict", str(ortho), "-o", str(predicted), *model_arguments(args)]
         measure = [*crackseg, "measure", str(predicted / "ortho.tif"), "--masks", "-o", str(measured)]
-        runs = {
-            "predict": step("predict", predict, env),
-            "measure": step("measure", [*measure, "--formats", MAP_FORMATS], env),
-        }
+        if args.photo:  # segmented block by block inside measure, to a temporary mask it removes
+            measure = [*crackseg, "measure", str(ortho), "-o", str(measured), *model_arguments(args)]
+        runs = {} if args.photo else {"predict": step("predict", predict, env)}
+        runs["measure"] = step("measure", [*measure, "--formats", args.formats], env)
         report = json.loads((measured / "ortho_measure.json").read_text())
         summary, cracks = report["summary"], report["cracks"]
         medians = np.array([c["width_median_mm"] for c in cracks], float)
         print(f"\n{'step':<9}{'wall s':>9}{'peak RSS GB':>13}  outputs")
-        print(f"{'predict':<9}{runs['predict'][0]:>9.1f}{runs['predict'][1] / 1e6:>13.2f}  {sizes(predicted)}")
-        print(f"{'measure':<9}{runs['measure'][0]:>9.1f}{runs['measure'][1] / 1e6:>13.2f}  {sizes(measured)}")
+        for name, folder in (("predict", predicted), ("measure", measured)):
+            if name in runs:
+                print(f"{name:<9}{runs[name][0]:>9.1f}{runs[name][1] / 1e6:>13.2f}  {sizes(folder)}")
         total = sum(seconds for seconds, _, _ in runs.values())
         print(f"{'total':<9}{total:>9.1f}{max(peak for _, peak, _ in runs.values()) / 1e6:>13.2f}  (peak: the larger)")
         blocks = report.get("blocks")  # measure says whether it held the mask whole or went block by block
         how = f"in blocks of {blocks['block_px']} px, halo {blocks['halo_px']} px" if blocks else "whole"
-        print(f"measure read the mask {how}")
+        segmented = " (segmented in blocks to a temporary mask)" if blocks and blocks["segmented_in_blocks"] else ""
+        print(f"measure read the mask {how}{segmented}; width figure: {(blocks or {}).get('width_figure', '-')}")
         print(
             f"\n{summary['count']} cracks ({drawn} drawn; one that leaves its block and comes back, or a gap in the "
             "predicted mask, makes two), "
