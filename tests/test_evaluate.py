@@ -12,6 +12,7 @@ from PIL import Image
 
 from crackseg.cli import main
 from crackseg.data import DataError, find_all_pairs, find_pairs, split_pairs
+from crackseg.errors import OutputExistsError
 from crackseg.evaluate import evaluate, image_degrade_seed
 from crackseg.images import read_image, read_mask, write_image
 from crackseg.models import ModelConfig
@@ -200,3 +201,18 @@ def test_bad_degrade_value(two_sources, tmp_path):
     pairs = find_pairs(two_sources)
     with pytest.raises(ValueError, match="x4"):
         evaluate(Oracle(pairs), pairs, tmp_path, degrade="fourfold", progress=False)
+
+
+def test_an_earlier_report_is_replaced_only_with_overwrite(synthetic_root, tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "report"
+    out.mkdir()
+    (out / "metrics.json").write_text("an earlier run's\n")
+    argv = ["evaluate", "--data", str(synthetic_root), "--model", "no-such-model", "--out", str(out)]
+    message = _run_error(argv, capsys)  # refused before the (missing) model is looked up
+    assert "metrics.json is there already" in message and "--overwrite" in message
+    assert (out / "metrics.json").read_text() == "an earlier run's\n"
+    argv = ["evaluate", "--data", str(synthetic_root), "--weights", str(tiny_model_dir), "--out", str(out)]
+    assert main(argv + ["--samples", "0", "--tile", "128", "--overwrite"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["images"] == 24
+    with pytest.raises(OutputExistsError, match="metrics.json"):
+        evaluate(Oracle([]), [object()], out)

@@ -141,7 +141,7 @@ def cmd_predict(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from crackseg.data import DataError, find_all_pairs, split_pairs
-    from crackseg.evaluate import evaluate
+    from crackseg.evaluate import check_report_free, evaluate
 
     # --split-val carves the validation split exactly as `crackseg train` does (test/ folders left out).
     pairs = find_all_pairs(args.data, args.skip_unpaired, exclude_splits=("test",) if args.split_val else ())
@@ -152,6 +152,7 @@ def cmd_evaluate(args) -> int:
     from crackseg.images import ensure_output_folder
 
     ensure_output_folder(args.out)
+    check_report_free(args.out, args.overwrite)  # before the model loads
     segmenter = segmenter_from_args(args)
     model_name = segmenter.config.name or args.weights or args.model
     print(f"model {model_name}; {segmenter.describe()}; {len(pairs)} images", file=sys.stderr)
@@ -167,6 +168,7 @@ def cmd_evaluate(args) -> int:
         weights=args.weights or args.model,
         data=args.data,
         split="val" if args.split_val else "all",
+        overwrite=args.overwrite,
     )
     for condition in ("clean", "degraded"):
         if condition in report:
@@ -335,6 +337,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--split-val", action="store_true", help="only the validation split `crackseg train` uses")
     add_split_arguments(p)  # with --split-val: the train run's values
     p.add_argument("--skip-unpaired", action="store_true", help="go on without images that have no mask")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier evaluation's report in -o")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("serve", help="web page and HTTP API: upload a photo, see and download its cracks")

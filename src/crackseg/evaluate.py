@@ -29,7 +29,7 @@ from tqdm import tqdm
 from crackseg import __version__
 from crackseg.data import DataError, Pair
 from crackseg.errors import InputError
-from crackseg.images import atomic_write_bytes, read_image, read_mask
+from crackseg.images import atomic_write_bytes, check_outputs_free, read_image, read_mask
 from crackseg.metrics import (
     confusion,
     dataset_scores,
@@ -204,6 +204,13 @@ def software_versions() -> dict:
 
 # --- the whole evaluation ----------------------------------------------------------------------------------
 
+REPORT_FILES = ("metrics.json", "report.md", "per_image.csv")  # every evaluation writes these (figures vary)
+
+
+def check_report_free(out_dir: str | Path, overwrite: bool = False) -> None:
+    """Refuse to replace an earlier evaluation's report in `out_dir` unless `overwrite`."""
+    check_outputs_free(out_dir, [Path(out_dir) / name for name in REPORT_FILES], overwrite, what="evaluation")
+
 
 def evaluate(
     segmenter,
@@ -219,15 +226,18 @@ def evaluate(
     data: list[str] | None = None,
     split: str = "all",
     progress: bool = True,
+    overwrite: bool = False,
 ) -> dict:
     """Evaluate `segmenter` on `pairs` and write the report to `out_dir`; returns the metrics.json content.
 
     `threshold` defaults to the segmenter's (the model's stored threshold unless overridden). `degrade` (a
     scale such as 4 or "x4") also evaluates degraded copies of every image, seeded per image from
-    `degrade_seed`. `weights`, `data` and `split` are recorded in the report as given.
+    `degrade_seed`. `weights`, `data` and `split` are recorded in the report as given. An earlier report in
+    `out_dir` is replaced only with `overwrite`.
     """
     if not pairs:
         raise DataError("empty dataset: no image/mask pairs to evaluate")
+    check_report_free(out_dir, overwrite)
     threshold = float(segmenter.threshold if threshold is None else threshold)
     if not 0 <= threshold <= 1:
         raise InputError(f"threshold {threshold} is outside [0, 1]")
