@@ -154,7 +154,7 @@ def test_measure_command_in_blocks_writes_the_whole_images_maps(tmp_path):
 class DarkIsCrack:
     """A stand-in model that calls dark pixels cracks: block-wise and whole segmentation give the same mask."""
 
-    tile, threshold, max_pixels = 64, 0.5, 1e9
+    tile, threshold, max_pixels, max_raster_pixels = 64, 0.5, 1e9, 1e9
 
     def predict_prob(self, image: np.ndarray) -> np.ndarray:
         return 1.0 - image.mean(axis=2) / 255.0

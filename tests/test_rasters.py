@@ -7,6 +7,7 @@ import rasterio
 from rasterio.transform import from_origin
 
 from crackseg.cli import main
+from crackseg.images import DEFAULT_MAX_PIXELS, DEFAULT_MAX_RASTER_PIXELS
 from crackseg.inference import CrackSegmenter, predict_files
 from crackseg.models import ModelConfig
 from crackseg.rasters import RasterError, check_disk_space, segment_raster
@@ -76,3 +77,11 @@ def test_the_pixel_limit_applies_to_rasters_from_their_header(local_segmenter, t
     small = CrackSegmenter(LocalNet(), ModelConfig(), tile=96, precision="fp32", max_pixels=5000)
     written, failures = predict_files(small, [str(tmp_path / "big.tif")], tmp_path / "out", progress=False)
     assert written == 0 and "exceeds the limit" in failures[0]
+
+
+def test_rasters_have_their_own_default_pixel_limit_and_an_explicit_one_is_both():
+    default = CrackSegmenter(LocalNet(), ModelConfig(), tile=96, precision="fp32")
+    assert (default.max_pixels, default.max_raster_pixels) == (DEFAULT_MAX_PIXELS, DEFAULT_MAX_RASTER_PIXELS)
+    assert DEFAULT_MAX_RASTER_PIXELS >= 40_000**2  # the orthomosaics block-wise processing is for
+    explicit = CrackSegmenter(LocalNet(), ModelConfig(), tile=96, precision="fp32", max_pixels=5000)
+    assert explicit.max_pixels == explicit.max_raster_pixels == 5000

@@ -70,7 +70,7 @@ def threshold_value(text: str) -> float:
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
     from crackseg.engines import PRECISIONS, REGISTRY
-    from crackseg.images import DEFAULT_MAX_PIXELS
+    from crackseg.images import DEFAULT_MAX_PIXELS, DEFAULT_MAX_RASTER_PIXELS
 
     p.add_argument("--weights", help="a trained model: model.safetensors, its folder, or a run folder")
     p.add_argument("--model", help="a shipped model by name (default: the default model)")
@@ -92,7 +92,10 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--batch-size", type=positive_int, default=4, help="tiles per forward pass")
     p.add_argument(
-        "--max-pixels", type=float, default=DEFAULT_MAX_PIXELS, help="refuse images with more pixels than this"
+        "--max-pixels",
+        type=float,
+        help=f"refuse images with more pixels than this (default: {DEFAULT_MAX_PIXELS / 1e6:.0f} MP for photos, "
+        f"{DEFAULT_MAX_RASTER_PIXELS / 1e6:.0f} MP for georeferenced rasters, which are processed in blocks)",
     )
     p.add_argument("--tta", action="store_true", help="average the four flips of each tile (4× slower)")
 
@@ -111,7 +114,7 @@ def segmenter_from_args(args):
         overlap=args.overlap,
         batch_size=args.batch_size,
         threshold=args.threshold,
-        max_pixels=int(args.max_pixels),
+        max_pixels=None if args.max_pixels is None else int(args.max_pixels),
         tta=args.tta,
     )
 

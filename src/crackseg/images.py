@@ -27,6 +27,9 @@ IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 # decoding, so a small file that declares a huge image is refused without the memory or the time.
 Image.MAX_IMAGE_PIXELS = 1_000_000_000
 DEFAULT_MAX_PIXELS = 500_000_000  # larger inputs are refused: 500 MP needs ~2 GB for the probability map
+# Georeferenced rasters are read, segmented and measured block by block, so their size costs time and disk, not
+# memory: their limit only stops a raster that would run for days (4,000 MP: a 63,000² orthomosaic).
+DEFAULT_MAX_RASTER_PIXELS = 4_000_000_000
 
 
 class ImageReadError(CracksegError, ValueError):
@@ -49,7 +52,7 @@ def check_pixels(width: int, height: int, max_pixels: float, name: str) -> None:
     if width * height > max_pixels:
         raise ImageReadError(
             f"{name}: {width}×{height} = {width * height / 1e6:.0f} MP exceeds the limit of {max_pixels / 1e6:.0f} MP; "
-            "raise --max-pixels (max_pixels) if you have the memory"
+            "raise --max-pixels (max_pixels) if you have the memory and the time"
         )
 
 

@@ -19,7 +19,15 @@ from PIL import Image
 from crackseg.engines.base import sigmoid
 from crackseg.engines.torch_engine import TorchBackend
 from crackseg.errors import InputError, InputTypeError
-from crackseg.images import DEFAULT_MAX_PIXELS, check_pixels, normalize_image, pil_to_rgb, read_image, to_rgb_uint8
+from crackseg.images import (
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_MAX_RASTER_PIXELS,
+    check_pixels,
+    normalize_image,
+    pil_to_rgb,
+    read_image,
+    to_rgb_uint8,
+)
 from crackseg.model_config import ModelConfig
 
 if TYPE_CHECKING:
@@ -96,7 +104,7 @@ class CrackSegmenter:
         overlap: float = 0.25,
         batch_size: int = 4,
         threshold: float | None = None,
-        max_pixels: int = DEFAULT_MAX_PIXELS,
+        max_pixels: int | None = None,
         precision: str = "auto",
         device: str = "cpu",
         tta: bool = False,
@@ -109,7 +117,10 @@ class CrackSegmenter:
             raise InputError(f"overlap must be in [0, 1), got {overlap}")
         if int(batch_size) < 1:
             raise InputError(f"batch_size {batch_size}: must be at least 1")
-        self.overlap, self.batch_size, self.max_pixels = overlap, batch_size, max_pixels
+        self.overlap, self.batch_size = overlap, batch_size
+        # One limit when given; by default photos (held whole) and georeferenced rasters (in blocks) differ.
+        self.max_pixels = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
+        self.max_raster_pixels = DEFAULT_MAX_RASTER_PIXELS if max_pixels is None else max_pixels
         self.tta = tta
         self.threshold = check_threshold(float(self.config.threshold if threshold is None else threshold))
 

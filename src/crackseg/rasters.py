@@ -93,7 +93,7 @@ def segment_raster(
     import rasterio
 
     with rasterio.open(path) as src:
-        check_pixels(src.width, src.height, segmenter.max_pixels, str(path))
+        check_pixels(src.width, src.height, segmenter.max_raster_pixels, str(path))
         check_disk_space(mask_path.parent, src.height, src.width, prob_path is not None)
         targets = [mask_path] + ([prob_path] if prob_path else [])
         temporary = [Path(tempfile.mkstemp(dir=t.parent, prefix=f".{t.name}.", suffix=".tmp")[1]) for t in targets]
