@@ -29,9 +29,9 @@ TRANSFORM = Affine(PIXEL_M, 0.0, ORIGIN[0], 0.0, -PIXEL_M, ORIGIN[1])  # north u
 SHAPE = (400, 600)
 # Known cracks, in image coordinates (x right, y down from the top-left corner): ends, width px, pavement class.
 CRACKS = [
-    ((40.0, 60.0), (540.0, 160.0), 4, "low (<3 mm)"),  # 2 mm wide
-    ((100.0, 200.0), (140.0, 380.0), 12, "medium (3-19 mm)"),  # 6 mm wide
-    ((300.0, 250.0), (560.0, 330.0), 1, "low (<3 mm)"),  # 0.5 mm: 1 px, below the resolution
+    ((40.0, 60.0), (540.0, 160.0), 4, "low (<6 mm)"),  # 2 mm wide
+    ((100.0, 200.0), (140.0, 380.0), 16, "moderate (6-19 mm)"),  # 8 mm wide
+    ((300.0, 250.0), (560.0, 330.0), 1, "low (<6 mm)"),  # 0.5 mm: 1 px, below the resolution
 ]
 
 
@@ -119,7 +119,7 @@ def test_geotiff_geojson_is_wgs84_and_lands_on_the_cracks(geo_run):
         assert props["below_resolution"] is (width < 2)
         assert props["branched"] is False and props["orientation_class"] in ("transverse", "longitudinal", "diagonal")
         assert set(props) == set(CSV_FIELDS) - {"image"}  # one layout everywhere
-    assert seen == {1, 4, 12}
+    assert seen == {1, 4, 16}
 
 
 def test_geotiff_geopackage_and_dxf_hold_the_same_geometry(geo_run):
@@ -161,13 +161,13 @@ def test_geotiff_geopackage_and_dxf_hold_the_same_geometry(geo_run):
 def test_geotiff_csv_and_summary(geo_run):
     rows = list(csv.DictReader((geo_run / "cracks.csv").open()))
     assert len(rows) == 3 and list(rows[0]) == CSV_FIELDS
-    assert sorted(r["width_class"] for r in rows) == ["low (<3 mm)", "low (<3 mm)", "medium (3-19 mm)"]
+    assert sorted(r["width_class"] for r in rows) == ["low (<6 mm)", "low (<6 mm)", "moderate (6-19 mm)"]
     report = json.loads((geo_run / "deck_measure.json").read_text())
     assert report["pixel_size_mm"] == pytest.approx(0.5) and report["pixel_size_from"] == "georeference"
     assert report["georeference"]["crs"] == "EPSG:32633"
     summary = report["summary"]
     assert summary["count"] == 3 and summary["below_resolution"] == 1 and summary["width_class_scheme"] == "pavement"
-    assert summary["width_classes"] == {"low (<3 mm)": 2, "medium (3-19 mm)": 1, "high (>=19 mm)": 0}
+    assert summary["width_classes"] == {"low (<6 mm)": 2, "moderate (6-19 mm)": 1, "high (>=19 mm)": 0}
     by_class = summary["length_by_width_class_mm"]
     assert sum(by_class.values()) == pytest.approx(summary["total_length_mm"], abs=0.01)
     assert summary["crack_area_fraction"] == pytest.approx(crack_mask().mean(), abs=1e-6)

@@ -394,15 +394,15 @@ def test_width_class_boundaries_and_presets():
         ">=0.4 mm",
     ]
     pavement = quantify.load_width_classes("pavement")
-    assert [pavement.classify(w) for w in (2.9, 3.0, 18.9, 19.0)] == [
-        "low (<3 mm)",
-        "medium (3-19 mm)",
-        "medium (3-19 mm)",
+    assert [pavement.classify(w) for w in (5.9, 6.0, 18.9, 19.0)] == [
+        "low (<6 mm)",
+        "moderate (6-19 mm)",
+        "moderate (6-19 mm)",
         "high (>=19 mm)",
     ]
     assert concrete.classify(None) == quantify.UNKNOWN_WIDTH_CLASS
     assert measure(band(5, angle=0), pixel_size_mm=2, width_classes="pavement").cracks[0].width_class == (
-        "medium (3-19 mm)"  # 5 px × 2 mm = 10 mm
+        "moderate (6-19 mm)"  # 5 px × 2 mm = 10 mm
     )
     with pytest.raises(quantify.ClassesError, match="increasing"):
         quantify.WidthClasses("x", (0.3, 0.3), ("a", "b", "c"))

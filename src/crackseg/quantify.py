@@ -134,10 +134,10 @@ WIDTH_CLASS_PRESETS = {
     # EC2 (EN 1992-1-1, Table 7.1N: w_max 0.2 / 0.3 / 0.4 mm) and ACI 224R (0.10 mm for water-retaining
     # structures up to 0.41 mm in dry air): the widths at which reinforced concrete is judged.
     "concrete": WidthClasses("concrete", (0.1, 0.2, 0.3, 0.4), default_labels((0.1, 0.2, 0.3, 0.4))),
-    # Severity by crack width, after ASTM D6433 and the FHWA LTPP distress manual: high from 19 mm as in LTPP;
-    # the low/medium boundary differs between manuals and surfaces (3 mm here; LTPP asphalt 6 mm, ASTM D6433
-    # 10 mm), so a JSON file (--classes FILE.json) sets an agency's own.
-    "pavement": WidthClasses("pavement", (3.0, 19.0), ("low (<3 mm)", "medium (3-19 mm)", "high (>=19 mm)")),
+    # Severity of longitudinal and transverse cracks by mean width in the FHWA LTPP Distress Identification Manual
+    # (FHWA-HRT-13-092): low up to 6 mm, moderate up to 19 mm, high beyond. Other manuals differ (ASTM D6433 for
+    # roads: 10 and 76 mm), so a JSON file (--classes FILE.json) sets an agency's own.
+    "pavement": WidthClasses("pavement", (6.0, 19.0), ("low (<6 mm)", "moderate (6-19 mm)", "high (>=19 mm)")),
 }
 
 
