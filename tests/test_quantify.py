@@ -14,6 +14,7 @@ from skimage.morphology import skeletonize
 
 from crackseg import quantify
 from crackseg.cli import main
+from crackseg.errors import InputError
 from crackseg.images import read_image, write_image
 from crackseg.quantify import measure, width_figure
 from crackseg.synthetic import synthetic_crack
@@ -101,8 +102,51 @@ def test_orientation_and_class(angle, expected):
     crack = measure(band(5, angle=angle)).cracks[0]
     assert abs(crack.orientation_deg - angle) <= 1.0
     assert crack.crack_class == expected
-    across = measure(band(5, angle=angle), longitudinal_axis="horizontal").cracks[0].crack_class
+    across = measure(band(5, angle=angle), direction_deg=0).cracks[0].crack_class
     assert across == {"transverse": "longitudinal", "longitudinal": "transverse"}.get(expected, expected)
+
+
+@pytest.mark.parametrize("angle", [20, 65, 150])
+def test_direction_decides_longitudinal_and_transverse_at_any_angle(angle):
+    mask = band(5, angle=angle)
+    classes = {
+        direction: measure(mask, direction_deg=direction).cracks[0].orientation_class
+        for direction in (angle, angle + 180, angle - 90, angle + 45, angle + 10, angle + 80)
+    }
+    assert classes == {
+        angle: "longitudinal",
+        angle + 180: "longitudinal",  # a direction is an axis
+        angle - 90: "transverse",
+        angle + 45: "diagonal",
+        angle + 10: "longitudinal",
+        angle + 80: "transverse",
+    }
+    with pytest.raises(InputError, match="--direction"):
+        measure(mask, direction_deg=float("nan"))
+
+
+def grid_of_cracks(spacing: int, lines: int = 10, width: int = 3) -> np.ndarray:
+    """One crack: `lines` horizontal and `lines` vertical cracks `spacing` px apart, (lines − 1)² closed cells."""
+    size = spacing * (lines + 1)
+    mask = np.zeros((size, size), bool)
+    span = slice(spacing // 2, spacing // 2 + (lines - 1) * spacing + 1)
+    for k in range(lines):
+        centre = spacing // 2 + k * spacing
+        across = slice(centre - width // 2, centre + width // 2 + 1)
+        mask[across, span] = True
+        mask[span, across] = True
+    return mask
+
+
+def test_a_network_of_cells_is_alligator_or_block_by_its_cell_size():
+    mask = grid_of_cracks(40)  # 81 cells of 40 px
+    (crack,) = measure(mask).cracks
+    assert crack.pattern == "network" and crack.crack_class == "branched-network"
+    assert measure(mask, pixel_size_mm=5).cracks[0].pattern == "alligator"  # cells of 200 mm
+    assert measure(mask, pixel_size_mm=10).cracks[0].pattern == "block"  # cells of 400 mm
+    assert measure(band(5), pixel_size_mm=5).cracks[0].pattern == ""  # one crack, no cells
+    one_cell = grid_of_cracks(40, lines=2)
+    assert measure(one_cell, pixel_size_mm=5).cracks[0].pattern == ""  # a loop is branched, not a network
 
 
 def test_orientation_matches_regionprops():
@@ -410,3 +454,16 @@ def test_width_class_boundaries_and_presets():
         quantify.WidthClasses("x", (0.3,), ("a", "a"))
     with pytest.raises(ValueError, match=r"--classes nope: expected concrete or pavement or a \.json file"):
         measure(band(5), width_classes="nope")
+
+
+def test_measure_command_takes_the_structures_direction(tmp_path, capsys):
+    write_image(tmp_path / "in" / "road.png", band(5, angle=0).astype(np.uint8) * 255)
+    for direction, expected in (("90", "transverse"), ("0", "longitudinal"), ("-45", "diagonal")):
+        out = tmp_path / f"out{direction}"
+        argv = ["measure", str(tmp_path / "in"), "--masks", "-o", str(out), "--formats", "csv"]
+        assert main([*argv, "--direction", direction]) == 0
+        (row,) = csv.DictReader((out / "cracks.csv").open())
+        assert (row["orientation_class"], row["pattern"]) == (expected, "")
+    assert main(["measure", str(tmp_path / "in"), "--masks", "-o", str(tmp_path / "x"), "--direction", "nan"]) == 2
+    assert "--direction must be an angle in degrees" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()  # refused before anything is made

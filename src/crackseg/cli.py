@@ -216,12 +216,13 @@ def cmd_serve(args) -> int:
 
 def cmd_measure(args) -> int:
     from crackseg.outputs import measure_files, parse_formats, plan_measure
-    from crackseg.quantify import load_width_classes
+    from crackseg.quantify import check_arguments, load_width_classes
 
     segment = None
     if args.masks and (args.weights or args.model):
         raise InputError("--masks measures the masks as they are: drop --weights/--model, or drop --masks")
     formats, classes = parse_formats(args.formats), load_width_classes(args.classes)  # before the model loads
+    check_arguments(args.pixel_size, args.direction)
     plan_measure(args.inputs, args.out, formats, args.overwrite)  # the folder and the files already there, too
     if not args.masks:
         segmenter = segmenter_from_args(args)
@@ -240,6 +241,7 @@ def cmd_measure(args) -> int:
         marker_mm=args.marker_mm,
         overwrite=args.overwrite,
         block=args.block,
+        direction_deg=args.direction,
     )
     for failure in failures:
         print(f"failed: {failure}", file=sys.stderr)
@@ -364,6 +366,14 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         help="millimetres per pixel: also report mm, mm² (default: from a GeoTIFF's georeference, if projected)",
     )
     p.add_argument("--min-length", type=float, default=10.0, metavar="PX", help="drop (and count) shorter cracks")
+    p.add_argument(
+        "--direction",
+        type=float,
+        default=90.0,
+        metavar="DEG",
+        help="the structure's direction in the image, degrees counter-clockwise from the image's x axis (default 90: "
+        "image up; north on a north-up map): cracks along it are longitudinal, across it transverse",
+    )
     p.add_argument(
         "--marker-mm",
         type=float,

@@ -40,6 +40,7 @@ from crackseg.quantify import (
     Crack,
     Measurement,
     WidthClasses,
+    check_arguments,
     load_width_classes,
     measure,
     width_figure,
@@ -421,6 +422,7 @@ def measure_files(
     marker_mm: float | None = None,
     overwrite: bool = False,
     block: int | None = None,
+    direction_deg: float = 90.0,
 ) -> tuple[int, int, list[str]]:
     """Measure the cracks in photos or masks; returns (inputs measured, cracks found, failures).
 
@@ -430,7 +432,8 @@ def measure_files(
     inputs). A GeoTIFF's georeference places the maps and, in a projected CRS, gives the pixel size, unless
     `pixel_size_mm` is given; else a printed ArUco marker of side `marker_mm` in a photo does. A failing input is
     reported in `failures` and skipped; a run that measures nothing writes no cracks.csv. Files already in `out_dir`
-    are replaced only with `overwrite` (`OutputExistsError` before anything is read otherwise).
+    are replaced only with `overwrite` (`OutputExistsError` before anything is read otherwise). `direction_deg`: the
+    structure's direction in the images (`quantify.measure`; 90: image up, north on a north-up raster).
 
     A georeferenced raster of more than `block`² pixels (default `rasters.DEFAULT_BLOCK`, 4096) is measured block by
     block (`rasters.measure_raster`), never held whole: a photo (with a CrackSegmenter as `segment`) is segmented
@@ -446,6 +449,7 @@ def measure_files(
 
     if pixel_size_mm is not None and not pixel_size_mm > 0:
         raise InputError(f"--pixel-size must be a positive number of mm per pixel, got {pixel_size_mm}")
+    check_arguments(pixel_size_mm, direction_deg)
     if marker_mm is not None and not marker_mm > 0:
         raise InputError(f"--marker-mm must be the marker's positive side in mm, got {marker_mm}")
     formats = tuple(FORMATS) if formats is None else formats
@@ -470,8 +474,9 @@ def measure_files(
                 blocks = {"block_px": block, "halo_px": DEFAULT_HALO, "segmented_in_blocks": segment is not None}
                 scale, scale_from = resolve_pixel_size(str(path), georef, pixel_size_mm)
                 result, image = measure_raster(
-                    path, Path(out_dir), segmenter, scale, min_length, classes, block, "png" in formats, progress
-                )
+                    path, Path(out_dir), segmenter, scale, min_length, classes, block, "png" in formats, progress,
+                    direction_deg,
+                )  # fmt: skip
                 figure = width_figure(image, result, overview=True) if image is not None else None
                 if figure is not None:
                     blocks["width_figure"] = f"drawn from the raster's overview, at most {OVERVIEW_SIDE} px a side"
@@ -481,7 +486,8 @@ def measure_files(
                 check_shape(str(path), georef, image.shape)
                 marker = marker_mm if segment is not None else None  # a marker is found in a photo, not in a mask
                 scale, scale_from = resolve_pixel_size(str(path), georef, pixel_size_mm, image, marker)
-                result = measure(segment(image) if segment else image, scale, min_length, width_classes=classes)
+                mask = segment(image) if segment else image
+                result = measure(mask, scale, min_length, direction_deg, width_classes=classes)
                 figure = width_figure(image, result) if "png" in formats else None
         except (ImageReadError, ValueError, MemoryError) as err:
             failures.append(str(err) if str(path) in str(err) else f"{path}: {err}")

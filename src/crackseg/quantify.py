@@ -28,8 +28,13 @@ How the numbers are made, and why:
   as well as odd ones (2·d − 1 alone gives w − 1 for them).
 - Orientation: the principal axis of the crack's pixels, in degrees counter-clockwise from the image's
   horizontal axis, in [0, 180). Class: branched-network when the pruned skeleton has 3 or more ends or a
-  loop; otherwise longitudinal (within 22.5° of `longitudinal_axis`), transverse (within 22.5° of the
-  other axis) or diagonal.
+  loop; otherwise longitudinal (within 22.5° of the structure's direction, `direction_deg`, measured the same
+  way: 90, image up, by default), transverse (within 22.5° of its perpendicular) or diagonal.
+- Pattern: a crack whose pruned skeleton closes NETWORK_CELLS or more loops is a network of cells, "network";
+  with a pixel size it is rated by the side of a mean cell, sqrt(bounding-box area / loops), as the LTPP
+  Distress Identification Manual tells fatigue from block cracking: "alligator" when under 300 mm (its pieces
+  are "usually less than 0.3 m on the longest side"), else "block" (pieces of about 0.1 to 10 m²). The terms
+  are pavement ones; on concrete an "alligator" network is map cracking.
 - Units: lengths and widths in px, and in mm (× pixel size) when `pixel_size_mm` is given; areas in px²
   and mm² (× pixel size²).
 - Width class: the crack's 95th-percentile width in mm put into bins (`WidthClasses`; presets `concrete`,
@@ -54,6 +59,7 @@ How the numbers are made, and why:
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -79,6 +85,8 @@ CLASSES = ("longitudinal", "transverse", "diagonal", "branched-network")
 UNKNOWN_WIDTH_CLASS = "unknown (no scale)"  # the width class of every crack when the pixel size is not known
 BELOW_RESOLUTION_PX = 2.0  # a median width under this is not resolved: its mm widths are upper bounds
 SIMPLIFY_TOLERANCE_PX = 1.0  # centreline points may move this far: the skeleton's own staircase error
+NETWORK_CELLS = 3  # loops in one crack's skeleton that make it a network (fewer: a branched crack)
+ALLIGATOR_CELL_MM = 300.0  # LTPP: fatigue (alligator) pieces are usually under 0.3 m on the longest side
 
 
 class ClassesError(InputError):
@@ -196,6 +204,7 @@ class Crack:
     width_max_mm: float | None = None
     width_p95_mm: float | None = None
     area_mm2: float | None = None
+    pattern: str = ""  # "", "network", or with a pixel size "alligator" / "block" (see the module notes)
 
 
 def _empty(dtype):
@@ -612,16 +621,27 @@ def principal_axes(rows: np.ndarray, cols: np.ndarray, pixel_label: np.ndarray, 
     return axis_angles(pixel_moments(rows, cols, pixel_label, n))
 
 
-def classify(orientation_deg: float, branched: bool, longitudinal_axis: str = "vertical") -> str:
-    return "branched-network" if branched else orientation_class(orientation_deg, longitudinal_axis)
+def classify(orientation_deg: float, branched: bool, direction_deg: float = 90.0) -> str:
+    return "branched-network" if branched else orientation_class(orientation_deg, direction_deg)
 
 
-def orientation_class(orientation_deg: float, longitudinal_axis: str = "vertical") -> str:
-    from_horizontal = min(orientation_deg, 180.0 - orientation_deg)  # 0 … 90
-    if 22.5 <= from_horizontal <= 67.5:
+def orientation_class(orientation_deg: float, direction_deg: float = 90.0) -> str:
+    """Longitudinal, transverse or diagonal: the crack's axis against the structure's direction (both in degrees
+    counter-clockwise from the image's horizontal axis; an axis, so 270 is 90)."""
+    off_direction = abs((orientation_deg - direction_deg + 90.0) % 180.0 - 90.0)  # 0 … 90
+    if 22.5 <= off_direction <= 67.5:
         return "diagonal"
-    along_vertical = from_horizontal > 67.5
-    return "longitudinal" if along_vertical == (longitudinal_axis == "vertical") else "transverse"
+    return "longitudinal" if off_direction < 22.5 else "transverse"
+
+
+def crack_pattern(loops: int, box_area_px: float, pixel_size_mm: float | None) -> str:
+    """Network or not and, with a pixel size, alligator or block (see the module notes)."""
+    if loops < NETWORK_CELLS:
+        return ""
+    if not pixel_size_mm:
+        return "network"
+    cell_side_mm = math.sqrt(box_area_px / loops) * pixel_size_mm
+    return "alligator" if cell_side_mm < ALLIGATOR_CELL_MM else "block"
 
 
 def crop_to_cracks(mask: np.ndarray) -> tuple[np.ndarray, int, int]:
@@ -634,36 +654,37 @@ def crop_to_cracks(mask: np.ndarray) -> tuple[np.ndarray, int, int]:
     return mask[top : used_rows[-1] + 2, left : used_cols[-1] + 2], top, left
 
 
-def check_arguments(pixel_size_mm: float | None, longitudinal_axis: str) -> None:
+def check_arguments(pixel_size_mm: float | None, direction_deg: float) -> None:
     if pixel_size_mm is not None and not pixel_size_mm > 0:
         raise InputError(f"pixel size must be a positive number of mm per pixel, got {pixel_size_mm}")
-    if longitudinal_axis not in ("vertical", "horizontal"):
-        raise InputError(f"longitudinal_axis must be 'vertical' or 'horizontal', got {longitudinal_axis!r}")
+    if not (isinstance(direction_deg, int | float) and math.isfinite(direction_deg)):
+        raise InputError(f"--direction must be an angle in degrees (90: image up), got {direction_deg!r}")
 
 
 def measure(
     mask,
     pixel_size_mm: float | None = None,
     min_length: float = DEFAULT_MIN_LENGTH,
-    longitudinal_axis: str = "vertical",
+    direction_deg: float = 90.0,
     hole_area: int = DEFAULT_HOLE_AREA,
     width_classes: str | Path | WidthClasses | None = None,
 ) -> Measurement:
     """Measure every crack in a binary mask (True / non-zero = crack); see the module notes for the methods.
 
     `pixel_size_mm`: millimetres per pixel, to report mm as well as px. `min_length`: cracks shorter than
-    this (px) are dropped and counted. `longitudinal_axis`: the image axis along the structure ("vertical"
-    for a road photographed in the direction of travel), which decides longitudinal vs transverse.
+    this (px) are dropped and counted. `direction_deg`: the structure's direction in the image, in degrees
+    counter-clockwise from its horizontal axis (90, the default: image up, a road photographed in the direction
+    of travel, or a north-up map of a road running north), which decides longitudinal vs transverse.
     `width_classes`: a preset name ("concrete", the default, or "pavement"), a JSON file or a WidthClasses.
     The whole mask is one block of `measure_blocks`.
     """
-    check_arguments(pixel_size_mm, longitudinal_axis)
+    check_arguments(pixel_size_mm, direction_deg)
     mask = as_mask(mask)
 
     def window(row: int, col: int, height: int, width: int) -> np.ndarray:
         return mask[row : row + height, col : col + width]
 
-    return measure_blocks(window, mask.shape, pixel_size_mm, min_length, longitudinal_axis, hole_area, width_classes)
+    return measure_blocks(window, mask.shape, pixel_size_mm, min_length, direction_deg, hole_area, width_classes)
 
 
 # --- measuring block by block -------------------------------------------------------------------------------
@@ -847,7 +868,7 @@ def new_crack(
     box: np.ndarray,
     orientation: float,
     pixel_size_mm: float | None,
-    longitudinal_axis: str,
+    direction_deg: float,
     classes: WidthClasses,
 ) -> Crack:
     """A crack from its sums (a row of N_SUMS columns), its skeleton's local widths (px), its bounding box (first row,
@@ -858,7 +879,7 @@ def new_crack(
     branched = bool(tips >= 3 or loops > 0)
     crack = Crack(
         id=crack_id,
-        crack_class=classify(orientation, branched, longitudinal_axis),
+        crack_class=classify(orientation, branched, direction_deg),
         length_px=round(float(total[LENGTH]), 2),
         width_mean_px=round(float(widths.mean()), 2),
         width_median_px=round(float(np.median(widths)), 2),
@@ -869,11 +890,12 @@ def new_crack(
         orientation_deg=round(float(orientation), 1),
         branch_points=int(total[JUNCTIONS]),
         endpoints=int(tips),
-        orientation_class=orientation_class(orientation, longitudinal_axis),
+        orientation_class=orientation_class(orientation, direction_deg),
         branched=branched,
         width_class=UNKNOWN_WIDTH_CLASS,
         below_resolution=bool(np.median(widths) < BELOW_RESOLUTION_PX),
     )
+    crack.pattern = crack_pattern(int(loops), float((box[2] - box[0]) * (box[3] - box[1])), pixel_size_mm)
     if pixel_size_mm:
         add_millimetres(crack, pixel_size_mm)
         crack.width_class = classes.classify(crack.width_p95_mm)
@@ -885,7 +907,7 @@ def aggregate(
     shape: tuple[int, int],
     pixel_size_mm: float | None = None,
     min_length: float = DEFAULT_MIN_LENGTH,
-    longitudinal_axis: str = "vertical",
+    direction_deg: float = 90.0,
     classes: WidthClasses = WIDTH_CLASS_PRESETS["concrete"],
 ) -> Measurement:
     """The measurement of a mask from its blocks' statistics: components that touch across seams are one crack (a
@@ -934,7 +956,7 @@ def aggregate(
         widths = node_width[order[start[k] : start[k + 1]]]
         crack_box = np.concatenate([lo[k], hi[k]])
         crack = new_crack(
-            result.count + 1, total[k], widths, crack_box, orientation[k], pixel_size_mm, longitudinal_axis, classes
+            result.count + 1, total[k], widths, crack_box, orientation[k], pixel_size_mm, direction_deg, classes
         )
         result.cracks.append(crack)
         crack_id[k] = crack.id
@@ -981,7 +1003,7 @@ def measure_blocks(
     shape: tuple[int, int],
     pixel_size_mm: float | None = None,
     min_length: float = DEFAULT_MIN_LENGTH,
-    longitudinal_axis: str = "vertical",
+    direction_deg: float = 90.0,
     hole_area: int = DEFAULT_HOLE_AREA,
     width_classes: str | Path | WidthClasses | None = None,
     block: int | None = None,
@@ -1000,7 +1022,7 @@ def measure_blocks(
 
     from crackseg.images import blocks as block_grid
 
-    check_arguments(pixel_size_mm, longitudinal_axis)
+    check_arguments(pixel_size_mm, direction_deg)
     classes = load_width_classes(width_classes)
     height, width = shape
     grid = [(0, 0, height, width)] if block is None else list(block_grid(height, width, block))
@@ -1012,7 +1034,7 @@ def measure_blocks(
         window = as_mask(read(top, left, bottom - top, right - left))
         core = (row - top, col - left, h, w)
         stats.append(block_statistics(window, core, (top, left), shape, hole_area, min_length))
-    result = aggregate(stats, shape, pixel_size_mm, min_length, longitudinal_axis, classes)
+    result = aggregate(stats, shape, pixel_size_mm, min_length, direction_deg, classes)
     widest, supported = max((b.widest_px for b in stats), default=0.0), (halo - HALO_MARGIN_PX) / 2
     if len(grid) > 1 and widest > supported:
         result.warnings.append(

@@ -160,6 +160,7 @@ def measure_mask(
     block: int = DEFAULT_BLOCK,
     halo: int | None = None,
     progress: bool = False,
+    direction_deg: float = 90.0,
 ):
     """Measure a mask raster read window by window (`quantify.measure_blocks`): the cracks `quantify.measure` finds
     on the whole mask, holding one block and its halo at a time."""
@@ -173,6 +174,7 @@ def measure_mask(
             (src.height, src.width),
             pixel_size_mm,
             DEFAULT_MIN_LENGTH if min_length is None else min_length,
+            direction_deg,
             width_classes=width_classes,
             block=block,
             halo=DEFAULT_HALO if halo is None else halo,
@@ -203,6 +205,7 @@ def measure_raster(
     block: int = DEFAULT_BLOCK,
     with_overview: bool = False,
     progress: bool = False,
+    direction_deg: float = 90.0,
 ):
     """Measure a georeferenced raster block by block: a mask, or with `segmenter` a photo, segmented first (block by
     block, `segment_raster`) into a temporary mask GeoTIFF in `work_dir` that is removed afterwards. Returns the
@@ -215,7 +218,9 @@ def measure_raster(
     try:
         if segmenter is not None:
             segment_raster(segmenter, path, mask_path, block=block)
-        result = measure_mask(mask_path, pixel_size_mm, min_length, width_classes, block, progress=progress)
+        result = measure_mask(
+            mask_path, pixel_size_mm, min_length, width_classes, block, progress=progress, direction_deg=direction_deg
+        )
     finally:
         if segmenter is not None:
             mask_path.unlink(missing_ok=True)
