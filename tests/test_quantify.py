@@ -143,6 +143,8 @@ def test_a_network_of_cells_is_alligator_or_block_by_its_cell_size():
     (crack,) = measure(mask).cracks
     assert crack.pattern == "network" and crack.crack_class == "branched-network"
     assert measure(mask, pixel_size_mm=5).cracks[0].pattern == "alligator"  # cells of 200 mm
+    assert measure(mask, pixel_size_mm=5).summary()["patterns"] == {"alligator": 1, "block": 0}
+    assert measure(mask).summary()["patterns"] == {"network": 1}
     assert measure(mask, pixel_size_mm=10).cracks[0].pattern == "block"  # cells of 400 mm
     assert measure(band(5), pixel_size_mm=5).cracks[0].pattern == ""  # one crack, no cells
     one_cell = grid_of_cracks(40, lines=2)

@@ -257,6 +257,7 @@ class Measurement:
             "min_length_px": self.min_length_px,
             "classes": {name: sum(c.crack_class == name for c in self.cracks) for name in CLASSES},
             "below_resolution": sum(c.below_resolution for c in self.cracks),
+            "patterns": {name: sum(c.pattern == name for c in self.cracks) for name in self.pattern_labels},
             "width_class_scheme": self.width_classes.name,
             "width_classes": {name: sum(c.width_class == name for c in self.cracks) for name in self.width_labels},
             "length_by_width_class_px": self.length_by_width_class(),
@@ -267,6 +268,11 @@ class Measurement:
             out["crack_area_mm2"] = round(sum(c.area_px for c in self.cracks) * self.pixel_size_mm**2, 3)
             out["length_by_width_class_mm"] = self.length_by_width_class(self.pixel_size_mm)
         return out
+
+    @property
+    def pattern_labels(self) -> tuple[str, ...]:
+        """The patterns (networks of cells) a crack of this measurement can show."""
+        return ("alligator", "block") if self.pixel_size_mm else ("network",)
 
     @property
     def width_labels(self) -> tuple[str, ...]:
