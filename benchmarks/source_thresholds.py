@@ -6,7 +6,7 @@ For each model, on the validation split `crackseg train` carves (same --val-frac
 one inference path (`CrackSegmenter.from_pretrained`, backend auto): each source's dataset-level F1 at the model's
 stored threshold and at 0.3, 0.5 and 0.7; the pooled F1; the mean of the per-source F1s over all sources and over
 the first five (the sets of the earlier defaults); and the threshold where that mean peaks, with how flat the curve
-is around it (the mean within ±0.1 of the peak).
+is around it (the mean within ±0.1 of the peak). `--tta` scores each model a second time with flip TTA.
 """
 
 from __future__ import annotations
@@ -72,13 +72,16 @@ def main() -> None:
     parser.add_argument("--val-fraction", type=float, default=0.1)
     parser.add_argument("--split-seed", type=int, default=0)
     parser.add_argument("--backend", default="auto")
+    parser.add_argument("--tta", action="store_true", help="also score each model with flip TTA (predict --tta)")
     args = parser.parse_args()
     pairs = split_pairs(find_all_pairs(args.data, exclude_splits=("test",)), args.val_fraction, args.split_seed)[1]
     print(f"validation split: {len(pairs)} photos of {args.data}")
     for name in args.models:
         model = Path(name) if Path(name).exists() else name
-        segmenter = CrackSegmenter.from_pretrained(model, backend=args.backend)
-        report(str(name), segmenter, source_counts(segmenter, pairs), Counter(p.source for p in pairs))
+        for tta in (False, True) if args.tta else (False,):
+            segmenter = CrackSegmenter.from_pretrained(model, backend=args.backend, tta=tta)
+            label = f"{name} with --tta" if tta else str(name)
+            report(label, segmenter, source_counts(segmenter, pairs), Counter(p.source for p in pairs))
 
 
 if __name__ == "__main__":

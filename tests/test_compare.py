@@ -19,6 +19,7 @@ from affine import Affine
 from crackseg import cli
 from crackseg.cli import main
 from crackseg.compare import AlignmentError, CompareError, Survey, apply_homography, compare
+from crackseg.compare_outputs import write_changes
 from crackseg.images import to_rgb_uint8, write_image
 
 SIZE = (480, 640)  # height, width
@@ -153,7 +154,7 @@ def test_ids_stay_and_new_cracks_get_fresh_ones(changes, pair):
 
 def test_outputs_and_no_overwrite(changes, pair, tmp_path):
     out = tmp_path / "out"
-    changes.write(out)
+    write_changes(changes, out)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["counts"]["new"] == 1 and summary["alignment"]["error_px"] < 1
     assert summary["added_length_px"] == pytest.approx(EXTENSION_PX, rel=0.05)
@@ -171,8 +172,8 @@ def test_outputs_and_no_overwrite(changes, pair, tmp_path):
     picture = cv2.imread(str(out / "changes.png"))
     assert picture.shape[1] > 2 * SIZE[1] * 0.9
     with pytest.raises(CompareError, match="--overwrite"):
-        changes.write(out)
-    changes.write(out, overwrite=True)
+        write_changes(changes, out)
+    write_changes(changes, out, overwrite=True)
 
 
 def write_survey(folder, name, photo, mask):
@@ -191,7 +192,7 @@ def test_a_third_survey_keeps_the_second_ones_ids(pair, tmp_path):
         masks=True,
         photos=(tmp_path / "s1.png", tmp_path / "s2.png"),
     )
-    first.write(tmp_path / "one")
+    write_changes(first, tmp_path / "one")
     # The third survey: the second one again, with one more crack.
     extra = draw([([(30, 400), (90, 440), (150, 455)], 3)]) > 0  # in AFTER's frame, clear of the others
     write_survey(tmp_path, "s3", photo_a, mask_a | extra)

@@ -132,6 +132,8 @@ def test_predict_shards_and_skip_existing(tiny_model_dir, tmp_path):
     assert main(["predict", pattern, "-o", out, "--skip-existing", *args]) == 0
     assert (tmp_path / "out" / "m0.png").stat().st_mtime_ns == first  # not segmented again
     assert read_mask(tmp_path / "out" / "m0.png").shape == (32, 32)
+    # all done already: the model is not even loaded (an unknown one would fail there)
+    assert main(["predict", pattern, "-o", out, "--skip-existing", "--model", "no-such"]) == 0
 
 
 def test_predict_replaces_an_earlier_runs_outputs_only_with_overwrite(tiny_model_dir, tmp_path, capsys):

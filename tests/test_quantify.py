@@ -219,7 +219,7 @@ def test_millimetres():
     assert b.width_median_mm == pytest.approx(a.width_median_px * 0.25, abs=1e-3)
     assert b.area_mm2 == pytest.approx(a.area_px * 0.0625)
     assert mm.summary()["total_length_mm"] == pytest.approx(px.total_length_px * 0.25, abs=1e-2)
-    with pytest.raises(ValueError, match="pixel size"):
+    with pytest.raises(ValueError, match="pixel_size_mm"):
         measure(mask, pixel_size_mm=0)
 
 

@@ -123,7 +123,10 @@ def cmd_predict(args) -> int:
     from crackseg.inference import plan_predict, predict_files
 
     # The output folder and the files already there, before the model loads or any photo is read.
-    plan_predict(args.inputs, args.out, args.prob, args.overlay, args.shard, args.skip_existing, args.overwrite)
+    plan = plan_predict(args.inputs, args.out, args.prob, args.overlay, args.shard, args.skip_existing, args.overwrite)
+    if args.skip_existing and all(outputs["mask"].exists() for _, outputs, _ in plan):
+        print(f"0 written: all {len(plan)} inputs were done already (--skip-existing) -> {args.out}")
+        return 0  # without loading the model
     segmenter = segmenter_from_args(args)
     print(f"model {segmenter.config.name or args.weights or args.model}; {segmenter.describe()}", file=sys.stderr)
     written, failures = predict_files(
@@ -253,7 +256,7 @@ def cmd_compare(args) -> int:
     from pathlib import Path
 
     from crackseg.compare import CompareError, compare
-    from crackseg.compare_outputs import check_output
+    from crackseg.compare_outputs import check_output, write_changes
 
     if args.masks and (args.weights or args.model):
         raise InputError("--masks compares the masks as they are: drop --weights/--model, or drop --masks")
@@ -275,7 +278,7 @@ def cmd_compare(args) -> int:
         assume_aligned=args.assume_aligned,
         min_length=args.min_length,
     )
-    changes.write(args.out, args.overwrite)
+    write_changes(changes, args.out, args.overwrite)
     a, s = changes.alignment, changes.summary()
     quality = f"{a.inliers} inliers, {a.error_px:.2f} px RMS" if a.method == "features" else a.method
     counts = ", ".join(f"{n} {name.replace('_', ' ')}" for name, n in s["counts"].items() if n)

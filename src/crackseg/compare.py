@@ -615,12 +615,6 @@ class Changes:
                 out[f"{name}_mm"] = round(out[f"{name}_px"] * self.pixel_size_mm, 3)
         return out
 
-    def write(self, out_dir, overwrite: bool = False) -> list[Path]:
-        """Write the change maps, tables, summary, picture and report into `out_dir` (crackseg.compare_outputs)."""
-        from crackseg.compare_outputs import write_changes
-
-        return write_changes(self, out_dir, overwrite)
-
     def after_with_ids(self) -> Measurement:
         """AFTER's measurement with each crack's stable id: the BEFORE of the next comparison."""
         ids = {c.after_number: c.id for c in self.cracks if c.after_number is not None}

@@ -447,8 +447,6 @@ def measure_files(
     from crackseg.quantify import DEFAULT_HALO
     from crackseg.rasters import DEFAULT_BLOCK, OVERVIEW_SIDE, measure_raster
 
-    if pixel_size_mm is not None and not pixel_size_mm > 0:
-        raise InputError(f"--pixel-size must be a positive number of mm per pixel, got {pixel_size_mm}")
     check_arguments(pixel_size_mm, direction_deg)
     if marker_mm is not None and not marker_mm > 0:
         raise InputError(f"--marker-mm must be the marker's positive side in mm, got {marker_mm}")

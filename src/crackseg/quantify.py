@@ -662,7 +662,7 @@ def crop_to_cracks(mask: np.ndarray) -> tuple[np.ndarray, int, int]:
 
 def check_arguments(pixel_size_mm: float | None, direction_deg: float) -> None:
     if pixel_size_mm is not None and not pixel_size_mm > 0:
-        raise InputError(f"pixel size must be a positive number of mm per pixel, got {pixel_size_mm}")
+        raise InputError(f"--pixel-size (pixel_size_mm) must be a positive number of mm per pixel, got {pixel_size_mm}")
     if not (isinstance(direction_deg, int | float) and math.isfinite(direction_deg)):
         raise InputError(f"--direction must be an angle in degrees (90: image up), got {direction_deg!r}")
 
