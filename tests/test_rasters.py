@@ -1,11 +1,15 @@
 """GeoTIFFs segmented block by block: outputs on the input's grid and CRS, the same probabilities as a whole-image
-pass, nodata never a crack, 16-bit and 4-band rasters read as RGB."""
+pass, nodata never a crack, 16-bit and 4-band rasters read as RGB; TIFFs without a CRS over the photo limit too."""
+
+import functools
+import json
 
 import numpy as np
 import pytest
 import rasterio
 from rasterio.transform import from_origin
 
+import crackseg.rasters
 from crackseg.cli import main
 from crackseg.images import DEFAULT_MAX_PIXELS, DEFAULT_MAX_RASTER_PIXELS
 from crackseg.inference import CrackSegmenter, predict_files
@@ -85,3 +89,51 @@ def test_rasters_have_their_own_default_pixel_limit_and_an_explicit_one_is_both(
     assert DEFAULT_MAX_RASTER_PIXELS >= 40_000**2  # the orthomosaics block-wise processing is for
     explicit = CrackSegmenter(LocalNet(), ModelConfig(), tile=96, precision="fp32", max_pixels=5000)
     assert explicit.max_pixels == explicit.max_raster_pixels == 5000
+
+
+def write_plain_tiff(path, image: np.ndarray) -> None:
+    """A TIFF without a CRS or transform, as a stitched scan of a tunnel lining comes."""
+    bands = np.moveaxis(np.atleast_3d(image), -1, 0)
+    profile = {"driver": "GTiff", "height": image.shape[0], "width": image.shape[1], "count": bands.shape[0]}
+    with crackseg.rasters.open_raster(path, "w", dtype=str(image.dtype), **profile) as dst:
+        dst.write(bands)
+
+
+def test_a_tiff_without_crs_over_the_photo_limit_is_segmented_in_blocks_not_refused(tmp_path, recwarn, monkeypatch):
+    image, _ = synthetic_crack((300, 400), seed=6, n_cracks=3)
+    write_plain_tiff(tmp_path / "lining.tif", image)
+    segmenter = CrackSegmenter(LocalNet(), ModelConfig(), tile=96, precision="fp32")
+    whole = segmenter.predict_prob(image)
+    segmenter.max_pixels = 300 * 400 - 1  # the photo limit just below it; the raster limit stays the default
+    # blocks (with their margins) under that limit, as the default 4,096² blocks are under the default one
+    monkeypatch.setattr(
+        crackseg.rasters, "segment_raster", functools.partial(crackseg.rasters.segment_raster, block=64)
+    )
+    inputs, out = [str(tmp_path / "lining.tif")], tmp_path / "out"
+    assert predict_files(segmenter, inputs, out, write_prob=True, progress=False) == (1, [])
+    with rasterio.open(out / "lining.tif") as mask, rasterio.open(out / "lining_prob.tif") as prob:
+        assert mask.crs is None and prob.crs is None and mask.shape == (300, 400)
+        assert np.abs(prob.read(1).astype(int) - np.round(whole * 255)).max() <= 1
+    assert not (out / "lining.png").exists()
+    assert not [w for w in recwarn if w.category is rasterio.errors.NotGeoreferencedWarning]
+    # at the default photo limit the same file is a photo: a PNG mask
+    segmenter.max_pixels = DEFAULT_MAX_PIXELS
+    assert predict_files(segmenter, [str(tmp_path / "lining.tif")], tmp_path / "photo", progress=False)[0] == 1
+    assert (tmp_path / "photo" / "lining.png").is_file()
+
+
+def test_a_mask_tiff_without_crs_over_the_photo_limit_is_measured_in_blocks(tmp_path):
+    from crackseg.outputs import measure_files
+    from crackseg.quantify import measure
+
+    mask = synthetic_crack((300, 340), seed=7, n_cracks=2)[1]
+    write_plain_tiff(tmp_path / "lining_mask.tif", mask.astype(np.uint8) * 255)
+    out = tmp_path / "out"
+    measured, cracks, failures = measure_files(
+        [str(tmp_path / "lining_mask.tif")], out, None, progress=False, block=256, max_pixels=300 * 340 - 1
+    )
+    report = json.loads((out / "lining_mask_measure.json").read_text())
+    assert (measured, failures) == (1, []) and report["blocks"]["block_px"] == 256
+    whole = measure(mask)
+    assert cracks == len(whole.cracks) > 0
+    assert report["summary"]["total_length_px"] == pytest.approx(whole.total_length_px, rel=0.02)

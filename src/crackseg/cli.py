@@ -94,8 +94,9 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--max-pixels",
         type=float,
-        help=f"refuse images with more pixels than this (default: {DEFAULT_MAX_PIXELS / 1e6:.0f} MP for photos, "
-        f"{DEFAULT_MAX_RASTER_PIXELS / 1e6:.0f} MP for georeferenced rasters, which are processed in blocks)",
+        help=f"the photo limit (default: {DEFAULT_MAX_PIXELS / 1e6:.0f} MP): a larger photo is refused, a larger "
+        f"TIFF is processed block by block, as georeferenced rasters are, up to "
+        f"{DEFAULT_MAX_RASTER_PIXELS / 1e6:.0f} MP",
     )
     p.add_argument("--tta", action="store_true", help="average the four flips of each tile (4× slower)")
 
@@ -120,10 +121,14 @@ def segmenter_from_args(args):
 
 
 def cmd_predict(args) -> int:
+    from crackseg.images import DEFAULT_MAX_PIXELS
     from crackseg.inference import plan_predict, predict_files
 
     # The output folder and the files already there, before the model loads or any photo is read.
-    plan = plan_predict(args.inputs, args.out, args.prob, args.overlay, args.shard, args.skip_existing, args.overwrite)
+    photo_limit = DEFAULT_MAX_PIXELS if args.max_pixels is None else args.max_pixels
+    plan = plan_predict(
+        args.inputs, args.out, args.prob, args.overlay, args.shard, args.skip_existing, args.overwrite, photo_limit
+    )
     if args.skip_existing and all(outputs["mask"].exists() for _, outputs, _ in plan):
         print(f"0 written: all {len(plan)} inputs were done already (--skip-existing) -> {args.out}")
         return 0  # without loading the model
@@ -245,6 +250,7 @@ def cmd_measure(args) -> int:
         overwrite=args.overwrite,
         block=args.block,
         direction_deg=args.direction,
+        max_pixels=args.max_pixels,
     )
     for failure in failures:
         print(f"failed: {failure}", file=sys.stderr)

@@ -110,11 +110,9 @@ def is_tiff(path: str | Path) -> bool:
     return Path(path).suffix.lower() in TIFF_SUFFIXES
 
 
-def read_georeference(path: str | Path) -> Georeference | None:
-    """The georeference of a GeoTIFF; None for other files, and for TIFFs without a CRS (their maps are in px).
-
-    A TIFF rasterio cannot open gets None too: the image reader then says what is wrong with it.
-    """
+def read_tiff_header(path: str | Path) -> tuple[tuple[int, int], Georeference | None] | None:
+    """A TIFF's (height, width) and georeference (None without a CRS: its maps are in px), from its header; None
+    for other files and for TIFFs rasterio cannot open (the image reader then says what is wrong with them)."""
     if not is_tiff(path):
         return None
     import rasterio
@@ -124,11 +122,18 @@ def read_georeference(path: str | Path) -> Georeference | None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)  # a plain TIFF: we say so once, ourselves
             with rasterio.open(path) as src:
+                shape = (src.height, src.width)
                 if src.crs is None:
-                    return None
-                return Georeference(tuple(src.transform)[:6], src.crs.to_wkt(), (src.height, src.width))
+                    return shape, None
+                return shape, Georeference(tuple(src.transform)[:6], src.crs.to_wkt(), shape)
     except RasterioIOError:
         return None
+
+
+def read_georeference(path: str | Path) -> Georeference | None:
+    """The georeference of a GeoTIFF; None for other files, and for TIFFs without a CRS."""
+    header = read_tiff_header(path)
+    return header[1] if header else None
 
 
 def check_shape(name: str, georef: Georeference | None, shape: tuple[int, ...]) -> None:

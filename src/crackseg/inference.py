@@ -337,17 +337,19 @@ def plan_predict(
     shard_spec: str | None = None,
     skip_existing: bool = False,
     overwrite: bool = False,
+    max_pixels: float = DEFAULT_MAX_PIXELS,
 ) -> list[tuple[Path, dict[str, Path], bool]]:
     """What `predict_files` will write, checked before any model loads or photo is read: (input, kind → output
-    path, whether it is a georeferenced raster) for each input of this shard.
+    path, whether it is segmented block by block: `rasters.in_blocks`) for each input of this shard.
 
     Refuses an output folder among the inputs, makes it, and refuses to replace a file an earlier run left there
     unless `overwrite`; with `skip_existing`, inputs whose mask is there are skipped instead, and an input without
     its mask is done again, replacing what an interrupted run left of it (its mask is written last). Names are
     made over all the inputs, not just this shard's, so that shards never write the same file.
     """
-    from crackseg.georef import read_georeference
+    from crackseg.georef import read_tiff_header
     from crackseg.images import check_outputs_free, ensure_output_folder
+    from crackseg.rasters import in_blocks
 
     out_dir = Path(out_dir)
     everything = collect_inputs(inputs)
@@ -356,7 +358,7 @@ def plan_predict(
     paths = output_paths(everything, out_dir, {k: v for k, v in PREDICT_OUTPUTS.items() if k in wanted})
     plan = []
     for path, _ in shard(everything, shard_spec):
-        raster = read_georeference(path) is not None  # a TIFF with a CRS: block by block, GeoTIFF outputs
+        raster = in_blocks(read_tiff_header(path), max_pixels)  # GeoTIFF outputs, on the input's grid
         outputs = paths[path]
         if raster:
             outputs = {kind: q.with_suffix(".tif") for kind, q in outputs.items() if kind != "overlay"}
@@ -381,7 +383,8 @@ def predict_files(
 ) -> tuple[int, list[str]]:
     """Segment every input and write masks (and optionally probabilities, overlays); returns (written, failures).
 
-    A georeferenced TIFF (an orthomosaic) is segmented block by block into GeoTIFFs on its own grid and CRS,
+    A georeferenced TIFF (an orthomosaic), or any TIFF over the photo limit, is segmented block by block into
+    GeoTIFFs on its own grid and CRS,
     NAME.tif and NAME_prob.tif (no overlay: it would be as large as the photo). A failing file is reported and
     skipped; the rest are still processed. Files already in `out_dir` are replaced only with `overwrite`
     (`OutputExistsError` before anything is read otherwise); `skip_existing` skips the inputs whose mask is there.
@@ -391,7 +394,9 @@ def predict_files(
     from crackseg.images import ImageReadError, write_image
     from crackseg.rasters import segment_raster
 
-    plan = plan_predict(inputs, out_dir, write_prob, write_overlay, shard_spec, skip_existing, overwrite)
+    plan = plan_predict(
+        inputs, out_dir, write_prob, write_overlay, shard_spec, skip_existing, overwrite, segmenter.max_pixels
+    )
     written, failures = 0, []
     for path, outputs, raster in tqdm(plan, desc="predict", unit="img", disable=not progress):
         if skip_existing and outputs["mask"].exists():

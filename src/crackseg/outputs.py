@@ -423,6 +423,7 @@ def measure_files(
     overwrite: bool = False,
     block: int | None = None,
     direction_deg: float = 90.0,
+    max_pixels: float | None = None,
 ) -> tuple[int, int, list[str]]:
     """Measure the cracks in photos or masks; returns (inputs measured, cracks found, failures).
 
@@ -435,17 +436,18 @@ def measure_files(
     are replaced only with `overwrite` (`OutputExistsError` before anything is read otherwise). `direction_deg`: the
     structure's direction in the images (`quantify.measure`; 90: image up, north on a north-up raster).
 
-    A georeferenced raster of more than `block`² pixels (default `rasters.DEFAULT_BLOCK`, 4096) is measured block by
+    A georeferenced raster of more than `block`² pixels (default `rasters.DEFAULT_BLOCK`, 4096), and any TIFF over
+    the photo limit `max_pixels` (default: the segmenter's, else `images.DEFAULT_MAX_PIXELS`), is measured block by
     block (`rasters.measure_raster`), never held whole: a photo (with a CrackSegmenter as `segment`) is segmented
     block by block into a temporary mask GeoTIFF in `out_dir`, removed afterwards; the width figure is drawn from
     the raster's overview (at most 1600 px, the size the figure has anyway). The summary JSON says so ("blocks").
     """
     from tqdm import tqdm
 
-    from crackseg.georef import check_shape, is_tiff, read_georeference, resolve_pixel_size
-    from crackseg.images import ImageReadError, atomic_write_bytes, read_image, read_mask
+    from crackseg.georef import check_shape, is_tiff, read_tiff_header, resolve_pixel_size
+    from crackseg.images import DEFAULT_MAX_PIXELS, ImageReadError, atomic_write_bytes, read_image, read_mask
     from crackseg.quantify import DEFAULT_HALO
-    from crackseg.rasters import DEFAULT_BLOCK, OVERVIEW_SIDE, measure_raster
+    from crackseg.rasters import DEFAULT_BLOCK, OVERVIEW_SIDE, in_blocks, measure_raster
 
     check_arguments(pixel_size_mm, direction_deg)
     if marker_mm is not None and not marker_mm > 0:
@@ -455,6 +457,8 @@ def measure_files(
     paths, run_files = plan_measure(inputs, out_dir, formats, overwrite)
     block = block or DEFAULT_BLOCK
     segmenter = segment if hasattr(segment, "predict_prob") else None  # the model itself: rasters block by block
+    if max_pixels is None:
+        max_pixels = segmenter.max_pixels if segmenter is not None else DEFAULT_MAX_PIXELS
     if segmenter is not None:
 
         def segment(image):
@@ -463,12 +467,12 @@ def measure_files(
     rows, measured, failures, said_no_crs = [], 0, [], False
     for path in tqdm(paths, desc="measure", unit="img", disable=not progress):
         try:
-            georef = read_georeference(path)
+            header = read_tiff_header(path)
+            georef = header[1] if header else None
             if georef is not None and "geojson" in formats:
                 georef.check_wgs84(str(path))
             blocks = None
-            large = georef is not None and georef.shape is not None and georef.shape[0] * georef.shape[1] > block**2
-            if large and (segment is None or segmenter is not None):
+            if in_blocks(header, max_pixels, block) and (segment is None or segmenter is not None):
                 blocks = {"block_px": block, "halo_px": DEFAULT_HALO, "segmented_in_blocks": segment is not None}
                 scale, scale_from = resolve_pixel_size(str(path), georef, pixel_size_mm)
                 result, image = measure_raster(
@@ -478,7 +482,7 @@ def measure_files(
                 figure = width_figure(image, result, overview=True) if image is not None else None
                 if figure is not None:
                     blocks["width_figure"] = f"drawn from the raster's overview, at most {OVERVIEW_SIDE} px a side"
-                log.info("%s: %d×%d px, measured in blocks of %d px", path, georef.shape[1], georef.shape[0], block)
+                log.info("%s: %d×%d px, measured in blocks of %d px", path, header[0][1], header[0][0], block)
             else:
                 image = read_image(path) if segment is not None else read_mask(path).astype(np.uint8) * 255
                 check_shape(str(path), georef, image.shape)

@@ -1,4 +1,4 @@
-"""Orthomosaics and other GeoTIFFs of any size, block by block: read a window, segment it, write it.
+"""Orthomosaics and other TIFFs of any size, block by block: read a window, segment it, write it.
 
 A 40,000 × 40,000 RGB raster is 4.8 GB of pixels and its probability map 6.4 GB of float32, so neither is ever held
 whole: each block of `block` px is read with a margin of one tile (so the tiles at its edge see the same context
@@ -9,6 +9,10 @@ compressed GeoTIFFs that keep the input's CRS and transform. Memory is bounded b
 into a temporary mask GeoTIFF beside the outputs, and the mask is then read window by window with a halo
 (`quantify.measure_blocks`), so that neither the photo nor the mask is ever held whole.
 
+Which files go this way (`in_blocks`): georeferenced TIFFs, and any TIFF too large to hold as a photo (over the
+photo limit, `--max-pixels`), which would be refused otherwise: a stitched scan of a tunnel lining has no CRS, and its
+outputs are TIFFs on its own pixel grid.
+
 Pixels outside the raster's valid-data mask (its nodata value, alpha band or internal mask) are never cracks.
 16-bit rasters are scaled by 1/257 and float rasters by their data range per block only where it is 0–1 or 0–255
 (`images.to_rgb_uint8`); 4-band rasters (RGBA, RGB+NIR) are read as their first three bands.
@@ -16,9 +20,11 @@ Pixels outside the raster's valid-data mask (its nodata value, alpha band or int
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +37,31 @@ DEFAULT_BLOCK = 4096  # px per block side: ~50 MB of RGB and ~70 MB of probabili
 
 class RasterError(InputError):
     """A raster that cannot be segmented block by block; the message names it and says why."""
+
+
+def in_blocks(header, max_pixels: float, block: int | None = None) -> bool:
+    """Whether a file is processed block by block, from its `georef.read_tiff_header` (None: not a TIFF): a TIFF
+    over the photo limit `max_pixels`, with or without a CRS; and a georeferenced one of more than `block`² pixels,
+    or of any size without `block` (predict, which keeps its grid and CRS in GeoTIFF outputs)."""
+    if header is None:
+        return False
+    (height, width), georef = header
+    if height * width > max_pixels:
+        return True
+    return georef is not None and (block is None or height * width > block**2)
+
+
+@contextlib.contextmanager
+def open_raster(path, mode: str = "r", **profile):
+    """`rasterio.open`, quiet about a TIFF without a CRS (its outputs are in image pixels; `measure` says so once)."""
+    import rasterio
+    from rasterio.errors import NotGeoreferencedWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        dataset = rasterio.open(path, mode, **profile)
+    with dataset:
+        yield dataset
 
 
 def read_rgb(src, row: int, col: int, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
@@ -88,11 +119,10 @@ def segment_raster(
     prob_path: Path | None = None,
     block: int = DEFAULT_BLOCK,
 ) -> float:
-    """Segment a GeoTIFF block by block into a mask GeoTIFF (0/255) and optionally a probability GeoTIFF (×255),
-    both on the input's grid and CRS, written atomically. Returns the crack share of the valid pixels."""
-    import rasterio
-
-    with rasterio.open(path) as src:
+    """Segment a TIFF block by block into a mask GeoTIFF (0/255) and optionally a probability GeoTIFF (×255),
+    both on the input's grid and CRS (if it has one), written atomically. Returns the crack share of the valid
+    pixels."""
+    with open_raster(path) as src:
         check_pixels(src.width, src.height, segmenter.max_raster_pixels, str(path))
         check_disk_space(mask_path.parent, src.height, src.width, prob_path is not None)
         targets = [mask_path] + ([prob_path] if prob_path else [])
@@ -110,13 +140,12 @@ def segment_raster(
 
 def write_blocks(segmenter, src, outputs: list[Path], block: int) -> tuple[int, int]:
     """The loop of `segment_raster`: each block with a one-tile margin, cropped back and written."""
-    import rasterio
     from rasterio.windows import Window
 
     margin = segmenter.tile
-    sinks = [rasterio.open(p, "w", **output_profile(src, "uint8")) for p in outputs]
     crack = valid_total = 0
-    try:
+    with contextlib.ExitStack() as stack:
+        sinks = [stack.enter_context(open_raster(p, "w", **output_profile(src, "uint8"))) for p in outputs]
         for row, col, height, width in blocks(src.height, src.width, block):
             top, left = max(0, row - margin), max(0, col - margin)
             bottom, right = min(src.height, row + height + margin), min(src.width, col + width + margin)
@@ -129,9 +158,6 @@ def write_blocks(segmenter, src, outputs: list[Path], block: int) -> tuple[int, 
             sinks[0].write(mask.astype(np.uint8) * 255, 1, window=window)
             if len(sinks) > 1:
                 sinks[1].write(np.round(prob * 255).astype(np.uint8), 1, window=window)
-    finally:
-        for sink in sinks:
-            sink.close()
     return crack, valid_total
 
 
@@ -168,7 +194,7 @@ def measure_mask(
 
     from crackseg.quantify import DEFAULT_HALO, DEFAULT_MIN_LENGTH, measure_blocks
 
-    with rasterio.Env(GDAL_CACHEMAX=READ_CACHE_MB), rasterio.open(path) as src:
+    with rasterio.Env(GDAL_CACHEMAX=READ_CACHE_MB), open_raster(path) as src:
         return measure_blocks(
             lambda row, col, height, width: read_mask_window(src, row, col, height, width),
             (src.height, src.width),
@@ -188,7 +214,7 @@ def overview(path: str | os.PathLike, max_side: int = OVERVIEW_SIDE) -> np.ndarr
     import rasterio
     from rasterio.enums import Resampling
 
-    with rasterio.Env(GDAL_CACHEMAX=READ_CACHE_MB), rasterio.open(path) as src:
+    with rasterio.Env(GDAL_CACHEMAX=READ_CACHE_MB), open_raster(path) as src:
         scale = min(1.0, max_side / max(src.height, src.width))
         shape = (max(round(src.height * scale), 1), max(round(src.width * scale), 1))
         bands = [1, 2, 3] if src.count >= 3 else [1]
@@ -207,7 +233,7 @@ def measure_raster(
     progress: bool = False,
     direction_deg: float = 90.0,
 ):
-    """Measure a georeferenced raster block by block: a mask, or with `segmenter` a photo, segmented first (block by
+    """Measure a raster block by block: a mask, or with `segmenter` a photo, segmented first (block by
     block, `segment_raster`) into a temporary mask GeoTIFF in `work_dir` that is removed afterwards. Returns the
     Measurement and, with `with_overview`, the raster's `overview` for the width figure (else None)."""
     mask_path = Path(path)
