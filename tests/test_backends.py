@@ -242,6 +242,19 @@ def test_export_command_writes_a_checked_onnx_file(exported, tiny_model_dir, tmp
     assert str(out) in capsys.readouterr().out
 
 
+def test_int8_keeps_the_stem_and_head_convolutions_in_float(exported, tiny, tmp_path):
+    import onnx
+
+    path = int8.quantize_onnx_int8(exported, tmp_path / "int8.onnx", CalibrationCrops(tiny.config, TILE, count=4))
+    graph = onnx.load(str(path)).graph
+    dequantized = {node.output[0] for node in graph.node if node.op_type == "DequantizeLinear"}
+    convolutions = [node for node in graph.node if node.op_type == "Conv"]
+    weight_is_int8 = [node.input[1] in dequantized for node in convolutions]
+    assert len(convolutions) >= 3
+    assert weight_is_int8[0] is False and weight_is_int8[-1] is False
+    assert all(weight_is_int8[1:-1])
+
+
 def test_auto_never_calibrates_int8_by_itself(exported, tiny_model_dir, tmp_path, monkeypatch):
     (tmp_path / exported.name).write_bytes(exported.read_bytes())  # a cache with the fp32 export only
     monkeypatch.setenv("CRACKSEG_CACHE", str(tmp_path))

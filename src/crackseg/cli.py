@@ -120,6 +120,14 @@ def segmenter_from_args(args):
     )
 
 
+def report(failures: list[str], summary: str) -> int:
+    """A batch job's end: each failed input on stderr, the summary on stdout; exit status 1 if any failed."""
+    for failure in failures:
+        print(f"failed: {failure}", file=sys.stderr)
+    print(summary)
+    return 1 if failures else 0
+
+
 def cmd_predict(args) -> int:
     from crackseg.images import DEFAULT_MAX_PIXELS
     from crackseg.inference import plan_predict, predict_files
@@ -144,10 +152,7 @@ def cmd_predict(args) -> int:
         skip_existing=args.skip_existing,
         overwrite=args.overwrite,
     )
-    for failure in failures:
-        print(f"failed: {failure}", file=sys.stderr)
-    print(f"{written} written, {len(failures)} failed -> {args.out}")
-    return 1 if failures else 0
+    return report(failures, f"{written} written, {len(failures)} failed -> {args.out}")
 
 
 def cmd_evaluate(args) -> int:
@@ -252,10 +257,7 @@ def cmd_measure(args) -> int:
         direction_deg=args.direction,
         max_pixels=args.max_pixels,
     )
-    for failure in failures:
-        print(f"failed: {failure}", file=sys.stderr)
-    print(f"{measured} measured, {cracks} cracks, {len(failures)} failed -> {args.out}")
-    return 1 if failures else 0
+    return report(failures, f"{measured} measured, {cracks} cracks, {len(failures)} failed -> {args.out}")
 
 
 def cmd_compare(args) -> int:

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_EXPORT_DIFF = 1e-4  # max |logit difference| between the ONNX model and PyTorch on random input
-EXPORT_FORMAT = 1  # part of every cache key: bump it when the export or quantization recipe changes
+EXPORT_FORMAT = 2  # part of every cache key: bump it when the export or quantization recipe changes
 
 
 class ExportError(CracksegError, RuntimeError):
