@@ -188,6 +188,8 @@ def test_int8_calibration_runs_and_auto_uses_it_only_if_accurate(
     engine, figures = int8.verified_int8(tiny, TILE, backend, crops, engines.INT8_OPENERS[backend])
     assert engine.precision == "int8" and engine.fixed_size == TILE
     assert {"f1", "f1_fp32", "mask_f1", "p999"} <= set(figures)
+    # judged on enough held-out crops for a steady verdict, however few crops calibrated it
+    assert figures["held_out"].startswith(f"{int8.HELD_OUT_CROPS} random {TILE}² crops") and int8.HELD_OUT_CROPS >= 128
     segmenter = CrackSegmenter.from_pretrained(
         tiny_model_dir, backend=backend, precision="int8", tile=TILE, calibration_crops=4
     )
@@ -304,11 +306,16 @@ def test_int8_is_judged_by_task_accuracy_and_a_model_that_fails_is_not_chosen(
     assert not is_accurate({"f1": 0.764, "f1_fp32": 0.764, "mask_f1": 0.97, "p999": 0.001})
     # a recorded int8 model that fails the F1 rule is never auto's choice, even where int8 comes first
     record = Path(f"{int8.int8_cache_path(tiny.path, TILE, backend)}.agreement.json")
-    record.write_text(json.dumps({"f1": 0.70, "f1_fp32": 0.76, "mask_f1": 0.99, "p999": 0.01}))
+    crops_judged = {"held_out_crops": int8.HELD_OUT_CROPS}
+    record.write_text(json.dumps({"f1": 0.70, "f1_fp32": 0.76, "mask_f1": 0.99, "p999": 0.01} | crops_judged))
     monkeypatch.setattr(engines, "auto_candidates", lambda device="cpu": [(backend, "int8"), ("torch", "fp32")])
     chosen = CrackSegmenter.from_pretrained(tiny_model_dir, tile=TILE)
     assert (chosen.backend.name, chosen.backend.precision) == ("torch", "fp32")
     assert "int8 crack F1 0.700 against fp32's 0.760" in chosen.describe()
-    record.write_text(json.dumps({"f1": 0.758, "f1_fp32": 0.76, "mask_f1": 0.99, "p999": 0.05}))
+    record.write_text(json.dumps({"f1": 0.758, "f1_fp32": 0.76, "mask_f1": 0.99, "p999": 0.05} | crops_judged))
     chosen = CrackSegmenter.from_pretrained(tiny_model_dir, tile=TILE)
     assert (chosen.backend.name, chosen.backend.precision) == (backend, "int8")
+    # a verdict reached on fewer held-out crops than the rule asks for is not trusted: it is judged again
+    record.write_text(json.dumps({"f1": 0.70, "f1_fp32": 0.76, "mask_f1": 0.99, "p999": 0.01, "held_out_crops": 16}))
+    CrackSegmenter.from_pretrained(tiny_model_dir, backend=backend, precision="int8", tile=TILE)
+    assert json.loads(record.read_text())["held_out_crops"] == int8.HELD_OUT_CROPS
