@@ -36,6 +36,19 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_teach(args) -> int:
+    from crackseg.data import find_all_pairs
+    from crackseg.distill import write_teacher_maps
+    from crackseg.inference import CrackSegmenter
+
+    pairs = find_all_pairs(args.data, args.skip_unpaired, exclude_splits=("test",))
+    segmenter = CrackSegmenter.from_pretrained(args.weights or args.model, args.backend, args.precision, tta=True)
+    print(f"teacher {segmenter.config.name}; {segmenter.describe()}")
+    made = write_teacher_maps(segmenter, pairs, args.out)
+    print(f"{made} teacher maps written to {args.out} ({len(pairs) - made} were there already)")
+    return 0
+
+
 def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -324,6 +337,16 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
         add_arguments(p)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("teach", help="a teacher model's probability maps of training photos, for distillation")
+    p.add_argument("--data", nargs="+", required=True, help="data roots, as for train")
+    p.add_argument("--out", required=True, help="folder of the maps (train --teacher-maps FOLDER)")
+    p.add_argument("--weights", help="the teacher's model folder (default: --model)")
+    p.add_argument("--model", default="unet-lite0", help="a shipped teacher model by name")
+    p.add_argument("--backend", default="auto")
+    p.add_argument("--precision", default="auto")
+    p.add_argument("--skip-unpaired", action="store_true")
+    p.set_defaults(func=cmd_teach)
 
     p = sub.add_parser("predict", help="segment cracks in photos of any size")
     p.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")

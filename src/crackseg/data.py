@@ -264,11 +264,17 @@ class CrackDataset:
     loss), ``name`` and ``source``. Without a transform, images keep their full size (validation, evaluation).
     """
 
-    def __init__(self, pairs: list[Pair], transform=None, mean=IMAGENET_MEAN, std=IMAGENET_STD, extra=None):
+    def __init__(
+        self, pairs: list[Pair], transform=None, mean=IMAGENET_MEAN, std=IMAGENET_STD, extra=None, soft_dir=None
+    ):
         if not pairs:
             raise DataError("empty dataset: no image/mask pairs to read")
         self.pairs, self.transform, self.mean, self.std = pairs, transform, mean, std
-        self.extra = extra  # optional callable(image, rng) -> image, e.g. the degradation of issue 11
+        self.extra = extra  # optional callable(image) -> image, e.g. the paper's degradation
+        # A teacher's probability maps (soft targets for distillation), transformed with the mask.
+        self.soft_dir = Path(soft_dir) if soft_dir else None
+        if self.soft_dir is not None and transform is not None:
+            transform.add_targets({"soft": "mask"})
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -280,22 +286,44 @@ class CrackDataset:
             raise DataError(f"{pair.mask}: mask size {mask.shape} differs from image size {image.shape[:2]}")
         return image, mask
 
+    def soft_target(self, pair: Pair, shape: tuple[int, int]) -> np.ndarray:
+        path = soft_target_path(self.soft_dir, pair)
+        try:
+            with Image.open(path) as img:
+                soft = np.asarray(img.convert("L"))
+        except OSError:
+            raise DataError(f"{path}: no teacher map for this photo; make them with `crackseg teach`") from None
+        if soft.shape != shape:
+            raise DataError(f"{path}: teacher map size {soft.shape} differs from its photo's {shape}; make it anew")
+        return soft
+
     def __getitem__(self, index: int) -> dict:
         import torch
 
         image, mask = self.load(index)
+        targets = {"image": image, "mask": mask.astype(np.uint8)}
+        if self.soft_dir is not None:
+            targets["soft"] = self.soft_target(self.pairs[index], mask.shape)
         if self.transform is not None:
-            out = self.transform(image=image, mask=mask.astype(np.uint8))
-            image, mask = out["image"], out["mask"].astype(bool)
+            targets = self.transform(**targets)
+        image, mask = targets["image"], targets["mask"].astype(bool)
         if self.extra is not None:
             image = self.extra(image)
-        return {
+        item = {
             "image": torch.from_numpy(normalize_image(image, self.mean, self.std)),
             "mask": torch.from_numpy(mask[None].astype(np.float32)),
             "sdf": torch.from_numpy(signed_distance(mask)[None]),
             "name": self.pairs[index].name,
             "source": self.pairs[index].source,
         }
+        if self.soft_dir is not None:
+            item["soft"] = torch.from_numpy(targets["soft"][None].astype(np.float32) / 255)
+        return item
+
+
+def soft_target_path(folder: Path, pair: Pair) -> Path:
+    """Where a teacher's probability map of `pair` is kept (8-bit PNG, the photo's size)."""
+    return Path(folder) / pair.source / f"{pair.name}.png"
 
 
 def pairs_per_source(pairs: list[Pair]) -> dict[str, dict]:

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from tqdm import tqdm
 
 from crackseg import __version__
@@ -167,6 +168,10 @@ class TrainConfig:
         "draw each source's pairs with weight 1/count^P: 0 keeps the data's mix, 0.5 gives each source a share "
         "proportional to the square root of its size, 1 gives every source the same share",
     )
+    teacher_maps: str | None = setting(
+        None, "folder of a teacher's probability maps (crackseg teach): also learn them as soft targets"
+    )
+    distill_weight: float = setting(0.5, "weight of the soft-target term (BCE to the teacher's map)")
     seed: int = setting(0)
     skip_unpaired: bool = setting(False, "go on without images that have no mask")
     resume: bool = setting(False, "continue the run in --out from its last.pt, with its saved options (given ones win)")
@@ -195,7 +200,7 @@ class TrainConfig:
         share = "expected a probability between 0 and 1"
         return [
             ("encoder_depth", self.encoder_depth is None or 1 <= self.encoder_depth <= 5, "expected 1 to 5"),
-            ("size", self.size >= 32, "expected a crop size of at least 32 pixels, e.g. 448"),
+            ("size", self.size >= 32 and self.size % 32 == 0, "expected a multiple of 32 pixels, e.g. 448"),
             ("epochs", self.epochs >= 1, "expected at least 1"),
             ("batch_size", self.batch_size >= 1, "expected at least 1"),
             ("lr", self.lr > 0, "expected a learning rate above 0, e.g. 1e-4"),
@@ -219,6 +224,12 @@ class TrainConfig:
             ("distractor_prob", 0 <= self.distractor_prob <= 1, share),
             ("source_balance", 0 <= self.source_balance <= 1, "expected a power between 0 and 1, e.g. 0.5"),
             ("max_batches", self.max_batches >= 0, "expected 0 (all) or more"),
+            ("distill_weight", self.distill_weight >= 0, "expected 0 (labels only) or more"),
+            (
+                "teacher_maps",
+                self.teacher_maps is None or Path(self.teacher_maps).is_dir(),
+                "expected the folder `crackseg teach --out` wrote",
+            ),
         ]
 
     def to_dict(self) -> dict:
@@ -420,7 +431,9 @@ def make_datasets(config: TrainConfig) -> tuple[EpochSeededDataset, CrackDataset
     transform = train_transform(config.size, not config.light_augment, config.distractor_prob, config.scale_range)
     mean, std = input_normalization(config)
     extra = make_degradation(config.degrade_prob, config.degrade_scale)
-    train_set = EpochSeededDataset(CrackDataset(train_pairs, transform, mean, std, extra=extra), config.seed)
+    train_set = EpochSeededDataset(
+        CrackDataset(train_pairs, transform, mean, std, extra=extra, soft_dir=config.teacher_maps), config.seed
+    )
     val_set = CrackDataset(val_pairs, mean=mean, std=std)
     summary = {
         "train": {"pairs": len(train_pairs), "sources": _count_sources(train_pairs)},
@@ -661,6 +674,7 @@ def train_one_epoch(
     max_batches: int = 0,
     deadline: float = math.inf,
     quiet: bool = True,
+    distill_weight: float = 0.0,
 ) -> float:
     """One pass over `loader` (at most `max_batches` batches when above 0, or until the time.time() `deadline`);
     returns the mean training loss over every process. `alpha` weighs the boundary term of the BC loss."""
@@ -675,6 +689,9 @@ def train_one_epoch(
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
             logits = model(image)
         loss = loss_fn(logits.float(), mask, sdf, alpha)
+        if "soft" in batch:
+            soft = batch["soft"].to(device)
+            loss = loss + distill_weight * F.binary_cross_entropy_with_logits(logits.float(), soft)
         if not torch.isfinite(loss):
             raise NonFiniteLoss(f"loss became {loss.item()} at epoch {epoch + 1}, batch {step + 1}")
         optimizer.zero_grad(set_to_none=True)
@@ -996,6 +1013,7 @@ def run_epoch(run: Run, config: TrainConfig, epoch: int, deadline: float) -> dic
     train_loss = train_one_epoch(
         run.trained, run.train_loader, run.loss_fn, run.optimizer, **common, ema=run.ema, clip_grad=config.clip_grad,
         epoch=epoch, max_batches=config.max_batches, deadline=deadline, quiet=run.rank != 0,
+        distill_weight=config.distill_weight,
     )  # fmt: skip
     val_loss, source_counts = validate(run.evaluated, run.val_loader, run.loss_fn, **common)
     lr = run.optimizer.param_groups[0]["lr"]  # the rate this epoch trained with
