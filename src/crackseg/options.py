@@ -1,0 +1,196 @@
+"""The options of each job, validated in one place.
+
+`SegmentOptions`, `MeasureOptions` and `CompareOptions` hold every rule (tile, threshold, pixel size, limits) once:
+the Python API, the command line and the server build them and get the same checks and the same one-line errors.
+The command line's flags are made from the fields (`add_arguments`), so a flag's name, default and help cannot drift
+from the rule it feeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from crackseg.errors import InputError
+
+TILE_MULTIPLE = 32  # the largest stride of any encoder depth: every network pads and crops exactly at this size
+DEFAULT_MAX_PIXELS = 500_000_000  # a photo held whole: ~1.5 GB of RGB plus 2 GB of probabilities
+DEFAULT_MAX_RASTER_PIXELS = 4_000_000_000  # a georeferenced raster, processed block by block
+MIN_BLOCK = 256  # px: smaller measuring blocks would mostly read their halo
+DEFAULT_BLOCK = 4096  # px per block side: ~50 MB of RGB and ~70 MB of probabilities with its margin
+
+
+class OptionError(InputError):
+    """An option's value cannot be used; the message names the option (as a flag) and what is expected."""
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+class Options(BaseModel):
+    """Frozen, validated options; `make` turns pydantic's report into one line naming the flag."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
+
+    @classmethod
+    def make(cls, **values: Any):
+        try:
+            return cls(**values)
+        except ValidationError as err:
+            first = err.errors()[0]
+            name = str(first["loc"][0]) if first["loc"] else ""
+            detail = first["msg"].removeprefix("Value error, ")
+            if first["type"] == "extra_forbidden":
+                raise OptionError(f"{name}: not an option of {cls.__name__} ({', '.join(cls.model_fields)})") from None
+            given = values.get(name, "<missing>")
+            raise OptionError(f"{flag(name)} {given}: {detail}") from None
+
+    def replace(self, **values: Any):
+        """A copy with `values` changed, checked again."""
+        return type(self).make(**{**self.model_dump(), **values})
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace):
+        return cls.make(**{name: getattr(args, name) for name in cls.model_fields if hasattr(args, name)})
+
+
+def _finite(value: float | None) -> float | None:
+    if value is not None and not math.isfinite(value):
+        raise ValueError("must be a finite number")
+    return value
+
+
+def _positive(value: float | None) -> float | None:
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise ValueError("must be a positive finite number")
+    return value
+
+
+def check_tile(tile: int | None) -> int | None:
+    if tile is not None and (tile < TILE_MULTIPLE or tile % TILE_MULTIPLE):
+        raise ValueError(f"must be a multiple of {TILE_MULTIPLE} of at least {TILE_MULTIPLE}, e.g. 448")
+    return tile
+
+
+def check_threshold(threshold: float | None) -> float | None:
+    if threshold is not None and not 0 < threshold < 1:  # also refuses NaN
+        raise ValueError("must lie strictly between 0 and 1, e.g. 0.5")
+    return threshold
+
+
+class SegmentOptions(Options):
+    """How a photo is segmented: tiling, threshold, limits and the engine."""
+
+    tile: int | None = Field(None, description="tile size, a multiple of 32 (default: the model's training size)")
+    overlap: float = Field(0.25, ge=0, lt=1, description="overlap between tiles, as a fraction")
+    batch_size: int = Field(4, ge=1, description="tiles per forward pass")
+    threshold: float | None = Field(None, description="probability threshold, 0 < t < 1 (default: the model's)")
+    max_pixels: int | None = Field(
+        None,
+        gt=0,
+        description=f"the photo limit (default: {DEFAULT_MAX_PIXELS / 1e6:.0f} MP): a larger photo is refused, a "
+        f"larger TIFF is processed block by block, as georeferenced rasters are, up to "
+        f"{DEFAULT_MAX_RASTER_PIXELS / 1e6:.0f} MP",
+    )
+    tta: bool = Field(False, description="average the four flips of each tile (4x the time)")
+    backend: str = Field("auto", description="auto (the fastest accurate engine here), torch, onnx or openvino")
+    precision: str = Field(
+        "auto",
+        description="auto, fp32, bf16 or int8; int8 runs only models that passed the accuracy rule; its "
+        "probabilities may differ from fp32's by a few hundredths, its masks hardly",
+    )
+    device: str = Field("cpu", pattern=r"^(cpu|cuda(:\d+)?)$", description="cpu, cuda or cuda:N")
+
+    @field_validator("tile")
+    @classmethod
+    def _tile(cls, value):
+        return check_tile(value)
+
+    @field_validator("threshold")
+    @classmethod
+    def _threshold(cls, value):
+        return check_threshold(value)
+
+    @field_validator("max_pixels", mode="before")
+    @classmethod
+    def _whole_pixels(cls, value):
+        if isinstance(value, float):  # "1e9" on the command line
+            if not math.isfinite(value):
+                raise ValueError("must be a positive finite number of pixels, e.g. 1e9")
+            return int(value)
+        return value
+
+    @property
+    def photo_limit(self) -> int:
+        """Pixels of a photo held whole."""
+        return DEFAULT_MAX_PIXELS if self.max_pixels is None else self.max_pixels
+
+    @property
+    def raster_limit(self) -> int:
+        """Pixels of a raster processed block by block (a given --max-pixels is both limits)."""
+        return DEFAULT_MAX_RASTER_PIXELS if self.max_pixels is None else self.max_pixels
+
+
+class MeasureOptions(Options):
+    """How cracks are measured in a mask."""
+
+    pixel_size_mm: float | None = Field(None, description="millimetres per pixel (default: the GeoTIFF's own)")
+    min_length: float = Field(10.0, ge=0, description="drop (and count) cracks shorter than this (px)")
+    hole_area: int = Field(16, ge=0, description="fill holes up to this many px inside a crack")
+    direction_deg: float = Field(
+        90.0, description="the structure's direction in the image, degrees counter-clockwise from x (90: up)"
+    )
+    width_classes: str | None = Field(None, description="width classes: concrete, pavement or a JSON file")
+    block: int = Field(DEFAULT_BLOCK, ge=MIN_BLOCK, description="px per block side for rasters measured in blocks")
+
+    @field_validator("pixel_size_mm")
+    @classmethod
+    def _pixel(cls, value):
+        return _positive(value)
+
+    @field_validator("min_length", "direction_deg")
+    @classmethod
+    def _finite_numbers(cls, value):
+        return _finite(value)
+
+
+class CompareOptions(Options):
+    """How two surveys are compared."""
+
+    pixel_size_mm: float | None = Field(None, description="AFTER's millimetres per pixel (default: its own)")
+    tolerance_px: float | None = Field(None, description="match tolerance in px (default: from the alignment error)")
+    min_length: float = Field(10.0, ge=0, description="ignore shorter cracks (px)")
+    assume_aligned: bool = Field(False, description="no registration: a fixed camera, same size")
+
+    @field_validator("pixel_size_mm", "tolerance_px")
+    @classmethod
+    def _positive_numbers(cls, value):
+        return _positive(value)
+
+    @field_validator("min_length")
+    @classmethod
+    def _finite_length(cls, value):
+        return _finite(value)
+
+
+def add_arguments(parser: argparse.ArgumentParser, options: type[Options], skip: tuple[str, ...] = ()) -> None:
+    """One flag per field of `options` (`--batch-size` for batch_size), with its default and description."""
+    for name, info in options.model_fields.items():
+        if name in skip:
+            continue
+        annotation = info.annotation
+        kinds = getattr(annotation, "__args__", (annotation,))
+        help_text = info.description or ""
+        if bool in kinds:
+            parser.add_argument(flag(name), action="store_true", help=help_text)
+            continue
+        # Numbers are read as floats ("1e9" pixels too); the options then refuse what is not a whole number.
+        kind = float if int in kinds or float in kinds else str
+        default = info.default
+        if default is not None:
+            help_text += f" (default: {default})"
+        parser.add_argument(flag(name), type=kind, default=default, help=help_text)
