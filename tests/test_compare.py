@@ -18,8 +18,7 @@ from affine import Affine
 
 from crackseg import cli
 from crackseg.cli import main
-from crackseg.compare import AlignmentError, CompareError, Survey, apply_homography, compare
-from crackseg.compare_outputs import write_changes
+from crackseg.compare import AlignmentError, CompareError, Survey, apply_homography, compare, write_changes
 from crackseg.images import to_rgb_uint8, write_image
 
 SIZE = (480, 640)  # height, width
@@ -343,6 +342,24 @@ def test_a_measure_file_compares_with_itself(pair, tmp_path):
     path = measured(tmp_path, pair[1])
     same = compare(path, path, assume_aligned=True)
     assert same.counts()["unchanged"] == 5 and [c.id for c in same.cracks] == [1, 2, 3, 4, 5]
+
+
+def test_photos_are_segmented_by_the_segmenter_given_and_only_then(pair, tmp_path):
+    photo_b, mask_b, _, _, _ = pair
+    write_image(tmp_path / "b.png", photo_b)
+    with pytest.raises(CompareError, match="no segmenter was given"):
+        compare(tmp_path / "b.png", tmp_path / "b.png", assume_aligned=True)
+    same = compare(tmp_path / "b.png", tmp_path / "b.png", segmenter=lambda photo: mask_b, assume_aligned=True)
+    assert same.counts()["unchanged"] == 5 and same.before.source == "photo"
+
+
+def test_measure_files_load_no_model(pair, tmp_path, monkeypatch):
+    def no_model(args):
+        raise AssertionError("a model was loaded for two measure files")
+
+    path = measured(tmp_path, pair[1])
+    monkeypatch.setattr(cli, "segmenter_from_args", no_model)
+    assert main(["compare", path, path, "--assume-aligned", "-o", str(tmp_path / "out")]) == 0
 
 
 def test_an_unwritable_output_folder_is_named(pair, tmp_path, capsys):

@@ -274,16 +274,13 @@ def cmd_measure(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from pathlib import Path
-
-    from crackseg.compare import CompareError, compare
-    from crackseg.compare_outputs import check_output, write_changes
+    from crackseg.compare import CompareError, check_output, compare, needs_segmenter, write_changes
 
     if args.masks and (args.weights or args.model):
         raise InputError("--masks compares the masks as they are: drop --weights/--model, or drop --masks")
     check_output(args.out, args.overwrite)  # before the model loads or any photo is read
     segmenter = None
-    if not args.masks and any(Path(p).suffix.lower() != ".json" for p in (args.before, args.after)):
+    if needs_segmenter((args.before, args.after), args.masks):
         if args.photos:
             raise CompareError("--photos is for --masks and measure files: the photos are the inputs here")
         segmenter = segmenter_from_args(args)

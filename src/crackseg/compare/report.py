@@ -1,0 +1,89 @@
+"""The comparison's report in markdown, its summary.json, and after_measure.json (AFTER with the stable ids)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from crackseg.compare.changes import WIDTH_RULE, Changes
+from crackseg.compare.outputs import local_note
+from crackseg.outputs import PIXEL_NOTE, report_dict
+
+
+def summary_dict(changes: Changes) -> dict:
+    """What summary.json holds: the comparison's summary, and what the maps' coordinates and the units are."""
+    georef = changes.after.georef
+    return changes.summary() | {
+        "coordinates": {
+            "geojson": "WGS 84 longitude, latitude (degrees)" if georef else f"AFTER's image: {PIXEL_NOTE}",
+            "gpkg": f"AFTER's CRS, {georef.crs_name()}" if georef else local_note(changes),
+        },
+        "units": "lengths and widths in AFTER's pixels (BEFORE's scaled by the registration); mm × pixel_size_mm",
+    }
+
+
+def after_measure_dict(changes: Changes) -> dict:
+    """AFTER's measure file, with the stable ids and what the next comparison needs to find its photo."""
+    after, result = changes.after, changes.after_with_ids()
+    source_from = changes.pixel_size_from if result.pixel_size_mm else None
+    report = report_dict(result, after.name, after.source, after.georef, source_from)
+    photo = str(Path(after.photo_path).resolve()) if after.photo_path else None
+    return report | {"photo": photo, "next_crack_id": changes.next_id, "crack_ids": "stable across comparisons"}
+
+
+def report_markdown(changes: Changes) -> str:
+    s, a = changes.summary(), changes.alignment
+    unit, factor = ("mm", changes.pixel_size_mm) if changes.pixel_size_mm else ("px", 1.0)
+    if a.method == "features":
+        how = (
+            f"by features of the photos (SIFT, MAGSAC++ homography): {a.inliers} of {a.matches} matches agree, "
+            f"RMS error {a.error_px:.2f} px"
+        )
+    else:
+        how = {"georeference": "by the GeoTIFFs' coordinates", "assumed": "assumed (--assume-aligned)"}[a.method]
+    lines = [
+        "# Crack changes",
+        "",
+        f"- BEFORE: `{changes.before.name}` ({changes.before.measurement.count} cracks)",
+        f"- AFTER: `{changes.after.name}` ({changes.after.measurement.count} cracks)",
+        f"- Alignment {how}; scale ×{a.scale:.3f}; BEFORE covers {a.overlap:.0%} of AFTER.",
+        f"- Matching tolerance {changes.tolerance_px:.2f} px (at least the alignment error + 2 px); a crack counts as "
+        f"widened when its p95 width grew by more than {WIDTH_RULE}.",
+        f"- Lengths and widths in AFTER's {unit}"
+        + (
+            f" ({changes.pixel_size_mm:g} mm per pixel, from {changes.pixel_size_from})."
+            if changes.pixel_size_mm
+            else "."
+        ),
+        "",
+        "| change | cracks |",
+        "|---|---|",
+        *(f"| {name.replace('_', ' ')} | {count} |" for name, count in s["counts"].items()),
+        "",
+        f"New crack length: {s['total_new_length_px'] * factor:.1f} {unit} ({s['new_crack_length_px'] * factor:.1f} in "
+        f"new cracks, {s['added_length_px'] * factor:.1f} added to existing ones).",
+    ]
+    widest = s["largest_widening"]
+    if widest:
+        lines.append(
+            f"Largest widening: crack {widest['id']}, p95 width {widest['width_p95_before_px'] * factor:.2f} → "
+            f"{widest['width_p95_after_px'] * factor:.2f} {unit}."
+        )
+    lines += ["", "![BEFORE aligned onto AFTER, and the changes](changes.png)", "", *crack_table(changes, unit, factor)]
+    return "\n".join(lines) + "\n"
+
+
+def crack_table(changes: Changes, unit: str, factor: float) -> list[str]:
+    def number(value):
+        return "" if value is None else f"{value * factor:.1f}"
+
+    rows = [
+        f"| {c.id} | {c.change.replace('_', ' ')} | {', '.join(map(str, c.before_ids))} | {number(c.length_before_px)} "
+        f"| {number(c.length_after_px)} | {number(c.added_length_px) if c.change == 'extended' else ''} "
+        f"| {number(c.width_p95_before_px)} | {number(c.width_p95_after_px)} |"
+        for c in changes.cracks
+    ]
+    head = (
+        f"| id | change | BEFORE ids | length before ({unit}) | length after | added | p95 width before ({unit}) "
+        "| p95 width after |"
+    )
+    return [head, "|---|---|---|---|---|---|---|---|", *rows]

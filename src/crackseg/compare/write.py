@@ -1,0 +1,56 @@
+"""Every file `crackseg compare` writes, into one folder.
+
+Nothing is written until everything is computed, each file is written whole (temporary file, then rename), and
+existing outputs are replaced only with `overwrite`. `after_measure.json` is AFTER's measure file with the stable
+ids: the BEFORE of the next comparison.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from crackseg.compare.changes import Changes
+from crackseg.compare.figure import changes_figure
+from crackseg.compare.outputs import csv_bytes, geojson_dict, write_gpkg
+from crackseg.compare.report import after_measure_dict, report_markdown, summary_dict
+from crackseg.compare.survey import CompareError
+from crackseg.images import atomic_write_bytes, check_outputs_free, encode_image, ensure_output_folder
+
+OUTPUT_FILES = (
+    "changes.geojson",
+    "changes.gpkg",
+    "changes.csv",
+    "summary.json",
+    "changes.png",
+    "report.md",
+    "after_measure.json",
+)
+
+
+def check_output(out_dir, overwrite: bool = False) -> Path:
+    """The output folder, made and checked writable; none of the outputs there already unless `overwrite`."""
+    try:  # OutputExistsError is an OSError too: both are the folder's problems, said as a comparison's
+        out = ensure_output_folder(out_dir)
+        check_outputs_free(out_dir, [out / name for name in OUTPUT_FILES], overwrite, what="comparison")
+    except OSError as err:
+        raise CompareError(str(err)) from None
+    return out
+
+
+def write_changes(changes: Changes, out_dir, overwrite: bool = False) -> list[Path]:
+    """Every output of a comparison into `out_dir`; returns their paths."""
+    out = check_output(out_dir, overwrite)
+    figure = encode_image(changes_figure(changes), ".png")
+    contents = {
+        "changes.geojson": json.dumps(geojson_dict(changes), ensure_ascii=False, allow_nan=False).encode(),
+        "changes.csv": csv_bytes(changes),
+        "summary.json": json.dumps(summary_dict(changes), indent=1, allow_nan=False).encode(),
+        "changes.png": figure,
+        "report.md": report_markdown(changes).encode(),
+        "after_measure.json": json.dumps(after_measure_dict(changes), indent=1).encode(),
+    }
+    write_gpkg(out / "changes.gpkg", changes)  # first: GDAL is the writer most likely to fail
+    for name, data in contents.items():
+        atomic_write_bytes(out / name, data)
+    return [out / name for name in OUTPUT_FILES]
