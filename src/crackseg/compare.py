@@ -42,7 +42,7 @@ import shapely
 
 from crackseg.errors import InputError, read_json
 from crackseg.georef import Georeference, GeoreferenceError, read_georeference
-from crackseg.quantify import DEFAULT_MIN_LENGTH, Crack, Measurement, measure
+from crackseg.measure import DEFAULT_MIN_LENGTH, Crack, Measurement, measure
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +210,7 @@ def read_measure_file(path: Path, which: str) -> dict:
 def survey_from_measure_file(path: Path, which: str, photo=None) -> Survey:
     """The survey a measure file records: its cracks, ids, centrelines, georeference and pixel size."""
     from crackseg.images import read_image
-    from crackseg.quantify import WidthClasses
+    from crackseg.measure import WidthClasses
 
     data = read_measure_file(path, which)
     try:
