@@ -1,4 +1,4 @@
-"""Time `crackseg.quantify.measure` on a 4000×3000 mask with a realistic crack network.
+"""Time `crackseg.measure.measure` on a 4000×3000 mask with a realistic crack network.
 
     python benchmarks/measure_speed.py [--height 3000] [--width 4000] [--repeat 3]
 
@@ -15,7 +15,7 @@ import time
 import cv2
 import numpy as np
 
-from crackseg.quantify import measure
+from crackseg.measure import measure
 
 
 def walk(mask, rng, start, heading, width, steps, branch_rate, depth=0) -> None:

@@ -127,7 +127,7 @@ def test_cached_export_predicts_without_importing_torch(exported, cache, tiny_mo
         "import sys; from crackseg.cli import main; "
         f"rc = main(['predict', sys.argv[1], '-o', sys.argv[2], '--weights', {str(tiny_model_dir)!r}, "
         f"'--backend', 'onnx', '--precision', 'fp32', '--tile', '{TILE}', '--prob']); "
-        "import crackseg.evaluate, crackseg.quantify, crackseg.serve.app; "  # nor do evaluate, measure and serve
+        "import crackseg.evaluate, crackseg.measure.figure, crackseg.serve.app; "  # nor do evaluate, measure and serve
         "print(rc, *(name in sys.modules for name in ('torch', 'segmentation_models_pytorch')))"
     )
     done = run_fresh(code, cache, image, "photo")

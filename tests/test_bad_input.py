@@ -14,8 +14,8 @@ from crackseg.cli import main
 from crackseg.errors import InputError
 from crackseg.images import ImageReadError, read_image, to_rgb_uint8, write_image
 from crackseg.inference import CrackSegmenter
+from crackseg.measure import measure
 from crackseg.model_config import ModelError, read_config, resolve_weights
-from crackseg.quantify import measure
 from crackseg.synthetic import synthetic_crack
 
 

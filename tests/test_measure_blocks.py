@@ -1,4 +1,4 @@
-"""Measuring a large mask block by block (quantify.measure_blocks, `crackseg measure` on big GeoTIFFs): the same
+"""Measuring a large mask block by block (measure.measure_blocks, `crackseg measure` on big GeoTIFFs): the same
 cracks as `measure` on the whole mask, whatever seams they cross."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import pytest
 import rasterio
 import shapely
 
-from crackseg import quantify
 from crackseg.cli import main
+from crackseg.measure import measure, measure_blocks
 from crackseg.outputs import measure_files
 from tests.test_outputs import TRANSFORM, band, crack_mask, write_geotiff
 
@@ -48,8 +48,8 @@ def seam_scene() -> np.ndarray:
 @pytest.fixture(scope="module")
 def both():
     mask = seam_scene()
-    whole = quantify.measure(mask, pixel_size_mm=0.5)
-    blocks = quantify.measure_blocks(
+    whole = measure(mask, pixel_size_mm=0.5)
+    blocks = measure_blocks(
         lambda row, col, height, width: mask[row : row + height, col : col + width],
         mask.shape,
         pixel_size_mm=0.5,
@@ -93,14 +93,14 @@ def test_centrelines_are_continuous_across_seams(both):
 def test_one_block_is_the_whole_mask_measurement(both):
     whole, _ = both
     mask = seam_scene()
-    again = quantify.measure_blocks(lambda *w: mask, mask.shape, pixel_size_mm=0.5, block=SIDE)
+    again = measure_blocks(lambda *w: mask, mask.shape, pixel_size_mm=0.5, block=SIDE)
     assert again.cracks == whole.cracks
     assert all(np.array_equal(p, q) for a, b in zip(again.centrelines, whole.centrelines) for p, q in zip(a, b))
 
 
 def test_a_crack_wider_than_the_halo_supports_is_said():
     mask = band((300, 300), (10, 150), (290, 150), 14)
-    result = quantify.measure_blocks(lambda r, c, h, w: mask[r : r + h, c : c + w], mask.shape, block=100, halo=40)
+    result = measure_blocks(lambda r, c, h, w: mask[r : r + h, c : c + w], mask.shape, block=100, halo=40)
     assert result.count == 1 and "halo of 40 px" in result.warnings[0]
 
 

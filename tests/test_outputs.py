@@ -19,9 +19,9 @@ from crackseg.cli import main
 from crackseg.errors import OutputExistsError
 from crackseg.georef import Georeference, GeoreferenceError
 from crackseg.images import write_image
+from crackseg.measure import WIDTH_CLASS_PRESETS
 from crackseg.outputs import CSV_FIELDS, dxf_layer_name, measure_files, parse_formats
-from crackseg.quantify import WIDTH_CLASS_PRESETS
-from tests.test_quantify import segment
+from tests.test_measure import segment
 
 PIXEL_M = 0.0005  # 0.5 mm pixels
 ORIGIN = (500_000.0, 5_000_000.0)  # top-left corner, EPSG:32633 (UTM 33N) metres

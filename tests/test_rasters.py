@@ -123,8 +123,8 @@ def test_a_tiff_without_crs_over_the_photo_limit_is_segmented_in_blocks_not_refu
 
 
 def test_a_mask_tiff_without_crs_over_the_photo_limit_is_measured_in_blocks(tmp_path):
+    from crackseg.measure import measure
     from crackseg.outputs import measure_files
-    from crackseg.quantify import measure
 
     mask = synthetic_crack((300, 340), seed=7, n_cracks=2)[1]
     write_plain_tiff(tmp_path / "lining_mask.tif", mask.astype(np.uint8) * 255)

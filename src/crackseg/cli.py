@@ -241,8 +241,8 @@ def cmd_serve(args) -> int:
 
 
 def cmd_measure(args) -> int:
+    from crackseg.measure import check_arguments, load_width_classes
     from crackseg.outputs import measure_files, parse_formats, plan_measure
-    from crackseg.quantify import check_arguments, load_width_classes
 
     segment = None
     if args.masks and (args.weights or args.model):

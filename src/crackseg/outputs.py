@@ -34,7 +34,8 @@ import numpy as np
 from crackseg.errors import InputError
 from crackseg.georef import Georeference
 from crackseg.images import atomic_write_bytes, default_mode
-from crackseg.quantify import (
+from crackseg.measure import (
+    DEFAULT_HALO,
     DEFAULT_MIN_LENGTH,
     UNKNOWN_WIDTH_CLASS,
     Crack,
@@ -43,8 +44,8 @@ from crackseg.quantify import (
     check_arguments,
     load_width_classes,
     measure,
-    width_figure,
 )
+from crackseg.measure.figure import label_positions, width_figure
 
 log = logging.getLogger(__name__)
 
@@ -313,8 +314,6 @@ def dxf_bytes(result: Measurement) -> bytes:
 
 def add_ids(doc, result: Measurement) -> None:
     """Each crack's id as TEXT on its own layer, where the width figure writes it, to find a crack's table row."""
-    from crackseg.quantify import label_positions
-
     doc.layers.add(DXF_ID_LAYER, color=7)
     scale = result.pixel_size_mm or 1.0
     height = max(8.0, min(result.height, result.width) / 60) * scale  # readable beside the cracks at full view
@@ -434,7 +433,7 @@ def measure_files(
     `pixel_size_mm` is given; else a printed ArUco marker of side `marker_mm` in a photo does. A failing input is
     reported in `failures` and skipped; a run that measures nothing writes no cracks.csv. Files already in `out_dir`
     are replaced only with `overwrite` (`OutputExistsError` before anything is read otherwise). `direction_deg`: the
-    structure's direction in the images (`quantify.measure`; 90: image up, north on a north-up raster).
+    structure's direction in the images (`measure.measure`; 90: image up, north on a north-up raster).
 
     A georeferenced raster of more than `block`² pixels (default `rasters.DEFAULT_BLOCK`, 4096), and any TIFF over
     the photo limit `max_pixels` (default: the segmenter's, else `images.DEFAULT_MAX_PIXELS`), is measured block by
@@ -446,7 +445,6 @@ def measure_files(
 
     from crackseg.georef import check_shape, is_tiff, read_tiff_header, resolve_pixel_size
     from crackseg.images import DEFAULT_MAX_PIXELS, ImageReadError, atomic_write_bytes, read_image, read_mask
-    from crackseg.quantify import DEFAULT_HALO
     from crackseg.rasters import DEFAULT_BLOCK, OVERVIEW_SIDE, in_blocks, measure_raster
 
     check_arguments(pixel_size_mm, direction_deg)

@@ -7,7 +7,7 @@ compressed GeoTIFFs that keep the input's CRS and transform. Memory is bounded b
 
 `crackseg measure` measures such a raster the same way (`measure_raster`): a photo is first segmented block by block
 into a temporary mask GeoTIFF beside the outputs, and the mask is then read window by window with a halo
-(`quantify.measure_blocks`), so that neither the photo nor the mask is ever held whole.
+(`measure.measure_blocks`), so that neither the photo nor the mask is ever held whole.
 
 Which files go this way (`in_blocks`): georeferenced TIFFs, and any TIFF too large to hold as a photo (over the
 photo limit, `--max-pixels`), which would be refused otherwise: a stitched scan of a tunnel lining has no CRS, and its
@@ -188,11 +188,11 @@ def measure_mask(
     progress: bool = False,
     direction_deg: float = 90.0,
 ):
-    """Measure a mask raster read window by window (`quantify.measure_blocks`): the cracks `quantify.measure` finds
+    """Measure a mask raster read window by window (`measure.measure_blocks`): the cracks `measure.measure` finds
     on the whole mask, holding one block and its halo at a time."""
     import rasterio
 
-    from crackseg.quantify import DEFAULT_HALO, DEFAULT_MIN_LENGTH, measure_blocks
+    from crackseg.measure import DEFAULT_HALO, DEFAULT_MIN_LENGTH, measure_blocks
 
     with rasterio.Env(GDAL_CACHEMAX=READ_CACHE_MB), open_raster(path) as src:
         return measure_blocks(

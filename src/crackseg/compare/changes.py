@@ -24,7 +24,7 @@ import shapely
 from crackseg.compare.match import added_parts, assign_ids, carried_lines, match
 from crackseg.compare.registration import Alignment, check_scales, footprint, image_box, local_scale, register
 from crackseg.compare.survey import CHANGES_FORMAT, CHANGES_FORMAT_VERSION, CompareError, Survey, load_survey
-from crackseg.quantify import DEFAULT_MIN_LENGTH, Measurement
+from crackseg.measure import DEFAULT_MIN_LENGTH, Measurement
 
 log = logging.getLogger(__name__)
 

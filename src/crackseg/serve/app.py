@@ -41,7 +41,7 @@ from crackseg import __version__
 from crackseg.errors import InputError
 from crackseg.images import encode_image, pil_to_rgb
 from crackseg.inference import overlay
-from crackseg.quantify import measure
+from crackseg.measure import measure
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +177,7 @@ def to_jsonable(value):
 
 
 def measure_mask(mask: np.ndarray, pixel_size_mm: float | None) -> dict:
-    """`quantify.measure` as JSON: image size, pixel size, per-image summary and one entry per crack."""
+    """`measure.measure` as JSON: image size, pixel size, per-image summary and one entry per crack."""
     return to_jsonable(measure(mask, pixel_size_mm=pixel_size_mm).to_dict())
 
 

@@ -12,11 +12,13 @@ from scipy import ndimage as ndi
 from skimage.measure import regionprops
 from skimage.morphology import skeletonize
 
-from crackseg import quantify
 from crackseg.cli import main
 from crackseg.errors import InputError
 from crackseg.images import read_image, write_image
-from crackseg.quantify import measure, width_figure
+from crackseg.measure import UNKNOWN_WIDTH_CLASS, ClassesError, WidthClasses, load_width_classes, measure
+from crackseg.measure.blocks import axis_angles, distance_to_background, pixel_moments
+from crackseg.measure.figure import width_figure
+from crackseg.measure.skeleton import SkeletonGraph, trace_branches
 from crackseg.synthetic import synthetic_crack
 
 LENGTH = 300
@@ -159,7 +161,7 @@ def test_orientation_matches_regionprops():
         labels[segment(labels.shape, (x0, y0), (x1, y1), rng.uniform(1, 6)) & (labels == 0)] = k
     n = labels.max()
     rows, cols = np.nonzero(labels)
-    ours = quantify.principal_axes(rows, cols, labels[rows, cols], n + 1)[1:]
+    ours = axis_angles(pixel_moments(rows, cols, labels[rows, cols], n + 1))[1:]
     theirs = [(90 + np.degrees(p.orientation)) % 180 for p in regionprops(labels)]  # from the row axis
     difference = (np.asarray(ours) - np.asarray(theirs) + 90) % 180 - 90
     assert np.abs(difference).max() < 1e-6
@@ -242,7 +244,7 @@ def test_pinholes_are_filled_before_measuring():
 def test_distance_transform_matches_scipy():
     rng = np.random.default_rng(1)
     mask = ndi.binary_opening(rng.random((120, 150)) < 0.7)
-    assert np.abs(quantify.distance_to_background(mask) - ndi.distance_transform_edt(mask)).max() < 1e-4
+    assert np.abs(distance_to_background(mask) - ndi.distance_transform_edt(mask)).max() < 1e-4
 
 
 def test_mask_values():
@@ -385,8 +387,8 @@ def test_a_ring_is_a_closed_line_and_every_skeleton_step_is_traced_once():
     for _ in range(12):
         x0, y0, x1, y1 = rng.uniform(10, 290, 4)
         mask |= segment(mask.shape, (x0, y0), (x1, y1), rng.uniform(1, 7))
-    graph = quantify.SkeletonGraph.from_image(skeletonize(mask, method="lee"))
-    branches = quantify.trace_branches(graph)
+    graph = SkeletonGraph.from_image(skeletonize(mask, method="lee"))
+    branches = trace_branches(graph)
     steps = {frozenset(pair) for b in branches for pair in zip(b[:-1], b[1:], strict=True)}
     assert sum(len(b) - 1 for b in branches) == len(steps) == len(graph.edge_a)  # each edge exactly once
     assert steps == {frozenset(e) for e in zip(graph.edge_a.tolist(), graph.edge_b.tolist(), strict=True)}
@@ -424,12 +426,12 @@ def test_concrete_width_classes_from_p95_in_mm_and_below_resolution():
     assert summary["below_resolution"] == 1 and summary["width_class_scheme"] == "concrete"
     assert summary["length_by_width_class_mm"][">=0.4 mm"] == pytest.approx(by_width[9].length_mm, abs=1e-3)
     unscaled = measure(mask)
-    assert {c.width_class for c in unscaled.cracks} == {quantify.UNKNOWN_WIDTH_CLASS}
-    assert unscaled.summary()["width_classes"] == {quantify.UNKNOWN_WIDTH_CLASS: 2}
+    assert {c.width_class for c in unscaled.cracks} == {UNKNOWN_WIDTH_CLASS}
+    assert unscaled.summary()["width_classes"] == {UNKNOWN_WIDTH_CLASS: 2}
 
 
 def test_width_class_boundaries_and_presets():
-    concrete = quantify.load_width_classes()
+    concrete = load_width_classes()
     assert concrete.name == "concrete" and concrete.labels[0] == "<0.1 mm" and concrete.labels[-1] == ">=0.4 mm"
     assert [concrete.classify(w) for w in (0.05, 0.1, 0.29, 0.3, 0.4, 2.0)] == [
         "<0.1 mm",
@@ -439,21 +441,21 @@ def test_width_class_boundaries_and_presets():
         ">=0.4 mm",
         ">=0.4 mm",
     ]
-    pavement = quantify.load_width_classes("pavement")
+    pavement = load_width_classes("pavement")
     assert [pavement.classify(w) for w in (5.9, 6.0, 18.9, 19.0)] == [
         "low (<6 mm)",
         "moderate (6-19 mm)",
         "moderate (6-19 mm)",
         "high (>=19 mm)",
     ]
-    assert concrete.classify(None) == quantify.UNKNOWN_WIDTH_CLASS
+    assert concrete.classify(None) == UNKNOWN_WIDTH_CLASS
     assert measure(band(5, angle=0), pixel_size_mm=2, width_classes="pavement").cracks[0].width_class == (
         "moderate (6-19 mm)"  # 5 px × 2 mm = 10 mm
     )
-    with pytest.raises(quantify.ClassesError, match="increasing"):
-        quantify.WidthClasses("x", (0.3, 0.3), ("a", "b", "c"))
-    with pytest.raises(quantify.ClassesError, match="differ"):
-        quantify.WidthClasses("x", (0.3,), ("a", "a"))
+    with pytest.raises(ClassesError, match="increasing"):
+        WidthClasses("x", (0.3, 0.3), ("a", "b", "c"))
+    with pytest.raises(ClassesError, match="differ"):
+        WidthClasses("x", (0.3,), ("a", "a"))
     with pytest.raises(ValueError, match=r"--classes nope: expected concrete or pavement or a \.json file"):
         measure(band(5), width_classes="nope")
 
