@@ -17,8 +17,8 @@ import shapely
 from crackseg.errors import InputError, read_json
 from crackseg.georef import Georeference, GeoreferenceError, check_shape, read_georeference
 from crackseg.images import read_image, read_mask, to_rgb_uint8
-from crackseg.outputs import MEASURE_FORMAT, MEASURE_FORMAT_VERSION
 from crackseg.measure import DEFAULT_MIN_LENGTH, Crack, Measurement, WidthClasses, measure
+from crackseg.outputs import MEASURE_FORMAT, MEASURE_FORMAT_VERSION
 
 # A comparison's summary.json says what it is, so that it is refused as a survey with a pointer to the right file.
 CHANGES_FORMAT, CHANGES_FORMAT_VERSION = "crackseg-changes", 1
