@@ -21,8 +21,8 @@ import torch
 
 from crackseg.data import find_pairs
 from crackseg.evaluate import evaluate
-from crackseg.images import read_image
 from crackseg.inference import CrackSegmenter
+from crackseg.io.images import read_image
 from crackseg.models import ModelConfig, build_model
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "deepcrack" / "train"

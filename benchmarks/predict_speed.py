@@ -173,7 +173,7 @@ def run_predict(args, image: Path, out: Path, env: dict) -> tuple[float, float, 
 
 
 def end_to_end(args, workdir: Path) -> None:
-    from crackseg.images import write_image
+    from crackseg.io.images import write_image
     from crackseg.synthetic import synthetic_crack
 
     sizes = [(3000, 4000)] + ([] if args.quick else [(5000, 20000)])

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from crackseg.images import encode_image
+from crackseg.io.images import encode_image
 from crackseg.models import ModelConfig, ModelError, build_model, resolve_weights, save_model
 from crackseg.synthetic import synthetic_crack
 

@@ -20,8 +20,8 @@ from crackseg.engines import BackendError, ModelHandle, auto_candidates, export_
 from crackseg.engines import cache as export
 from crackseg.engines.cache import ExportError, cached_onnx, export_onnx, onnx_metadata
 from crackseg.engines.int8 import CalibrationCrops, agreement, is_accurate
-from crackseg.images import write_image
 from crackseg.inference import CrackSegmenter
+from crackseg.io.images import write_image
 from crackseg.models import ModelError
 from crackseg.synthetic import synthetic_crack
 

@@ -12,8 +12,8 @@ from PIL import Image
 
 from crackseg.cli import main
 from crackseg.errors import InputError
-from crackseg.images import ImageReadError, read_image, to_rgb_uint8, write_image
 from crackseg.inference import CrackSegmenter
+from crackseg.io.images import ImageReadError, read_image, to_rgb_uint8, write_image
 from crackseg.measure import measure
 from crackseg.model_config import ModelError, read_config, resolve_weights
 from crackseg.synthetic import synthetic_crack

@@ -19,7 +19,7 @@ from affine import Affine
 from crackseg import cli
 from crackseg.cli import main
 from crackseg.compare import AlignmentError, CompareError, Survey, apply_homography, compare, write_changes
-from crackseg.images import to_rgb_uint8, write_image
+from crackseg.io.images import to_rgb_uint8, write_image
 
 SIZE = (480, 640)  # height, width
 # Known cracks in BEFORE's image: polyline (pixel-centre coordinates) and drawn thickness.

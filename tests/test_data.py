@@ -17,7 +17,7 @@ from crackseg.data import (
     split_pairs,
     train_transform,
 )
-from crackseg.images import ImageReadError, read_image, read_mask, write_image
+from crackseg.io.images import ImageReadError, read_image, read_mask, write_image
 from crackseg.synthetic import add_distractor, synthetic_crack, write_synthetic_dataset
 
 from .conftest import SHARED_DATA

@@ -14,7 +14,7 @@ from crackseg.cli import main
 from crackseg.data import DataError, find_all_pairs, find_pairs, split_pairs
 from crackseg.errors import OutputExistsError
 from crackseg.evaluate import evaluate, image_degrade_seed
-from crackseg.images import read_image, read_mask, write_image
+from crackseg.io.images import read_image, read_mask, write_image
 from crackseg.models import ModelConfig
 from crackseg.synthetic import write_synthetic_dataset
 

@@ -5,8 +5,9 @@ from PIL import Image
 
 from crackseg.cli import main
 from crackseg.errors import OutputExistsError
-from crackseg.images import default_mode, normalize_image, read_mask, write_image
 from crackseg.inference import CrackSegmenter, blend_window, output_paths, predict_files, tile_starts
+from crackseg.io.atomic import default_mode
+from crackseg.io.images import normalize_image, read_mask, write_image
 from crackseg.models import ModelConfig, load_model
 from crackseg.synthetic import synthetic_crack
 

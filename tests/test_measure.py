@@ -14,7 +14,7 @@ from skimage.morphology import skeletonize
 
 from crackseg.cli import main
 from crackseg.errors import InputError
-from crackseg.images import read_image, write_image
+from crackseg.io.images import read_image, write_image
 from crackseg.measure import UNKNOWN_WIDTH_CLASS, ClassesError, WidthClasses, load_width_classes, measure
 from crackseg.measure.blocks import axis_angles, distance_to_background, pixel_moments
 from crackseg.measure.figure import width_figure

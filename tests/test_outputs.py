@@ -17,8 +17,8 @@ from affine import Affine
 
 from crackseg.cli import main
 from crackseg.errors import OutputExistsError
-from crackseg.georef import Georeference, GeoreferenceError
-from crackseg.images import write_image
+from crackseg.io.georef import Georeference, GeoreferenceError
+from crackseg.io.images import write_image
 from crackseg.measure import WIDTH_CLASS_PRESETS
 from crackseg.outputs import CSV_FIELDS, dxf_layer_name, measure_files, parse_formats
 from tests.test_measure import segment
@@ -368,7 +368,7 @@ def marker_photo(side_px: int, seed: int = 0) -> np.ndarray:
 
 @pytest.mark.parametrize("side_px", [120, 237])
 def test_a_printed_marker_gives_the_scale_within_two_percent(side_px):
-    from crackseg.georef import marker_pixel_size, resolve_pixel_size
+    from crackseg.io.georef import marker_pixel_size, resolve_pixel_size
 
     photo = marker_photo(side_px)
     assert marker_pixel_size(photo, 100.0) == pytest.approx(100.0 / side_px, rel=0.02)
@@ -379,7 +379,7 @@ def test_a_printed_marker_gives_the_scale_within_two_percent(side_px):
 
 
 def test_measure_takes_the_scale_from_a_marker(tmp_path):
-    from crackseg.images import write_image
+    from crackseg.io.images import write_image
     from crackseg.outputs import measure_files
 
     write_image(tmp_path / "wall.png", marker_photo(200))

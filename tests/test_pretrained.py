@@ -7,7 +7,7 @@ import skimage.data
 import timm
 import torch
 
-from crackseg.images import normalize_image
+from crackseg.io.images import normalize_image
 from crackseg.model_config import ModelError
 from crackseg.models import build_model
 from crackseg.pretrained import (

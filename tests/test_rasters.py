@@ -9,12 +9,12 @@ import pytest
 import rasterio
 from rasterio.transform import from_origin
 
-import crackseg.rasters
+import crackseg.io.rasters
 from crackseg.cli import main
-from crackseg.images import DEFAULT_MAX_PIXELS, DEFAULT_MAX_RASTER_PIXELS
 from crackseg.inference import CrackSegmenter, predict_files
+from crackseg.io.rasters import RasterError, check_disk_space, segment_raster
 from crackseg.models import ModelConfig
-from crackseg.rasters import RasterError, check_disk_space, segment_raster
+from crackseg.options import DEFAULT_MAX_PIXELS, DEFAULT_MAX_RASTER_PIXELS
 from crackseg.synthetic import synthetic_crack
 from tests.test_inference import LocalNet
 
@@ -95,7 +95,7 @@ def write_plain_tiff(path, image: np.ndarray) -> None:
     """A TIFF without a CRS or transform, as a stitched scan of a tunnel lining comes."""
     bands = np.moveaxis(np.atleast_3d(image), -1, 0)
     profile = {"driver": "GTiff", "height": image.shape[0], "width": image.shape[1], "count": bands.shape[0]}
-    with crackseg.rasters.open_raster(path, "w", dtype=str(image.dtype), **profile) as dst:
+    with crackseg.io.rasters.open_raster(path, "w", dtype=str(image.dtype), **profile) as dst:
         dst.write(bands)
 
 
@@ -107,7 +107,7 @@ def test_a_tiff_without_crs_over_the_photo_limit_is_segmented_in_blocks_not_refu
     segmenter.max_pixels = 300 * 400 - 1  # the photo limit just below it; the raster limit stays the default
     # blocks (with their margins) under that limit, as the default 4,096² blocks are under the default one
     monkeypatch.setattr(
-        crackseg.rasters, "segment_raster", functools.partial(crackseg.rasters.segment_raster, block=64)
+        crackseg.io.rasters, "segment_raster", functools.partial(crackseg.io.rasters.segment_raster, block=64)
     )
     inputs, out = [str(tmp_path / "lining.tif")], tmp_path / "out"
     assert predict_files(segmenter, inputs, out, write_prob=True, progress=False) == (1, [])

@@ -11,8 +11,8 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from crackseg.images import encode_image
 from crackseg.inference import CrackSegmenter
+from crackseg.io.images import encode_image
 from crackseg.models import ModelConfig
 from crackseg.serve import create_app
 from crackseg.serve.app import Result, ResultStore, allowed_host_names

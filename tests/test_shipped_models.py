@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from crackseg.cli import main
-from crackseg.images import read_mask
 from crackseg.inference import CrackSegmenter
+from crackseg.io.images import read_mask
 from crackseg.metrics import confusion, scores
 from crackseg.model_config import DEFAULT_MODEL, WEIGHTS_DIR
 

@@ -83,7 +83,7 @@ def threshold_value(text: str) -> float:
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
     from crackseg.engines import PRECISIONS, REGISTRY
-    from crackseg.images import DEFAULT_MAX_PIXELS, DEFAULT_MAX_RASTER_PIXELS
+    from crackseg.options import DEFAULT_MAX_PIXELS, DEFAULT_MAX_RASTER_PIXELS
 
     p.add_argument("--weights", help="a trained model: model.safetensors, its folder, or a run folder")
     p.add_argument("--model", help="a shipped model by name (default: the default model)")
@@ -142,8 +142,8 @@ def report(failures: list[str], summary: str) -> int:
 
 
 def cmd_predict(args) -> int:
-    from crackseg.images import DEFAULT_MAX_PIXELS
     from crackseg.inference import plan_predict, predict_files
+    from crackseg.options import DEFAULT_MAX_PIXELS
 
     # The output folder and the files already there, before the model loads or any photo is read.
     photo_limit = DEFAULT_MAX_PIXELS if args.max_pixels is None else args.max_pixels
@@ -178,7 +178,7 @@ def cmd_evaluate(args) -> int:
         pairs = split_pairs(pairs, args.val_fraction, args.split_seed)[1]
         if not pairs:
             raise DataError("the validation split of --data is empty (too few photos); drop --split-val")
-    from crackseg.images import ensure_output_folder
+    from crackseg.io.atomic import ensure_output_folder
 
     ensure_output_folder(args.out)
     check_report_free(args.out, args.overwrite)  # before the model loads

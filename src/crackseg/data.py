@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     import albumentations as A
 
 from crackseg.errors import CracksegError
-from crackseg.images import IMAGENET_MEAN, IMAGENET_STD, is_image_file, normalize_image, read_image, read_mask
+from crackseg.io.images import IMAGENET_MEAN, IMAGENET_STD, is_image_file, normalize_image, read_image, read_mask
 
 log = logging.getLogger(__name__)
 

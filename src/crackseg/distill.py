@@ -10,7 +10,8 @@ import numpy as np
 from tqdm import tqdm
 
 from crackseg.data import Pair, soft_target_path
-from crackseg.images import atomic_write_bytes, encode_image, read_image
+from crackseg.io.atomic import atomic_write_bytes
+from crackseg.io.images import encode_image, read_image
 
 # The teacher is also run on the photo enlarged 2×: there thin cracks are several pixels wide, so the mean of the
 # two maps keeps more of the hairlines the teacher half-sees at the photo's own scale.

@@ -29,7 +29,8 @@ from tqdm import tqdm
 from crackseg import __version__
 from crackseg.data import DataError, Pair
 from crackseg.errors import InputError
-from crackseg.images import atomic_write_bytes, check_outputs_free, read_image, read_mask
+from crackseg.io.atomic import atomic_write_bytes, check_outputs_free
+from crackseg.io.images import read_image, read_mask
 from crackseg.metrics import (
     confusion,
     dataset_scores,

@@ -19,16 +19,9 @@ from PIL import Image
 from crackseg.engines.base import sigmoid
 from crackseg.engines.torch_engine import TorchBackend
 from crackseg.errors import InputError, InputTypeError
-from crackseg.images import (
-    DEFAULT_MAX_PIXELS,
-    DEFAULT_MAX_RASTER_PIXELS,
-    check_pixels,
-    normalize_image,
-    pil_to_rgb,
-    read_image,
-    to_rgb_uint8,
-)
+from crackseg.io.images import check_pixels, normalize_image, pil_to_rgb, read_image, to_rgb_uint8
 from crackseg.model_config import ModelConfig
+from crackseg.options import DEFAULT_MAX_PIXELS, DEFAULT_MAX_RASTER_PIXELS
 
 if TYPE_CHECKING:
     import torch
@@ -238,7 +231,7 @@ def collect_inputs(inputs: list[str]) -> list[tuple[Path, Path]]:
     """(file, root it was found under) for files, folders (recursive, images only) and glob patterns."""
     import glob
 
-    from crackseg.images import is_image_file
+    from crackseg.io.images import is_image_file
 
     found: list[tuple[Path, Path]] = []
     for item in inputs:
@@ -347,9 +340,9 @@ def plan_predict(
     its mask is done again, replacing what an interrupted run left of it (its mask is written last). Names are
     made over all the inputs, not just this shard's, so that shards never write the same file.
     """
-    from crackseg.georef import read_tiff_header
-    from crackseg.images import check_outputs_free, ensure_output_folder
-    from crackseg.rasters import in_blocks
+    from crackseg.io.atomic import check_outputs_free, ensure_output_folder
+    from crackseg.io.georef import read_tiff_header
+    from crackseg.io.rasters import in_blocks
 
     out_dir = Path(out_dir)
     everything = collect_inputs(inputs)
@@ -391,8 +384,8 @@ def predict_files(
     """
     from tqdm import tqdm
 
-    from crackseg.images import ImageReadError, write_image
-    from crackseg.rasters import segment_raster
+    from crackseg.io.images import ImageReadError, write_image
+    from crackseg.io.rasters import segment_raster
 
     plan = plan_predict(
         inputs, out_dir, write_prob, write_overlay, shard_spec, skip_existing, overwrite, segmenter.max_pixels

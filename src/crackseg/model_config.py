@@ -13,7 +13,7 @@ from pathlib import Path
 
 from crackseg import __version__
 from crackseg.errors import CracksegError
-from crackseg.images import IMAGENET_MEAN, IMAGENET_STD
+from crackseg.io.images import IMAGENET_MEAN, IMAGENET_STD
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 DEFAULT_MODEL = "unet-lite0"

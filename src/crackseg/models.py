@@ -122,7 +122,7 @@ def save_model(model: CrackNet, config: ModelConfig, out_dir: str | Path, half: 
     """Write ``model.safetensors`` (config also embedded as metadata) and ``config.json`` atomically."""
     from safetensors.torch import save as save_bytes
 
-    from crackseg.images import atomic_write_bytes
+    from crackseg.io.atomic import atomic_write_bytes
 
     out_dir = Path(out_dir)
     dtype = torch.float16 if half else None

@@ -17,8 +17,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from crackseg.errors import InputError
 
 TILE_MULTIPLE = 32  # the largest stride of any encoder depth: every network pads and crops exactly at this size
-DEFAULT_MAX_PIXELS = 500_000_000  # a photo held whole: ~1.5 GB of RGB plus 2 GB of probabilities
-DEFAULT_MAX_RASTER_PIXELS = 4_000_000_000  # a georeferenced raster, processed block by block
+DEFAULT_MAX_PIXELS = 500_000_000  # a photo held whole: 500 MP needs ~2 GB for the probability map
+# Georeferenced rasters are read, segmented and measured block by block, so their size costs time and disk, not
+# memory: their limit only stops a raster that would run for days (4,000 MP: a 63,000² orthomosaic).
+DEFAULT_MAX_RASTER_PIXELS = 4_000_000_000
 MIN_BLOCK = 256  # px: smaller measuring blocks would mostly read their halo
 DEFAULT_BLOCK = 4096  # px per block side: ~50 MB of RGB and ~70 MB of probabilities with its margin
 

@@ -32,8 +32,8 @@ from pathlib import Path
 import numpy as np
 
 from crackseg.errors import InputError
-from crackseg.georef import Georeference
-from crackseg.images import atomic_write_bytes, default_mode
+from crackseg.io.atomic import atomic_write_bytes, default_mode
+from crackseg.io.georef import Georeference
 from crackseg.measure import (
     DEFAULT_HALO,
     DEFAULT_MIN_LENGTH,
@@ -368,7 +368,7 @@ def write_outputs(
     figure: np.ndarray | None = None,
 ) -> None:
     """Write each per-input output named in `paths` (kind → path; see FORMATS)."""
-    from crackseg.images import write_image
+    from crackseg.io.images import write_image
 
     if "json" in paths:
         atomic_write_bytes(paths["json"], json.dumps(report, indent=1).encode())
@@ -394,8 +394,8 @@ def plan_measure(
     """What `measure_files` will write, checked before any model loads or input is read: per input, kind → path
     (FORMATS), and the run's own files (cracks.csv). Refuses an output folder among the inputs, makes it, and
     refuses to replace a file an earlier run left there unless `overwrite`."""
-    from crackseg.images import check_outputs_free, ensure_output_folder
     from crackseg.inference import check_output_folder, collect_inputs, output_paths
+    from crackseg.io.atomic import check_outputs_free, ensure_output_folder
 
     formats = tuple(FORMATS) if formats is None else formats
     out_dir = Path(out_dir)
@@ -443,9 +443,11 @@ def measure_files(
     """
     from tqdm import tqdm
 
-    from crackseg.georef import check_shape, is_tiff, read_tiff_header, resolve_pixel_size
-    from crackseg.images import DEFAULT_MAX_PIXELS, ImageReadError, atomic_write_bytes, read_image, read_mask
-    from crackseg.rasters import DEFAULT_BLOCK, OVERVIEW_SIDE, in_blocks, measure_raster
+    from crackseg.io.atomic import atomic_write_bytes
+    from crackseg.io.georef import check_shape, is_tiff, read_tiff_header, resolve_pixel_size
+    from crackseg.io.images import ImageReadError, read_image, read_mask
+    from crackseg.io.rasters import DEFAULT_BLOCK, OVERVIEW_SIDE, in_blocks, measure_raster
+    from crackseg.options import DEFAULT_MAX_PIXELS
 
     check_arguments(pixel_size_mm, direction_deg)
     if marker_mm is not None and not marker_mm > 0:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from crackseg.images import IMAGENET_MEAN, IMAGENET_STD
+from crackseg.io.images import IMAGENET_MEAN, IMAGENET_STD
 from crackseg.model_config import ModelError
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from crackseg.images import write_image
+from crackseg.io.images import write_image
 
 
 def textured_background(height: int, width: int, rng: np.random.Generator) -> np.ndarray:

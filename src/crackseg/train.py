@@ -48,7 +48,7 @@ from crackseg.data import (
 )
 from crackseg.engines.torch_engine import cpu_has_bf16_matrix_engine
 from crackseg.errors import CracksegError, InputError, InputTypeError
-from crackseg.images import atomic_write_bytes
+from crackseg.io.atomic import atomic_write_bytes
 from crackseg.losses import ALPHA_SCHEDULES, LOSSES, alpha_at, build_loss
 from crackseg.metrics import THRESHOLDS, best_threshold, scores, source_mean_f1_curve, sweep_counts
 from crackseg.models import ModelConfig, build_model, save_model

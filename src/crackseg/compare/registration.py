@@ -17,7 +17,7 @@ import numpy as np
 import shapely
 
 from crackseg.compare.survey import CompareError, Survey
-from crackseg.georef import Georeference
+from crackseg.io.georef import Georeference
 
 MAX_FEATURE_SIDE = 2000  # px: photos are searched for features at most this large (SIFT slows with the pixel count)
 MAX_FEATURES = 5000

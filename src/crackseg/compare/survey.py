@@ -15,8 +15,8 @@ import numpy as np
 import shapely
 
 from crackseg.errors import InputError, read_json
-from crackseg.georef import Georeference, GeoreferenceError, check_shape, read_georeference
-from crackseg.images import read_image, read_mask, to_rgb_uint8
+from crackseg.io.georef import Georeference, GeoreferenceError, check_shape, read_georeference
+from crackseg.io.images import read_image, read_mask, to_rgb_uint8
 from crackseg.measure import DEFAULT_MIN_LENGTH, Crack, Measurement, WidthClasses, measure
 from crackseg.outputs import MEASURE_FORMAT, MEASURE_FORMAT_VERSION
 

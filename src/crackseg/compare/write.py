@@ -15,7 +15,8 @@ from crackseg.compare.figure import changes_figure
 from crackseg.compare.outputs import csv_bytes, geojson_dict, write_gpkg
 from crackseg.compare.report import after_measure_dict, report_markdown, summary_dict
 from crackseg.compare.survey import CompareError
-from crackseg.images import atomic_write_bytes, check_outputs_free, encode_image, ensure_output_folder
+from crackseg.io.atomic import atomic_write_bytes, check_outputs_free, ensure_output_folder
+from crackseg.io.images import encode_image
 
 OUTPUT_FILES = (
     "changes.geojson",

@@ -21,7 +21,7 @@ from crackseg.engines.handle import ModelHandle
 from crackseg.engines.int8 import CALIBRATION_CROPS, CalibrationCrops, int8_cache_path, nncf_available
 from crackseg.engines.torch_engine import cpu_has_bf16_matrix_engine
 from crackseg.errors import InputError
-from crackseg.images import atomic_write_bytes
+from crackseg.io.atomic import atomic_write_bytes
 from crackseg.model_config import ModelError
 
 log = logging.getLogger(__name__)

@@ -33,7 +33,8 @@ from crackseg.engines.base import INPUT_NAME, BackendError, sigmoid
 from crackseg.engines.cache import atomic_write_dir, cache_path, cached_onnx, onnx_metadata, quiet
 from crackseg.engines.handle import ModelHandle
 from crackseg.engines.torch_engine import TorchBackend
-from crackseg.images import atomic_write_bytes, normalize_image
+from crackseg.io.atomic import atomic_write_bytes
+from crackseg.io.images import normalize_image
 from crackseg.model_config import ModelConfig
 
 if TYPE_CHECKING:
@@ -79,7 +80,7 @@ class CalibrationCrops:
                 yield synthetic_crack((self.tile, self.tile), seed=first + i, n_cracks=cracks)
             return
         from crackseg.data import find_all_pairs, split_pairs
-        from crackseg.images import read_image, read_mask
+        from crackseg.io.images import read_image, read_mask
 
         pairs = dict(zip(("train", "val"), split_pairs(find_all_pairs(self.data, skip_unpaired=True)), strict=True))
         pairs = pairs[self.split]

@@ -248,7 +248,7 @@ def measure_blocks(
     """
     from tqdm import tqdm
 
-    from crackseg.images import blocks as block_grid
+    from crackseg.io.rasters import blocks as block_grid
 
     check_arguments(pixel_size_mm, direction_deg)
     classes = load_width_classes(width_classes)

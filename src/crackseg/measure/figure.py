@@ -27,7 +27,7 @@ def width_figure(
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from crackseg.images import to_rgb_uint8
+    from crackseg.io.images import to_rgb_uint8
 
     base = to_rgb_uint8(image)
     proportions = abs(base.shape[0] * result.width / max(result.height, 1) - base.shape[1]) <= 1

@@ -39,8 +39,8 @@ from starlette.concurrency import run_in_threadpool
 
 from crackseg import __version__
 from crackseg.errors import InputError
-from crackseg.images import encode_image, pil_to_rgb
 from crackseg.inference import overlay
+from crackseg.io.images import encode_image, pil_to_rgb
 from crackseg.measure import measure
 
 log = logging.getLogger(__name__)

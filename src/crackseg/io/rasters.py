@@ -25,14 +25,23 @@ import os
 import shutil
 import tempfile
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
 from crackseg.errors import InputError
-from crackseg.images import blocks, check_pixels, default_mode, mask_from_array, to_rgb_uint8
+from crackseg.io.atomic import default_mode
+from crackseg.io.images import check_pixels, mask_from_array, to_rgb_uint8
+from crackseg.options import DEFAULT_BLOCK
 
-DEFAULT_BLOCK = 4096  # px per block side: ~50 MB of RGB and ~70 MB of probabilities with its margin
+
+def blocks(height: int, width: int, block: int) -> Iterator[tuple[int, int, int, int]]:
+    """(row, col, height, width) of each block covering an image of that size, in raster order (the last in each
+    row and column smaller); the grid of the rasters segmented and measured block by block."""
+    for row in range(0, height, block):
+        for col in range(0, width, block):
+            yield row, col, min(block, height - row), min(block, width - col)
 
 
 class RasterError(InputError):

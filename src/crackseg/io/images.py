@@ -1,4 +1,4 @@
-"""Reading photos and masks into plain arrays, and writing outputs atomically.
+"""Reading photos and masks into plain arrays, and encoding and writing images (atomically, `io.atomic`).
 
 Every image that enters crackseg goes through `read_image` (RGB uint8, EXIF-upright) and every mask through
 `read_mask` (bool, crack = True), so training, evaluation and prediction see pixels the same way.
@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import functools
 import os
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from crackseg.errors import CracksegError, InputError, OutputExistsError
+from crackseg.errors import CracksegError, InputError
+from crackseg.io.atomic import atomic_write_bytes
+from crackseg.options import DEFAULT_MAX_PIXELS
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -26,10 +26,6 @@ IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 # Allow big inspection photos (drone / line-scan): `read_image` checks its own limit from the header, before
 # decoding, so a small file that declares a huge image is refused without the memory or the time.
 Image.MAX_IMAGE_PIXELS = 1_000_000_000
-DEFAULT_MAX_PIXELS = 500_000_000  # larger inputs are refused: 500 MP needs ~2 GB for the probability map
-# Georeferenced rasters are read, segmented and measured block by block, so their size costs time and disk, not
-# memory: their limit only stops a raster that would run for days (4,000 MP: a 63,000² orthomosaic).
-DEFAULT_MAX_RASTER_PIXELS = 4_000_000_000
 
 
 class ImageReadError(CracksegError, ValueError):
@@ -38,14 +34,6 @@ class ImageReadError(CracksegError, ValueError):
 
 def is_image_file(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() in IMAGE_EXTENSIONS
-
-
-def blocks(height: int, width: int, block: int) -> Iterator[tuple[int, int, int, int]]:
-    """(row, col, height, width) of each block covering an image of that size, in raster order (the last in each
-    row and column smaller); the grid of the rasters segmented and measured block by block."""
-    for row in range(0, height, block):
-        for col in range(0, width, block):
-            yield row, col, min(block, height - row), min(block, width - col)
 
 
 def check_pixels(width: int, height: int, max_pixels: float, name: str) -> None:
@@ -176,71 +164,6 @@ def read_mask(path: str | os.PathLike) -> np.ndarray:
     if img.mode not in ("L", "I;16", "I", "RGB", "RGBA", "LA"):
         img = img.convert("L")
     return mask_from_array(np.asarray(img), name=str(path))
-
-
-def _read_umask() -> int:
-    mask = os.umask(0)  # the only way to read the umask is to set it
-    os.umask(mask)
-    return mask
-
-
-# Read once, at import: setting it later, while server threads write files, could leave one world-writable.
-_UMASK = _read_umask()
-
-
-def default_mode(folder: bool = False) -> int:
-    """The permissions open() or mkdir() would give under the umask (mkstemp's are owner-only)."""
-    return (0o777 if folder else 0o666) & ~_UMASK
-
-
-def ensure_output_folder(path: str | os.PathLike, option: str = "-o") -> Path:
-    """Create the output folder and check that files can be written there, before any work starts."""
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise OSError(f"{option} {path}: is a file, not a folder; name a folder for the outputs")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path):
-            pass
-    except OSError as err:
-        raise OSError(
-            f"{option} {path}: cannot write there ({err.strerror}); choose a folder you can write to"
-        ) from None
-    return path
-
-
-def check_outputs_free(
-    out_dir: str | os.PathLike, paths, overwrite: bool = False, what: str = "run", keep: str = ""
-) -> None:
-    """Nothing existing is replaced without `overwrite`: refuse when any of `paths` (the files a run would write in
-    `out_dir`) is there already, naming the first. Called before a model loads or an input is read, so that a
-    refused run costs nothing. `what` made the files (an earlier "run", "comparison"); `keep` is a way to keep them
-    that the command offers (", --skip-existing to ..."), put between --overwrite and choosing another folder."""
-    if overwrite:
-        return
-    first = next((Path(p) for p in paths if os.path.lexists(p)), None)
-    if first is not None:
-        raise OutputExistsError(
-            f"-o {out_dir}: {first} is there already (an earlier {what}?); add --overwrite to replace it{keep}, "
-            "or choose another folder"
-        )
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write to a temporary file in the same folder, then rename: readers never see a partial file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, default_mode())  # outputs are not secrets: the usual permissions, not mkstemp's
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def encode_image(array: np.ndarray, suffix: str, quality: int = 90) -> bytes:
