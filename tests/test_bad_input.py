@@ -2,6 +2,7 @@
 option, or in a correct result; nothing is lost or overwritten. (Output-name collisions and output folders that
 hold the inputs: test_inference.py.)"""
 
+import io
 import json
 import shutil
 import zlib
@@ -13,7 +14,14 @@ from PIL import Image
 from crackseg.cli import main
 from crackseg.errors import InputError
 from crackseg.inference import CrackSegmenter
-from crackseg.io.images import ImageReadError, read_image, to_rgb_uint8, write_image
+from crackseg.io.images import (
+    ImageReadError,
+    NotAnImageError,
+    TooManyPixelsError,
+    read_image,
+    to_rgb_uint8,
+    write_image,
+)
 from crackseg.measure import measure
 from crackseg.model_config import ModelError, read_config, resolve_weights
 from crackseg.synthetic import synthetic_crack
@@ -75,6 +83,17 @@ def test_a_decompression_bomb_is_refused_from_its_header(tmp_path):
         read_image(tmp_path / "bomb.png")  # refused before decoding: no 900 MP buffer, no 20 s
     with pytest.raises(ImageReadError, match="exceeds the limit of 1 MP"):
         read_image(tmp_path / "bomb.png", max_pixels=1e6)
+
+
+def test_a_stream_is_read_as_a_file_is(tmp_path):
+    photo = tmp_path / "photo.png"
+    write_image(photo, synthetic_crack((48, 64))[0])
+    assert np.array_equal(read_image(io.BytesIO(photo.read_bytes()), name="upload.png"), read_image(photo))
+    _bomb_png(tmp_path / "bomb.png", 30_000)
+    with open(tmp_path / "bomb.png", "rb") as stream, pytest.raises(TooManyPixelsError, match="upload.png: 30000×"):
+        read_image(stream, name="upload.png")
+    with pytest.raises(NotAnImageError, match="upload.txt: not an image"):
+        read_image(io.BytesIO(b"hello"), name="upload.txt")
 
 
 def test_float_and_wide_integer_images_keep_their_content(tmp_path):

@@ -1,3 +1,7 @@
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pytest
 import torch
@@ -100,6 +104,32 @@ def test_pixel_limit(tiny_model_dir):
     seg = CrackSegmenter.from_pretrained(tiny_model_dir, max_pixels=1000)
     with pytest.raises(ValueError, match="exceeds the limit"):
         seg.predict(np.zeros((40, 40, 3), np.uint8))
+
+
+class OneCallAtATime:
+    """A stand-in engine that fails when two threads call it at once, as some engines do."""
+
+    name, precision, fixed_size = "one-call-at-a-time", "fp32", None
+
+    def __init__(self):
+        self.busy = threading.Lock()
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        if not self.busy.acquire(blocking=False):
+            raise RuntimeError("engine entered by two threads at once")
+        try:
+            time.sleep(0.01)  # widen the window in which a second call would overlap
+            return np.zeros((len(batch), *batch.shape[2:]), np.float32)
+        finally:
+            self.busy.release()
+
+
+def test_one_segmenter_can_be_shared_by_threads():
+    seg = CrackSegmenter(None, ModelConfig(train_size=64), backend=OneCallAtATime())
+    image = np.zeros((128, 128, 3), np.uint8)  # 3×3 tiles of 64: three batches of at most 4 per photo
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        predictions = list(pool.map(seg.predict, [image] * 8))
+    assert [p.prob.shape for p in predictions] == [(128, 128)] * 8
 
 
 def test_predict_command_writes_masks_of_input_size(tiny_model_dir, tmp_path):

@@ -15,7 +15,8 @@ from crackseg.inference import CrackSegmenter
 from crackseg.io.images import encode_image
 from crackseg.models import ModelConfig
 from crackseg.serve import create_app
-from crackseg.serve.app import Result, ResultStore, allowed_host_names
+from crackseg.serve.security import allowed_host_names
+from crackseg.serve.store import Result, ResultStore
 from crackseg.synthetic import synthetic_crack
 
 # --- helpers shared with test_browser.py ------------------------------------------------------------------
@@ -267,11 +268,11 @@ def test_empty_file_and_missing_field_and_bad_threshold(dark_client):
 
 def test_busy_server_answers_503(dark_client):
     app = dark_client.app
-    saved, app.state.pending = app.state.pending, 10**6
+    saved, app.state.pool.pending = app.state.pool.pending, 10**6
     try:
         response = post(dark_client, png_bytes(drawn_cracks_photo()))
     finally:
-        app.state.pending = saved
+        app.state.pool.pending = saved
     assert response.status_code == 503 and "Retry-After" in response.headers
 
 
@@ -314,7 +315,7 @@ def test_forged_host_and_cross_origin_posts_are_refused(dark_client):
 def test_allowed_hosts_follow_the_listening_address(monkeypatch):
     assert allowed_host_names("127.0.0.1") == {"localhost", "127.0.0.1", "::1"}
     assert allowed_host_names("Crackbox.LAN") == {"localhost", "127.0.0.1", "::1", "crackbox.lan"}
-    monkeypatch.setattr("crackseg.serve.app.socket.gethostname", lambda: "crackbox")
+    monkeypatch.setattr("crackseg.serve.security.socket.gethostname", lambda: "crackbox")
     assert allowed_host_names("0.0.0.0") == {"localhost", "127.0.0.1", "::1", "crackbox", "crackbox.local"}
 
     photo = png_bytes(drawn_cracks_photo())
@@ -376,7 +377,7 @@ def test_result_ids_are_random_and_private(dark_client):
 
 def test_results_expire_and_memory_budget_evicts_oldest(monkeypatch):
     clock = [1000.0]
-    monkeypatch.setattr("crackseg.serve.app.time.monotonic", lambda: clock[0])
+    monkeypatch.setattr("crackseg.serve.store.time.monotonic", lambda: clock[0])
     small = np.zeros((10, 10), np.float32)
 
     def result():

@@ -214,7 +214,8 @@ def cmd_evaluate(args) -> int:
 def cmd_serve(args) -> int:
     import uvicorn
 
-    from crackseg.serve.app import create_app, is_loopback
+    from crackseg.serve import create_app
+    from crackseg.serve.security import is_loopback
 
     segmenter = segmenter_from_args(args)
     app = create_app(

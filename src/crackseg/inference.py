@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -86,6 +87,8 @@ class CrackSegmenter:
     >>> seg = CrackSegmenter.from_pretrained()          # the shipped default model
     >>> result = seg.predict("photo.jpg")               # path, PIL image or numpy array
     >>> result.mask, result.prob, result.threshold
+
+    One segmenter may be shared by threads: its engine runs one batch of tiles at a time.
     """
 
     def __init__(
@@ -105,6 +108,7 @@ class CrackSegmenter:
         self.config = config or ModelConfig()
         self.model = model  # a network, or the ModelHandle of from_pretrained
         self.backend = backend or TorchBackend(model, precision, device)
+        self._backend_lock = threading.Lock()
         self.tile = check_tile(int(tile if tile is not None else self.backend.fixed_size or self.config.train_size))
         if not 0 <= overlap < 1:
             raise InputError(f"overlap must be in [0, 1), got {overlap}")
@@ -148,15 +152,22 @@ class CrackSegmenter:
         engine = f"{self.backend.name} {self.backend.precision}" + (f" ({choice})" if choice else "")
         return f"{engine}, tile {self.tile}, overlap {self.overlap}{flips}"
 
+    def _logits(self, batch: np.ndarray) -> np.ndarray:
+        # One engine call at a time, whichever thread calls: some engines must not be entered by two threads at
+        # once, and on a CPU one call already uses every core. Threads predicting together still overlap reading,
+        # tiling, blending and measuring; alone, a thread takes the free lock once per batch of tiles.
+        with self._backend_lock:
+            return self.backend(batch)
+
     def _run(self, tiles: list[np.ndarray]) -> np.ndarray:
         batch = np.stack([normalize_image(t, self.config.mean, self.config.std) for t in tiles])
         if not self.tta:
-            return sigmoid(self.backend(batch))
+            return sigmoid(self._logits(batch))
         # Test-time augmentation: the mean probability over the four flips of each tile (4× the work). Flips keep
         # a tile's shape, so fixed-size backends accept them too.
         total = np.zeros(batch.shape[:1] + batch.shape[2:], np.float32)
         for axes in FLIP_AXES:
-            prob = sigmoid(self.backend(np.ascontiguousarray(np.flip(batch, axes))))
+            prob = sigmoid(self._logits(np.ascontiguousarray(np.flip(batch, axes))))
             total += np.flip(prob, tuple(a - 1 for a in axes))  # the probabilities have no channel axis
         return total / len(FLIP_AXES)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import os
 from pathlib import Path
+from typing import BinaryIO
 
 import cv2
 import numpy as np
@@ -32,30 +33,54 @@ class ImageReadError(CracksegError, ValueError):
     """An input file could not be read as an image; the message names the file and the reason."""
 
 
+class NotAnImageError(ImageReadError):
+    """The input is not an image, or is in a format Pillow cannot read."""
+
+
+class TooManyPixelsError(ImageReadError):
+    """An image over the pixel limit, refused before decoding. `width` and `height` are its size from the header
+    (None when Pillow's own decompression-bomb check refused it first), `max_pixels` the limit, so that a caller
+    can say what to do in its own words."""
+
+    def __init__(self, message: str, width: int | None, height: int | None, max_pixels: float):
+        super().__init__(message)
+        self.width, self.height, self.max_pixels = width, height, max_pixels
+
+
 def is_image_file(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() in IMAGE_EXTENSIONS
 
 
 def check_pixels(width: int, height: int, max_pixels: float, name: str) -> None:
     if width * height > max_pixels:
-        raise ImageReadError(
+        raise TooManyPixelsError(
             f"{name}: {width}×{height} = {width * height / 1e6:.0f} MP exceeds the limit of {max_pixels / 1e6:.0f} MP; "
-            "raise --max-pixels (max_pixels) if you have the memory and the time"
+            "raise --max-pixels (max_pixels) if you have the memory and the time",
+            width,
+            height,
+            max_pixels,
         )
 
 
-def _open_upright(path: Path, max_pixels: float = DEFAULT_MAX_PIXELS) -> Image.Image:
+def _open_upright(source: Path | BinaryIO, max_pixels: float, name: str) -> Image.Image:
+    """The image in a file or binary stream, decoded and turned upright; its size is checked from the header."""
     try:
-        with Image.open(path) as img:
-            check_pixels(*img.size, max_pixels, str(path))  # from the header: nothing is decoded yet
+        img = Image.open(source)
+    except FileNotFoundError:
+        raise ImageReadError(f"{name}: file not found") from None
+    except UnidentifiedImageError:
+        raise NotAnImageError(f"{name}: not an image file (or an unsupported format)") from None
+    except Image.DecompressionBombError as err:
+        raise TooManyPixelsError(f"{name}: {err}", None, None, max_pixels) from None
+    except (OSError, SyntaxError, ValueError) as err:
+        raise ImageReadError(f"{name}: unreadable or truncated image ({err})") from None
+    with img:
+        check_pixels(*img.size, max_pixels, name)  # from the header: nothing is decoded yet
+        try:
             img.load()  # forces decoding now, so truncated files fail here with a clear message
             return ImageOps.exif_transpose(img)
-    except FileNotFoundError:
-        raise ImageReadError(f"{path}: file not found") from None
-    except UnidentifiedImageError:
-        raise ImageReadError(f"{path}: not an image file (or an unsupported format)") from None
-    except (OSError, SyntaxError, ValueError) as err:
-        raise ImageReadError(f"{path}: unreadable or truncated image ({err})") from None
+        except (OSError, SyntaxError, ValueError) as err:
+            raise ImageReadError(f"{name}: unreadable or truncated image ({err})") from None
 
 
 def to_rgb_uint8(array: np.ndarray) -> np.ndarray:
@@ -102,14 +127,20 @@ def pil_to_rgb(img: Image.Image) -> np.ndarray:
     return to_rgb_uint8(np.asarray(img))
 
 
-def read_image(path: str | os.PathLike, max_pixels: float = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Read a photo as H×W×3 uint8 RGB, rotated upright by its EXIF orientation; images of more than
-    `max_pixels` are refused from their header, before decoding."""
-    path = Path(path)
+def read_image(
+    source: str | os.PathLike | BinaryIO, max_pixels: float = DEFAULT_MAX_PIXELS, name: str | None = None
+) -> np.ndarray:
+    """Read a photo, from a path or a binary stream (an upload), as H×W×3 uint8 RGB, rotated upright by its EXIF
+    orientation; images of more than `max_pixels` are refused from their header, before decoding. Errors are
+    `ImageReadError`s naming the photo by `name` (default: its path)."""
+    if isinstance(source, (str, os.PathLike)):
+        source = Path(source)
+    name = name or (str(source) if isinstance(source, Path) else "image")
+    img = _open_upright(source, max_pixels, name)
     try:
-        return pil_to_rgb(_open_upright(path, max_pixels))
-    except ValueError as err:
-        raise ImageReadError(str(err) if str(path) in str(err) else f"{path}: {err}") from None
+        return pil_to_rgb(img)
+    except ValueError as err:  # a mode or shape that holds no photo
+        raise ImageReadError(f"{name}: {err}") from None
 
 
 def normalize_image(image: np.ndarray, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> np.ndarray:
@@ -155,7 +186,7 @@ def mask_from_array(values: np.ndarray, name: str = "mask") -> np.ndarray:
 def read_mask(path: str | os.PathLike) -> np.ndarray:
     """Read a crack mask as a bool H×W array (crack = True)."""
     path = Path(path)
-    img = _open_upright(path)
+    img = _open_upright(path, DEFAULT_MAX_PIXELS, str(path))
     if img.mode == "P":
         # Palette masks store class indices; index 0 is background.
         return np.asarray(img) > 0

@@ -1,4 +1,8 @@
-"""The web service and page behind `crackseg serve`: `create_app(segmenter)` returns the FastAPI app."""
+"""The web service and page behind `crackseg serve`: `create_app(segmenter)` returns the FastAPI app.
+
+`app` builds it; `routes` holds the endpoints, `analysis` what they compute, `store` the kept results and
+`security` the Host/Origin and upload-size guards.
+"""
 
 from crackseg.serve.app import create_app
 
