@@ -90,7 +90,7 @@ def model_info(segmenter) -> dict:
 
 
 def measure_mask(mask: np.ndarray, pixel_size_mm: float | None) -> dict:
-    """`quantify.measure` as JSON: image size, pixel size, per-image summary and one entry per crack."""
+    """`measure.measure` as JSON: image size, pixel size, per-image summary and one entry per crack."""
     return to_jsonable(measure(mask, pixel_size_mm=pixel_size_mm).to_dict())
 
 
