@@ -18,8 +18,9 @@ from affine import Affine
 
 from crackseg import cli
 from crackseg.cli import main
-from crackseg.compare import AlignmentError, CompareError, Survey, apply_homography, compare, write_changes
+from crackseg.compare import AlignmentError, CompareError, Survey, apply_homography, compare
 from crackseg.io.images import to_rgb_uint8, write_image
+from crackseg.runs.compare import write_changes
 
 SIZE = (480, 640)  # height, width
 # Known cracks in BEFORE's image: polyline (pixel-centre coordinates) and drawn thickness.

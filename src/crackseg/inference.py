@@ -10,6 +10,7 @@ import logging
 import math
 import os
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,7 +23,7 @@ from crackseg.engines.torch_engine import TorchBackend
 from crackseg.errors import InputError, InputTypeError
 from crackseg.io.images import check_pixels, normalize_image, pil_to_rgb, read_image, to_rgb_uint8
 from crackseg.model_config import ModelConfig
-from crackseg.options import DEFAULT_MAX_PIXELS, DEFAULT_MAX_RASTER_PIXELS
+from crackseg.options import DEFAULT_MAX_PIXELS, SegmentOptions, check_threshold
 
 if TYPE_CHECKING:
     import torch
@@ -30,19 +31,14 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-TILE_MULTIPLE = 32  # the largest stride of any encoder depth: every network pads and crops exactly at this size
-
-
-def check_tile(tile: int) -> int:
-    if tile < TILE_MULTIPLE or tile % TILE_MULTIPLE:
-        raise InputError(f"tile {tile}: must be a multiple of {TILE_MULTIPLE} of at least {TILE_MULTIPLE}, e.g. 448")
-    return tile
-
-
-def check_threshold(threshold: float) -> float:
-    if not 0 < threshold < 1:  # also refuses NaN
-        raise InputError(f"threshold {threshold}: must lie strictly between 0 and 1, e.g. 0.5")
-    return threshold
+def resolve_threshold(given: float | None, model_default: float) -> float:
+    """The threshold given (checked by the options) or the model's own, which a hand-edited config could spoil."""
+    if given is not None:
+        return given
+    try:
+        return check_threshold(float(model_default))
+    except ValueError as err:
+        raise InputError(f"the model's threshold {model_default}: {err}") from None
 
 
 @dataclass
@@ -93,58 +89,52 @@ class CrackSegmenter:
 
     def __init__(
         self,
-        model: torch.nn.Module,
+        model: torch.nn.Module | None,
         config: ModelConfig | None = None,
         backend=None,
-        tile: int | None = None,
-        overlap: float = 0.25,
-        batch_size: int = 4,
-        threshold: float | None = None,
-        max_pixels: int | None = None,
-        precision: str = "auto",
-        device: str = "cpu",
-        tta: bool = False,
+        options: SegmentOptions | None = None,
+        **option_values,
     ):
+        """`options` (or its fields as keywords, e.g. tile=448, threshold=0.5) say how; see SegmentOptions."""
+        options = options or SegmentOptions()
+        self.options = options.replace(**option_values) if option_values else options
         self.config = config or ModelConfig()
         self.model = model  # a network, or the ModelHandle of from_pretrained
-        self.backend = backend or TorchBackend(model, precision, device)
+        self.backend = backend or TorchBackend(model, self.options.precision, self.options.device)
         self._backend_lock = threading.Lock()
-        self.tile = check_tile(int(tile if tile is not None else self.backend.fixed_size or self.config.train_size))
-        if not 0 <= overlap < 1:
-            raise InputError(f"overlap must be in [0, 1), got {overlap}")
-        if int(batch_size) < 1:
-            raise InputError(f"batch_size {batch_size}: must be at least 1")
-        self.overlap, self.batch_size = overlap, batch_size
+        self.tile = self.options.tile or self.backend.fixed_size or self.config.train_size
+        self.overlap, self.batch_size, self.tta = self.options.overlap, self.options.batch_size, self.options.tta
         # One limit when given; by default photos (held whole) and georeferenced rasters (in blocks) differ.
-        self.max_pixels = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
-        self.max_raster_pixels = DEFAULT_MAX_RASTER_PIXELS if max_pixels is None else max_pixels
-        self.tta = tta
-        self.threshold = check_threshold(float(self.config.threshold if threshold is None else threshold))
+        self.max_pixels, self.max_raster_pixels = self.options.photo_limit, self.options.raster_limit
+        self.threshold = resolve_threshold(self.options.threshold, self.config.threshold)
 
     @classmethod
     def from_pretrained(
         cls,
         name_or_path: str | os.PathLike | None = None,
-        backend: str = "auto",
-        precision: str = "auto",
-        device: str = "cpu",
-        tile: int | None = None,
+        options: SegmentOptions | None = None,
+        *,
         calibration_data=None,
         calibration_crops: int | None = None,
-        **kwargs,
+        **option_values,
     ) -> CrackSegmenter:
         """The way to get a segmenter: a shipped model by name (default: the default model) or a trained model's
         path, on the fastest accurate engine here (`backend="auto"`, as `crackseg predict`) or the one named.
 
-        `kwargs`: overlap, batch_size, threshold, max_pixels, tta. `describe()` says which engine runs.
+        `options` (or its fields as keywords: backend, precision, device, tile, overlap, batch_size, threshold,
+        max_pixels, tta) say how. `describe()` says which engine runs.
         """
         from crackseg.engines import ModelHandle, build_engine
 
+        options = options or SegmentOptions()
+        options = options.replace(**option_values) if option_values else options
         is_path = is_weights_path(name_or_path)
         handle = ModelHandle.find(name_or_path if is_path else None, None if is_path else name_or_path)
-        tile = check_tile(int(tile if tile is not None else handle.config.train_size))
-        engine = build_engine(handle, tile, backend, precision, device, calibration_data, calibration_crops)
-        return cls(handle, handle.config, backend=engine, tile=tile, **kwargs)
+        tile = options.tile or handle.config.train_size
+        engine = build_engine(
+            handle, tile, options.backend, options.precision, options.device, calibration_data, calibration_crops
+        )
+        return cls(handle, handle.config, backend=engine, options=options.replace(tile=tile))
 
     def describe(self) -> str:
         flips = ", flip TTA" if self.tta else ""
@@ -213,8 +203,26 @@ class CrackSegmenter:
 
     def predict(self, image, threshold: float | None = None) -> Prediction:
         """Predict one image: a path, a PIL image, or a numpy array (grayscale/RGB/RGBA, uint8/uint16)."""
-        threshold = self.threshold if threshold is None else check_threshold(float(threshold))
+        threshold = self.threshold if threshold is None else SegmentOptions.make(threshold=threshold).threshold
         return Prediction(self.predict_prob(as_rgb(image, self.max_pixels)), threshold)
+
+    def predict_raster(self, src, block: int) -> Iterator[tuple[int, int, Prediction]]:
+        """Segment an open raster (rasterio) block by block: (row, col, prediction of the block) in raster order.
+
+        Each block is read with a margin of one tile, so the tiles at its edge see the same context as inside, and
+        cropped back; pixels outside the raster's valid data get probability 0. Memory: one block and its margin.
+        """
+        from crackseg.io.rasters import blocks, read_rgb
+
+        check_pixels(src.width, src.height, self.max_raster_pixels, str(src.name))
+        margin = self.tile
+        for row, col, height, width in blocks(src.height, src.width, block):
+            top, left = max(0, row - margin), max(0, col - margin)
+            bottom, right = min(src.height, row + height + margin), min(src.width, col + width + margin)
+            image, valid = read_rgb(src, top, left, bottom - top, right - left)
+            inner = (slice(row - top, row - top + height), slice(col - left, col - left + width))
+            prob = np.where(valid, self.predict_prob(image), 0.0).astype(np.float32)[inner]
+            yield row, col, Prediction(prob, self.threshold)
 
     def predict_batch(self, images, threshold: float | None = None) -> list[Prediction]:
         return [self.predict(image, threshold) for image in images]
@@ -235,191 +243,8 @@ def as_rgb(image, max_pixels: float = DEFAULT_MAX_PIXELS) -> np.ndarray:
     )
 
 
-# --- many files: the engine behind `crackseg predict` -------------------------------------------------------
-
-
-def collect_inputs(inputs: list[str]) -> list[tuple[Path, Path]]:
-    """(file, root it was found under) for files, folders (recursive, images only) and glob patterns."""
-    import glob
-
-    from crackseg.io.images import is_image_file
-
-    found: list[tuple[Path, Path]] = []
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            found += [(p, path) for p in sorted(path.rglob("*")) if p.is_file() and is_image_file(p)]
-        elif path.is_file():
-            found.append((path, path.parent))
-        else:
-            matches = sorted(Path(m) for m in glob.glob(item, recursive=True))
-            if not matches:
-                raise InputError(f"{item}: no such file, folder or matching pattern")
-            found += [(m, m.parent) for m in matches if m.is_file()]
-    unique = {p.resolve(): (p, root) for p, root in found}
-    return list(unique.values())
-
-
-def shard(items: list, spec: str | None) -> list:
-    """The i-th of n deterministic slices ("i/n", 0-based) of a list."""
-    if not spec:
-        return items
-    try:
-        index, count = (int(v) for v in spec.split("/"))
-        assert 0 <= index < count
-    except (ValueError, AssertionError):
-        raise InputError(f"--shard {spec!r}: expected i/n with 0 ≤ i < n, e.g. 0/4") from None
-    return items[index::count]
-
-
-PREDICT_OUTPUTS = {"mask": ".png", "prob": "_prob.png", "overlay": "_overlay.jpg"}
-
-
-def check_output_folder(inputs: list[str], files: list[tuple[Path, Path]], out_dir: Path) -> None:
-    """Refuse an output folder that holds input photos or lies inside a searched input folder: outputs there
-    could replace photos, and a second run would read the first run's masks as photos."""
-    out = out_dir.resolve()
-    searched = [Path(item).resolve() for item in inputs if Path(item).is_dir()]
-    folders = {path.parent.resolve() for path, _ in files}
-    clash = next((f for f in searched if out == f or f in out.parents), None) or (out if out in folders else None)
-    if clash is not None:
-        raise InputError(
-            f"-o {out_dir}: {'is' if clash == out else 'lies inside'} the input folder {clash}; outputs there would "
-            f"mix with the photos (and could replace them): choose another folder, e.g. -o {clash}_cracks"
-        )
-
-
-def output_paths(files: list[tuple[Path, Path]], out_dir: Path, suffixes: dict[str, str]) -> dict[Path, dict]:
-    """For each input, the path of each output kind (`suffixes`: kind → what follows the name): unique in the run.
-
-    Names follow the input's name (OUT/NAME.png, OUT/NAME_prob.png, ...), with its folder relative to the searched
-    root when two inputs share a name, and its extension (OUT/003_jpg.png) when two outputs would still coincide
-    (003.jpg and 003.png; site.jpg's probabilities and the mask of an input named site_prob.png).
-    """
-    from collections import Counter
-
-    names = Counter(p.stem for p, _ in files)
-    roots = {r for _, r in files}
-    stems = {}
-    for path, root in files:
-        relative = path.relative_to(root) if names[path.stem] > 1 else Path(path.name)
-        if names[path.stem] > 1 and len(roots) > 1:
-            relative = Path(root.name) / relative
-        stems[path] = out_dir / relative.with_suffix("")
-
-    def outputs(stem: Path) -> dict[str, Path]:
-        return {kind: stem.with_name(stem.name + suffix) for kind, suffix in suffixes.items()}
-
-    counts = Counter(q for stem in stems.values() for q in outputs(stem).values())
-    for path, stem in stems.items():
-        if any(counts[q] > 1 for q in outputs(stem).values()):
-            stems[path] = stem.with_name(f"{stem.name}_{path.suffix.lstrip('.').lower()}")
-    paths = {path: outputs(stem) for path, stem in stems.items()}
-    everything = [q.resolve() for outs in paths.values() for q in outs.values()]
-    inputs = {p.resolve() for p, _ in files}
-    clash = next((q for q in everything if q in inputs), None)
-    if clash is not None or len(set(everything)) < len(everything):
-        raise InputError(
-            f"{clash or Counter(everything).most_common(1)[0][0]}: two outputs (or an output and an input) would "
-            "share this name; rename the inputs or choose another -o"
-        )
-    return paths
-
-
 def overlay(image: np.ndarray, mask: np.ndarray, color=(255, 0, 0), alpha: float = 0.6) -> np.ndarray:
     """The photo with crack pixels blended towards `color`."""
     out = image.copy()
     out[mask] = (out[mask] * (1 - alpha) + np.asarray(color) * alpha).astype(np.uint8)
     return out
-
-
-def plan_predict(
-    inputs: list[str],
-    out_dir: str | Path,
-    write_prob: bool = False,
-    write_overlay: bool = False,
-    shard_spec: str | None = None,
-    skip_existing: bool = False,
-    overwrite: bool = False,
-    max_pixels: float = DEFAULT_MAX_PIXELS,
-) -> list[tuple[Path, dict[str, Path], bool]]:
-    """What `predict_files` will write, checked before any model loads or photo is read: (input, kind → output
-    path, whether it is segmented block by block: `rasters.in_blocks`) for each input of this shard.
-
-    Refuses an output folder among the inputs, makes it, and refuses to replace a file an earlier run left there
-    unless `overwrite`; with `skip_existing`, inputs whose mask is there are skipped instead, and an input without
-    its mask is done again, replacing what an interrupted run left of it (its mask is written last). Names are
-    made over all the inputs, not just this shard's, so that shards never write the same file.
-    """
-    from crackseg.io.atomic import check_outputs_free, ensure_output_folder
-    from crackseg.io.georef import read_tiff_header
-    from crackseg.io.rasters import in_blocks
-
-    out_dir = Path(out_dir)
-    everything = collect_inputs(inputs)
-    check_output_folder(inputs, everything, out_dir)
-    wanted = {"mask", "prob" if write_prob else "", "overlay" if write_overlay else ""}
-    paths = output_paths(everything, out_dir, {k: v for k, v in PREDICT_OUTPUTS.items() if k in wanted})
-    plan = []
-    for path, _ in shard(everything, shard_spec):
-        raster = in_blocks(read_tiff_header(path), max_pixels)  # GeoTIFF outputs, on the input's grid
-        outputs = paths[path]
-        if raster:
-            outputs = {kind: q.with_suffix(".tif") for kind, q in outputs.items() if kind != "overlay"}
-        plan.append((path, outputs, raster))
-    ensure_output_folder(out_dir)
-    if not skip_existing:
-        keep = ", --skip-existing to keep the inputs done already"
-        check_outputs_free(out_dir, [q for _, outs, _ in plan for q in outs.values()], overwrite, keep=keep)
-    return plan
-
-
-def predict_files(
-    segmenter: CrackSegmenter,
-    inputs: list[str],
-    out_dir: str | Path,
-    write_prob: bool = False,
-    write_overlay: bool = False,
-    shard_spec: str | None = None,
-    skip_existing: bool = False,
-    progress: bool = True,
-    overwrite: bool = False,
-) -> tuple[int, list[str]]:
-    """Segment every input and write masks (and optionally probabilities, overlays); returns (written, failures).
-
-    A georeferenced TIFF (an orthomosaic), or any TIFF over the photo limit, is segmented block by block into
-    GeoTIFFs on its own grid and CRS,
-    NAME.tif and NAME_prob.tif (no overlay: it would be as large as the photo). A failing file is reported and
-    skipped; the rest are still processed. Files already in `out_dir` are replaced only with `overwrite`
-    (`OutputExistsError` before anything is read otherwise); `skip_existing` skips the inputs whose mask is there.
-    """
-    from tqdm import tqdm
-
-    from crackseg.io.images import ImageReadError, write_image
-    from crackseg.io.rasters import segment_raster
-
-    plan = plan_predict(
-        inputs, out_dir, write_prob, write_overlay, shard_spec, skip_existing, overwrite, segmenter.max_pixels
-    )
-    written, failures = 0, []
-    for path, outputs, raster in tqdm(plan, desc="predict", unit="img", disable=not progress):
-        if skip_existing and outputs["mask"].exists():
-            continue
-        try:
-            if raster:
-                segment_raster(segmenter, path, outputs["mask"], outputs.get("prob"))
-                written += 1
-                continue
-            image = read_image(path, segmenter.max_pixels)
-            result = segmenter.predict(image)
-        except (ImageReadError, ValueError, MemoryError) as err:
-            failures.append(f"{path}: {err}" if str(path) not in str(err) else str(err))
-            continue
-        mask = result.mask
-        if write_prob:
-            write_image(outputs["prob"], np.round(result.prob * 255).astype(np.uint8))
-        if write_overlay:
-            write_image(outputs["overlay"], overlay(image, mask))
-        write_image(outputs["mask"], mask.view(np.uint8) * 255)  # last: its presence means the input is done
-        written += 1
-    return written, failures

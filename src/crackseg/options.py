@@ -23,6 +23,8 @@ DEFAULT_MAX_PIXELS = 500_000_000  # a photo held whole: 500 MP needs ~2 GB for t
 DEFAULT_MAX_RASTER_PIXELS = 4_000_000_000
 MIN_BLOCK = 256  # px: smaller measuring blocks would mostly read their halo
 DEFAULT_BLOCK = 4096  # px per block side: ~50 MB of RGB and ~70 MB of probabilities with its margin
+DEFAULT_MIN_LENGTH = 10.0  # px: shorter components are specks; they are dropped and counted
+DEFAULT_HOLE_AREA = 16  # px: holes up to this size inside a crack are filled
 
 
 class OptionError(InputError):
@@ -31,6 +33,11 @@ class OptionError(InputError):
 
 def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
+
+
+def named(flag_name: str) -> dict:
+    """A field's command-line flag where it is not the field's own name (`--pixel-size` for pixel_size_mm)."""
+    return {"json_schema_extra": {"flag": flag_name}}
 
 
 class Options(BaseModel):
@@ -49,11 +56,23 @@ class Options(BaseModel):
             if first["type"] == "extra_forbidden":
                 raise OptionError(f"{name}: not an option of {cls.__name__} ({', '.join(cls.model_fields)})") from None
             given = values.get(name, "<missing>")
-            raise OptionError(f"{flag(name)} {given}: {detail}") from None
+            raise OptionError(f"{cls.flag_of(name)} ({name}) {given}: {detail}") from None
+
+    @classmethod
+    def flag_of(cls, name: str) -> str:
+        extra = cls.model_fields[name].json_schema_extra if name in cls.model_fields else None
+        return extra["flag"] if extra else flag(name)
 
     def replace(self, **values: Any):
         """A copy with `values` changed, checked again."""
-        return type(self).make(**{**self.model_dump(), **values})
+        return type(self).make(**{**dict(self), **values})
+
+    @classmethod
+    def of(cls, options=None, **values: Any):
+        """`options` (default: the defaults) with `values` changed: what a function taking both is given."""
+        if options is None:
+            return cls.make(**values)
+        return options.replace(**values) if values else options
 
     @classmethod
     def from_args(cls, args: argparse.Namespace):
@@ -140,13 +159,21 @@ class SegmentOptions(Options):
 class MeasureOptions(Options):
     """How cracks are measured in a mask."""
 
-    pixel_size_mm: float | None = Field(None, description="millimetres per pixel (default: the GeoTIFF's own)")
-    min_length: float = Field(10.0, ge=0, description="drop (and count) cracks shorter than this (px)")
-    hole_area: int = Field(16, ge=0, description="fill holes up to this many px inside a crack")
-    direction_deg: float = Field(
-        90.0, description="the structure's direction in the image, degrees counter-clockwise from x (90: up)"
+    pixel_size_mm: float | None = Field(
+        None, description="millimetres per pixel (default: the GeoTIFF's own)", **named("--pixel-size")
     )
-    width_classes: str | None = Field(None, description="width classes: concrete, pavement or a JSON file")
+    min_length: float = Field(DEFAULT_MIN_LENGTH, ge=0, description="drop (and count) cracks shorter than this (px)")
+    hole_area: int = Field(DEFAULT_HOLE_AREA, ge=0, description="fill holes up to this many px inside a crack")
+    direction_deg: float = Field(
+        90.0,
+        description="the structure's direction in the image, degrees counter-clockwise from x (90: up)",
+        **named("--direction"),
+    )
+    width_classes: Any = Field(
+        None,
+        description="width classes: concrete (default), pavement, a JSON file, or a measure.WidthClasses",
+        **named("--classes"),
+    )
     block: int = Field(DEFAULT_BLOCK, ge=MIN_BLOCK, description="px per block side for rasters measured in blocks")
 
     @field_validator("pixel_size_mm")
@@ -163,9 +190,11 @@ class MeasureOptions(Options):
 class CompareOptions(Options):
     """How two surveys are compared."""
 
-    pixel_size_mm: float | None = Field(None, description="AFTER's millimetres per pixel (default: its own)")
+    pixel_size_mm: float | None = Field(
+        None, description="AFTER's millimetres per pixel (default: its own)", **named("--pixel-size")
+    )
     tolerance_px: float | None = Field(None, description="match tolerance in px (default: from the alignment error)")
-    min_length: float = Field(10.0, ge=0, description="ignore shorter cracks (px)")
+    min_length: float = Field(DEFAULT_MIN_LENGTH, ge=0, description="ignore shorter cracks (px)")
     assume_aligned: bool = Field(False, description="no registration: a fixed camera, same size")
 
     @field_validator("pixel_size_mm", "tolerance_px")
@@ -188,11 +217,11 @@ def add_arguments(parser: argparse.ArgumentParser, options: type[Options], skip:
         kinds = getattr(annotation, "__args__", (annotation,))
         help_text = info.description or ""
         if bool in kinds:
-            parser.add_argument(flag(name), action="store_true", help=help_text)
+            parser.add_argument(options.flag_of(name), dest=name, action="store_true", help=help_text)
             continue
         # Numbers are read as floats ("1e9" pixels too); the options then refuse what is not a whole number.
         kind = float if int in kinds or float in kinds else str
         default = info.default
         if default is not None:
             help_text += f" (default: {default})"
-        parser.add_argument(flag(name), type=kind, default=default, help=help_text)
+        parser.add_argument(options.flag_of(name), dest=name, type=kind, default=default, help=help_text)

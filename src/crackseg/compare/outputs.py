@@ -8,15 +8,12 @@ new segments are one more feature (`part` "added") with the same attributes, so 
 
 from __future__ import annotations
 
-import csv
-import io
-from pathlib import Path
-
 import numpy as np
 import shapely
 
 from crackseg.compare.changes import RECORD_FIELDS, Changes, CrackChange
-from crackseg.outputs import PIXEL_NOTE, write_gpkg_layer
+from crackseg.io.vector import attribute_column, csv_bytes
+from crackseg.measure.maps import PIXEL_NOTE
 
 GPKG_LAYER = "changes"
 DIGITS = {"px": 3, "lonlat": 10}
@@ -28,12 +25,8 @@ def features(changes: Changes) -> list[tuple[str, CrackChange, shapely.MultiLine
     return out + [("added", c, c.added) for c in changes.cracks if c.change == "extended"]
 
 
-def csv_bytes(changes: Changes) -> bytes:
-    table = io.StringIO()
-    writer = csv.DictWriter(table, fieldnames=RECORD_FIELDS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(c.record(changes.pixel_size_mm) for c in changes.cracks)
-    return table.getvalue().encode()
+def changes_csv(changes: Changes) -> bytes:
+    return csv_bytes([c.record(changes.pixel_size_mm) for c in changes.cracks], RECORD_FIELDS)
 
 
 def local_note(changes: Changes) -> str:
@@ -66,24 +59,22 @@ def line_coordinates(geometry, convert, digits: int) -> list:
     return out
 
 
-def write_gpkg(path: Path, changes: Changes) -> None:
+def gpkg_layer(changes: Changes) -> dict:
+    """The GeoPackage layer "changes" as `io.vector.write_gpkg`'s arguments: AFTER's CRS, else mm (or px) from
+    AFTER's bottom-left corner, y up, so that a GIS shows the drawing upright."""
     georef, scale, height = changes.after.georef, changes.pixel_size_mm or 1.0, changes.after.shape[0]
 
-    def local(xy):  # mm (or px) from the bottom-left corner, y up, so that a GIS shows the drawing upright
+    def local(xy):
         return np.column_stack([xy[:, 0] * scale, (height - xy[:, 1]) * scale])
 
     rows = features(changes)
-    geometry = [shapely.transform(g, georef.to_map if georef else local) for _, _, g in rows]
     records = [{"part": part, **crack.record(changes.pixel_size_mm)} for part, crack, _ in rows]
-    columns = {name: column([r[name] for r in records]) for name in ["part", *RECORD_FIELDS]}
-    note = f"AFTER's CRS, {georef.crs_name()}" if georef else local_note(changes)
-    write_gpkg_layer(path, GPKG_LAYER, geometry, columns, georef.crs_wkt if georef else None, {"coordinates": note})
+    return {
+        "layer": GPKG_LAYER,
+        "geometry": [shapely.transform(g, georef.to_map if georef else local) for _, _, g in rows],
+        "columns": {name: attribute_column([r[name] for r in records]) for name in ["part", *RECORD_FIELDS]},
+        "crs_wkt": georef.crs_wkt if georef else None,
+        "metadata": {"coordinates": f"AFTER's CRS, {georef.crs_name()}" if georef else local_note(changes)},
+    }
 
 
-def column(values: list) -> np.ndarray:
-    """An attribute column: numbers as float64 (None as NULL), ids as int64, text as text."""
-    if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
-        return np.array(values, np.int64)
-    if all(v is None or isinstance(v, float | int) for v in values):
-        return np.array([np.nan if v is None else v for v in values], np.float64)
-    return np.array(values, dtype=object)

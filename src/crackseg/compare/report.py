@@ -6,7 +6,7 @@ from pathlib import Path
 
 from crackseg.compare.changes import WIDTH_RULE, Changes
 from crackseg.compare.outputs import local_note
-from crackseg.outputs import PIXEL_NOTE, report_dict
+from crackseg.measure.maps import PIXEL_NOTE, report_dict
 
 
 def summary_dict(changes: Changes) -> dict:

@@ -18,7 +18,7 @@ from crackseg.errors import InputError, read_json
 from crackseg.io.georef import Georeference, GeoreferenceError, check_shape, read_georeference
 from crackseg.io.images import read_image, read_mask, to_rgb_uint8
 from crackseg.measure import DEFAULT_MIN_LENGTH, Crack, Measurement, WidthClasses, measure
-from crackseg.outputs import MEASURE_FORMAT, MEASURE_FORMAT_VERSION
+from crackseg.measure.maps import MEASURE_FORMAT, MEASURE_FORMAT_VERSION
 
 # A comparison's summary.json says what it is, so that it is refused as a survey with a pointer to the right file.
 CHANGES_FORMAT, CHANGES_FORMAT_VERSION = "crackseg-changes", 1
@@ -53,7 +53,7 @@ class Survey:
         min_length: float = DEFAULT_MIN_LENGTH,
     ) -> Survey:
         """A survey from a crack mask (and the photo it came from, for registration), ids 1 … n."""
-        result = measure(mask, pixel_size_mm, min_length)
+        result = measure(mask, pixel_size_mm=pixel_size_mm, min_length=min_length)
         rgb = None if photo is None else to_rgb_uint8(photo)
         if rgb is not None and rgb.shape[:2] != (result.height, result.width):
             raise CompareError(

@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,9 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from crackseg.errors import InputError
-from crackseg.io.atomic import default_mode
-from crackseg.io.images import check_pixels, mask_from_array, to_rgb_uint8
-from crackseg.options import DEFAULT_BLOCK
+from crackseg.io.images import mask_from_array, to_rgb_uint8
 
 
 def blocks(height: int, width: int, block: int) -> Iterator[tuple[int, int, int, int]]:
@@ -109,6 +106,13 @@ def output_profile(src, dtype: str) -> dict:
     }
 
 
+def write_window(sink, row: int, col: int, band: np.ndarray) -> None:
+    """Write one band's block at (row, col) of an open output raster."""
+    from rasterio.windows import Window
+
+    sink.write(band, 1, window=Window(col, row, band.shape[1], band.shape[0]))
+
+
 def check_disk_space(folder: Path, height: int, width: int, write_prob: bool) -> None:
     """Refuse before starting when the outputs could not fit: in the worst case (nothing compresses) a byte per
     pixel for the mask and another for the probabilities."""
@@ -119,55 +123,6 @@ def check_disk_space(folder: Path, height: int, width: int, write_prob: bool) ->
             f"{folder}: {free / 1e9:.1f} GB free, the outputs may need up to {need / 1e9:.1f} GB; free some space "
             "or choose another -o"
         )
-
-
-def segment_raster(
-    segmenter,
-    path: str | os.PathLike,
-    mask_path: Path,
-    prob_path: Path | None = None,
-    block: int = DEFAULT_BLOCK,
-) -> float:
-    """Segment a TIFF block by block into a mask GeoTIFF (0/255) and optionally a probability GeoTIFF (×255),
-    both on the input's grid and CRS (if it has one), written atomically. Returns the crack share of the valid
-    pixels."""
-    with open_raster(path) as src:
-        check_pixels(src.width, src.height, segmenter.max_raster_pixels, str(path))
-        check_disk_space(mask_path.parent, src.height, src.width, prob_path is not None)
-        targets = [mask_path] + ([prob_path] if prob_path else [])
-        temporary = [Path(tempfile.mkstemp(dir=t.parent, prefix=f".{t.name}.", suffix=".tmp")[1]) for t in targets]
-        try:
-            crack, valid_total = write_blocks(segmenter, src, temporary, block)
-            for tmp, target in reversed(list(zip(temporary, targets, strict=True))):  # the mask last, as predict's
-                os.chmod(tmp, default_mode())
-                os.replace(tmp, target)
-        finally:
-            for tmp in temporary:
-                tmp.unlink(missing_ok=True)
-    return crack / max(valid_total, 1)
-
-
-def write_blocks(segmenter, src, outputs: list[Path], block: int) -> tuple[int, int]:
-    """The loop of `segment_raster`: each block with a one-tile margin, cropped back and written."""
-    from rasterio.windows import Window
-
-    margin = segmenter.tile
-    crack = valid_total = 0
-    with contextlib.ExitStack() as stack:
-        sinks = [stack.enter_context(open_raster(p, "w", **output_profile(src, "uint8"))) for p in outputs]
-        for row, col, height, width in blocks(src.height, src.width, block):
-            top, left = max(0, row - margin), max(0, col - margin)
-            bottom, right = min(src.height, row + height + margin), min(src.width, col + width + margin)
-            image, valid = read_rgb(src, top, left, bottom - top, right - left)
-            inner = (slice(row - top, row - top + height), slice(col - left, col - left + width))
-            prob = np.where(valid, segmenter.predict_prob(image), 0.0)[inner]
-            mask = prob >= segmenter.threshold
-            crack, valid_total = crack + int(mask.sum()), valid_total + int(valid[inner].sum())
-            window = Window(col, row, width, height)
-            sinks[0].write(mask.astype(np.uint8) * 255, 1, window=window)
-            if len(sinks) > 1:
-                sinks[1].write(np.round(prob * 255).astype(np.uint8), 1, window=window)
-    return crack, valid_total
 
 
 # --- measuring ----------------------------------------------------------------------------------------------
@@ -187,36 +142,6 @@ def read_mask_window(src, row: int, col: int, height: int, width: int) -> np.nda
     return mask_from_array(values, name=src.name) & (src.dataset_mask(window=window) > 0)
 
 
-def measure_mask(
-    path: str | os.PathLike,
-    pixel_size_mm: float | None = None,
-    min_length: float | None = None,
-    width_classes=None,
-    block: int = DEFAULT_BLOCK,
-    halo: int | None = None,
-    progress: bool = False,
-    direction_deg: float = 90.0,
-):
-    """Measure a mask raster read window by window (`measure.measure_blocks`): the cracks `measure.measure` finds
-    on the whole mask, holding one block and its halo at a time."""
-    import rasterio
-
-    from crackseg.measure import DEFAULT_HALO, DEFAULT_MIN_LENGTH, measure_blocks
-
-    with rasterio.Env(GDAL_CACHEMAX=READ_CACHE_MB), open_raster(path) as src:
-        return measure_blocks(
-            lambda row, col, height, width: read_mask_window(src, row, col, height, width),
-            (src.height, src.width),
-            pixel_size_mm,
-            DEFAULT_MIN_LENGTH if min_length is None else min_length,
-            direction_deg,
-            width_classes=width_classes,
-            block=block,
-            halo=DEFAULT_HALO if halo is None else halo,
-            progress=progress,
-        )
-
-
 def overview(path: str | os.PathLike, max_side: int = OVERVIEW_SIDE) -> np.ndarray:
     """The raster reduced to at most `max_side` px a side (pixels averaged, or its own overviews where it has them),
     as H×W×3 uint8 RGB: the background of a width figure, read without holding the raster."""
@@ -228,35 +153,3 @@ def overview(path: str | os.PathLike, max_side: int = OVERVIEW_SIDE) -> np.ndarr
         shape = (max(round(src.height * scale), 1), max(round(src.width * scale), 1))
         bands = [1, 2, 3] if src.count >= 3 else [1]
         return bands_to_rgb(src.read(bands, out_shape=(len(bands), *shape), resampling=Resampling.average))
-
-
-def measure_raster(
-    path: str | os.PathLike,
-    work_dir: Path,
-    segmenter=None,
-    pixel_size_mm: float | None = None,
-    min_length: float | None = None,
-    width_classes=None,
-    block: int = DEFAULT_BLOCK,
-    with_overview: bool = False,
-    progress: bool = False,
-    direction_deg: float = 90.0,
-):
-    """Measure a raster block by block: a mask, or with `segmenter` a photo, segmented first (block by
-    block, `segment_raster`) into a temporary mask GeoTIFF in `work_dir` that is removed afterwards. Returns the
-    Measurement and, with `with_overview`, the raster's `overview` for the width figure (else None)."""
-    mask_path = Path(path)
-    if segmenter is not None:
-        handle, name = tempfile.mkstemp(dir=work_dir, prefix=f".{mask_path.stem}_mask.", suffix=".tif")
-        os.close(handle)
-        mask_path = Path(name)
-    try:
-        if segmenter is not None:
-            segment_raster(segmenter, path, mask_path, block=block)
-        result = measure_mask(
-            mask_path, pixel_size_mm, min_length, width_classes, block, progress=progress, direction_deg=direction_deg
-        )
-    finally:
-        if segmenter is not None:
-            mask_path.unlink(missing_ok=True)
-    return result, overview(path) if with_overview else None

@@ -6,8 +6,8 @@ joined into cracks (`aggregate`: widths, `measure`, `measure_blocks`), classed (
 skeleton, lengths and centrelines in `skeleton`, widths in `aggregate`.
 """
 
-from crackseg.measure.aggregate import check_arguments, measure, measure_blocks
-from crackseg.measure.blocks import DEFAULT_HALO, DEFAULT_MIN_LENGTH
+from crackseg.measure.aggregate import measure, measure_blocks
+from crackseg.measure.blocks import DEFAULT_HALO
 from crackseg.measure.classes import (
     UNKNOWN_WIDTH_CLASS,
     WIDTH_CLASS_PRESETS,
@@ -16,6 +16,7 @@ from crackseg.measure.classes import (
     load_width_classes,
 )
 from crackseg.measure.result import Crack, Measurement
+from crackseg.options import DEFAULT_MIN_LENGTH
 
 __all__ = [
     "DEFAULT_HALO",
@@ -26,7 +27,6 @@ __all__ = [
     "Crack",
     "Measurement",
     "WidthClasses",
-    "check_arguments",
     "load_width_classes",
     "measure",
     "measure_blocks",

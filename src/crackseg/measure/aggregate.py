@@ -16,9 +16,6 @@
 
 from __future__ import annotations
 
-import math
-from pathlib import Path
-
 import numpy as np
 import shapely
 from scipy.sparse import coo_matrix
@@ -29,7 +26,6 @@ from crackseg.measure.blocks import (
     AREA,
     COVERED,
     DEFAULT_HALO,
-    DEFAULT_HOLE_AREA,
     DEFAULT_MIN_LENGTH,
     EDGES,
     HALO_MARGIN_PX,
@@ -56,6 +52,7 @@ from crackseg.measure.classes import (
 )
 from crackseg.measure.result import Crack, Measurement, add_millimetres
 from crackseg.measure.skeleton import blob_line
+from crackseg.options import MeasureOptions
 
 MOSTLY_CRACK = 0.5  # a mask with more crack than this is almost surely not a crack mask: warn
 BELOW_RESOLUTION_PX = 2.0  # a median width under this is not resolved: its mm widths are upper bounds
@@ -71,14 +68,6 @@ def as_mask(mask) -> np.ndarray:
     if a.dtype == bool:
         return a
     return a > (0.5 if a.dtype.kind == "f" else 0)
-
-
-def check_arguments(pixel_size_mm: float | None, direction_deg: float) -> None:
-    """An InputError for a pixel size or a structure direction that `measure` cannot use."""
-    if pixel_size_mm is not None and not pixel_size_mm > 0:
-        raise InputError(f"--pixel-size (pixel_size_mm) must be a positive number of mm per pixel, got {pixel_size_mm}")
-    if not (isinstance(direction_deg, int | float) and math.isfinite(direction_deg)):
-        raise InputError(f"--direction must be an angle in degrees (90: image up), got {direction_deg!r}")
 
 
 def width_shift(area: np.ndarray, length: np.ndarray, covered: np.ndarray) -> np.ndarray:
@@ -229,14 +218,11 @@ def centrelines(
 def measure_blocks(
     read,
     shape: tuple[int, int],
-    pixel_size_mm: float | None = None,
-    min_length: float = DEFAULT_MIN_LENGTH,
-    direction_deg: float = 90.0,
-    hole_area: int = DEFAULT_HOLE_AREA,
-    width_classes: str | Path | WidthClasses | None = None,
+    options: MeasureOptions | None = None,
     block: int | None = None,
     halo: int = DEFAULT_HALO,
     progress: bool = False,
+    **option_values,
 ) -> Measurement:
     """Measure a mask block by block, holding one block (and its halo) at a time: the cracks `measure` finds on the
     whole mask (see the notes above blocks.SEAM_WIDTH_PX for what the halo must cover).
@@ -244,14 +230,14 @@ def measure_blocks(
     `read(row, col, height, width)`: that window of the mask, as anything `as_mask` takes; `shape`: the mask's
     height and width; `block`: the side of a block in px (None: the whole mask at once); `halo`: px of context read
     on each side. Memory: one window, plus per crack its sums and skeleton pixels (its widths and place, for the
-    figure) and lines. The other arguments are `measure`'s.
+    figure) and lines. `options` (or its fields as keywords) are `measure`'s.
     """
     from tqdm import tqdm
 
     from crackseg.io.rasters import blocks as block_grid
 
-    check_arguments(pixel_size_mm, direction_deg)
-    classes = load_width_classes(width_classes)
+    options = MeasureOptions.of(options, **option_values)
+    classes = load_width_classes(options.width_classes)
     height, width = shape
     grid = [(0, 0, height, width)] if block is None else list(block_grid(height, width, block))
     halo = 0 if len(grid) == 1 else halo
@@ -261,8 +247,8 @@ def measure_blocks(
         bottom, right = min(row + h + halo, height), min(col + w + halo, width)
         window = as_mask(read(top, left, bottom - top, right - left))
         core = (row - top, col - left, h, w)
-        stats.append(block_statistics(window, core, (top, left), shape, hole_area, min_length))
-    result = aggregate(stats, shape, pixel_size_mm, min_length, direction_deg, classes)
+        stats.append(block_statistics(window, core, (top, left), shape, options.hole_area, options.min_length))
+    result = aggregate(stats, shape, options.pixel_size_mm, options.min_length, options.direction_deg, classes)
     widest, supported = max((b.widest_px for b in stats), default=0.0), (halo - HALO_MARGIN_PX) / 2
     if len(grid) > 1 and widest > supported:
         result.warnings.append(
@@ -272,27 +258,21 @@ def measure_blocks(
     return result
 
 
-def measure(
-    mask,
-    pixel_size_mm: float | None = None,
-    min_length: float = DEFAULT_MIN_LENGTH,
-    direction_deg: float = 90.0,
-    hole_area: int = DEFAULT_HOLE_AREA,
-    width_classes: str | Path | WidthClasses | None = None,
-) -> Measurement:
+def measure(mask, options: MeasureOptions | None = None, **option_values) -> Measurement:
     """Measure every crack in a binary mask (True / non-zero = crack); see the modules' notes for the methods.
 
-    `pixel_size_mm`: millimetres per pixel, to report mm as well as px. `min_length`: cracks shorter than
+    `options` (`MeasureOptions`, or its fields as keywords): `pixel_size_mm`: millimetres per pixel, to report mm
+    as well as px. `min_length`: cracks shorter than
     this (px) are dropped and counted. `direction_deg`: the structure's direction in the image, in degrees
     counter-clockwise from its horizontal axis (90, the default: image up, a road photographed in the direction
     of travel, or a north-up map of a road running north), which decides longitudinal vs transverse.
     `width_classes`: a preset name ("concrete", the default, or "pavement"), a JSON file or a WidthClasses.
     The whole mask is one block of `measure_blocks`.
     """
-    check_arguments(pixel_size_mm, direction_deg)
+    options = MeasureOptions.of(options, **option_values)
     mask = as_mask(mask)
 
     def window(row: int, col: int, height: int, width: int) -> np.ndarray:
         return mask[row : row + height, col : col + width]
 
-    return measure_blocks(window, mask.shape, pixel_size_mm, min_length, direction_deg, hole_area, width_classes)
+    return measure_blocks(window, mask.shape, options)

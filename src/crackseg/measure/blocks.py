@@ -25,9 +25,8 @@ from skimage.morphology import remove_small_holes, skeletonize
 
 from crackseg.measure.result import empty_array
 from crackseg.measure.skeleton import SkeletonGraph, node_lengths, owned_lines, prune_spurs
+from crackseg.options import DEFAULT_HOLE_AREA, DEFAULT_MIN_LENGTH
 
-DEFAULT_MIN_LENGTH = 10.0  # px: shorter components are specks; they are dropped and counted
-DEFAULT_HOLE_AREA = 16  # px: holes up to this size inside a crack are filled
 WIDTH_SMOOTHING = 5  # rounds of neighbour averaging along the skeleton (a spread of about ±2 px)
 
 # A mask too large to hold (an orthomosaic's) is measured in blocks, each read with a halo of context around it.

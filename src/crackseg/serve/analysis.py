@@ -102,12 +102,13 @@ def measured(result: Result, threshold: float | None, pixel_size_mm: float | Non
 
 def crack_map(result: Result, threshold: float, pixel_size_mm: float | None, kind: str) -> bytes:
     """The cracks as `measure` writes them (one writer, one layout): "csv", "geojson" or "dxf"."""
-    from crackseg.outputs import csv_bytes, csv_row, dxf_bytes, geojson_bytes
+    from crackseg.io.vector import csv_bytes, json_bytes
+    from crackseg.measure.maps import CSV_FIELDS, csv_row, dxf_bytes, geojson_dict
 
     cracks = measure(result.mask(threshold), pixel_size_mm=pixel_size_mm)
     if kind == "csv":
-        return csv_bytes([csv_row(result.name, crack) for crack in cracks.cracks])
-    return geojson_bytes(cracks, name=result.name) if kind == "geojson" else dxf_bytes(cracks)
+        return csv_bytes([csv_row(result.name, crack) for crack in cracks.cracks], CSV_FIELDS)
+    return json_bytes(geojson_dict(cracks, name=result.name)) if kind == "geojson" else dxf_bytes(cracks)
 
 
 # --- one upload, start to end -------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Every file `crackseg compare` writes, into one folder.
+"""`crackseg compare`: every file of a comparison, into one folder.
 
 Nothing is written until everything is computed, each file is written whole (temporary file, then rename), and
 existing outputs are replaced only with `overwrite`. `after_measure.json` is AFTER's measure file with the stable
@@ -7,16 +7,16 @@ ids: the BEFORE of the next comparison.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from crackseg.compare.changes import Changes
 from crackseg.compare.figure import changes_figure
-from crackseg.compare.outputs import csv_bytes, geojson_dict, write_gpkg
+from crackseg.compare.outputs import changes_csv, geojson_dict, gpkg_layer
 from crackseg.compare.report import after_measure_dict, report_markdown, summary_dict
 from crackseg.compare.survey import CompareError
 from crackseg.io.atomic import atomic_write_bytes, check_outputs_free, ensure_output_folder
 from crackseg.io.images import encode_image
+from crackseg.io.vector import json_bytes, write_gpkg
 
 OUTPUT_FILES = (
     "changes.geojson",
@@ -44,14 +44,14 @@ def write_changes(changes: Changes, out_dir, overwrite: bool = False) -> list[Pa
     out = check_output(out_dir, overwrite)
     figure = encode_image(changes_figure(changes), ".png")
     contents = {
-        "changes.geojson": json.dumps(geojson_dict(changes), ensure_ascii=False, allow_nan=False).encode(),
-        "changes.csv": csv_bytes(changes),
-        "summary.json": json.dumps(summary_dict(changes), indent=1, allow_nan=False).encode(),
+        "changes.geojson": json_bytes(geojson_dict(changes)),
+        "changes.csv": changes_csv(changes),
+        "summary.json": json_bytes(summary_dict(changes), indent=1, ascii=True),
         "changes.png": figure,
         "report.md": report_markdown(changes).encode(),
-        "after_measure.json": json.dumps(after_measure_dict(changes), indent=1).encode(),
+        "after_measure.json": json_bytes(after_measure_dict(changes), indent=1, ascii=True),
     }
-    write_gpkg(out / "changes.gpkg", changes)  # first: GDAL is the writer most likely to fail
+    write_gpkg(out / "changes.gpkg", **gpkg_layer(changes))  # first: GDAL is the writer most likely to fail
     for name, data in contents.items():
         atomic_write_bytes(out / name, data)
     return [out / name for name in OUTPUT_FILES]

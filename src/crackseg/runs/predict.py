@@ -1,0 +1,128 @@
+"""`crackseg predict`: every input of a plan segmented and its mask (and probabilities, overlay) written.
+
+A photo is segmented whole (`CrackSegmenter.predict`); a georeferenced TIFF, or any TIFF over the photo limit, is
+segmented block by block (`CrackSegmenter.predict_raster`) into GeoTIFFs on its own grid and CRS. A failing input is
+reported and the rest go on; the mask is written last, so its presence means the input is done.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from crackseg.errors import CracksegError
+from crackseg.inference import CrackSegmenter, overlay
+from crackseg.io.atomic import atomic_path
+from crackseg.io.georef import read_tiff_header
+from crackseg.io.images import read_image, write_image
+from crackseg.io.rasters import check_disk_space, in_blocks, open_raster, output_profile, write_window
+from crackseg.options import DEFAULT_BLOCK, DEFAULT_MAX_PIXELS
+from crackseg.runs.plan import Plan, make_plan, prepare_outputs
+
+PREDICT_OUTPUTS = {"mask": ".png", "prob": "_prob.png", "overlay": "_overlay.jpg"}
+READ_ERRORS = (CracksegError, OSError, MemoryError)  # what one input can fail with; anything else is a bug
+
+
+def plan_predict(
+    inputs,
+    out_dir: str | os.PathLike,
+    write_prob: bool = False,
+    write_overlay: bool = False,
+    shard_spec: str | None = None,
+    skip_existing: bool = False,
+    overwrite: bool = False,
+    max_pixels: float = DEFAULT_MAX_PIXELS,
+) -> Plan:
+    """What `predict_plan` will write, checked before any model loads or photo is read.
+
+    Refuses an output folder among the inputs, makes it, and refuses to replace a file an earlier run left there
+    unless `overwrite`; with `skip_existing`, inputs whose mask is there are skipped instead, and an input without
+    its mask is done again, replacing what an interrupted run left of it. Rasters segmented in blocks
+    (`io.rasters.in_blocks`) get GeoTIFF outputs and no overlay.
+    """
+    wanted = {"mask", "prob" if write_prob else "", "overlay" if write_overlay else ""}
+    suffixes = {k: v for k, v in PREDICT_OUTPUTS.items() if k in wanted}
+    plan = make_plan(
+        inputs, out_dir, suffixes, shard_spec=shard_spec, in_blocks=lambda p: in_blocks(read_tiff_header(p), max_pixels)
+    )
+    for item in plan.items:
+        if item.in_blocks:  # GeoTIFF outputs on the input's grid; no overlay (it would be as large as the photo)
+            tifs = {kind: q.with_suffix(".tif") for kind, q in item.outputs.items() if kind != "overlay"}
+            item.outputs.clear()
+            item.outputs.update(tifs)
+    prepare_outputs(plan, overwrite, ", --skip-existing to keep the inputs done already", skip_existing)
+    return plan
+
+
+def predict_plan(
+    segmenter: CrackSegmenter, plan: Plan, skip_existing: bool = False, progress: bool = True
+) -> tuple[int, list[str]]:
+    """Segment each input of `plan` and write its outputs; returns (written, failures)."""
+    written, failures = 0, []
+    for item in tqdm(plan.items, desc="predict", unit="img", disable=not progress):
+        if skip_existing and item.done("mask"):
+            continue
+        try:
+            if item.in_blocks:
+                segment_raster(segmenter, item.source, item.outputs["mask"], item.outputs.get("prob"))
+            else:
+                predict_photo(segmenter, item.source, item.outputs)
+        except READ_ERRORS as err:
+            failures.append(str(err) if str(item.source) in str(err) else f"{item.source}: {err}")
+            continue
+        written += 1
+    return written, failures
+
+
+def predict_files(
+    segmenter: CrackSegmenter,
+    inputs,
+    out_dir: str | os.PathLike,
+    write_prob: bool = False,
+    write_overlay: bool = False,
+    shard_spec: str | None = None,
+    skip_existing: bool = False,
+    progress: bool = True,
+    overwrite: bool = False,
+) -> tuple[int, list[str]]:
+    """Segment every input (a path, folder or pattern, or a list of them) and write masks, optionally probabilities
+    and overlays, to `out_dir`; returns (written, failures). See `plan_predict` for what is refused."""
+    plan = plan_predict(
+        inputs, out_dir, write_prob, write_overlay, shard_spec, skip_existing, overwrite, segmenter.max_pixels
+    )
+    return predict_plan(segmenter, plan, skip_existing, progress)
+
+
+def predict_photo(segmenter: CrackSegmenter, path: Path, outputs: dict[str, Path]) -> None:
+    image = read_image(path, segmenter.max_pixels)
+    result = segmenter.predict(image)
+    if "prob" in outputs:
+        write_image(outputs["prob"], np.round(result.prob * 255).astype(np.uint8))
+    if "overlay" in outputs:
+        write_image(outputs["overlay"], overlay(image, result.mask))
+    write_image(outputs["mask"], result.mask.view(np.uint8) * 255)  # last: its presence means the input is done
+
+
+def segment_raster(
+    segmenter: CrackSegmenter,
+    path: str | os.PathLike,
+    mask_path: Path,
+    prob_path: Path | None = None,
+    block: int = DEFAULT_BLOCK,
+) -> None:
+    """Segment a TIFF block by block into a mask GeoTIFF (0/255) and optionally a probability GeoTIFF (×255),
+    both on the input's grid and CRS (if it has one), each written atomically, the mask last."""
+    with open_raster(path) as src, contextlib.ExitStack() as stack:
+        check_disk_space(mask_path.parent, src.height, src.width, prob_path is not None)
+        # Contexts close in reverse: the rasters are flushed, then renamed into place, the mask last (as a photo's).
+        targets = [mask_path] + ([prob_path] if prob_path else [])
+        temporary = [stack.enter_context(atomic_path(t)) for t in targets]
+        sinks = [stack.enter_context(open_raster(t, "w", **output_profile(src, "uint8"))) for t in temporary]
+        for row, col, prediction in segmenter.predict_raster(src, block):
+            write_window(sinks[0], row, col, prediction.mask.view(np.uint8) * 255)
+            if prob_path:
+                write_window(sinks[1], row, col, np.round(prediction.prob * 255).astype(np.uint8))
