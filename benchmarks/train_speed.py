@@ -21,7 +21,8 @@ from crackseg.data import CrackDataset, EpochSeededDataset, find_all_pairs, trai
 from crackseg.engines.torch_engine import cpu_has_bf16_matrix_engine
 from crackseg.losses import build_loss
 from crackseg.models import build_model
-from crackseg.train import memory_format, train_one_epoch
+from crackseg.train import train_one_epoch
+from crackseg.train.setup import memory_format
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 

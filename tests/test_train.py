@@ -4,7 +4,6 @@ import json
 import os
 import subprocess
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +17,8 @@ from crackseg.losses import build_loss
 from crackseg.metrics import source_mean_f1_curve
 from crackseg.models import ModelConfig, build_model, load_model, save_model
 from crackseg.synthetic import write_synthetic_dataset
-from crackseg.train import ConfigError, RunResult, TrainConfig, TrainingError, init_from, make_datasets, train
+from crackseg.train import ConfigError, RunResult, TrainConfig, TrainingError, train
+from crackseg.train.setup import init_from, make_datasets
 
 
 def _config(data, out, **changes) -> TrainConfig:
@@ -79,7 +79,7 @@ def test_resume_with_another_network_is_refused(synthetic_root, tmp_path):
     config = _config(synthetic_root, tmp_path / "run", epochs=1, max_batches=1)
     train(config)
     with pytest.raises(TrainingError, match="trained with arch 'pspnet', not 'unet'"):
-        train(replace(config, resume=True, epochs=2, arch="unet"))
+        train(config.replace(resume=True, epochs=2, arch="unet"))
 
 
 def test_ema_weights_are_the_ones_validated_and_saved(synthetic_root, tmp_path):
@@ -108,7 +108,7 @@ def test_nan_loss_stops_cleanly_and_keeps_last_checkpoint(synthetic_root, tmp_pa
     run = train(config).run_dir
     before = (run / "last.pt").read_bytes()
     with pytest.raises(TrainingError, match="loss became nan at epoch 2, batch 2; stopped. The last good checkpoint"):
-        train(replace(config, epochs=2, resume=True), loss_fn=NanOnTrainingCall(build_loss("bc"), 2))
+        train(config.replace(epochs=2, resume=True), loss_fn=NanOnTrainingCall(build_loss("bc"), 2))
     assert (run / "last.pt").read_bytes() == before
 
 
@@ -162,6 +162,9 @@ def test_config_file_with_a_bad_value_or_key_names_it(tmp_path, capsys, line, me
         ({"lr": 0}, "lr 0.0: expected a learning rate above 0"),
         ({"epochs": 0}, "epochs 0: expected at least 1"),
         ({"batch_size": "eight"}, "batch_size 'eight': expected a whole number"),
+        ({"epochs": True}, "epochs True: expected a whole number"),
+        ({"lr": "inf"}, "lr 'inf': expected a number"),
+        ({"batchsize": 4}, "batchsize: unknown option (did you mean 'batch_size'"),
         ({"degrade_prob": 1.5}, "degrade_prob 1.5: expected a probability"),
         ({"ema": 1.0}, "ema 1.0: expected a decay"),
         ({"source_balance": 2.0}, "source_balance 2.0"),
@@ -186,7 +189,7 @@ def test_settings_are_converted_to_their_types(tmp_path):
     assert _config(tmp_path, "r", scale_range=[0.4, 1.3]).scale_range == (0.4, 1.3)
     assert _config(tmp_path, "r", degrade_scale="x2,4").degrade_scale == (2.0, 4.0)  # evaluate's spelling too
     assert _config(tmp_path, "r", arch_kwargs='{"decoder_channels": [8]}').arch_kwargs == {"decoder_channels": [8]}
-    assert replace(config, epochs="5").epochs == 5  # replace() converts and checks too
+    assert config.replace(epochs="5").epochs == 5  # replace() converts and checks too
     with pytest.raises(ConfigError, match="data: required"):
         TrainConfig(out="r")
     assert TrainConfig.from_dict(config.to_dict()) == config
@@ -282,7 +285,7 @@ def test_source_mean_f1_counts_every_source_once():
 def test_select_sources_keeps_the_epoch_with_the_best_per_source_mean(synthetic_root, tmp_path):
     other = write_synthetic_dataset(tmp_path / "other", 12, size=(96, 128), seed=100, prefix="other")
     config = _config(synthetic_root, tmp_path / "run", select="sources", epochs=3)
-    run = train(replace(config, data=[synthetic_root, other])).run_dir
+    run = train(config.replace(data=[synthetic_root, other])).run_dir
     history = _history(run)
     assert json.loads((run / "run.json").read_text())["data"]["val"]["sources"].keys() == {"other", "syn"}
     f1s = [float(h["val_f1_sources"]) for h in history]

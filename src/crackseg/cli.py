@@ -28,7 +28,8 @@ def cmd_data(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from crackseg.train import config_from_args, train
+    from crackseg.train import train
+    from crackseg.train.arguments import config_from_args
 
     result = train(config_from_args(args))  # the flags over --config's file over a resumed run's saved settings
     if os.environ.get("RANK", "0") == "0":
@@ -38,8 +39,8 @@ def cmd_train(args) -> int:
 
 def cmd_teach(args) -> int:
     from crackseg.data import find_all_pairs
-    from crackseg.distill import write_teacher_maps
     from crackseg.inference import CrackSegmenter
+    from crackseg.train.distill import write_teacher_maps
 
     pairs = find_all_pairs(args.data, args.skip_unpaired, exclude_splits=("test",))
     segmenter = CrackSegmenter.from_pretrained(args.weights or args.model, args.backend, args.precision, tta=True)
@@ -316,7 +317,7 @@ def cmd_export(args) -> int:
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser of every sub-command. Given the `command` being run, `train`'s options are added only for
-    `train`: they come from crackseg.train, whose torch import would add ~1.3 s to the start of every command."""
+    `train`: they come from crackseg.train, which imports torch, too slow to load for every command."""
     from crackseg.data import add_split_arguments
 
     parser = argparse.ArgumentParser(prog="crackseg", description="Crack segmentation and measurement.")
@@ -331,7 +332,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a model")
     if command in (None, "train"):
-        from crackseg.train import add_arguments
+        from crackseg.train.arguments import add_arguments
 
         add_arguments(p)
     p.set_defaults(func=cmd_train)

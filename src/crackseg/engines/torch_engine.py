@@ -30,7 +30,7 @@ class TorchBackend:
     """Eager PyTorch in channels_last; bf16 autocast where the CPU has bf16 matrix engines (or on CUDA).
 
     channels_last also speeds up fp32 inference on an AVX2-only CPU (1.4–1.7× for U-Net and PSPNet-ResNet18 at
-    448², benchmarks/predict_speed.py), unlike fp32 training there (see crackseg.train.memory_format).
+    448², benchmarks/predict_speed.py), unlike fp32 training there (see crackseg.train.setup.memory_format).
     """
 
     name = "torch"
