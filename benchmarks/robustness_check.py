@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from crackseg.data import find_pairs, split_pairs
-from crackseg.evaluate import load_pair
+from crackseg.evaluate.scores import load_pair
 from crackseg.inference import CrackSegmenter, is_weights_path
 from crackseg.metrics import confusion, scores
 from crackseg.synthetic import add_distractor

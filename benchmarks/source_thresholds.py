@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from crackseg.data import find_all_pairs, split_pairs
-from crackseg.evaluate import load_pair
+from crackseg.evaluate.scores import load_pair
 from crackseg.inference import CrackSegmenter
 from crackseg.metrics import THRESHOLDS, scores, source_mean_f1_curve, sweep_counts
 

@@ -16,7 +16,7 @@ import rasterio
 import shapely
 from affine import Affine
 
-from crackseg import cli
+import crackseg.cli.measure
 from crackseg.cli import main
 from crackseg.compare import AlignmentError, CompareError, Survey, apply_homography, compare
 from crackseg.io.images import to_rgb_uint8, write_image
@@ -359,7 +359,7 @@ def test_measure_files_load_no_model(pair, tmp_path, monkeypatch):
         raise AssertionError("a model was loaded for two measure files")
 
     path = measured(tmp_path, pair[1])
-    monkeypatch.setattr(cli, "segmenter_from_args", no_model)
+    monkeypatch.setattr(crackseg.cli.measure, "segmenter_from_args", no_model)
     assert main(["compare", path, path, "--assume-aligned", "-o", str(tmp_path / "out")]) == 0
 
 
@@ -398,7 +398,9 @@ def test_cli_compares_two_photos(pair, tmp_path, monkeypatch, capsys):
     photo_b, mask_b, photo_a, mask_a, h = pair
     write_image(tmp_path / "2023.png", photo_b)
     write_image(tmp_path / "2025.png", photo_a)
-    monkeypatch.setattr(cli, "segmenter_from_args", lambda args: FakeSegmenter([(photo_b, mask_b), (photo_a, mask_a)]))
+    monkeypatch.setattr(
+        crackseg.cli.measure, "segmenter_from_args", lambda args: FakeSegmenter([(photo_b, mask_b), (photo_a, mask_a)])
+    )
     out = tmp_path / "changes"
     argv = ["compare", str(tmp_path / "2023.png"), str(tmp_path / "2025.png"), "-o", str(out), "--pixel-size", "0.1"]
     assert main(argv) == 0

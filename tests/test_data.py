@@ -17,6 +17,7 @@ from crackseg.data import (
     split_pairs,
     train_transform,
 )
+from crackseg.errors import InputError
 from crackseg.io.images import ImageReadError, read_image, read_mask, write_image
 from crackseg.synthetic import add_distractor, synthetic_crack, write_synthetic_dataset
 
@@ -127,7 +128,7 @@ def test_unreadable_and_truncated_images(tmp_path):
 def test_non_binary_mask_is_an_error(tmp_path):
     ramp = np.tile(np.linspace(0, 255, 64).astype(np.uint8), (64, 1))
     write_image(tmp_path / "m.png", ramp)
-    with pytest.raises(ValueError, match="m.png: not a binary mask"):
+    with pytest.raises(InputError, match="m.png: not a binary mask"):
         read_mask(tmp_path / "m.png")
 
 

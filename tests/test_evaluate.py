@@ -12,10 +12,11 @@ from PIL import Image
 
 from crackseg.cli import main
 from crackseg.data import DataError, find_all_pairs, find_pairs, split_pairs
-from crackseg.errors import OutputExistsError
-from crackseg.evaluate import evaluate, image_degrade_seed
+from crackseg.errors import InputError, OutputExistsError
+from crackseg.evaluate.scores import image_degrade_seed
 from crackseg.io.images import read_image, read_mask, write_image
 from crackseg.models import ModelConfig
+from crackseg.runs.evaluate import evaluate
 from crackseg.synthetic import write_synthetic_dataset
 
 REPORT_FILES = ["metrics.json", "per_image.csv", "report.md", "confusion_matrix.png", "pr_curve.png"]
@@ -199,7 +200,7 @@ def test_weights_that_are_not_a_crackseg_model(synthetic_root, tmp_path, capsys)
 
 def test_bad_degrade_value(two_sources, tmp_path):
     pairs = find_pairs(two_sources)
-    with pytest.raises(ValueError, match="x4"):
+    with pytest.raises(InputError, match="x4"):
         evaluate(Oracle(pairs), pairs, tmp_path, degrade="fourfold", progress=False)
 
 

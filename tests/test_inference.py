@@ -8,11 +8,13 @@ import torch
 from PIL import Image
 
 from crackseg.cli import main
-from crackseg.errors import OutputExistsError
-from crackseg.inference import CrackSegmenter, blend_window, output_paths, predict_files, tile_starts
+from crackseg.errors import InputError, OutputExistsError
+from crackseg.inference import CrackSegmenter, blend_window, tile_starts
 from crackseg.io.atomic import default_mode
 from crackseg.io.images import normalize_image, read_mask, write_image
 from crackseg.models import ModelConfig, load_model
+from crackseg.runs.plan import output_paths
+from crackseg.runs.predict import predict_files
 from crackseg.synthetic import synthetic_crack
 
 
@@ -102,7 +104,7 @@ def test_predict_accepts_paths_pil_and_arrays(tiny_model_dir, tmp_path):
 
 def test_pixel_limit(tiny_model_dir):
     seg = CrackSegmenter.from_pretrained(tiny_model_dir, max_pixels=1000)
-    with pytest.raises(ValueError, match="exceeds the limit"):
+    with pytest.raises(InputError, match="exceeds the limit"):
         seg.predict(np.zeros((40, 40, 3), np.uint8))
 
 

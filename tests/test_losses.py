@@ -4,6 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from crackseg.data import signed_distance
+from crackseg.errors import InputError
 from crackseg.losses import (
     alpha_at,
     boundary_loss,
@@ -74,7 +75,7 @@ def test_alpha_schedules(schedule, expected):
 
 def test_alpha_schedule_caps_and_rejects_unknown():
     assert alpha_at("step", 200, 300) == 0.99
-    with pytest.raises(ValueError, match="unknown alpha schedule"):
+    with pytest.raises(InputError, match="unknown alpha schedule"):
         alpha_at("cosine", 0, 10)
 
 

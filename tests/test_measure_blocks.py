@@ -4,7 +4,6 @@ cracks as `measure` on the whole mask, whatever seams they cross."""
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
 
 import ezdxf
 import numpy as np
@@ -15,7 +14,8 @@ import shapely
 
 from crackseg.cli import main
 from crackseg.measure import measure, measure_blocks
-from crackseg.outputs import measure_files
+from crackseg.runs.measure import measure_files
+from tests.fakes import darkness_segmenter
 from tests.test_outputs import TRANSFORM, band, crack_mask, write_geotiff
 
 SIDE = 1500
@@ -151,26 +151,14 @@ def test_measure_command_in_blocks_writes_the_whole_images_maps(tmp_path):
     assert (tmp_path / "blocks" / "deck_width.png").is_file()
 
 
-class DarkIsCrack:
-    """A stand-in model that calls dark pixels cracks: block-wise and whole segmentation give the same mask."""
-
-    tile, threshold, max_pixels, max_raster_pixels = 64, 0.5, 1e9, 1e9
-
-    def predict_prob(self, image: np.ndarray) -> np.ndarray:
-        return 1.0 - image.mean(axis=2) / 255.0
-
-    def predict(self, image: np.ndarray):
-        return SimpleNamespace(mask=self.predict_prob(image) >= self.threshold)
-
-
 def test_a_large_photo_is_segmented_in_blocks_to_a_temporary_mask(tmp_path):
     photo = np.where(crack_mask()[..., None], 30, 200).astype(np.uint8).repeat(3, axis=2)
     write_geotiff_rgb(tmp_path / "site.tif", photo)
     runs = {}
-    for name, block in (("whole", None), ("blocks", 256)):
+    for name, block in (("whole", 4096), ("blocks", 256)):
         out = tmp_path / name
         measured, cracks, failures = measure_files(
-            [str(tmp_path / "site.tif")], out, DarkIsCrack(), progress=False, formats=("json",), block=block
+            [str(tmp_path / "site.tif")], out, darkness_segmenter(), progress=False, formats=("json",), block=block
         )
         assert (measured, cracks, failures) == (1, 3, [])
         assert sorted(p.name for p in out.iterdir()) == ["site_measure.json"]  # the temporary mask is gone
@@ -188,6 +176,6 @@ def write_geotiff_rgb(path, image: np.ndarray) -> None:
 
 def test_a_block_too_small_to_be_worth_its_halo_is_refused(tmp_path, capsys):
     write_geotiff(tmp_path / "deck.tif", crack_mask())
-    with pytest.raises(SystemExit):
-        main(["measure", str(tmp_path / "deck.tif"), "--masks", "-o", str(tmp_path / "out"), "--block", "100"])
-    assert "at least 256 px" in capsys.readouterr().err
+    assert main(["measure", str(tmp_path / "deck.tif"), "--masks", "-o", str(tmp_path / "out"), "--block", "100"]) == 2
+    assert "--block (block) 100: must be at least 256" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # refused before any work

@@ -20,7 +20,8 @@ from crackseg.errors import OutputExistsError
 from crackseg.io.georef import Georeference, GeoreferenceError
 from crackseg.io.images import write_image
 from crackseg.measure import WIDTH_CLASS_PRESETS
-from crackseg.outputs import CSV_FIELDS, dxf_layer_name, measure_files, parse_formats
+from crackseg.measure.maps import CSV_FIELDS, dxf_layer_name
+from crackseg.runs.measure import measure_files, parse_formats
 from tests.test_measure import segment
 
 PIXEL_M = 0.0005  # 0.5 mm pixels
@@ -380,7 +381,7 @@ def test_a_printed_marker_gives_the_scale_within_two_percent(side_px):
 
 def test_measure_takes_the_scale_from_a_marker(tmp_path):
     from crackseg.io.images import write_image
-    from crackseg.outputs import measure_files
+    from crackseg.runs.measure import measure_files
 
     write_image(tmp_path / "wall.png", marker_photo(200))
 

@@ -10,11 +10,13 @@ import rasterio
 from rasterio.transform import from_origin
 
 import crackseg.io.rasters
+import crackseg.runs.predict
 from crackseg.cli import main
-from crackseg.inference import CrackSegmenter, predict_files
-from crackseg.io.rasters import RasterError, check_disk_space, segment_raster
+from crackseg.inference import CrackSegmenter
+from crackseg.io.rasters import RasterError, check_disk_space
 from crackseg.models import ModelConfig
 from crackseg.options import DEFAULT_MAX_PIXELS, DEFAULT_MAX_RASTER_PIXELS
+from crackseg.runs.predict import predict_files, segment_raster
 from crackseg.synthetic import synthetic_crack
 from tests.test_inference import LocalNet
 
@@ -106,9 +108,7 @@ def test_a_tiff_without_crs_over_the_photo_limit_is_segmented_in_blocks_not_refu
     whole = segmenter.predict_prob(image)
     segmenter.max_pixels = 300 * 400 - 1  # the photo limit just below it; the raster limit stays the default
     # blocks (with their margins) under that limit, as the default 4,096² blocks are under the default one
-    monkeypatch.setattr(
-        crackseg.io.rasters, "segment_raster", functools.partial(crackseg.io.rasters.segment_raster, block=64)
-    )
+    monkeypatch.setattr(crackseg.runs.predict, "segment_raster", functools.partial(segment_raster, block=64))
     inputs, out = [str(tmp_path / "lining.tif")], tmp_path / "out"
     assert predict_files(segmenter, inputs, out, write_prob=True, progress=False) == (1, [])
     with rasterio.open(out / "lining.tif") as mask, rasterio.open(out / "lining_prob.tif") as prob:
@@ -124,7 +124,7 @@ def test_a_tiff_without_crs_over_the_photo_limit_is_segmented_in_blocks_not_refu
 
 def test_a_mask_tiff_without_crs_over_the_photo_limit_is_measured_in_blocks(tmp_path):
     from crackseg.measure import measure
-    from crackseg.outputs import measure_files
+    from crackseg.runs.measure import measure_files
 
     mask = synthetic_crack((300, 340), seed=7, n_cracks=2)[1]
     write_plain_tiff(tmp_path / "lining_mask.tif", mask.astype(np.uint8) * 255)

@@ -18,30 +18,11 @@ from crackseg.serve import create_app
 from crackseg.serve.security import allowed_host_names
 from crackseg.serve.store import Result, ResultStore
 from crackseg.synthetic import synthetic_crack
+from tests.fakes import DarknessBackend, darkness_segmenter
 
 # --- helpers shared with test_browser.py ------------------------------------------------------------------
 
 LOCAL = "http://127.0.0.1:8000"  # the test client's requests, as a browser on this machine sends them
-
-
-class DarknessBackend:
-    """A stand-in network whose crack logits are the darkness of each pixel: on a light photo with dark drawn
-    lines it finds exactly the lines, so measurements can be checked against the drawing."""
-
-    name, precision, fixed_size = "darkness", "fp32", None
-
-    def __init__(self, config: ModelConfig):
-        self.mean = np.asarray(config.mean, np.float32)[None, :, None, None]
-        self.std = np.asarray(config.std, np.float32)[None, :, None, None]
-
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        brightness = (batch * self.std + self.mean).mean(axis=1)  # back to [0, 1] per pixel
-        return (0.5 - brightness) * 40.0
-
-
-def darkness_segmenter(max_pixels: int = 50_000_000) -> CrackSegmenter:
-    config = ModelConfig(train_size=256, name="darkness", threshold=0.5)
-    return CrackSegmenter(None, config, backend=DarknessBackend(config), max_pixels=max_pixels)
 
 
 def drawn_cracks_photo(height: int = 200, width: int = 240) -> np.ndarray:
@@ -147,7 +128,7 @@ def test_rethreshold_and_csv_use_the_kept_probabilities(dark_client):
     lines = csv.text.strip().splitlines()
     assert len(lines) == 3 and "length_mm" in lines[0] and "bbox_x" in lines[0]
     # the same layout as `crackseg measure` writes: one writer for both
-    from crackseg.outputs import CSV_FIELDS
+    from crackseg.measure.maps import CSV_FIELDS
 
     assert lines[0].split(",") == CSV_FIELDS
     no_size = dark_client.get(urls["csv"]).text.splitlines()

@@ -33,7 +33,7 @@ MASK_SUFFIXES = ("_mask", "_label", "_gt")
 SPLIT_NAMES = ("train", "val", "valid", "validation", "test")
 
 
-class DataError(CracksegError, ValueError):
+class DataError(CracksegError):
     """A data folder or file cannot be used; the message names it and says what to do."""
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from crackseg.errors import CracksegError
+from crackseg.errors import InputError
 
 KERNEL_SIZE = 21
 SIGMA_RANGE = (0.2, 4.0)
@@ -20,7 +20,7 @@ Seed = int | np.random.Generator
 Range = tuple[float, float] | None
 
 
-class DegradationError(CracksegError, ValueError):
+class DegradationError(InputError):
     """Bad degradation settings or input (a one-line message saying what to fix)."""
 
 

@@ -20,7 +20,7 @@ DEFAULT_MODEL = "unet-lite0"
 CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
 
 
-class ModelError(CracksegError, ValueError):
+class ModelError(CracksegError):
     """A model file or model name cannot be used; the message says which and what to do."""
 
 

@@ -52,10 +52,11 @@ class Options(BaseModel):
         except ValidationError as err:
             first = err.errors()[0]
             name = str(first["loc"][0]) if first["loc"] else ""
-            detail = first["msg"].removeprefix("Value error, ")
+            detail = plain_message(first, cls.model_fields.get(name))
             if first["type"] == "extra_forbidden":
                 raise OptionError(f"{name}: not an option of {cls.__name__} ({', '.join(cls.model_fields)})") from None
             given = values.get(name, "<missing>")
+            given = int(given) if isinstance(given, float) and given.is_integer() else given
             raise OptionError(f"{cls.flag_of(name)} ({name}) {given}: {detail}") from None
 
     @classmethod
@@ -77,6 +78,22 @@ class Options(BaseModel):
     @classmethod
     def from_args(cls, args: argparse.Namespace):
         return cls.make(**{name: getattr(args, name) for name in cls.model_fields if hasattr(args, name)})
+
+
+def plain_message(error: dict, info) -> str:
+    """pydantic's report of one bad value, as the expectation a person reads."""
+    kind, limit = error["type"], error.get("ctx", {})
+    plain = {
+        "greater_than_equal": lambda: f"must be at least {limit.get('ge')}",
+        "greater_than": lambda: f"must be above {limit.get('gt')}",
+        "less_than": lambda: f"must be below {limit.get('lt')}",
+        "less_than_equal": lambda: f"must be at most {limit.get('le')}",
+        "int_from_float": lambda: "must be a whole number",
+        "int_parsing": lambda: "must be a whole number",
+        "float_parsing": lambda: "must be a number",
+        "string_pattern_mismatch": lambda: f"expected {info.description if info else limit.get('pattern')}",
+    }
+    return plain[kind]() if kind in plain else error["msg"].removeprefix("Value error, ")
 
 
 def _finite(value: float | None) -> float | None:

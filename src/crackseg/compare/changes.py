@@ -23,8 +23,9 @@ import shapely
 
 from crackseg.compare.match import added_parts, assign_ids, carried_lines, match
 from crackseg.compare.registration import Alignment, check_scales, footprint, image_box, local_scale, register
-from crackseg.compare.survey import CHANGES_FORMAT, CHANGES_FORMAT_VERSION, CompareError, Survey, load_survey
-from crackseg.measure import DEFAULT_MIN_LENGTH, Measurement
+from crackseg.compare.survey import CHANGES_FORMAT, CHANGES_FORMAT_VERSION, Survey, load_survey
+from crackseg.measure import Measurement
+from crackseg.options import CompareOptions
 
 log = logging.getLogger(__name__)
 
@@ -244,22 +245,20 @@ def compare(
     segmenter=None,
     masks: bool = False,
     photos: tuple = (None, None),
-    pixel_size_mm: float | None = None,
-    tolerance_px: float | None = None,
-    assume_aligned: bool = False,
-    min_length: float = DEFAULT_MIN_LENGTH,
+    options: CompareOptions | None = None,
+    **option_values,
 ) -> Changes:
     """Compare two surveys of one structure crack by crack; see the module notes.
 
     `before`, `after`: photos, masks (`masks=True`) or NAME_measure.json files (paths), or `Survey`s.
     `segmenter`: what segments a photo, anything with `.predict(photo).mask` or a callable photo → mask; needed
     only where a survey is a photo (see `needs_segmenter`). `photos`: the photos masks or measure files came from,
-    for registration. `pixel_size_mm`: AFTER's. `tolerance_px`: at least the alignment error + 2 px.
-    `assume_aligned`: a fixed camera, no registration.
+    for registration. `options` (`CompareOptions`, or its fields as keywords): `pixel_size_mm`: AFTER's;
+    `tolerance_px`: at least the alignment error + 2 px; `assume_aligned`: a fixed camera, no registration;
+    `min_length`: shorter cracks are ignored.
     """
-    for value, option in ((pixel_size_mm, "--pixel-size"), (tolerance_px, "--tolerance-px")):
-        if value is not None and not value > 0:
-            raise CompareError(f"{option} must be a positive number, got {value}")
+    options = CompareOptions.of(options, **option_values)
+    pixel_size_mm, min_length = options.pixel_size_mm, options.min_length
     surveys = []
     for which, item, photo, scale in (("BEFORE", before, photos[0], None), ("AFTER", after, photos[1], pixel_size_mm)):
         surveys.append(
@@ -270,9 +269,9 @@ def compare(
         log.warning("BEFORE %s has no crack: every crack of AFTER is new (or out of view)", before.name)
     if after.measurement.count == 0:
         log.warning("AFTER %s has no crack: every crack of BEFORE is closed (or out of view)", after.name)
-    alignment = register(before, after, assume_aligned)
+    alignment = register(before, after, options.assume_aligned)
     check_scales(before, after, alignment)
-    tolerance = max(tolerance_px or 0.0, alignment.error_px + EXTRA_TOLERANCE_PX)
+    tolerance = max(options.tolerance_px or 0.0, alignment.error_px + EXTRA_TOLERANCE_PX)
     cracks = classify_changes(before, after, alignment, tolerance)
     next_id = max([before.next_id, *(c.id + 1 for c in cracks)])
     scale, scale_from = reporting_scale(before, after, alignment, pixel_size_mm)

@@ -76,5 +76,3 @@ def gpkg_layer(changes: Changes) -> dict:
         "crs_wkt": georef.crs_wkt if georef else None,
         "metadata": {"coordinates": f"AFTER's CRS, {georef.crs_name()}" if georef else local_note(changes)},
     }
-
-

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import shapely
 
-from crackseg.errors import InputError, read_json
+from crackseg.errors import CracksegError, InputError, read_json
 from crackseg.io.georef import Georeference, GeoreferenceError, check_shape, read_georeference
 from crackseg.io.images import read_image, read_mask, to_rgb_uint8
 from crackseg.measure import DEFAULT_MIN_LENGTH, Crack, Measurement, WidthClasses, measure
@@ -177,7 +177,7 @@ def survey_from_measure_file(path: Path, which: str, photo=None) -> Survey:
         result = Measurement(size["height"], size["width"], data.get("pixel_size_mm"), min_length)
         classes = data["width_classes"]
         result.width_classes = WidthClasses(classes["name"], tuple(classes["bins_mm"]), tuple(classes["labels"]))
-    except (KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError, CracksegError):
         raise CompareError(
             f"{which} {path}: a damaged measure file (fields missing); measure the photo again"
         ) from None

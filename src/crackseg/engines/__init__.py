@@ -20,7 +20,7 @@ from crackseg.engines.cache import MAX_EXPORT_DIFF, cached_onnx
 from crackseg.engines.handle import ModelHandle
 from crackseg.engines.int8 import CALIBRATION_CROPS, CalibrationCrops, int8_cache_path, nncf_available
 from crackseg.engines.torch_engine import cpu_has_bf16_matrix_engine
-from crackseg.errors import InputError
+from crackseg.errors import InputError, OutputExistsError
 from crackseg.io.atomic import atomic_write_bytes
 from crackseg.model_config import ModelError
 
@@ -122,8 +122,10 @@ def export_model(
     precision: str = "fp32",
     calibration_data=None,
     calibration_crops: int = CALIBRATION_CROPS,
+    overwrite: bool = False,
 ) -> tuple[Path, str]:
-    """`crackseg export`: write the checked ONNX model (fp32, or int8 QDQ for ONNX Runtime) to `out`.
+    """`crackseg export`: write the checked ONNX model (fp32, or int8 QDQ for ONNX Runtime) to `out`, a `.onnx`
+    file that is not there yet (or replaced with `overwrite`) and never one of the model's own files.
 
     The cache gets the same file, so `predict` does not export again. int8 also prepares OpenVINO's int8
     model in the cache (when NNCF is installed) and judges both by the task-accuracy rule: `auto` uses an int8
@@ -132,6 +134,7 @@ def export_model(
     """
     from crackseg.engines.int8 import cached_int8, is_accurate, verified_int8
 
+    check_export_target(Path(out), overwrite)
     handle = ModelHandle.find(weights, model)  # the network loads only if nothing is cached
     tile = int(tile or handle.config.train_size)
     if precision == "fp32":
@@ -155,3 +158,16 @@ def export_model(
         raise InputError(f"--precision {precision!r}: export writes fp32 or int8 ONNX")
     atomic_write_bytes(out, Path(source).read_bytes())
     return Path(out), summary
+
+
+def check_export_target(out: Path, overwrite: bool) -> None:
+    """Refuse, before any work, an -o that would replace a photo or the model's own files (only a .onnx name is
+    written) or an earlier export unasked."""
+    if out.is_dir():
+        raise InputError(f"-o {out}: is a folder; name the ONNX file to write, e.g. -o {out / 'model.onnx'}")
+    if out.suffix.lower() != ".onnx":
+        raise InputError(
+            f"-o {out}: export writes an ONNX model; name a .onnx file, e.g. -o {out.with_suffix('.onnx')}"
+        )
+    if out.exists() and not overwrite:
+        raise OutputExistsError(f"-o {out}: is there already; add --overwrite to replace it, or choose another name")

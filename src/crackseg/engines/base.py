@@ -13,7 +13,7 @@ from crackseg.errors import CracksegError
 INPUT_NAME, OUTPUT_NAME = "input", "logits"  # of every exported model
 
 
-class BackendError(CracksegError, RuntimeError):
+class BackendError(CracksegError):
     """A backend/precision combination is not available here; the message says what to install or pick."""
 
 

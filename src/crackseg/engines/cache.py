@@ -39,7 +39,7 @@ MAX_EXPORT_DIFF = 1e-4  # max |logit difference| between the ONNX model and PyTo
 EXPORT_FORMAT = 2  # part of every cache key: bump it when the export or quantization recipe changes
 
 
-class ExportError(CracksegError, RuntimeError):
+class ExportError(CracksegError):
     """The model could not be exported, or the export does not match PyTorch."""
 
 

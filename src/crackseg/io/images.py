@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from crackseg.errors import CracksegError, InputError
+from crackseg.errors import InputError
 from crackseg.io.atomic import atomic_write_bytes
 from crackseg.options import DEFAULT_MAX_PIXELS
 
@@ -29,7 +29,7 @@ IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 Image.MAX_IMAGE_PIXELS = 1_000_000_000
 
 
-class ImageReadError(CracksegError, ValueError):
+class ImageReadError(InputError):
     """An input file could not be read as an image; the message names the file and the reason."""
 
 
@@ -51,11 +51,15 @@ def is_image_file(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() in IMAGE_EXTENSIONS
 
 
+def megapixels(pixels: float) -> str:
+    return f"{pixels / 1e6:.0f}" if pixels >= 1e7 else f"{pixels / 1e6:.3g}"
+
+
 def check_pixels(width: int, height: int, max_pixels: float, name: str) -> None:
     if width * height > max_pixels:
         raise TooManyPixelsError(
-            f"{name}: {width}×{height} = {width * height / 1e6:.0f} MP exceeds the limit of {max_pixels / 1e6:.0f} MP; "
-            "raise --max-pixels (max_pixels) if you have the memory and the time",
+            f"{name}: too large ({width}×{height} = {megapixels(width * height)} MP exceeds the limit of "
+            f"{megapixels(max_pixels)} MP); raise --max-pixels (max_pixels) if you have the memory and the time",
             width,
             height,
             max_pixels,
@@ -139,7 +143,7 @@ def read_image(
     img = _open_upright(source, max_pixels, name)
     try:
         return pil_to_rgb(img)
-    except ValueError as err:  # a mode or shape that holds no photo
+    except (InputError, ValueError) as err:  # a mode or shape that holds no photo
         raise ImageReadError(f"{name}: {err}") from None
 
 

@@ -213,5 +213,3 @@ def centreline_records(result: Measurement) -> list[dict]:
         {"id": crack.id, "lines": [np.round(line, PIXEL_DIGITS).tolist() for line in lines]}
         for crack, lines in zip(result.cracks, result.centrelines, strict=True)
     ]
-
-

@@ -14,6 +14,7 @@ from crackseg.compare.figure import changes_figure
 from crackseg.compare.outputs import changes_csv, geojson_dict, gpkg_layer
 from crackseg.compare.report import after_measure_dict, report_markdown, summary_dict
 from crackseg.compare.survey import CompareError
+from crackseg.errors import OutputExistsError
 from crackseg.io.atomic import atomic_write_bytes, check_outputs_free, ensure_output_folder
 from crackseg.io.images import encode_image
 from crackseg.io.vector import json_bytes, write_gpkg
@@ -31,10 +32,10 @@ OUTPUT_FILES = (
 
 def check_output(out_dir, overwrite: bool = False) -> Path:
     """The output folder, made and checked writable; none of the outputs there already unless `overwrite`."""
-    try:  # OutputExistsError is an OSError too: both are the folder's problems, said as a comparison's
+    try:  # both are the folder's problems, said as a comparison's
         out = ensure_output_folder(out_dir)
         check_outputs_free(out_dir, [out / name for name in OUTPUT_FILES], overwrite, what="comparison")
-    except OSError as err:
+    except (OSError, OutputExistsError) as err:
         raise CompareError(str(err)) from None
     return out
 

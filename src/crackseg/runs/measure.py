@@ -93,9 +93,10 @@ def measure_plan(
 ) -> tuple[int, int, list[str]]:
     """Measure each input of `plan` and write its outputs; returns (inputs measured, cracks found, failures).
 
-    `segmenter`: a CrackSegmenter (photos) or None (the inputs are masks). A GeoTIFF's georeference places the maps
-    and, in a projected CRS, gives the pixel size unless `options.pixel_size_mm` is given; else a printed ArUco
-    marker of side `marker_mm` in a photo does. A run that measures nothing writes no cracks.csv.
+    `segmenter`: a CrackSegmenter, or any function from an RGB uint8 photo to a bool mask (photos; only a
+    CrackSegmenter segments rasters block by block), or None (the inputs are masks). A GeoTIFF's georeference places
+    the maps and, in a projected CRS, gives the pixel size unless `options.pixel_size_mm` is given; else a printed
+    ArUco marker of side `marker_mm` in a photo does. A run that measures nothing writes no cracks.csv.
     """
     options = options or MeasureOptions()
     if marker_mm is not None and not marker_mm > 0:
@@ -129,7 +130,7 @@ def measure_one(item, out_dir: Path, segmenter, options: MeasureOptions, marker_
     if georef is not None and "geojson" in item.outputs:
         georef.check_wgs84(str(path))
     want_figure = "png" in item.outputs
-    if item.in_blocks:
+    if item.in_blocks and (segmenter is None or hasattr(segmenter, "predict_raster")):
         scale, scale_from = resolve_pixel_size(str(path), georef, options.pixel_size_mm)
         result, image = measure_raster(path, out_dir, segmenter, options.replace(pixel_size_mm=scale), want_figure)
         figure = width_figure(image, result, overview=True) if image is not None else None
@@ -143,13 +144,17 @@ def measure_one(item, out_dir: Path, segmenter, options: MeasureOptions, marker_
         check_shape(str(path), georef, image.shape)
         marker = marker_mm if segmenter is not None else None  # a marker is found in a photo, not in a mask
         scale, scale_from = resolve_pixel_size(str(path), georef, options.pixel_size_mm, image, marker)
-        mask = segmenter.predict(image).mask if segmenter is not None else image
+        mask = image if segmenter is None else segment(segmenter, image)
         result = measure(mask, options.replace(pixel_size_mm=scale))
         figure = width_figure(image, result) if want_figure else None
     report = report_dict(result, str(path), "photo" if segmenter is not None else "mask", georef, scale_from)
     if blocks is not None:
         report["blocks"] = blocks
     return result, report, georef, figure
+
+
+def segment(segmenter, image: np.ndarray) -> np.ndarray:
+    return segmenter.predict(image).mask if hasattr(segmenter, "predict") else segmenter(image)
 
 
 def measure_files(
@@ -172,7 +177,7 @@ def measure_files(
     """
     options = MeasureOptions.of(options, **option_values)
     if max_pixels is None:
-        max_pixels = segmenter.max_pixels if segmenter is not None else DEFAULT_MAX_PIXELS
+        max_pixels = getattr(segmenter, "max_pixels", DEFAULT_MAX_PIXELS)
     plan = plan_measure(inputs, out_dir, formats, overwrite, max_pixels, options.block)
     return measure_plan(plan, segmenter, options, marker_mm, progress)
 

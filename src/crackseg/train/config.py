@@ -25,7 +25,7 @@ from crackseg.errors import CracksegError, InputError
 from crackseg.losses import ALPHA_SCHEDULES, LOSSES
 
 
-class TrainingError(CracksegError, RuntimeError):
+class TrainingError(CracksegError):
     """Training cannot go on; the message says why and where the last good checkpoint is."""
 
 
@@ -113,9 +113,16 @@ ScaleRange = Annotated[
     AfterValidator(_rising),
     expecting("two factors LOW,HIGH with 0 < LOW <= HIGH, e.g. 0.4,1.3"),
 ]
-# "x4", "×4" and "4" alike, as `evaluate --degrade` spells them
+def _degrade_scale(value) -> float:
+    """"x4", "×4" and "4" alike, as `evaluate --degrade` spells them (a ValueError, which pydantic reports)."""
+    try:
+        return parse_scale(value)
+    except InputError as err:
+        raise ValueError(str(err)) from None
+
+
 DegradeScales = Annotated[
-    tuple[Annotated[float, BeforeValidator(parse_scale)], ...],
+    tuple[Annotated[float, BeforeValidator(_degrade_scale)], ...],
     BeforeValidator(_comma_separated),
     Field(min_length=1),
     expecting("factors of at least 1, e.g. 2,4"),

@@ -1,0 +1,47 @@
+"""What every command that runs a model shares: its flags (from SegmentOptions), building the segmenter, and the
+end of a batch job."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from crackseg.options import SegmentOptions, add_arguments
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: must be a whole number of at least 1")
+    return value
+
+
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    """--weights/--model and one flag per SegmentOptions field (--tile, --threshold, --backend, ...)."""
+    p.add_argument("--weights", help="a trained model: model.safetensors, its folder, or a run folder")
+    p.add_argument("--model", help="a shipped model by name (default: the default model)")
+    add_arguments(p, SegmentOptions)
+
+
+def model_name(args) -> str | None:
+    from pathlib import Path
+
+    return Path(args.weights) if args.weights else args.model
+
+
+def segmenter_from_args(args, **option_values):
+    """The command's segmenter, through the one constructor; says which engine runs."""
+    from crackseg.inference import CrackSegmenter
+
+    options = SegmentOptions.from_args(args).replace(**option_values)
+    segmenter = CrackSegmenter.from_pretrained(model_name(args), options)
+    print(f"model {segmenter.config.name or args.weights or args.model}; {segmenter.describe()}", file=sys.stderr)
+    return segmenter
+
+
+def report(failures: list[str], summary: str) -> int:
+    """A batch job's end: each failed input on stderr, the summary on stdout; exit status 1 if any failed."""
+    for failure in failures:
+        print(f"failed: {failure}", file=sys.stderr)
+    print(summary)
+    return 1 if failures else 0
