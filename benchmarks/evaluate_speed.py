@@ -22,7 +22,7 @@ import torch
 from crackseg.data import find_pairs
 from crackseg.inference import CrackSegmenter
 from crackseg.io.images import read_image
-from crackseg.models import ModelConfig, build_model
+from crackseg.models.networks import ModelConfig, build_model
 from crackseg.runs.evaluate import evaluate
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "deepcrack" / "train"

@@ -216,7 +216,7 @@ def main() -> None:
 
     from crackseg.engines import ModelHandle
     from crackseg.engines.torch_engine import cpu_has_bf16_matrix_engine
-    from crackseg.models import ModelConfig, build_model, save_model
+    from crackseg.models.networks import ModelConfig, build_model, save_model
 
     with tempfile.TemporaryDirectory(prefix="crackseg-bench-") as tmp:
         workdir = Path(tmp)

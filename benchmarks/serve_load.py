@@ -32,7 +32,7 @@ import torch
 from PIL import Image
 
 from crackseg.io.images import encode_image
-from crackseg.models import ModelConfig, ModelError, build_model, resolve_weights, save_model
+from crackseg.models.networks import ModelConfig, ModelError, build_model, resolve_weights, save_model
 from crackseg.synthetic import synthetic_crack
 
 SIZES = {"448x448": (448, 448), "2000x1500": (1500, 2000)}  # name: (height, width)

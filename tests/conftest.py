@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from crackseg.models import ModelConfig, build_model, save_model
+from crackseg.models.networks import ModelConfig, build_model, save_model
 from crackseg.synthetic import write_synthetic_dataset
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"

@@ -3,7 +3,7 @@
 import numpy as np
 
 from crackseg.inference import CrackSegmenter
-from crackseg.model_config import ModelConfig
+from crackseg.models.config import ModelConfig
 
 
 class DarknessBackend:

@@ -22,7 +22,7 @@ from crackseg.engines.cache import ExportError, cached_onnx, export_onnx, onnx_m
 from crackseg.engines.int8 import CalibrationCrops, agreement, is_accurate
 from crackseg.inference import CrackSegmenter
 from crackseg.io.images import write_image
-from crackseg.models import ModelError
+from crackseg.models.networks import ModelError
 from crackseg.synthetic import synthetic_crack
 
 TILE = 64
@@ -104,7 +104,7 @@ def test_export_of_a_cached_model_does_not_load_the_network(exported, tiny_model
     def fail(*args, **kwargs):
         raise AssertionError("the torch network was loaded although its export is cached")
 
-    monkeypatch.setattr("crackseg.models.load_model", fail)
+    monkeypatch.setattr("crackseg.models.networks.load_model", fail)
     out, _ = export_model(tiny_model_dir, out=tmp_path / "model.onnx", tile=TILE)
     assert out.read_bytes() == exported.read_bytes()
 

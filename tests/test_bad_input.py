@@ -23,7 +23,7 @@ from crackseg.io.images import (
     write_image,
 )
 from crackseg.measure import measure
-from crackseg.model_config import ModelError, read_config, resolve_weights
+from crackseg.models.config import ModelError, read_config, resolve_weights
 from crackseg.synthetic import synthetic_crack
 
 

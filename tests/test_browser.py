@@ -18,7 +18,7 @@ import uvicorn
 
 from crackseg.inference import CrackSegmenter
 from crackseg.io.images import write_image
-from crackseg.models import ModelConfig
+from crackseg.models.networks import ModelConfig
 from crackseg.serve import create_app
 from tests.test_serve import DarknessBackend, drawn_cracks_photo, png_bytes
 

@@ -15,7 +15,7 @@ from crackseg.data import DataError, find_all_pairs, find_pairs, split_pairs
 from crackseg.errors import InputError, OutputExistsError
 from crackseg.evaluate.scores import image_degrade_seed
 from crackseg.io.images import read_image, read_mask, write_image
-from crackseg.models import ModelConfig
+from crackseg.models.networks import ModelConfig
 from crackseg.runs.evaluate import evaluate
 from crackseg.synthetic import write_synthetic_dataset
 

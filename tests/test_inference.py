@@ -12,7 +12,7 @@ from crackseg.errors import InputError, OutputExistsError
 from crackseg.inference import CrackSegmenter, blend_window, tile_starts
 from crackseg.io.atomic import default_mode
 from crackseg.io.images import normalize_image, read_mask, write_image
-from crackseg.models import ModelConfig, load_model
+from crackseg.models.networks import ModelConfig, load_model
 from crackseg.runs.plan import output_paths
 from crackseg.runs.predict import predict_files
 from crackseg.synthetic import synthetic_crack

@@ -12,7 +12,7 @@ from crackseg.losses import (
     generalized_dice_loss,
     weighted_bce_loss,
 )
-from crackseg.models import build_model
+from crackseg.models.networks import build_model
 from crackseg.synthetic import synthetic_crack
 
 

@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from crackseg.models import ModelConfig, ModelError, build_model, load_model, save_model
+from crackseg.models.networks import ModelConfig, ModelError, build_model, load_model, save_model
 
 
 @pytest.mark.parametrize(

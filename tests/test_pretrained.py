@@ -8,9 +8,9 @@ import timm
 import torch
 
 from crackseg.io.images import normalize_image
-from crackseg.model_config import ModelError
-from crackseg.models import build_model
-from crackseg.pretrained import (
+from crackseg.models.config import ModelError
+from crackseg.models.networks import build_model
+from crackseg.models.pretrained import (
     INSTALLED_WEIGHTS,
     convert_by_order,
     installed_weights_file,
@@ -82,7 +82,7 @@ def test_a_truncated_state_dict_is_refused(tmp_path):
 
 
 def test_a_missing_package_names_what_to_install(monkeypatch):
-    import crackseg.pretrained as pretrained
+    import crackseg.models.pretrained as pretrained
 
     encoder = torch.nn.Linear(1, 1)
     monkeypatch.setattr(pretrained, "installed_weights_file", lambda name: None)

@@ -14,7 +14,7 @@ import crackseg.runs.predict
 from crackseg.cli import main
 from crackseg.inference import CrackSegmenter
 from crackseg.io.rasters import RasterError, check_disk_space
-from crackseg.models import ModelConfig
+from crackseg.models.networks import ModelConfig
 from crackseg.options import DEFAULT_MAX_PIXELS, DEFAULT_MAX_RASTER_PIXELS
 from crackseg.runs.predict import predict_files, segment_raster
 from crackseg.synthetic import synthetic_crack

@@ -13,7 +13,7 @@ from PIL import Image
 
 from crackseg.inference import CrackSegmenter
 from crackseg.io.images import encode_image
-from crackseg.models import ModelConfig
+from crackseg.models.networks import ModelConfig
 from crackseg.serve import create_app
 from crackseg.serve.security import allowed_host_names
 from crackseg.serve.store import Result, ResultStore

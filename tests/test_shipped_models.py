@@ -9,7 +9,7 @@ from crackseg.cli import main
 from crackseg.inference import CrackSegmenter
 from crackseg.io.images import read_mask
 from crackseg.metrics import confusion, scores
-from crackseg.model_config import DEFAULT_MODEL, WEIGHTS_DIR
+from crackseg.models.config import DEFAULT_MODEL, WEIGHTS_DIR
 
 SAMPLES = Path(__file__).resolve().parents[1] / "src" / "crackseg" / "samples"
 SHIPPED = sorted(p.name for p in WEIGHTS_DIR.iterdir() if (p / "model.safetensors").is_file())

@@ -15,7 +15,7 @@ from crackseg.cli import main
 from crackseg.data import BatchBlockSampler, DataError, source_weights
 from crackseg.losses import build_loss
 from crackseg.metrics import source_mean_f1_curve
-from crackseg.models import ModelConfig, build_model, load_model, save_model
+from crackseg.models.networks import ModelConfig, build_model, load_model, save_model
 from crackseg.synthetic import write_synthetic_dataset
 from crackseg.train import ConfigError, RunResult, TrainConfig, TrainingError, train
 from crackseg.train.setup import init_from, make_datasets

@@ -22,7 +22,7 @@ from crackseg.engines.base import sigmoid
 from crackseg.engines.torch_engine import TorchBackend
 from crackseg.errors import InputError, InputTypeError
 from crackseg.io.images import check_pixels, normalize_image, pil_to_rgb, read_image, to_rgb_uint8
-from crackseg.model_config import ModelConfig
+from crackseg.models.config import ModelConfig
 from crackseg.options import DEFAULT_MAX_PIXELS, SegmentOptions, check_threshold
 
 if TYPE_CHECKING:

@@ -22,7 +22,7 @@ from crackseg.engines.int8 import CALIBRATION_CROPS, CalibrationCrops, int8_cach
 from crackseg.engines.torch_engine import cpu_has_bf16_matrix_engine
 from crackseg.errors import InputError, OutputExistsError
 from crackseg.io.atomic import atomic_write_bytes
-from crackseg.model_config import ModelError
+from crackseg.models.config import ModelError
 
 log = logging.getLogger(__name__)
 

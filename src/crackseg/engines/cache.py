@@ -28,7 +28,7 @@ from crackseg.engines.base import INPUT_NAME, OUTPUT_NAME
 from crackseg.engines.handle import ModelHandle, weights_sha256
 from crackseg.errors import CracksegError
 from crackseg.io.atomic import atomic_write_bytes, default_mode
-from crackseg.model_config import ModelConfig
+from crackseg.models.config import ModelConfig
 
 if TYPE_CHECKING:
     import torch

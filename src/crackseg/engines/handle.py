@@ -8,7 +8,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from crackseg.model_config import ModelConfig, read_config, resolve_weights
+from crackseg.models.config import ModelConfig, read_config, resolve_weights
 
 
 @functools.cache
@@ -53,6 +53,6 @@ class ModelHandle:
 
     @functools.cached_property
     def network(self):
-        from crackseg.models import load_model  # here: `models` imports torch
+        from crackseg.models.networks import load_model  # here: `models` imports torch
 
         return load_model(self.path)[0]

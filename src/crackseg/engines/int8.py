@@ -35,7 +35,7 @@ from crackseg.engines.handle import ModelHandle
 from crackseg.engines.torch_engine import TorchBackend
 from crackseg.io.atomic import atomic_write_bytes
 from crackseg.io.images import normalize_image
-from crackseg.model_config import ModelConfig
+from crackseg.models.config import ModelConfig
 
 if TYPE_CHECKING:
     import torch

@@ -15,8 +15,8 @@ import torch
 
 from crackseg import __version__
 from crackseg.io.atomic import atomic_write_bytes
-from crackseg.models import ModelConfig, save_model
-from crackseg.pretrained import normalization
+from crackseg.models.networks import ModelConfig, save_model
+from crackseg.models.pretrained import normalization
 from crackseg.train.config import TrainConfig, TrainingError
 
 if TYPE_CHECKING:  # setup builds the Run from these functions
@@ -133,7 +133,7 @@ def input_normalization(config: TrainConfig) -> tuple[tuple, tuple]:
     """The mean/std the network's inputs are normalised with: those of the model it starts from, or of its
     encoder's pretrained weights (ImageNet's for a random start)."""
     if config.init_from:
-        from crackseg.model_config import read_config, resolve_weights
+        from crackseg.models.config import read_config, resolve_weights
 
         saved = read_config(resolve_weights(config.init_from))
         return saved.mean, saved.std

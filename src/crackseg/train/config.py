@@ -113,8 +113,10 @@ ScaleRange = Annotated[
     AfterValidator(_rising),
     expecting("two factors LOW,HIGH with 0 < LOW <= HIGH, e.g. 0.4,1.3"),
 ]
+
+
 def _degrade_scale(value) -> float:
-    """"x4", "×4" and "4" alike, as `evaluate --degrade` spells them (a ValueError, which pydantic reports)."""
+    """ "x4", "×4" and "4" alike, as `evaluate --degrade` spells them (a ValueError, which pydantic reports)."""
     try:
         return parse_scale(value)
     except InputError as err:

@@ -26,8 +26,8 @@ from crackseg.data import (
 )
 from crackseg.engines.torch_engine import cpu_has_bf16_matrix_engine
 from crackseg.losses import build_loss
-from crackseg.models import build_model
-from crackseg.pretrained import matching_tensors
+from crackseg.models.networks import build_model
+from crackseg.models.pretrained import matching_tensors
 from crackseg.train.checkpoint import (
     check_same_network,
     input_normalization,
@@ -155,7 +155,7 @@ def init_from(model: torch.nn.Module, path: str) -> list[str]:
     A model of another decoder width (or head) still starts from the trained encoder this way. Nothing matching
     at all is an error: it means the wrong model was named.
     """
-    from crackseg.models import load_model
+    from crackseg.models.networks import load_model
 
     matching, skipped = matching_tensors(load_model(path)[0].state_dict(), model.state_dict())
     if not matching:

@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from crackseg.model_config import CONFIG_NAME, WEIGHTS_NAME, ModelConfig, ModelError, read_config, resolve_weights
-from crackseg.pretrained import INSTALLED_WEIGHTS, load_installed_weights, load_local_weights, read_state_dict
+from crackseg.models.config import CONFIG_NAME, WEIGHTS_NAME, ModelConfig, ModelError, read_config, resolve_weights
+from crackseg.models.pretrained import INSTALLED_WEIGHTS, load_installed_weights, load_local_weights, read_state_dict
 
 # Encoder depth each architecture uses by default; deeper encoder stages are removed from the model.
 ARCH_DEPTH = {"pspnet": 3}

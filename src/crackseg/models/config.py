@@ -15,7 +15,7 @@ from crackseg import __version__
 from crackseg.errors import CracksegError
 from crackseg.io.images import IMAGENET_MEAN, IMAGENET_STD
 
-WEIGHTS_DIR = Path(__file__).parent / "weights"
+WEIGHTS_DIR = Path(__file__).parents[1] / "weights"
 DEFAULT_MODEL = "unet-lite0"
 CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
 

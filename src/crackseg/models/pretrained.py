@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from crackseg.io.images import IMAGENET_MEAN, IMAGENET_STD
-from crackseg.model_config import ModelError
+from crackseg.models.config import ModelError
 
 
 @dataclass(frozen=True)
