@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +21,7 @@ from crackseg.engines import BackendError, ModelHandle, auto_candidates, export_
 from crackseg.engines import cache as export
 from crackseg.engines.cache import ExportError, cached_onnx, export_onnx, onnx_metadata
 from crackseg.engines.int8 import CalibrationCrops, agreement, is_accurate
+from crackseg.errors import CracksegError
 from crackseg.inference import CrackSegmenter
 from crackseg.io.images import write_image
 from crackseg.models.networks import ModelError
@@ -86,7 +88,6 @@ def test_export_refuses_a_model_that_differs_from_torch(exported, tiny, tmp_path
 
 
 def test_second_run_reuses_the_cached_export(exported, tiny, monkeypatch):
-    weights = tiny.path
     before = exported.stat().st_mtime_ns
 
     def fail(*args, **kwargs):
@@ -96,8 +97,23 @@ def test_second_run_reuses_the_cached_export(exported, tiny, monkeypatch):
     assert cached_onnx(tiny, TILE) == exported
     assert exported.stat().st_mtime_ns == before
     # the key covers tile, backend and precision: another tile is another entry
-    assert export.cache_path(weights, TILE * 2, "onnx", "fp32", ".onnx") != exported
-    assert export.cache_path(weights, TILE, "onnx", "int8", ".onnx") != exported
+    assert export.cache_path(tiny, TILE * 2, "onnx", "fp32", ".onnx") != exported
+    assert export.cache_path(tiny, TILE, "onnx", "int8", ".onnx") != exported
+
+
+def test_a_config_naming_another_network_is_refused_not_run_from_the_cache(exported, tiny, tmp_path):
+    # the same weights beside a config.json that names another architecture: a new cache entry, whose export
+    # builds the network the config names and refuses the mismatch, under auto as under --backend torch
+    folder = tmp_path / "edited"
+    folder.mkdir()
+    shutil.copy(tiny.path, folder / "model.safetensors")
+    config = json.loads((tiny.path.parent / "config.json").read_text()) | {"arch": "unet"}
+    (folder / "config.json").write_text(json.dumps(config))
+    edited = ModelHandle.find(folder)
+    assert export.cache_path(edited, TILE, "onnx", "fp32", ".onnx") != exported
+    for backend in ("auto", "onnx", "torch"):
+        with pytest.raises(CracksegError, match="do not match the config"):
+            CrackSegmenter.from_pretrained(folder, backend=backend, tile=TILE)
 
 
 def test_export_of_a_cached_model_does_not_load_the_network(exported, tiny_model_dir, tmp_path, monkeypatch):
@@ -305,7 +321,7 @@ def test_int8_is_judged_by_task_accuracy_and_a_model_that_fails_is_not_chosen(
     assert not is_accurate({"f1": 0.755, "f1_fp32": 0.764, "mask_f1": 0.99, "p999": 0.001})
     assert not is_accurate({"f1": 0.764, "f1_fp32": 0.764, "mask_f1": 0.97, "p999": 0.001})
     # a recorded int8 model that fails the F1 rule is never auto's choice, even where int8 comes first
-    record = Path(f"{int8.int8_cache_path(tiny.path, TILE, backend)}.agreement.json")
+    record = Path(f"{int8.int8_cache_path(tiny, TILE, backend)}.agreement.json")
     crops_judged = {"held_out_crops": int8.HELD_OUT_CROPS}
     record.write_text(json.dumps({"f1": 0.70, "f1_fp32": 0.76, "mask_f1": 0.99, "p999": 0.01} | crops_judged))
     monkeypatch.setattr(engines, "auto_candidates", lambda device="cpu": [(backend, "int8"), ("torch", "fp32")])

@@ -180,3 +180,50 @@ def test_only_the_users_errors_become_one_line_messages(photo_dir, tmp_path, mon
     monkeypatch.setattr(crackseg.runs.predict, "predict_photo", bug)
     with pytest.raises(KeyError):  # keeps its traceback instead of passing for a user error
         main(["predict", str(photo_dir), "-o", str(tmp_path / "out"), "--backend", "torch"])
+
+
+def test_export_never_replaces_a_photo_the_model_or_an_earlier_export_unasked(tiny_model_dir, tmp_path, capsys):
+    photo = tmp_path / "photo.jpg"
+    write_image(photo, synthetic_crack((32, 32), seed=0)[0])
+    before = photo.read_bytes()
+    weights = tiny_model_dir / "model.safetensors"
+    model_bytes = weights.read_bytes()
+    for out, says in (
+        (photo, "name a .onnx file"),
+        (weights, "name a .onnx file"),
+        (tmp_path, "is a folder"),
+    ):
+        assert main(["export", "--weights", str(tiny_model_dir), "-o", str(out)]) == 2
+        assert says in capsys.readouterr().err
+    assert photo.read_bytes() == before and weights.read_bytes() == model_bytes
+    earlier = tmp_path / "model.onnx"
+    earlier.write_bytes(b"an earlier export")
+    assert main(["export", "--weights", str(tiny_model_dir), "-o", str(earlier)]) == 2
+    assert "add --overwrite" in capsys.readouterr().err and earlier.read_bytes() == b"an earlier export"
+
+
+def test_a_photo_given_as_weights_is_one_line(photo_dir, tmp_path, capsys):
+    assert main(["predict", str(photo_dir), "-o", str(tmp_path / "out"), "--weights", str(photo_dir / "p.jpg")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "p.jpg: not a model file" in err
+
+
+def test_resuming_a_missing_run_says_so(tmp_path, capsys):
+    assert main(["train", "--resume", "--out", str(tmp_path / "missing")]) == 2
+    assert f"no run to resume in {tmp_path / 'missing'}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option,value", [("--pixel-size", "inf"), ("--pixel-size", "0"), ("--min-length", "nan")])
+def test_measure_refuses_unusable_numbers_before_writing_anything(photo_dir, tmp_path, capsys, option, value):
+    out = tmp_path / "out"
+    assert main(["measure", str(photo_dir), "--masks", "-o", str(out), option, value]) == 2
+    assert f"{option} " in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_the_python_api_refuses_what_the_command_line_refuses():
+    mask = np.zeros((40, 40), bool)
+    mask[20, 5:35] = True
+    for values in ({"min_length": float("nan")}, {"pixel_size_mm": float("inf")}, {"direction_deg": float("nan")}):
+        with pytest.raises(InputError):
+            measure(mask, **values)

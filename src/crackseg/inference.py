@@ -206,8 +206,9 @@ class CrackSegmenter:
         threshold = self.threshold if threshold is None else SegmentOptions.make(threshold=threshold).threshold
         return Prediction(self.predict_prob(as_rgb(image, self.max_pixels)), threshold)
 
-    def predict_raster(self, src, block: int) -> Iterator[tuple[int, int, Prediction]]:
-        """Segment an open raster (rasterio) block by block: (row, col, prediction of the block) in raster order.
+    def predict_raster(self, src, block: int) -> Iterator[tuple[int, int, Prediction, np.ndarray]]:
+        """Segment an open raster (rasterio) block by block: (row, col, prediction of the block, its valid-data
+        mask) in raster order.
 
         Each block is read with a margin of one tile, so the tiles at its edge see the same context as inside, and
         cropped back; pixels outside the raster's valid data get probability 0. Memory: one block and its margin.
@@ -222,7 +223,7 @@ class CrackSegmenter:
             image, valid = read_rgb(src, top, left, bottom - top, right - left)
             inner = (slice(row - top, row - top + height), slice(col - left, col - left + width))
             prob = np.where(valid, self.predict_prob(image), 0.0).astype(np.float32)[inner]
-            yield row, col, Prediction(prob, self.threshold)
+            yield row, col, Prediction(prob, self.threshold), valid[inner]
 
     def predict_batch(self, images, threshold: float | None = None) -> list[Prediction]:
         return [self.predict(image, threshold) for image in images]

@@ -153,7 +153,7 @@ def export_model(
                 f"; {backend}: crack F1 {figures['f1']:.4f} (fp32 {figures['f1_fp32']:.4f}), mask agreement F1 "
                 f"{figures['mask_f1']:.4f}, p99.9 |Δp| {figures['p999']:.4f}: {verdict}"
             )
-        source = int8_cache_path(handle.path, tile, "onnx")
+        source = int8_cache_path(handle, tile, "onnx")
     else:
         raise InputError(f"--precision {precision!r}: export writes fp32 or int8 ONNX")
     atomic_write_bytes(out, Path(source).read_bytes())

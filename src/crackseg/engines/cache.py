@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from crackseg.engines.base import INPUT_NAME, OUTPUT_NAME
-from crackseg.engines.handle import ModelHandle, weights_sha256
+from crackseg.engines.handle import ModelHandle
 from crackseg.errors import CracksegError
 from crackseg.io.atomic import atomic_write_bytes, default_mode
 from crackseg.models.config import ModelConfig
@@ -50,9 +50,9 @@ def cache_dir() -> Path:
     return Path(os.environ.get("CRACKSEG_CACHE") or Path.home() / ".cache" / "crackseg")
 
 
-def cache_path(weights: str | os.PathLike, tile: int, backend: str, precision: str, suffix: str) -> Path:
-    """Where the artefact of these weights, tile size, backend and precision lives in the cache."""
-    key = f"{weights_sha256(weights)[:24]}-t{tile}-{backend}-{precision}-v{EXPORT_FORMAT}"
+def cache_path(handle: ModelHandle, tile: int, backend: str, precision: str, suffix: str) -> Path:
+    """Where the artefact of this model (weights and network), tile size, backend and precision lives in the cache."""
+    key = f"{handle.cache_key}-t{tile}-{backend}-{precision}-v{EXPORT_FORMAT}"
     return cache_dir() / f"{key}{suffix}"
 
 
@@ -178,7 +178,7 @@ def config_from_onnx(path: str | os.PathLike) -> ModelConfig:
 
 def cached_onnx(handle: ModelHandle, tile: int) -> Path:
     """The fp32 ONNX export of a model at `tile`, exported on first use (only then is the network loaded)."""
-    path = cache_path(handle.path, tile, "onnx", "fp32", ".onnx")
+    path = cache_path(handle, tile, "onnx", "fp32", ".onnx")
     if not path.is_file():
         log.warning("exporting %s to ONNX at tile %d (once; cached in %s)", handle.path, tile, path.parent)
         export_onnx(handle.network, handle.config, path, tile)

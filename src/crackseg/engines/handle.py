@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +51,15 @@ class ModelHandle:
     @property
     def sha256(self) -> str:
         return weights_sha256(self.path)
+
+    @property
+    def cache_key(self) -> str:
+        """The weights' hash and the network the config describes: a folder whose config.json names another
+        architecture gets its own cache entry, so the export (which builds the network) refuses the mismatch."""
+        fields = ("arch", "encoder", "encoder_depth", "arch_kwargs", "mean", "std")
+        network = {name: getattr(self.config, name) for name in fields}
+        text = self.sha256 + json.dumps(network, sort_keys=True, default=list)
+        return hashlib.sha256(text.encode()).hexdigest()[:24]
 
     @functools.cached_property
     def network(self):

@@ -211,16 +211,16 @@ def nncf_available() -> bool:
     return importlib.util.find_spec("nncf") is not None
 
 
-def int8_cache_path(weights: str | os.PathLike, tile: int, backend: str) -> Path:
+def int8_cache_path(handle: ModelHandle, tile: int, backend: str) -> Path:
     """Where the int8 model of a weights file lives ("onnx": a QDQ .onnx; "openvino": an IR folder)."""
-    return cache_path(weights, tile, backend, "int8", ".onnx" if backend == "onnx" else "")
+    return cache_path(handle, tile, backend, "int8", ".onnx" if backend == "onnx" else "")
 
 
 def cached_int8(
     handle: ModelHandle, tile: int, backend: str, crops: CalibrationCrops | None = None, refresh: bool = False
 ) -> Path:
     """The int8 model of a model for `backend`, calibrated on first use."""
-    path = int8_cache_path(handle.path, tile, backend)
+    path = int8_cache_path(handle, tile, backend)
     if path.exists() and not refresh:
         return path
     crops = crops or CalibrationCrops(handle.config, tile)
@@ -300,7 +300,7 @@ def verified_int8(
     """
     config = handle.config
     crops = crops or CalibrationCrops(config, tile)
-    if not calibrate and not int8_cache_path(handle.path, tile, backend).exists():
+    if not calibrate and not int8_cache_path(handle, tile, backend).exists():
         raise BackendError("not calibrated yet (crackseg export --precision int8 --calibration-data DIR -o FILE.onnx)")
     path = cached_int8(handle, tile, backend, crops)
     record = Path(f"{path}.agreement.json")

@@ -66,6 +66,9 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             os.fsync(f.fileno())
         os.chmod(tmp, default_mode())  # outputs are not secrets: the usual permissions, not mkstemp's
         os.replace(tmp, path)
+    except OSError as err:  # e.g. a full disk: say which file, leave nothing half-written
+        Path(tmp).unlink(missing_ok=True)
+        raise OSError(err.errno, f"{path}: cannot write it ({err.strerror or err})") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -7,6 +7,7 @@ Every image that enters crackseg goes through `read_image` (RGB uint8, EXIF-upri
 from __future__ import annotations
 
 import functools
+import logging
 import os
 from pathlib import Path
 from typing import BinaryIO
@@ -18,6 +19,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from crackseg.errors import InputError
 from crackseg.io.atomic import atomic_write_bytes
 from crackseg.options import DEFAULT_MAX_PIXELS
+
+log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -100,16 +103,11 @@ def to_rgb_uint8(array: np.ndarray) -> np.ndarray:
         raise InputError(f"expected an image array of numbers, got dtype {a.dtype}")
     if a.dtype.kind == "f" and not np.isfinite(a).all():
         raise InputError("the image holds NaN or infinite values; replace them (e.g. np.nan_to_num) first")
-    top = float(a.max())
     if a.dtype == bool:
         a = a.astype(np.uint8) * 255
-    elif a.dtype.kind == "f":
-        scale = 255.0 if top <= 1.0 else (1.0 if top <= 255 else 255.0 / 65535.0)
-        a = (a * scale).round().clip(0, 255).astype(np.uint8)
-    elif top > 255:  # 16-bit data
-        a = (a.astype(np.float32) / 257.0).round().clip(0, 255).astype(np.uint8)
-    else:  # 8-bit values, whatever the type holding them (a uint16 array of 0–255 is not a dark 16-bit photo)
-        a = a.clip(0, 255).astype(np.uint8)
+    else:
+        low, scale = value_range(a)
+        a = ((a.astype(np.float32) - low) * scale).round().clip(0, 255).astype(np.uint8)
     if a.ndim == 2:
         a = np.repeat(a[:, :, None], 3, axis=2)
     elif a.ndim == 3 and a.shape[2] == 1:
@@ -119,6 +117,32 @@ def to_rgb_uint8(array: np.ndarray) -> np.ndarray:
     if a.ndim != 3 or a.shape[2] != 3:
         raise InputError(f"expected a grayscale, RGB or RGBA image, got an array of shape {array.shape}")
     return np.ascontiguousarray(a)
+
+
+SENSOR_BITS = (10, 12, 14, 16)  # the depths cameras store in 16-bit files: the data fills 2**bits - 1, not 65535
+
+
+def value_range(a: np.ndarray) -> tuple[float, float]:
+    """(offset, scale) that bring an image's values to 0–255, from the range the data uses where it is
+    unambiguous: floats in [0, 1], [-1, 1] or 0–255; integers in 0–255 (whatever their type: a uint16 array of
+    0–255 is not a dark 16-bit photo), or in 0 to 2**bits - 1 for the sensor depths of SENSOR_BITS (12-bit data in a
+    16-bit file is not scaled as 16-bit, which would darken it 16×). Other ranges are scaled to fit, with a warning."""
+    low, top = float(a.min()), float(a.max())
+    if a.dtype.kind == "f":
+        if low >= 0 and top <= 1:
+            return 0.0, 255.0
+        if low >= -1 and top <= 1:
+            return -1.0, 127.5
+        if low >= 0 and top <= 255:
+            return 0.0, 1.0
+    elif low >= 0 and top <= 255:
+        return 0.0, 1.0
+    elif low >= 0:
+        bits = next((b for b in SENSOR_BITS if top < 2**b), None)
+        if bits is not None:
+            return 0.0, 255.0 / (2**bits - 1)
+    log.warning("image values span %g to %g, an unusual range for a photo: scaled to fit 0-255", low, top)
+    return low, 255.0 / max(top - low, 1e-12)
 
 
 def pil_to_rgb(img: Image.Image) -> np.ndarray:
@@ -164,15 +188,22 @@ def _normalize_table(mean: tuple, std: tuple) -> np.ndarray:
     return ((values - np.asarray(mean, np.float32)) / np.asarray(std, np.float32))[None]
 
 
-def mask_from_array(values: np.ndarray, name: str = "mask") -> np.ndarray:
-    """Binarise a label array (0/255, 0/1, palette, or JPEG-noisy) into a bool crack mask.
-
-    JPEG masks carry grey values near the edges, so values are split at the middle of their range
-    (> 127 for 8-bit); a mask whose values form more than two clusters is not a binary mask.
-    """
+def mask_from_array(values: np.ndarray, name: str = "mask", lossy: bool = False) -> np.ndarray:
+    """A label array as a bool crack mask, by one rule: a mask of two values is background (the lower) and crack
+    (the higher), whatever the two values are (0/255, 0/1, 0/2 class indices, 0/100); one value is background if 0,
+    else crack. More than two values is not a binary mask (an error naming it), except in a `lossy` (JPEG) mask,
+    whose edges carry grey values: it is split at the middle of its range (> 127 for 8-bit)."""
     a = np.asarray(values)
     if a.ndim == 3:
         a = a[:, :, :3].max(axis=2)
+    levels = np.unique(a) if a.dtype.itemsize > 1 else np.flatnonzero(np.bincount(a.ravel().view(np.uint8)))
+    if len(levels) <= 2:
+        return a > levels[0] if len(levels) == 2 else np.full(a.shape, bool(levels[0] > 0))
+    if not lossy:
+        raise InputError(
+            f"{name}: not a binary mask ({len(levels)} different values, e.g. {', '.join(map(str, levels[:4]))}); "
+            "a mask holds two values, background and crack"
+        )
     a = a.astype(np.float32)
     hi = float(a.max(initial=0))
     if hi <= 0:
@@ -198,7 +229,7 @@ def read_mask(path: str | os.PathLike) -> np.ndarray:
         return np.asarray(img).astype(bool)
     if img.mode not in ("L", "I;16", "I", "RGB", "RGBA", "LA"):
         img = img.convert("L")
-    return mask_from_array(np.asarray(img), name=str(path))
+    return mask_from_array(np.asarray(img), name=str(path), lossy=path.suffix.lower() in (".jpg", ".jpeg"))
 
 
 def encode_image(array: np.ndarray, suffix: str, quality: int = 90) -> bytes:

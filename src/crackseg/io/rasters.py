@@ -106,11 +106,29 @@ def output_profile(src, dtype: str) -> dict:
     }
 
 
-def write_window(sink, row: int, col: int, band: np.ndarray) -> None:
-    """Write one band's block at (row, col) of an open output raster."""
+def write_window(sink, row: int, col: int, values: np.ndarray, band: int | str = 1) -> None:
+    """Write a block at (row, col) of an open output raster: into its band, or (`band="mask"`) its valid-data
+    mask (255 valid, 0 no-data)."""
     from rasterio.windows import Window
 
-    sink.write(band, 1, window=Window(col, row, band.shape[1], band.shape[0]))
+    window = Window(col, row, values.shape[1], values.shape[0])
+    if band == "mask":
+        sink.write_mask(values, window=window)
+    else:
+        sink.write(values, band, window=window)
+
+
+def has_no_data(src) -> bool:
+    """Whether a raster marks pixels as no-data (a nodata value, an alpha band or a mask)."""
+    from rasterio.enums import MaskFlags
+
+    return any(flags != [MaskFlags.all_valid] for flags in src.mask_flag_enums)
+
+
+def rasterio_env(**options):
+    import rasterio
+
+    return rasterio.Env(**options)
 
 
 def check_disk_space(folder: Path, height: int, width: int, write_prob: bool) -> None:

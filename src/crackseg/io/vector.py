@@ -6,6 +6,7 @@ the disk, so that both commands write the same way.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -49,6 +50,18 @@ def attribute_column(values: list, kind: str | None = None) -> np.ndarray:
     return np.array(values, dtype=object)
 
 
+@contextlib.contextmanager
+def gdal_errors_named(path: str | os.PathLike):
+    """GDAL's errors (a full disk, a read-only folder) as one OSError line naming the file being written."""
+    from pyogrio.errors import DataLayerError, DataSourceError
+
+    try:
+        yield
+    except (DataSourceError, DataLayerError) as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise OSError(f"{path}: cannot write it ({first_line})") from None
+
+
 def write_gpkg(
     path: str | os.PathLike,
     layer: str,
@@ -64,7 +77,7 @@ def write_gpkg(
     import pyogrio
     import shapely
 
-    with atomic_path(path) as tmp, warnings.catch_warnings():
+    with atomic_path(path) as tmp, warnings.catch_warnings(), gdal_errors_named(path):
         warnings.filterwarnings("ignore", "'crs' was not provided")  # local coordinates have no CRS to give
         pyogrio.raw.write(
             tmp,

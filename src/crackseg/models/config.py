@@ -79,6 +79,9 @@ def read_config(weights: Path) -> ModelConfig:
         raise ModelError(f"{weights}: not a crackseg model file ({type(err).__name__}: {err})") from None
 
 
+WEIGHTS_SUFFIXES = (".safetensors", ".pth", ".pt")
+
+
 def resolve_weights(weights: str | Path | None = None, model: str | None = None) -> Path:
     """The weights file for a path (file or run/model folder) or a shipped model name (default: the default)."""
     if weights is not None:
@@ -90,6 +93,10 @@ def resolve_weights(weights: str | Path | None = None, model: str | None = None)
             raise ModelError(f"{path}: no {WEIGHTS_NAME} in this folder (or its best/); pass a crackseg model")
         if not path.is_file():
             raise ModelError(f"{path}: weights file not found")
+        if path.suffix.lower() not in WEIGHTS_SUFFIXES:
+            raise ModelError(
+                f"{path}: not a model file; pass a model folder, its {WEIGHTS_NAME}, or a .pth/.pt state dict"
+            )
         return path
     name = model or DEFAULT_MODEL
     path = WEIGHTS_DIR / name / WEIGHTS_NAME

@@ -18,7 +18,7 @@ import numpy as np
 from tqdm import tqdm
 
 from crackseg.errors import InputError
-from crackseg.io.atomic import atomic_write_bytes
+from crackseg.io.atomic import atomic_write_bytes, remove_debris, temporary_prefix
 from crackseg.io.georef import Georeference, check_shape, is_tiff, read_tiff_header, resolve_pixel_size
 from crackseg.io.images import read_image, read_mask, write_image
 from crackseg.io.rasters import OVERVIEW_SIDE, READ_CACHE_MB, in_blocks, open_raster, overview, read_mask_window
@@ -81,7 +81,14 @@ def plan_measure(
         in_blocks=lambda path: in_blocks(read_tiff_header(path), max_pixels, block),
     )
     prepare_outputs(plan, overwrite)
+    remove_debris(temporary_mask_name(plan.out_dir, item.source) for item in plan.items if item.in_blocks)
     return plan
+
+
+def temporary_mask_name(out_dir: Path, source: Path) -> Path:
+    """The name a photo raster's temporary mask is made under (hidden, `.NAME_mask.XXXX.tmp`, as `io.atomic`'s
+    temporaries), so that a later run clears what a killed one left."""
+    return out_dir / f"{source.stem}_mask"
 
 
 def measure_plan(
@@ -232,12 +239,9 @@ def measure_raster(
     with contextlib.ExitStack() as stack:
         mask_path = Path(path)
         if segmenter is not None:
-            work = Path(
-                stack.enter_context(
-                    tempfile.TemporaryDirectory(dir=work_dir, prefix=f".{mask_path.name}.", suffix=".tmp")
-                )
-            )
-            mask_path = work / f"{mask_path.stem}_mask.tif"
+            name = temporary_mask_name(work_dir, mask_path)
+            work = tempfile.TemporaryDirectory(dir=work_dir, prefix=temporary_prefix(name), suffix=".tmp")
+            mask_path = Path(stack.enter_context(work)) / f"{name.name}.tif"
             segment_raster(segmenter, path, mask_path, block=options.block)
         result = measure_mask(mask_path, options, progress)
     return result, overview(path) if with_overview else None

@@ -19,7 +19,15 @@ from crackseg.inference import CrackSegmenter, overlay
 from crackseg.io.atomic import atomic_path
 from crackseg.io.georef import read_tiff_header
 from crackseg.io.images import read_image, write_image
-from crackseg.io.rasters import check_disk_space, in_blocks, open_raster, output_profile, write_window
+from crackseg.io.rasters import (
+    check_disk_space,
+    has_no_data,
+    in_blocks,
+    open_raster,
+    output_profile,
+    rasterio_env,
+    write_window,
+)
 from crackseg.options import DEFAULT_BLOCK, DEFAULT_MAX_PIXELS
 from crackseg.runs.plan import Plan, make_plan, prepare_outputs
 
@@ -115,14 +123,21 @@ def segment_raster(
     block: int = DEFAULT_BLOCK,
 ) -> None:
     """Segment a TIFF block by block into a mask GeoTIFF (0/255) and optionally a probability GeoTIFF (×255),
-    both on the input's grid and CRS (if it has one), each written atomically, the mask last."""
+    both on the input's grid and CRS (if it has one), each written atomically, the mask last. Where the input has
+    no-data (a nodata value, alpha band or mask), the outputs carry it as their own mask, so a GIS shows no-data
+    there rather than "no crack"."""
     with open_raster(path) as src, contextlib.ExitStack() as stack:
+        stack.enter_context(rasterio_env(GDAL_TIFF_INTERNAL_MASK=True))
+        masked = has_no_data(src)
         check_disk_space(mask_path.parent, src.height, src.width, prob_path is not None)
         # Contexts close in reverse: the rasters are flushed, then renamed into place, the mask last (as a photo's).
         targets = [mask_path] + ([prob_path] if prob_path else [])
         temporary = [stack.enter_context(atomic_path(t)) for t in targets]
         sinks = [stack.enter_context(open_raster(t, "w", **output_profile(src, "uint8"))) for t in temporary]
-        for row, col, prediction in segmenter.predict_raster(src, block):
+        for row, col, prediction, valid in segmenter.predict_raster(src, block):
             write_window(sinks[0], row, col, prediction.mask.view(np.uint8) * 255)
             if prob_path:
                 write_window(sinks[1], row, col, np.round(prediction.prob * 255).astype(np.uint8))
+            if masked:
+                for sink in sinks:
+                    write_window(sink, row, col, valid.view(np.uint8) * 255, band="mask")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pydantic.fields import FieldInfo
 
-from crackseg.train.config import OPTIONS, TrainConfig, labelled, read_options_file, saved_options
+from crackseg.train.config import OPTIONS, TrainConfig, TrainingError, labelled, read_options_file, saved_options
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -68,7 +68,10 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     from_file = read_options_file(path) if path else {}
     chosen = {**from_file, **flags}
     if chosen.get("resume") is True and chosen.get("out"):
-        chosen = {**saved_options(Path(chosen["out"])), **chosen}
+        saved = saved_options(Path(chosen["out"]))
+        if not saved:
+            raise TrainingError(f"--resume: no run to resume in {chosen['out']} (no last.pt or run.json there)")
+        chosen = {**saved, **chosen}
     labels = {name: f"--{name.replace('_', '-')}" for name in OPTIONS}
     labels.update({name: f"{path}: {name}" for name in from_file if name not in flags})
     return labelled(lambda: TrainConfig.from_dict(chosen), labels)

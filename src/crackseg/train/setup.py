@@ -90,7 +90,10 @@ def make_datasets(config: TrainConfig) -> tuple[EpochSeededDataset, CrackDataset
     else:
         train_pairs, val_pairs = split_pairs(pairs, config.val_fraction, config.split_seed)
     if not val_pairs:
-        raise TrainingError("the validation split came out empty; add data, raise val_fraction or pass val_data")
+        raise TrainingError(
+            f"the validation split came out empty: the {len(pairs)} pairs come from too few photos to hold one out "
+            "(crops of a photo stay on one side); add photos or pass val_data"
+        )
     transform = train_transform(config.size, not config.light_augment, config.distractor_prob, config.scale_range)
     mean, std = input_normalization(config)
     extra = make_degradation(config.degrade_prob, config.degrade_scale)
