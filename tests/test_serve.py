@@ -454,3 +454,62 @@ def test_the_network_is_never_entered_by_two_threads_at_once():
         for t in threads:
             t.join(timeout=60)
     assert [a.status_code for a in answers] == [200, 200, 200]
+
+
+class CountingBackend(DarknessBackend):
+    """The darkness stand-in, slowed down and counting its calls, so a test can see the work stop."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.calls = 0
+
+    def __call__(self, batch):
+        self.calls += 1
+        time.sleep(0.05)
+        return super().__call__(batch)
+
+
+def test_a_client_that_leaves_stops_the_work_within_a_few_tiles(tmp_path):
+    import socket
+    import threading
+
+    import uvicorn
+
+    config = ModelConfig(train_size=64, name="counting", threshold=0.5)
+    backend = CountingBackend(config)
+    app = create_app(CrackSegmenter(None, config, backend=backend, batch_size=1), workers=1)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.time() + 20
+        while not server.started and time.time() < deadline:
+            time.sleep(0.05)
+        photo = encode_image(drawn_cracks_photo(640, 640), ".png")  # 169 tiles of 64 px: ~9 s of work
+        boundary = "crackseg-test-boundary"
+        body = (
+            (
+                f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="big.png"\r\n'
+                "Content-Type: image/png\r\n\r\n"
+            ).encode()
+            + photo
+            + f"\r\n--{boundary}--\r\n".encode()
+        )
+        head = (
+            f"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nOrigin: http://127.0.0.1:{port}\r\n"
+            f"Content-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: {len(body)}\r\n\r\n"
+        ).encode()
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            client.sendall(head + body)
+            while backend.calls < 5 and time.time() < deadline:  # the work has started
+                time.sleep(0.02)
+        left_at = backend.calls
+        time.sleep(2.0)  # long enough for ~40 more tiles had the work gone on
+        assert backend.calls - left_at <= 8
+        assert backend.calls < 169
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

@@ -20,7 +20,7 @@ from PIL import Image
 
 from crackseg.engines.base import sigmoid
 from crackseg.engines.torch_engine import TorchBackend
-from crackseg.errors import InputError, InputTypeError
+from crackseg.errors import CracksegError, InputError, InputTypeError
 from crackseg.io.images import check_pixels, normalize_image, pil_to_rgb, read_image, to_rgb_uint8
 from crackseg.models.config import ModelConfig
 from crackseg.options import DEFAULT_MAX_PIXELS, SegmentOptions, check_threshold
@@ -29,6 +29,15 @@ if TYPE_CHECKING:
     import torch
 
 log = logging.getLogger(__name__)
+
+
+class Cancelled(CracksegError):
+    """The caller asked the segmenter to stop (`predict_prob`'s `cancel`)."""
+
+
+def check_cancel(cancel: threading.Event | None) -> None:
+    if cancel is not None and cancel.is_set():
+        raise Cancelled("cancelled")
 
 
 def resolve_threshold(given: float | None, model_default: float) -> float:
@@ -167,17 +176,21 @@ class CrackSegmenter:
             return image
         return np.pad(image, ((0, pad_h), (0, pad_w), (0, 0)), mode="symmetric")
 
-    def predict_prob(self, image: np.ndarray) -> np.ndarray:
-        """Crack probability (float32, the image's H×W) of an H×W×3 uint8 RGB image."""
+    def predict_prob(self, image: np.ndarray, cancel: threading.Event | None = None) -> np.ndarray:
+        """Crack probability (float32, the image's H×W) of an H×W×3 uint8 RGB image.
+
+        `cancel`: when set (by another thread: a client that left, a Cancel), the work stops within one batch of
+        tiles with `Cancelled`."""
         height, width = image.shape[:2]
         check_pixels(width, height, self.max_pixels, "image")
+        check_cancel(cancel)
         tile = self.tile
         if height <= tile and width <= tile and self.backend.fixed_size is None:
             return self._run([image])[0]  # one pass; the network pads to its stride itself
         padded = self._pad_to(image, max(height, tile), max(width, tile))
-        return self._tiled(padded, tile)[:height, :width]
+        return self._tiled(padded, tile, cancel)[:height, :width]
 
-    def _tiled(self, image: np.ndarray, tile: int) -> np.ndarray:
+    def _tiled(self, image: np.ndarray, tile: int, cancel: threading.Event | None = None) -> np.ndarray:
         height, width = image.shape[:2]
         ys, xs = tile_starts(height, tile, self.overlap), tile_starts(width, tile, self.overlap)
         window = blend_window(tile)
@@ -192,6 +205,7 @@ class CrackSegmenter:
         origins = [(y, x) for y in ys for x in xs]
         weight2d = np.outer(window, window)
         for i in range(0, len(origins), self.batch_size):
+            check_cancel(cancel)
             chunk = origins[i : i + self.batch_size]
             probs = self._run([image[y : y + tile, x : x + tile] for y, x in chunk])
             for (y, x), prob in zip(chunk, probs):

@@ -114,11 +114,12 @@ def crack_map(result: Result, threshold: float, pixel_size_mm: float | None, kin
 # --- one upload, start to end -------------------------------------------------------------------------------
 
 
-def analyse(segmenter, stream, name: str, threshold: float, pixel_size_mm, max_pixels: int):
-    """Decode, segment and measure one upload: (Result, `measured` dict, seconds spent in inference)."""
+def analyse(segmenter, stream, name: str, threshold: float, pixel_size_mm, max_pixels: int, cancel=None):
+    """Decode, segment and measure one upload: (Result, `measured` dict, seconds spent in inference). `cancel`
+    (a threading.Event) stops the segmentation within a batch of tiles (`inference.Cancelled`)."""
     image = decode_upload(stream, name, max_pixels)
     start = time.perf_counter()
-    prob = segmenter.predict_prob(image)
+    prob = segmenter.predict_prob(image, cancel)
     seconds = time.perf_counter() - start
     result = Result(image, prob, threshold, pixel_size_mm, name)
     return result, measured(result, None, pixel_size_mm), seconds

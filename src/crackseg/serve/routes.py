@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -23,7 +24,7 @@ from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, Reques
 from fastapi.responses import FileResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from crackseg.inference import CrackSegmenter
+from crackseg.inference import Cancelled, CrackSegmenter
 from crackseg.serve.analysis import (
     READABLE,
     UploadError,
@@ -183,16 +184,33 @@ def check_upload(file: UploadFile, name: str, limits: Limits) -> None:
         raise HTTPException(400, f"{name}: the uploaded file is empty")
 
 
-async def analysed(pool: WorkerPool, segmenter, file: UploadFile, name: str, threshold, pixel_size_mm, max_pixels):
-    """`analyse` in the pool, counted as pending while it waits and runs; its failures as HTTP errors."""
+async def analysed(
+    request: Request, pool: WorkerPool, segmenter, file: UploadFile, name: str, threshold, pixel_size_mm, max_pixels
+):
+    """`analyse` in the pool, counted as pending while it waits and runs; its failures as HTTP errors. A client
+    that leaves (or the page's Cancel) stops the work within a batch of tiles, waiting or running."""
+    cancel = threading.Event()
+    watcher = asyncio.create_task(watch_disconnect(request, cancel))
     with pool.admitted():
         try:
-            return await pool.run(analyse, segmenter, file.file, name, threshold, pixel_size_mm, max_pixels)
+            args = (segmenter, file.file, name, threshold, pixel_size_mm, max_pixels, cancel)
+            return await pool.run(analyse, *args)
+        except Cancelled:
+            log.info("%s: the client left; its photo was not finished", name)
+            raise HTTPException(499, "cancelled: the client left") from None
         except UploadError as err:
             raise HTTPException(err.status, str(err)) from None
         except MemoryError:
             message = f"{name}: not enough memory for this photo now; retry or send a smaller one"
             raise HTTPException(503, message) from None
+        finally:
+            watcher.cancel()
+
+
+async def watch_disconnect(request: Request, cancel: threading.Event, every_s: float = 0.2) -> None:
+    while not await request.is_disconnected():
+        await asyncio.sleep(every_s)
+    cancel.set()
 
 
 # --- the endpoints ------------------------------------------------------------------------------------------
@@ -232,7 +250,7 @@ async def predict(
     threshold = segmenter.threshold if threshold is None else threshold
     started = time.perf_counter()
     result, values, inference_s = await analysed(
-        pool, segmenter, file, name, threshold, pixel_size_mm, limits.max_pixels
+        request, pool, segmenter, file, name, threshold, pixel_size_mm, limits.max_pixels
     )
     if not inline and await request.is_disconnected():
         log.info("%s: the client left (cancelled) before the answer; the result is not kept", name)
