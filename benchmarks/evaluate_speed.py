@@ -4,7 +4,7 @@
     python benchmarks/evaluate_speed.py --weights runs/NAME/best --limit 20    # a quick check
     python benchmarks/evaluate_speed.py --arch pspnet --encoder resnet18        # random weights: timing only
 
-The target (issue 6) is under 2 minutes for the 300 DeepCrack images (544×384) on the 2-core CPU. The model is
+The aim is under 2 minutes for the 300 DeepCrack images (544×384) on a 2-core CPU. The model is
 loaded and run once before the clock starts; everything `evaluate` does after that is timed.
 """
 

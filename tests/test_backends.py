@@ -138,7 +138,7 @@ def run_fresh(code: str, cache, image, name: str) -> subprocess.CompletedProcess
 
 def test_cached_export_predicts_without_importing_torch(exported, cache, tiny_model_dir, image, reference):
     # A fresh process, as every command is: with the export cached, `crackseg predict` needs neither the network
-    # nor torch (1.3 s of start-up) nor segmentation-models-pytorch (2 s more).
+    # nor torch nor segmentation-models-pytorch, both slow to import.
     code = (
         "import sys; from crackseg.cli import main; "
         f"rc = main(['predict', sys.argv[1], '-o', sys.argv[2], '--weights', {str(tiny_model_dir)!r}, "

@@ -488,7 +488,7 @@ def test_a_client_that_leaves_stops_the_work_within_a_few_tiles(tmp_path):
         deadline = time.time() + 20
         while not server.started and time.time() < deadline:
             time.sleep(0.05)
-        photo = encode_image(drawn_cracks_photo(640, 640), ".png")  # 169 tiles of 64 px: ~9 s of work
+        photo = encode_image(drawn_cracks_photo(640, 640), ".png")  # 169 tiles of 64 px, each slowed to 50 ms
         boundary = "crackseg-test-boundary"
         body = (
             (

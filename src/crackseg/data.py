@@ -218,7 +218,7 @@ def train_transform(
     With `distractor_prob` > 0, that share of crops also gets 1–2 generated non-cracks (lines, markings, stains)
     before the photometric changes, so they are shadowed, blurred and compressed like the rest of the photo.
     """
-    import albumentations as A  # here, not at the top: it adds ~1.5 s to the start of every command
+    import albumentations as A  # here, not at the top: only training needs it, and it slows every start
 
     ops = [
         A.RandomScale(scale_limit=(scale_range[0] - 1, scale_range[1] - 1), p=0.7),

@@ -89,7 +89,7 @@ class RegionLoss(nn.Module):
 
     def __init__(self, name: str):
         super().__init__()
-        # Imported here: it costs every command about 2 s of start-up (crackseg.models.networks.build_model says why).
+        # Imported here: it slows every command's start (crackseg.models.networks.build_model says why).
         import segmentation_models_pytorch as smp
 
         self.name = name

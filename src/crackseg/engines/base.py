@@ -39,7 +39,7 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
 def default_threads() -> int:
     """Threads for ONNX Runtime and OpenVINO: torch's count when torch is loaded (a caller may have set it), else
     OMP_NUM_THREADS, else 0: the library's default, the physical cores, as torch's default. Not imported for this:
-    torch costs ~1.3 s of start-up that a cached export never needs."""
+    importing torch slows the start of a command that runs a cached export and never needs it."""
     torch = sys.modules.get("torch")
     if torch is not None:
         return torch.get_num_threads()

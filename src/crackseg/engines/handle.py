@@ -31,8 +31,8 @@ def weights_sha256(path: str | os.PathLike) -> str:
 class ModelHandle:
     """The weights file, its config and its hash; the torch network is built only when an engine needs it.
 
-    Running a cached ONNX / OpenVINO export needs neither the network nor torch (about 3 s of start-up with
-    segmentation-models-pytorch), so only exporting, calibrating and the torch engine ask for `network`.
+    Running a cached ONNX / OpenVINO export needs neither the network nor torch and
+    segmentation-models-pytorch (slow to import), so only exporting, calibrating and the torch engine ask for `network`.
     """
 
     path: Path

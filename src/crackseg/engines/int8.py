@@ -207,7 +207,7 @@ def quantize_openvino_int8(fp32_path: str | os.PathLike, out_dir: str | os.PathL
 
 
 def nncf_available() -> bool:
-    # Looked up, not imported: importing NNCF costs ~0.4 s, and only calibrating (not running) int8 needs it.
+    # Looked up, not imported: importing NNCF is slow, and only calibrating (not running) int8 needs it.
     return importlib.util.find_spec("nncf") is not None
 
 

@@ -89,7 +89,7 @@ def image_degrade_seed(seed: int, pair: Pair) -> int:
 
 
 def make_degrader(scale: float, seed: int):
-    """(image, pair) -> the degraded image of issue 11 (blur, bicubic down ×scale and back up)."""
+    """(image, pair) -> the paper's degraded image (blur, bicubic down ×scale and back up)."""
     from crackseg.degrade import degrade_image
 
     return lambda image, pair: degrade_image(image, scale=scale, seed=image_degrade_seed(seed, pair))

@@ -77,7 +77,7 @@ def build_model(
     the encoder, see `pretrained`; else smp's download, which needs network access) or a path to a state dict in
     the encoder's own naming (``.pth`` or ``.safetensors``, e.g. torchvision's ResNet weights).
     """
-    # Imported here, not at the top: it pulls in timm, torchvision and torch._dynamo (about 2 s), which commands
+    # Imported here, not at the top: it pulls in timm, torchvision and torch._dynamo, slow to import, which commands
     # running a compiled backend from its cache never need (engines.ModelHandle).
     import segmentation_models_pytorch as smp
 
