@@ -2,6 +2,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -9,7 +10,7 @@ from PIL import Image
 
 from crackseg.cli import main
 from crackseg.errors import InputError, OutputExistsError
-from crackseg.inference import CrackSegmenter, blend_window, tile_starts
+from crackseg.inference import CrackSegmenter, Prediction, blend_window, tile_starts
 from crackseg.io.atomic import default_mode
 from crackseg.io.images import normalize_image, read_mask, write_image
 from crackseg.models.networks import ModelConfig, load_model
@@ -265,3 +266,29 @@ def test_missing_default_model_or_input_is_a_clear_error(tmp_path, capsys):
     # a missing input is reported before any model is loaded
     assert main(["predict", str(tmp_path / "nothing.jpg"), "-o", str(tmp_path / "out"), "--model", "no-such"]) == 2
     assert "nothing.jpg: no such file" in capsys.readouterr().err
+
+
+def test_hysteresis_keeps_weak_pixels_only_where_they_touch_strong_ones():
+    prob = np.zeros((20, 40), np.float32)
+    prob[5, 2:30] = 0.4  # a weak line ...
+    prob[5, 10] = 0.9  # ... touching one strong pixel
+    prob[15, 2:30] = 0.4  # a weak line on its own
+    single = Prediction(prob, 0.5).mask
+    hysteresis = Prediction(prob, 0.5, low_threshold=0.3).mask
+    assert single.sum() == 1
+    assert hysteresis[5, 2:30].all() and not hysteresis[15].any()
+    assert Prediction(prob, 0.4, low_threshold=0.3).mask[15, 2:30].all()  # >= the threshold, as without hysteresis
+
+
+def test_scales_average_the_maps_of_the_resized_photo_at_the_photos_size():
+    image, _ = synthetic_crack((96, 128), seed=4)
+    one = CrackSegmenter(LocalNet(), ModelConfig(), tile=64, precision="fp32")
+    two = CrackSegmenter(LocalNet(), ModelConfig(), tile=64, precision="fp32", scales=(1.0, 2.0))
+    base, mixed = one.predict_prob(image), two.predict_prob(image)
+    assert mixed.shape == base.shape and not np.allclose(mixed, base)
+    enlarged = cv2.resize(one.predict_prob(cv2.resize(image, (256, 192), interpolation=cv2.INTER_CUBIC)), (128, 96),
+                          interpolation=cv2.INTER_AREA)  # fmt: skip
+    assert np.allclose(mixed, (base + enlarged) / 2, atol=1e-5)
+    assert "scales 1,2" in two.describe()
+    with pytest.raises(InputError, match="scales"):
+        CrackSegmenter(LocalNet(), ModelConfig(), tile=64, scales=(1.0, 9.0))

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import cv2
 import numpy as np
 from PIL import Image
 
@@ -29,6 +30,11 @@ if TYPE_CHECKING:
     import torch
 
 log = logging.getLogger(__name__)
+
+
+def resize_method(scale: float) -> int:
+    """Area averaging to shrink (no aliasing of thin cracks), cubic to enlarge."""
+    return cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC
 
 
 class Cancelled(CracksegError):
@@ -54,10 +60,18 @@ def resolve_threshold(given: float | None, model_default: float) -> float:
 class Prediction:
     prob: np.ndarray  # float32 H×W crack probability
     threshold: float
+    low_threshold: float | None = None  # hysteresis: weaker pixels count where they touch strong ones
 
     @property
     def mask(self) -> np.ndarray:
-        return self.prob >= self.threshold
+        """The one place probabilities become a crack mask."""
+        if self.low_threshold is None:
+            return self.prob >= self.threshold
+        from skimage.filters import apply_hysteresis_threshold
+
+        # skimage keeps values strictly above each threshold; `>=` as the single threshold does
+        below = np.nextafter(np.float32(self.low_threshold), np.float32(0))
+        return apply_hysteresis_threshold(self.prob, below, np.nextafter(np.float32(self.threshold), np.float32(0)))
 
 
 def blend_window(size: int) -> np.ndarray:
@@ -116,6 +130,9 @@ class CrackSegmenter:
         # One limit when given; by default photos (held whole) and georeferenced rasters (in blocks) differ.
         self.max_pixels, self.max_raster_pixels = self.options.photo_limit, self.options.raster_limit
         self.threshold = resolve_threshold(self.options.threshold, self.config.threshold)
+        self.low_threshold = self.options.low_threshold
+        if self.low_threshold is not None and self.low_threshold >= self.threshold:
+            raise InputError(f"--low-threshold {self.low_threshold}: must lie under the threshold {self.threshold}")
 
     @classmethod
     def from_pretrained(
@@ -147,6 +164,8 @@ class CrackSegmenter:
 
     def describe(self) -> str:
         flips = ", flip TTA" if self.tta else ""
+        flips += f", scales {','.join(f'{s:g}' for s in self.options.scales)}" if self.options.scales != (1.0,) else ""
+        flips += f", hysteresis from {self.low_threshold:g}" if self.low_threshold is not None else ""
         choice = getattr(self.backend, "choice", "")
         engine = f"{self.backend.name} {self.backend.precision}" + (f" ({choice})" if choice else "")
         return f"{engine}, tile {self.tile}, overlap {self.overlap}{flips}"
@@ -179,10 +198,23 @@ class CrackSegmenter:
     def predict_prob(self, image: np.ndarray, cancel: threading.Event | None = None) -> np.ndarray:
         """Crack probability (float32, the image's H×W) of an H×W×3 uint8 RGB image.
 
-        `cancel`: when set (by another thread: a client that left, a Cancel), the work stops within one batch of
-        tiles with `Cancelled`."""
+        With several `scales` in the options, the mean of the maps of the image resized by each factor, brought
+        back to its size. `cancel`: when set (by another thread: a client that left, a Cancel), the work stops
+        within one batch of tiles with `Cancelled`."""
         height, width = image.shape[:2]
         check_pixels(width, height, self.max_pixels, "image")
+        if self.options.scales == (1.0,):
+            return self._predict_one_scale(image, cancel)
+        total = np.zeros((height, width), np.float32)
+        for scale in self.options.scales:
+            size = (max(round(width * scale), 1), max(round(height * scale), 1))
+            resized = image if scale == 1 else cv2.resize(image, size, interpolation=resize_method(scale))
+            prob = self._predict_one_scale(resized, cancel)
+            total += prob if scale == 1 else cv2.resize(prob, (width, height), interpolation=resize_method(1 / scale))
+        return total / len(self.options.scales)
+
+    def _predict_one_scale(self, image: np.ndarray, cancel: threading.Event | None) -> np.ndarray:
+        height, width = image.shape[:2]
         check_cancel(cancel)
         tile = self.tile
         if height <= tile and width <= tile and self.backend.fixed_size is None:
@@ -218,7 +250,8 @@ class CrackSegmenter:
     def predict(self, image, threshold: float | None = None) -> Prediction:
         """Predict one image: a path, a PIL image, or a numpy array (grayscale/RGB/RGBA, uint8/uint16)."""
         threshold = self.threshold if threshold is None else SegmentOptions.make(threshold=threshold).threshold
-        return Prediction(self.predict_prob(as_rgb(image, self.max_pixels)), threshold)
+        low = self.low_threshold if self.low_threshold is not None and self.low_threshold < threshold else None
+        return Prediction(self.predict_prob(as_rgb(image, self.max_pixels)), threshold, low)
 
     def predict_raster(self, src, block: int) -> Iterator[tuple[int, int, Prediction, np.ndarray]]:
         """Segment an open raster (rasterio) block by block: (row, col, prediction of the block, its valid-data
@@ -237,7 +270,7 @@ class CrackSegmenter:
             image, valid = read_rgb(src, top, left, bottom - top, right - left)
             inner = (slice(row - top, row - top + height), slice(col - left, col - left + width))
             prob = np.where(valid, self.predict_prob(image), 0.0).astype(np.float32)[inner]
-            yield row, col, Prediction(prob, self.threshold), valid[inner]
+            yield row, col, Prediction(prob, self.threshold, self.low_threshold), valid[inner]
 
     def predict_batch(self, images, threshold: float | None = None) -> list[Prediction]:
         return [self.predict(image, threshold) for image in images]

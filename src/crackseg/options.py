@@ -12,7 +12,7 @@ import argparse
 import math
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from crackseg.errors import InputError
 
@@ -53,6 +53,8 @@ class Options(BaseModel):
             first = err.errors()[0]
             name = str(first["loc"][0]) if first["loc"] else ""
             detail = plain_message(first, cls.model_fields.get(name))
+            if not name:  # a rule between fields
+                raise OptionError(detail) from None
             if first["type"] == "extra_forbidden":
                 raise OptionError(f"{name}: not an option of {cls.__name__} ({', '.join(cls.model_fields)})") from None
             given = values.get(name, "<missing>")
@@ -135,6 +137,16 @@ class SegmentOptions(Options):
         f"{DEFAULT_MAX_RASTER_PIXELS / 1e6:.0f} MP",
     )
     tta: bool = Field(False, description="average the four flips of each tile (4x the time)")
+    scales: tuple[float, ...] = Field(
+        (1.0,),
+        description="average the probabilities of the photo resized by each factor, e.g. 1,2 (2: thin cracks seen "
+        "twice as wide; the time grows with the sum of the squared factors)",
+    )
+    low_threshold: float | None = Field(
+        None,
+        description="hysteresis: pixels above this weaker threshold are cracks where they connect to pixels above "
+        "the threshold (default: off, one threshold)",
+    )
     backend: str = Field("auto", description="auto (the fastest accurate engine here), torch, onnx or openvino")
     precision: str = Field(
         "auto",
@@ -152,6 +164,34 @@ class SegmentOptions(Options):
     @classmethod
     def _threshold(cls, value):
         return check_threshold(value)
+
+    @field_validator("scales", mode="before")
+    @classmethod
+    def _scale_list(cls, value):
+        if isinstance(value, str):  # "1,2" on the command line
+            try:
+                value = tuple(float(v) for v in value.split(","))
+            except ValueError:
+                raise ValueError("expected factors separated by commas, e.g. 1,2") from None
+        return value
+
+    @field_validator("scales")
+    @classmethod
+    def _scale_factors(cls, value):
+        if not value or not all(math.isfinite(v) and 0.25 <= v <= 4 for v in value):
+            raise ValueError("expected factors from 0.25 to 4, e.g. 1,2")
+        return value
+
+    @field_validator("low_threshold")
+    @classmethod
+    def _low_threshold(cls, value):
+        return check_threshold(value)
+
+    @model_validator(mode="after")
+    def _low_under_threshold(self):
+        if self.low_threshold is not None and self.threshold is not None and self.low_threshold >= self.threshold:
+            raise ValueError(f"--low-threshold {self.low_threshold}: must lie under --threshold {self.threshold}")
+        return self
 
     @field_validator("max_pixels", mode="before")
     @classmethod
@@ -237,7 +277,7 @@ def add_arguments(parser: argparse.ArgumentParser, options: type[Options], skip:
             parser.add_argument(options.flag_of(name), dest=name, action="store_true", help=help_text)
             continue
         # Numbers are read as floats ("1e9" pixels too); the options then refuse what is not a whole number.
-        kind = float if int in kinds or float in kinds else str
+        kind = float if (int in kinds or float in kinds) and annotation is not tuple[float, ...] else str
         default = info.default
         if default is not None:
             help_text += f" (default: {default})"
