@@ -8,6 +8,7 @@ reported and the rest go on; the mask is written last, so its presence means the
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 from pathlib import Path
 
@@ -29,7 +30,7 @@ from crackseg.io.rasters import (
     write_window,
 )
 from crackseg.options import DEFAULT_BLOCK, DEFAULT_MAX_PIXELS
-from crackseg.runs.plan import Plan, make_plan, prepare_outputs
+from crackseg.runs.plan import Item, Plan, make_plan, prepare_outputs
 
 PREDICT_OUTPUTS = {"mask": ".png", "prob": "_prob.png", "overlay": "_overlay.jpg"}
 READ_ERRORS = (CracksegError, OSError, MemoryError)  # what one input can fail with; anything else is a bug
@@ -57,13 +58,15 @@ def plan_predict(
     plan = make_plan(
         inputs, out_dir, suffixes, shard_spec=shard_spec, in_blocks=lambda p: in_blocks(read_tiff_header(p), max_pixels)
     )
-    for item in plan.items:
-        if item.in_blocks:  # GeoTIFF outputs on the input's grid; no overlay (it would be as large as the photo)
-            tifs = {kind: q.with_suffix(".tif") for kind, q in item.outputs.items() if kind != "overlay"}
-            item.outputs.clear()
-            item.outputs.update(tifs)
+    plan = dataclasses.replace(plan, items=[geotiff_outputs(item) if item.in_blocks else item for item in plan.items])
     prepare_outputs(plan, overwrite, ", --skip-existing to keep the inputs done already", skip_existing)
     return plan
+
+
+def geotiff_outputs(item: Item) -> Item:
+    """A raster's outputs: GeoTIFFs on its grid, and no overlay (it would be as large as the photo)."""
+    tifs = {kind: q.with_suffix(".tif") for kind, q in item.outputs.items() if kind != "overlay"}
+    return dataclasses.replace(item, outputs=tifs)
 
 
 def predict_plan(
