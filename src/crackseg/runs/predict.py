@@ -90,22 +90,13 @@ def predict_plan(
 
 
 def predict_files(
-    segmenter: CrackSegmenter,
-    inputs,
-    out_dir: str | os.PathLike,
-    write_prob: bool = False,
-    write_overlay: bool = False,
-    shard_spec: str | None = None,
-    skip_existing: bool = False,
-    progress: bool = True,
-    overwrite: bool = False,
+    segmenter: CrackSegmenter, inputs, out_dir: str | os.PathLike, progress: bool = True, **plan_options
 ) -> tuple[int, list[str]]:
-    """Segment every input (a path, folder or pattern, or a list of them) and write masks, optionally probabilities
-    and overlays, to `out_dir`; returns (written, failures). See `plan_predict` for what is refused."""
-    plan = plan_predict(
-        inputs, out_dir, write_prob, write_overlay, shard_spec, skip_existing, overwrite, segmenter.max_pixels
-    )
-    return predict_plan(segmenter, plan, skip_existing, progress)
+    """Segment every input (a path, folder or pattern, or a list of them) and write masks to `out_dir`; returns
+    (written, failures). `plan_options` are `plan_predict`'s: write_prob, write_overlay, shard_spec, skip_existing,
+    overwrite (see there for what is refused)."""
+    plan = plan_predict(inputs, out_dir, max_pixels=segmenter.max_pixels, **plan_options)
+    return predict_plan(segmenter, plan, plan_options.get("skip_existing", False), progress)
 
 
 def predict_photo(segmenter: CrackSegmenter, path: Path, outputs: dict[str, Path]) -> None:
