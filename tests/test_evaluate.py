@@ -217,3 +217,101 @@ def test_an_earlier_report_is_replaced_only_with_overwrite(synthetic_root, tiny_
     assert json.loads((out / "metrics.json").read_text())["images"] == 24
     with pytest.raises(OutputExistsError, match="metrics.json"):
         evaluate(Oracle([]), [object()], out)
+
+
+# --- the paper protocol and clIoU ----------------------------------------------------------------------------
+
+
+class PaperOracle(Oracle):
+    """The Oracle, which also knows each photo's 512×512 copy and predicts the protocol's ground truth there."""
+
+    def __init__(self, pairs):
+        from crackseg.evaluate.paper import paper_image, paper_truth
+
+        super().__init__(pairs)
+        for p in pairs:
+            self.masks[paper_image(read_image(p.image)).tobytes()] = paper_truth(read_mask(p.mask))
+
+
+def test_paper_levels_and_truth():
+    from crackseg.evaluate.paper import PAPER_SIZE, paper_image, paper_levels, paper_truth
+
+    # divided by its own maximum, ×255, rounded half to even (127.5 → 128, 63.75 → 64)
+    assert paper_levels(np.array([[0.2, 0.4, 0.1]])).tolist() == [[128, 255, 64]]
+    assert paper_levels(np.full((2, 2), 0.1)).tolist() == [[255, 255], [255, 255]]  # a flat map becomes all crack
+    assert not paper_levels(np.zeros((3, 3))).any()
+    assert paper_image(np.zeros((64, 80, 3), np.uint8)).shape == (PAPER_SIZE, PAPER_SIZE, 3)
+    mask = np.zeros((256, 128), bool)
+    mask[64:192, 32:96] = True  # a block, stretched ×2 down and ×4 across
+    truth = paper_truth(mask)
+    assert truth.shape == (PAPER_SIZE, PAPER_SIZE)
+    # bicubic, then > 127: the edges land where they should, the four corners (about a quarter of 255) are lost
+    block = np.zeros_like(truth)
+    block[128:384, 128:384] = True
+    block[[128, 128, 383, 383], [128, 383, 128, 383]] = False
+    assert np.array_equal(truth, block)
+
+
+def test_paper_protocol_hand_computed_with_an_oracle(two_sources, tmp_path):
+    """The oracle's map is 0.9 on the protocol's cracks and 0.1 elsewhere: 8-bit levels 255 and 28 (0.1 / 0.9 ×
+    255 = 28.3), so every cracked image is perfect for t ≥ 0.11 (28/255 ≈ 0.1098) and imperfect below. The crack-free
+    image of a/ scores F1 0 and mIoU 0 at every threshold (its flat 0.1 becomes 255 everywhere), so ODS = OIS =
+    mIoU = 4/5 at 0.11; per source 2/3 (a/) and 1 (b/)."""
+    pairs = find_pairs(two_sources)
+    report = evaluate(PaperOracle(pairs), pairs, tmp_path, protocol="paper", cliou=4, n_samples=0, progress=False)
+    clean = report["clean"]
+    assert clean["paper"] == {
+        "images": 5,
+        "ods_f1": pytest.approx(0.8),
+        "ods_threshold": 0.11,
+        "ois_f1": pytest.approx(0.8),
+        "miou": pytest.approx(0.8),
+        "miou_threshold": 0.11,
+    }
+    assert clean["per_source"]["a"]["paper"]["ois_f1"] == pytest.approx(2 / 3)
+    assert clean["per_source"]["b"]["paper"]["miou"] == pytest.approx(1.0)
+    # the strict numbers beside them are the strict protocol's, untouched: the oracle is perfect there
+    assert clean["micro"]["iou"] == clean["sweep"]["ods_f1"] == 1.0
+    assert clean["cliou"] == {"radius": 4, "micro": 1.0, "mean": 1.0, "counts": clean["cliou"]["counts"]}
+    assert clean["cliou"]["counts"]["fp"] == clean["cliou"]["counts"]["fn"] == 0 < clean["cliou"]["counts"]["tp"]
+    report_md = (tmp_path / "report.md").read_text()
+    assert "## Paper protocol (SCSegamba's evaluation script)" in report_md
+    assert "| ODS F1 (threshold) | 0.800 (0.11) |" in report_md and "| a | 3 | 0.667 | 0.667 | 0.667 |" in report_md
+    assert "| clIoU, 4 px (dataset) | 1.000 |" in report_md
+    _, rows = _load_report(tmp_path)
+    assert [r["cliou"] for r in rows] == ["1.000000"] * 5
+
+
+def test_strict_report_has_no_paper_or_cliou_figures(two_sources, tmp_path):
+    pairs = find_pairs(two_sources)
+    report = evaluate(Oracle(pairs), pairs, tmp_path, n_samples=0, progress=False)
+    assert "paper" not in report["clean"] and "cliou" not in report["clean"]
+    assert "Paper protocol" not in (tmp_path / "report.md").read_text()
+    _, rows = _load_report(tmp_path)
+    assert "cliou" not in rows[0]
+
+
+def test_bad_protocol_or_cliou_radius(two_sources, tmp_path):
+    pairs = find_pairs(two_sources)
+    with pytest.raises(InputError, match="strict, paper"):
+        evaluate(Oracle(pairs), pairs, tmp_path, protocol="papers", progress=False)
+    with pytest.raises(InputError, match="clIoU radius"):
+        evaluate(Oracle(pairs), pairs, tmp_path, cliou=-1, progress=False)
+
+
+def test_cli_paper_protocol_with_cliou(synthetic_root, tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "paper"
+    argv = ["evaluate", "--data", str(synthetic_root), "--weights", str(tiny_model_dir), "--out", str(out)]
+    assert main(argv + ["--protocol", "paper", "--cliou", "4", "--samples", "0", "--tile", "128"]) == 0
+    printed = capsys.readouterr().out
+    assert "clean, paper protocol (512×512): ODS F1" in printed and "clIoU 4 px" in printed
+    report, rows = _load_report(out)
+    clean = report["clean"]
+    assert clean["paper"]["images"] == report["images"] == len(rows) == 24
+    assert clean["paper"]["ois_f1"] >= clean["paper"]["ods_f1"]  # each image at its own best threshold
+    assert clean["cliou"]["radius"] == 4 and sum(clean["cliou"]["counts"].values()) > 0
+    assert set(clean["per_source"]["syn"]) >= {"paper", "cliou"}
+    assert sum(clean["counts"].values()) == 24 * 96 * 128  # the strict numbers still at full size
+    assert "cliou" in rows[0]
+    report_md = (out / "report.md").read_text()
+    assert "## Paper protocol" in report_md and "| clIoU, 4 px (dataset) |" in report_md

@@ -7,12 +7,20 @@ import pytest
 from scipy.spatial.distance import cdist, directed_hausdorff
 
 from crackseg.metrics import (
+    PAPER_THRESHOLDS,
     THRESHOLDS,
     boundary,
+    centreline,
+    centreline_counts,
+    centreline_iou,
     confusion,
     dataset_scores,
     hausdorff,
     image_scores,
+    paper_image_f1,
+    paper_image_miou,
+    paper_summary,
+    paper_sweep_counts,
     scores,
     sweep_counts,
     sweep_summary,
@@ -263,3 +271,114 @@ def test_hausdorff_is_undefined_when_either_mask_is_empty():
     assert hausdorff(square, empty) is None
     assert hausdorff(empty, empty) is None
     assert hausdorff(square, square) == 0.0
+
+
+# --- centreline IoU (clIoU) --------------------------------------------------------------------------------
+
+
+def _line(row: int, start: int = 10, stop: int = 90, shape=(48, 120)) -> np.ndarray:
+    """A one-pixel horizontal line on `row`, columns start … stop − 1 (80 px by default)."""
+    mask = np.zeros(shape, bool)
+    mask[row, start:stop] = True
+    return mask
+
+
+@pytest.mark.parametrize(
+    ("pred", "radius", "expected"),
+    [
+        (_line(22), 4, 1.0),  # shifted by 2 px: within the tolerance
+        (_line(24), 4, 1.0),  # shifted by exactly R: still matched (inclusive)
+        (_line(26), 4, 0.0),  # shifted by 6 px: TP 0, FP 80, FN 80
+        (_line(20, 10, 50), 0, 0.5),  # half the length, no tolerance: TP 40 / (40 + 40 missed)
+        (_line(20, 10, 50), 4, 44 / 80),  # half the length: the tolerance reaches 4 px past its end
+    ],
+)
+def test_cliou_of_lines_hand_computed(pred, radius, expected):
+    assert centreline_iou(centreline_counts(pred, _line(20), radius)) == pytest.approx(expected)
+
+
+def test_cliou_tolerance_is_euclidean():
+    # a lone predicted pixel 3 px below and 3 px past the end of the line is 3√2 ≈ 4.24 px from it
+    lone = np.zeros((48, 120), bool)
+    lone[23, 92] = True
+    assert centreline_counts(lone, _line(20), 4).tolist() == [0, 1, 80]
+    assert centreline_counts(lone, _line(20), 4.25).tolist() == [1, 0, 79]
+
+
+def test_cliou_counts_centrelines_not_areas():
+    band = np.zeros((48, 120), bool)
+    band[16:25, 10:90] = True  # 9 px wide, centred on row 20
+    assert set(np.nonzero(centreline(band))[0]) == {20}  # thinned to its middle row
+    # a prediction 9 px wide over a 1 px crack: pixel IoU 80 / 720, clIoU 1 (its centreline ends within 4 px)
+    assert image_scores(band, _line(20))["iou"] == pytest.approx(80 / 720)
+    assert centreline_iou(centreline_counts(band, _line(20), 4)) == pytest.approx(1.0)
+    # a false alarm far away adds its centreline length: 80 matched / (80 + 80 false)
+    assert centreline_iou(centreline_counts(_line(20) | _line(40), _line(20), 4)) == pytest.approx(0.5)
+
+
+def test_cliou_empty_masks_and_pooling():
+    empty = np.zeros((48, 120), bool)
+    assert centreline_counts(empty, empty, 4).tolist() == [0, 0, 0]
+    assert centreline_iou(centreline_counts(empty, empty, 4)) == 1.0
+    assert centreline_iou(centreline_counts(empty, _line(20), 4)) == 0.0
+    assert centreline_iou(centreline_counts(_line(20), empty, 4)) == 0.0
+    # pooled over images (as OmniCrack30k reports it) versus the mean of per-image values
+    counts = np.stack([centreline_counts(_line(20), _line(20), 4), centreline_counts(_line(20, 10, 50), _line(20), 0)])
+    assert centreline_iou(counts.sum(axis=0)) == pytest.approx(120 / 160)
+    assert centreline_iou(counts).tolist() == pytest.approx([1.0, 0.5])
+
+
+# --- the paper protocol (SCSegamba's evaluation script) ----------------------------------------------------
+
+
+def test_paper_thresholds_are_the_scripts():
+    assert len(PAPER_THRESHOLDS) == 100
+    assert PAPER_THRESHOLDS[0] == 0.0 and PAPER_THRESHOLDS[-1] == pytest.approx(0.99)
+
+
+def test_paper_sweep_counts_match_the_scripts_loop():
+    rng = np.random.default_rng(4)
+    levels = rng.integers(0, 256, (17, 23)).astype(np.uint8)
+    truth = rng.random((17, 23)) < 0.3
+    counts = paper_sweep_counts(levels, truth)
+    for i, t in enumerate(PAPER_THRESHOLDS):
+        pred = levels / 255 > t  # the script's own comparison
+        expected = [(pred & truth).sum(), (pred & ~truth).sum(), (~pred & truth).sum(), (~pred & ~truth).sum()]
+        assert counts[i].tolist() == expected, t
+
+
+def test_paper_summary_hand_computed():
+    """Three 1×4 images. A: truth 1100, levels 255 255 128 0; B (no crack): truth 0000, levels 255 0 0 0;
+    C: truth 1000, levels 100 200 0 0 (128/255 ≈ 0.502, 100/255 ≈ 0.392, 200/255 ≈ 0.784).
+
+    Per-image F1: A 0.8 for t ≤ 0.50, then 1; B 0 always (no crack labelled); C 2/3 for t ≤ 0.39, then 0.
+    Mean F1: 22/45 for t ≤ 0.39 (ODS, lowest threshold of the tie), 4/15, then 1/3. OIS: (1 + 0 + 2/3) / 3 = 5/9.
+    Per-image (crack IoU + background IoU) / 2: A 7/12 then 1 (t ≥ 0.51); B (0 + 3/4) / 2 = 3/8; C 7/12, then
+    (0 + 1/2) / 2 = 1/4 (t ≥ 0.40), then (0 + 3/4) / 2 = 3/8 (t ≥ 0.79). Means 37/72, 29/72, 39/72, 42/72:
+    mIoU 7/12 at 0.79, a threshold of its own, not ODS's.
+    """
+    truths = np.array([[1, 1, 0, 0], [0, 0, 0, 0], [1, 0, 0, 0]], bool)
+    levels = np.array([[255, 255, 128, 0], [255, 0, 0, 0], [100, 200, 0, 0]], np.uint8)
+    counts = np.stack([paper_sweep_counts(lv, tr) for lv, tr in zip(levels, truths, strict=True)])
+    f1 = paper_image_f1(counts)
+    assert f1[0, :51].tolist() == pytest.approx([0.8] * 51) and f1[0, 51:].tolist() == pytest.approx([1.0] * 49)
+    assert not f1[1].any()
+    assert f1[2, :40].tolist() == pytest.approx([2 / 3] * 40) and not f1[2, 40:].any()
+    summary = paper_summary(counts)
+    assert summary == {
+        "images": 3,
+        "ods_f1": pytest.approx(22 / 45),
+        "ods_threshold": 0.0,
+        "ois_f1": pytest.approx(5 / 9),
+        "miou": pytest.approx(7 / 12),
+        "miou_threshold": 0.79,
+    }
+
+
+def test_paper_image_miou_conventions():
+    # no crack labelled or predicted: the script scores 0, not 1
+    assert paper_image_miou(np.array([0, 0, 0, 16])) == 0.0
+    # perfect: (1 + 1) / 2
+    assert paper_image_miou(np.array([4, 0, 0, 12])) == 1.0
+    # every pixel a crack in both: background IoU undefined, taken as 0
+    assert paper_image_miou(np.array([16, 0, 0, 0])) == 0.5

@@ -6,7 +6,9 @@ Convention: an image whose ground truth and prediction are both empty scores IoU
 prediction of a cracked image scores precision 1, recall 0, IoU = F1 = 0.
 
 Beyond one threshold: the one-pass sweep (ODS/OIS F1, AIU, IoU_max), tolerance F1 (a pixel counts as matched
-within R pixels of the other mask, as in DeepCrack/CrackForest evaluations) and HD95 between boundaries.
+within R pixels of the other mask, as in DeepCrack/CrackForest evaluations), centreline IoU with a tolerance
+(clIoU, as OmniCrack30k defines it), HD95 between boundaries, and the published protocol's per-image sweep
+(ODS/OIS/mIoU as SCSegamba's evaluation script computes them; its own conventions, not the ones above).
 """
 
 from __future__ import annotations
@@ -160,6 +162,104 @@ def tolerance_scores(counts: np.ndarray) -> dict:
     f1 = np.where(both > 0, 2 * precision * recall / np.where(both > 0, both, 1), 0.0)
     out = {"precision": precision, "recall": recall, "f1": f1}
     return {k: (float(v) if v.ndim == 0 else v) for k, v in out.items()}
+
+
+# --- centreline IoU (clIoU) --------------------------------------------------------------------------------
+
+
+def centreline(mask: np.ndarray) -> np.ndarray:
+    """A mask thinned to one-pixel lines (skimage's `thin`, as OmniCrack30k thins its predictions)."""
+    from skimage.morphology import thin  # lazily: training imports this module and never needs it
+
+    return thin(np.asarray(mask, bool))
+
+
+def centreline_counts(pred: np.ndarray, truth: np.ndarray, radius: float) -> np.ndarray:
+    """[TP, FP, FN] of the clIoU of two masks, each thinned to its centreline first.
+
+    As OmniCrack30k's evaluation.py (github.com/ben-z-original/omnicrack30k) counts them: TP are the truth
+    centreline pixels within `radius` (Euclidean, inclusive: its `disk(radius)` dilation) of a predicted one, FN
+    the other truth centreline pixels, FP the predicted centreline pixels with no truth one within `radius`.
+    Sum them over images for the dataset's clIoU (it pools its pixels the same way).
+    """
+    pred_line, truth_line = centreline(pred), centreline(truth)
+    n_pred, n_truth = int(pred_line.sum()), int(truth_line.sum())
+    tp = _within(truth_line, pred_line, radius)
+    fp = n_pred - _within(pred_line, truth_line, radius)
+    return np.array([tp, fp, n_truth - tp], np.int64)
+
+
+def centreline_iou(counts: np.ndarray):
+    """clIoU = TP / (TP + FP + FN) from `centreline_counts` (or an (N, 3) array of them); 1 when both are empty."""
+    tp, fp, fn = (np.asarray(v, np.float64) for v in np.asarray(counts).T)
+    iou = _ratio(tp, tp + fp + fn)
+    return float(iou) if iou.ndim == 0 else iou
+
+
+# --- the published protocol: SCSegamba's eval/evaluate.py ---------------------------------------------------
+# Followed from github.com/Karl1109/SCSegamba (read in the fork whu-lyh/SCSegamba, eval/evaluate.py and test.py),
+# whose script CrackSSM and MixerCSeg reuse. Its prediction is an 8-bit map (`paper_levels`), a pixel is a crack
+# when level / 255 > t, and every score is per image first:
+# - F1 per image: precision 1 when nothing is predicted, recall 0 when nothing is labelled, F1 0 when both are 0,
+#   so an image without cracks scores F1 0 at every threshold, whatever is predicted;
+# - ODS: the best over thresholds of the mean per-image F1 (not a dataset F1 from pooled counts);
+# - OIS: the mean over images of each image's best F1;
+# - mIoU: the best over thresholds of the mean per-image (crack IoU + background IoU) / 2, an image with no crack
+#   labelled or predicted scoring 0; its threshold is chosen on its own, not ODS's.
+# Ties go to the lowest threshold (np.argmax); the script reports only the values.
+
+PAPER_THRESHOLDS = np.arange(0.0, 1.0, 0.01)  # 0.00 … 0.99, built as the script builds them (float steps and all)
+PAPER_LEVELS = 256
+
+
+def paper_sweep_counts(levels: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """TP, FP, FN, TN at each of the 100 thresholds (crack = level / 255 > t) of one image's 8-bit map.
+
+    Returns an array of shape (100, 4); the comparison is the script's own, in float64, level by level.
+    """
+    levels, truth = np.asarray(levels, np.uint8).ravel(), np.asarray(truth, bool).ravel()
+    pos = np.bincount(levels[truth], minlength=PAPER_LEVELS)
+    neg = np.bincount(levels[~truth], minlength=PAPER_LEVELS)
+    above = np.arange(PAPER_LEVELS)[:, None] / 255 > PAPER_THRESHOLDS[None, :]  # (levels, thresholds)
+    tp, fp = pos @ above, neg @ above
+    return np.stack([tp, fp, pos.sum() - tp, neg.sum() - fp], axis=1).astype(np.int64)
+
+
+def _quotient(num, den) -> np.ndarray:
+    """num / den, and 0 where den is 0 (the script's value for an undefined per-image score)."""
+    num, den = np.asarray(num, np.float64), np.asarray(den, np.float64)
+    return np.where(den > 0, num / np.where(den > 0, den, 1), 0.0)
+
+
+def paper_image_f1(counts: np.ndarray) -> np.ndarray:
+    """The script's per-image F1 from (..., 4) counts: 2·TP / (2·TP + FP + FN) where TP > 0, else 0 (the same
+    value its precision/recall conventions give)."""
+    tp, fp, fn, _ = np.moveaxis(np.asarray(counts, np.float64), -1, 0)
+    return np.where(tp > 0, _quotient(2 * tp, 2 * tp + fp + fn), 0.0)
+
+
+def paper_image_miou(counts: np.ndarray) -> np.ndarray:
+    """The script's per-image mean of crack and background IoU from (..., 4) counts; 0 when neither truth nor
+    prediction has a crack pixel (as the script scores it) and a background IoU of 0 when neither has background."""
+    tp, fp, fn, tn = np.moveaxis(np.asarray(counts, np.float64), -1, 0)
+    miou = (_quotient(tp, tp + fp + fn) + _quotient(tn, tn + fp + fn)) / 2
+    return np.where(tp + fp + fn > 0, miou, 0.0)
+
+
+def paper_summary(image_counts: np.ndarray) -> dict:
+    """ODS, OIS and mIoU (and the thresholds of ODS and mIoU) from per-image counts of shape (N, 100, 4)."""
+    image_counts = np.asarray(image_counts, np.int64)
+    f1, miou = paper_image_f1(image_counts), paper_image_miou(image_counts)  # each (N, 100)
+    mean_f1, mean_miou = f1.mean(axis=0), miou.mean(axis=0)
+    ods, best_miou = int(np.argmax(mean_f1)), int(np.argmax(mean_miou))
+    return {
+        "images": len(image_counts),
+        "ods_f1": float(mean_f1[ods]),
+        "ods_threshold": round(float(PAPER_THRESHOLDS[ods]), 2),
+        "ois_f1": float(f1.max(axis=1).mean()),
+        "miou": float(mean_miou[best_miou]),
+        "miou_threshold": round(float(PAPER_THRESHOLDS[best_miou]), 2),
+    }
 
 
 # --- boundary distances: HD95 ------------------------------------------------------------------------------

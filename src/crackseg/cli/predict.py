@@ -45,6 +45,8 @@ def cmd_evaluate(args) -> int:
         pairs,
         args.out,
         tolerance=args.tolerance,
+        cliou=args.cliou,
+        protocol=args.protocol,
         n_samples=args.samples,
         seed=args.seed,
         degrade=args.degrade,
@@ -57,11 +59,18 @@ def cmd_evaluate(args) -> int:
     for condition in ("clean", "degraded"):
         if condition in result:
             s, sweep = result[condition], result[condition]["sweep"]
+            cliou = f" | clIoU {s['cliou']['radius']:g} px {s['cliou']['micro']:.3f}" if "cliou" in s else ""
             print(
                 f"{condition}: {s['images']} images at threshold {result['threshold']:g}: "
                 f"IoU {s['micro']['iou']:.3f} F1 {s['micro']['f1']:.3f} | ODS F1 {sweep['ods_f1']:.3f} "
-                f"@ {sweep['ods_threshold']:g}, OIS F1 {sweep['ois_f1']:.3f}, AIU {sweep['aiu']:.3f}"
+                f"@ {sweep['ods_threshold']:g}, OIS F1 {sweep['ois_f1']:.3f}, AIU {sweep['aiu']:.3f}{cliou}"
             )
+            if "paper" in s:
+                paper = s["paper"]
+                print(
+                    f"{condition}, paper protocol (512×512): ODS F1 {paper['ods_f1']:.3f} @ "
+                    f"{paper['ods_threshold']:g}, OIS F1 {paper['ois_f1']:.3f}, mIoU {paper['miou']:.3f}"
+                )
     print(f"report -> {args.out}/report.md")
     return 0
 
@@ -102,6 +111,16 @@ def add_parsers(sub) -> None:
     p.add_argument("-o", "--out", required=True, help="report folder")
     add_model_arguments(p)
     p.add_argument("--tolerance", type=float, help="also report tolerance F1 within R pixels, e.g. 2")
+    p.add_argument(
+        "--cliou", type=float, metavar="R", help="also report centreline IoU within R pixels (OmniCrack30k: 4)"
+    )
+    p.add_argument(
+        "--protocol",
+        default="strict",
+        choices=["strict", "paper"],
+        help="paper: also score as the crack-segmentation papers do (512×512, ODS/OIS/mIoU of SCSegamba's script), "
+        "in its own section beside the strict numbers",
+    )
     p.add_argument("--degrade", help="also evaluate degraded copies (blur, bicubic down and up), e.g. x4")
     p.add_argument("--degrade-seed", type=int, default=0, help="seed of the per-image degradations")
     p.add_argument(

@@ -1,2 +1,3 @@
-"""Scoring a model on labelled photos: per-image numbers and summaries (`scores`), the report's figures (`figures`)
-and page (`report`). `runs.evaluate` runs the model over the photos and writes the report."""
+"""Scoring a model on labelled photos: per-image numbers and summaries (`scores`), the published protocol's inputs
+(`paper`), the report's figures (`figures`) and page (`report`). `runs.evaluate` runs the model over the photos
+and writes the report."""

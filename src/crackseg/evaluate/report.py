@@ -31,6 +31,10 @@ def metric_rows(summary: dict) -> list[tuple[str, str]]:
         tol = summary["tolerance"]
         rows.append((f"tolerance F1, {tol['radius']:g} px (dataset)", _num(tol["micro"]["f1"])))
         rows.append((f"tolerance F1, {tol['radius']:g} px (mean per image)", _num(tol["mean_f1"])))
+    if "cliou" in summary:
+        cl = summary["cliou"]
+        rows.append((f"clIoU, {cl['radius']:g} px (dataset)", _num(cl["micro"])))
+        rows.append((f"clIoU, {cl['radius']:g} px (mean per image)", _num(cl["mean"])))
     rows.append(("HD95 px, mean / median", f"{_num(hd95['mean'], 1)} / {_num(hd95['median'], 1)}"))
     rows.append(("HD95 images scored / skipped", f"{hd95['images_scored']} / {hd95['images_skipped']}"))
     return rows
@@ -48,6 +52,38 @@ def source_table(summary: dict) -> list[str]:
             f"{_num(m['recall'])} | {_num(s['sweep']['ods_f1'])} | {_num(s['sweep']['aiu'])} | "
             f"{_num(s['hd95']['median'], 1)} |"
         )
+    return lines
+
+
+def paper_section(report: dict, conditions: list[str]) -> list[str]:
+    """The published protocol's figures, apart from the strict ones they must not be mixed with."""
+    papers = [report[c]["paper"] for c in conditions]
+
+    def row(label: str, values) -> str:
+        return f"| {label} | " + " | ".join(values) + " |"
+
+    lines = [
+        "## Paper protocol (SCSegamba's evaluation script)",
+        "",
+        row("metric", conditions),
+        "|---|" + "---:|" * len(conditions),
+        row("ODS F1 (threshold)", (f"{_num(p['ods_f1'])} ({p['ods_threshold']:g})" for p in papers)),
+        row("OIS F1", (_num(p["ois_f1"]) for p in papers)),
+        row("mIoU (threshold)", (f"{_num(p['miou'])} ({p['miou_threshold']:g})" for p in papers)),
+        "",
+        "As the crack-segmentation papers report them (SCSegamba's script, reused by CrackSSM and MixerCSeg): "
+        "each photo and its ground truth resized to 512×512 (bicubic; truth > 127), the prediction divided by its "
+        "own maximum and kept to 8 bits, crack = level/255 > t for t = 0.00…0.99. ODS: best mean per-image F1 at "
+        "one threshold; OIS: mean of each image's best F1; mIoU: best mean per-image (crack IoU + background "
+        "IoU) / 2 at one threshold. Images without cracks score F1 0. Not comparable with the strict numbers "
+        "above.",
+        "",
+        "| source (clean) | images | ODS F1 | OIS F1 | mIoU |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for source, s in report["clean"]["per_source"].items():
+        p = s["paper"]
+        lines.append(f"| {source} | {p['images']} | {_num(p['ods_f1'])} | {_num(p['ois_f1'])} | {_num(p['miou'])} |")
     return lines
 
 
@@ -80,8 +116,16 @@ def render_report(report: dict, records: list[ImageRecord], figures: list[str]) 
         "directed 95th-percentile distances between predicted and true crack boundaries, skipped where "
         "either is empty.",
     ]
+    if "cliou" in report["clean"]:
+        lines[-1] += (
+            " clIoU (OmniCrack30k): both masks thinned to centrelines; a true centreline pixel with a predicted one "
+            "within R px is matched, a predicted one with no true one within R px is a false alarm; matched / "
+            "(matched + missed + false alarms), pooled over the images."
+        )
     for condition in conditions:
         lines += ["", f"## Per source ({condition})", ""] + source_table(report[condition])
+    if "paper" in report["clean"]:
+        lines += [""] + paper_section(report, conditions)
     lines += ["", "## Figures", ""] + [f"![{name}]({name})" for name in figures]
     worst = sorted(records, key=lambda r: r.results["clean"].scores["iou"])[:10]
     lines += [

@@ -2,7 +2,8 @@
 
 Every image is predicted at its original size through the one inference path and scored against its untouched
 ground truth. Only counts are kept per image (the confusion at the threshold, the 99-threshold sweep, tolerance
-counts, HD95), so memory does not grow with image size or count.
+and centreline counts, HD95, and with the paper protocol its own 100-threshold sweep of the 512×512 copy), so
+memory does not grow with image size or count.
 """
 
 from __future__ import annotations
@@ -20,9 +21,12 @@ from crackseg import __version__
 from crackseg.data import DataError, Pair
 from crackseg.io.images import read_image, read_mask
 from crackseg.metrics import (
+    centreline_counts,
+    centreline_iou,
     confusion,
     dataset_scores,
     hausdorff,
+    paper_summary,
     sweep_counts,
     sweep_summary,
     tolerance_counts,
@@ -48,6 +52,8 @@ class ImageResult:
     sweep: np.ndarray  # (thresholds, 4) counts of the sweep
     hd95: float | None  # None when the prediction or the ground truth is empty
     tolerance: np.ndarray | None  # tolerance_counts, when a tolerance radius is asked for
+    centreline: np.ndarray | None = None  # centreline_counts (clIoU), when a clIoU radius is asked for
+    paper: np.ndarray | None = None  # the paper protocol's (100, 4) sweep counts, when it is asked for
 
     @property
     def scores(self) -> dict:
@@ -96,9 +102,9 @@ def make_degrader(scale: float, seed: int):
 
 
 def score_prediction(
-    prob: np.ndarray, truth: np.ndarray, threshold: float, tolerance: float | None
+    prob: np.ndarray, truth: np.ndarray, threshold: float, tolerance: float | None, cliou: float | None = None
 ) -> tuple[ImageResult, np.ndarray]:
-    """All per-image numbers of one probability map, and the thresholded prediction."""
+    """All per-image numbers of one probability map (the strict protocol's), and the thresholded prediction."""
     pred = prob >= threshold
     counts = confusion(pred, truth)
     result = ImageResult(
@@ -106,12 +112,16 @@ def score_prediction(
         sweep=sweep_counts(prob, truth),
         hd95=hausdorff(pred, truth, 95),
         tolerance=None if tolerance is None else tolerance_counts(pred, truth, tolerance),
+        centreline=None if cliou is None else centreline_counts(pred, truth, cliou),
     )
     return result, pred
 
 
-def summarize(records: list[ImageRecord], condition: str, tolerance: float | None, curve: bool = True) -> dict:
-    """Per-image means, dataset-level scores, the sweep, HD95 and tolerance F1 of one condition."""
+def summarize(
+    records: list[ImageRecord], condition: str, tolerance: float | None, cliou: float | None = None, curve: bool = True
+) -> dict:
+    """Per-image means, dataset-level scores, the sweep, HD95, tolerance F1, clIoU and the paper protocol's
+    figures (those last three when they were scored) of one condition."""
     results = [r.results[condition] for r in records]
     out = {"images": len(results)} | dataset_scores(np.stack([r.counts for r in results]))
     out["sweep"] = sweep_summary(np.stack([r.sweep for r in results]))
@@ -131,15 +141,28 @@ def summarize(records: list[ImageRecord], condition: str, tolerance: float | Non
             "micro": tolerance_scores(counts.sum(axis=0)),
             "mean_f1": float(np.mean(tolerance_scores(counts)["f1"])),
         }
+    if cliou is not None:
+        counts = np.stack([r.centreline for r in results])
+        out["cliou"] = {
+            "radius": cliou,
+            "micro": centreline_iou(counts.sum(axis=0)),  # pooled over the images, as OmniCrack30k reports it
+            "mean": float(np.mean(centreline_iou(counts))),
+            "counts": dict(zip(("tp", "fp", "fn"), (int(v) for v in counts.sum(axis=0)), strict=True)),
+        }
+    if results[0].paper is not None:
+        out["paper"] = paper_summary(np.stack([r.paper for r in results]))
     return out
 
 
-def summarize_condition(records: list[ImageRecord], condition: str, tolerance: float | None) -> dict:
+def summarize_condition(
+    records: list[ImageRecord], condition: str, tolerance: float | None, cliou: float | None = None
+) -> dict:
     """The whole set's summary plus one per source (Pair.source), for per-source tables and model cards."""
-    out = summarize(records, condition, tolerance)
+    out = summarize(records, condition, tolerance, cliou)
     sources = sorted({r.pair.source for r in records})
     out["per_source"] = {
-        s: summarize([r for r in records if r.pair.source == s], condition, tolerance, curve=False) for s in sources
+        s: summarize([r for r in records if r.pair.source == s], condition, tolerance, cliou, curve=False)
+        for s in sources
     }
     return out
 
@@ -154,11 +177,12 @@ def software_versions() -> dict:
     return versions
 
 
-def per_image_csv(records: list[ImageRecord], tolerance: float | None) -> str:
+def per_image_csv(records: list[ImageRecord], tolerance: float | None, cliou: float | None = None) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     conditions = list(records[0].results)
     columns = ["iou", "precision", "recall", "f1", "accuracy", "hd95"] + (["tolerance_f1"] if tolerance else [])
+    columns += ["cliou"] if cliou is not None else []
     header = ["name", "source", "image", "width", "height", "crack_fraction"]
     for condition in conditions:
         prefix = "" if condition == "clean" else f"{condition}_"
@@ -173,5 +197,7 @@ def per_image_csv(records: list[ImageRecord], tolerance: float | None) -> str:
             row.append("" if result.hd95 is None else f"{result.hd95:.3f}")
             if tolerance:
                 row.append(f"{tolerance_scores(result.tolerance)['f1']:.6f}")
+            if cliou is not None:
+                row.append(f"{centreline_iou(result.centreline):.6f}")
         writer.writerow(row)
     return buf.getvalue()
