@@ -3,7 +3,8 @@
     python benchmarks/predict_speed.py [--weights MODEL] [--threads 2] [--data ../shared/data] [--quick]
 
 Prints (a) images/s at 448² for batch 1 and 8 of PyTorch fp32 / fp32 channels_last / bf16, ONNX Runtime fp32 /
-int8 and OpenVINO fp32 / bf16 / int8, with the ratio to PyTorch fp32 measured in the same run; (b) achieved
+int8 and OpenVINO fp32 / bf16 / int8, with the ratio to PyTorch fp32 measured in the same run, and what `auto`
+chose (with the timings it chose by) next to the fastest engine of the table; (b) achieved
 GFLOP/s (model FLOPs from torch.utils.flop_counter × images/s) against the measured matmul peak; (c) the
 agreement of each with fp32 PyTorch (mask F1, p99.9 |Δp|) on validation crops of --data, or on generated
 cracks; (d) end-to-end `crackseg predict --backend auto` wall time and peak RSS (of the child process) for a
@@ -126,7 +127,8 @@ def throughput_table(handle, args, gflop: float, peak: float) -> None:
     iterations = {1: 3 if args.quick else 20, 8: 4}
     header = "".join(f"{f'b{n} img/s':>11}{'×fp32':>7}{'GFLOP/s':>9}" for n in batches)
     print(f"\n{'backend precision':<28}{header}{'mask F1':>9}{'p99.9|Δp|':>11}")
-    baseline = {}
+    baseline, api = {}, None
+    speeds = {n: {} for n in batches}  # batch → {"backend precision": img/s} of the engines auto can run
     for label, engine, reason in engines(handle, crops, cpu_has_bf16_matrix_engine()):
         if engine is None:
             print(f"{label:<28}{reason}")
@@ -136,9 +138,27 @@ def throughput_table(handle, args, gflop: float, peak: float) -> None:
             speed = images_per_second(engine, inputs[n], iterations[n])
             baseline.setdefault(n, speed)
             cells += f"{speed:>11.2f}{speed / baseline[n]:>7.2f}{speed * gflop:>9.1f}"
+            if label.startswith("Python API"):
+                api = engine
+            elif not isinstance(engine, Contiguous):
+                speeds[n][f"{engine.name} {engine.precision}"] = speed
         figures = measure_agreement(engine, net, check, config.threshold)
         print(f"{label:<28}{cells}{figures['f1']:>9.4f}{figures['p999']:>11.4f}", flush=True)
     print(f"(GFLOP/s = {gflop:.2f} GFLOP per image × img/s; measured fp32 matmul peak {peak:.0f} GFLOP/s)")
+    auto_against_fastest(api, speeds)
+
+
+def auto_against_fastest(api, speeds: dict[int, dict[str, float]]) -> None:
+    """What `auto` chose (and the timings it chose by) next to the fastest engine of the table, per batch size."""
+    from crackseg.options import SegmentOptions
+
+    chosen, batch = f"{api.name} {api.precision}", SegmentOptions().batch_size
+    print(f"auto chose {chosen}, timing its candidates at batch {batch} ({getattr(api, 'choice', '')})")
+    for n, table in speeds.items():
+        fastest = max(table, key=table.get)
+        verdict = "the same" if fastest == chosen else f"auto's choice {table.get(chosen, float('nan')):.2f} img/s"
+        ratio = table.get(chosen, float("nan")) / table[fastest]
+        print(f"  b{n}: fastest in this table {fastest} {table[fastest]:.2f} img/s; {verdict} ({ratio:.2f}×)")
 
 
 def high_water_kb(pid: int) -> int:

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import onnxruntime as ort
@@ -19,7 +20,7 @@ from crackseg import engines
 from crackseg.cli import main
 from crackseg.engines import BackendError, ModelHandle, auto_candidates, export_model, int8
 from crackseg.engines import cache as export
-from crackseg.engines.cache import ExportError, cached_onnx, export_onnx, onnx_metadata
+from crackseg.engines.cache import ExportError, cache_dir, cached_onnx, export_onnx, onnx_metadata
 from crackseg.engines.int8 import CalibrationCrops, agreement, is_accurate
 from crackseg.errors import CracksegError
 from crackseg.inference import CrackSegmenter
@@ -125,12 +126,18 @@ def test_export_of_a_cached_model_does_not_load_the_network(exported, tiny_model
     assert out.read_bytes() == exported.read_bytes()
 
 
+def same_threads() -> dict[str, str]:
+    """The environment that gives a fresh process this one's thread count, and so finds the choice `auto` measured
+    here (the count is part of its key)."""
+    return {"OMP_NUM_THREADS": str(torch.get_num_threads())}
+
+
 def run_fresh(code: str, cache, image, name: str) -> subprocess.CompletedProcess:
     """Run `code` in a new process (as every command is) on CACHE/NAME.png -> CACHE/NAME-out; it must succeed."""
     write_image(cache / f"{name}.png", image)
     done = subprocess.run(
         [sys.executable, "-c", code, str(cache / f"{name}.png"), str(cache / f"{name}-out")],
-        capture_output=True, text=True, timeout=120, env=os.environ | {"CRACKSEG_CACHE": str(cache)},
+        capture_output=True, text=True, timeout=120, env=os.environ | {"CRACKSEG_CACHE": str(cache), **same_threads()},
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     return done
@@ -231,6 +238,7 @@ def test_auto_picks_an_accurate_backend_quietly_and_describes_it(exported, tiny_
 def test_auto_falls_back_to_torch_when_other_backends_fail(tiny_model_dir, monkeypatch, capsys, bf16_engine):
     # torch bf16 where the CPU has bf16 matrix engines, torch fp32 elsewhere: whatever CPU the tests run on
     monkeypatch.setattr(engines, "cpu_has_bf16_matrix_engine", lambda: bf16_engine)
+    monkeypatch.setattr(engines.auto, "measure_speed", lambda engine, *args: 2.0 if engine.precision == "bf16" else 1.0)
     expected = "bf16" if bf16_engine else "fp32"
     real = engines.build_backend
 
@@ -293,8 +301,15 @@ def test_export_command_int8_reports_agreement(exported, tiny_model_dir, tmp_pat
     assert "onnx: crack F1" in capsys.readouterr().out
 
 
-def test_python_api_defaults_pick_the_same_engine_as_the_cli_without_torch(exported, cache, tiny_model_dir, image):
-    # One constructor behind every caller: the README's Python example runs what `crackseg predict` runs.
+def test_python_api_defaults_pick_the_same_engine_as_the_cli_without_torch(
+    exported, cache, tiny_model_dir, image, monkeypatch
+):
+    # One constructor behind every caller: the README's Python example runs what `crackseg predict` runs. Here
+    # `auto` measures a runtime other than torch fastest, and the fresh process reads that choice without timing.
+    for record in cache.glob("auto-*.json"):
+        record.unlink()
+    monkeypatch.setattr(engines.auto, "measure_speed", lambda engine, *args: 1.0 if engine.name == "torch" else 2.0)
+    CrackSegmenter.from_pretrained(tiny_model_dir, tile=TILE)
     code = (
         "import sys; from crackseg import CrackSegmenter; from crackseg.cli import main; "
         f"seg = CrackSegmenter.from_pretrained({str(tiny_model_dir)!r}, tile={TILE}); "
@@ -325,6 +340,7 @@ def test_int8_is_judged_by_task_accuracy_and_a_model_that_fails_is_not_chosen(
     crops_judged = {"held_out_crops": int8.HELD_OUT_CROPS}
     record.write_text(json.dumps({"f1": 0.70, "f1_fp32": 0.76, "mask_f1": 0.99, "p999": 0.01} | crops_judged))
     monkeypatch.setattr(engines, "auto_candidates", lambda device="cpu": [(backend, "int8"), ("torch", "fp32")])
+    monkeypatch.setattr(engines.auto, "measure_speed", lambda engine, *args: 2.0 if engine.precision == "int8" else 1.0)
     chosen = CrackSegmenter.from_pretrained(tiny_model_dir, tile=TILE)
     assert (chosen.backend.name, chosen.backend.precision) == ("torch", "fp32")
     assert "int8 crack F1 0.700 against fp32's 0.760" in chosen.describe()
@@ -335,3 +351,122 @@ def test_int8_is_judged_by_task_accuracy_and_a_model_that_fails_is_not_chosen(
     record.write_text(json.dumps({"f1": 0.70, "f1_fp32": 0.76, "mask_f1": 0.99, "p999": 0.01, "held_out_crops": 16}))
     CrackSegmenter.from_pretrained(tiny_model_dir, backend=backend, precision="int8", tile=TILE)
     assert json.loads(record.read_text())["held_out_crops"] == int8.HELD_OUT_CROPS
+
+
+# --- auto measures: fake engines and timings decide which is fastest; no wall-clock figure is asserted ------
+
+
+class FakeEngine:
+    fixed_size = None
+
+    def __init__(self, name: str, precision: str):
+        self.name, self.precision = name, precision
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        return np.zeros(batch.shape[:1] + batch.shape[2:], np.float32)
+
+
+@pytest.fixture
+def measured(tiny_model_dir, tmp_path, monkeypatch):
+    """`auto` over fake onnx/openvino/torch fp32 engines (openvino int8 does not build), timed by `speeds`; records
+    the engines built and timed, in a fresh cache."""
+    monkeypatch.setenv("CRACKSEG_CACHE", str(tmp_path))
+    candidates = [("openvino", "int8"), ("onnx", "fp32"), ("openvino", "fp32"), ("torch", "fp32")]
+    monkeypatch.setattr(engines, "auto_candidates", lambda device="cpu": candidates)
+    state = SimpleNamespace(speeds={"onnx": 5.8, "openvino": 7.9, "torch": 3.1}, built=[], timed=[], sizes=set())
+
+    def build(backend, precision, *args, **kwargs):
+        if precision == "int8":
+            raise BackendError("not calibrated yet")
+        state.built.append(backend)
+        return FakeEngine(backend, precision)
+
+    def measure(engine, tile, batch_size, to_beat=None):
+        state.timed.append(engine.name)
+        state.sizes.add((tile, batch_size))
+        return state.speeds[engine.name]
+
+    monkeypatch.setattr(engines, "build_backend", build)
+    monkeypatch.setattr(engines.auto, "measure_speed", measure)
+    state.segmenter = lambda model=tiny_model_dir: CrackSegmenter.from_pretrained(model, tile=TILE)
+    return state
+
+
+@pytest.mark.parametrize("fastest", ["openvino", "onnx"])
+def test_auto_takes_the_engine_measured_fastest(measured, fastest):
+    measured.speeds[fastest] = 9.0
+    segmenter = measured.segmenter()
+    assert (segmenter.backend.name, segmenter.backend.precision) == (fastest, "fp32")
+    assert measured.timed == ["onnx", "openvino", "torch"]
+    assert measured.sizes == {(TILE, 4)}  # the tile and batch size the segmenter runs
+    other = "onnx" if fastest == "openvino" else "openvino"
+    others = f"{other} fp32 {measured.speeds[other]}, torch fp32 3.1"
+    assert segmenter.describe().startswith(f"{fastest} fp32 (auto: the fastest measured here, 9 img/s; {others}; ")
+    # an engine that cannot be built is skipped, and says why
+    assert "unavailable: openvino int8 (not calibrated yet)" in segmenter.describe()
+
+
+def test_auto_reuses_its_measured_choice_without_timing(measured, tiny_model_dir):
+    first = measured.segmenter()
+    measured.built.clear()
+    measured.timed.clear()
+    again = measured.segmenter()
+    assert measured.timed == []
+    assert measured.built == ["openvino"]  # only the chosen engine is built: no torch start-up for the others
+    assert again.describe() == first.describe()
+    (record,) = cache_dir().glob("auto-*.json")
+    key = json.loads(record.read_text())["key"]
+    assert {"model", "tile", "batch_size", "device", "cpu", "threads", "runtimes"} <= set(key)
+    assert key["tile"] == TILE and key["batch_size"] == 4 and key["cpu"]["model"]
+    # another batch size is measured again, at that size
+    CrackSegmenter.from_pretrained(tiny_model_dir, tile=TILE, batch_size=2)
+    assert measured.timed == ["onnx", "openvino", "torch"] and (TILE, 2) in measured.sizes
+
+
+@pytest.mark.parametrize("change", ["cpu", "model"])
+def test_auto_measures_again_on_another_cpu_or_model(measured, tiny_model_dir, tmp_path, monkeypatch, change):
+    assert measured.segmenter().backend.name == "openvino"
+    measured.speeds["onnx"], measured.timed = 9.0, []
+    model = tiny_model_dir
+    if change == "cpu":
+        identity = engines.auto.cpu_identity()
+        monkeypatch.setattr(engines.auto, "cpu_identity", lambda: identity | {"model": "another CPU"})
+    else:  # the same network with other weights
+        model = tmp_path / "other"
+        shutil.copytree(tiny_model_dir, model)
+        from safetensors.torch import load_file, save_file
+
+        weights = load_file(model / "model.safetensors")
+        first = next(iter(weights))
+        weights[first] = weights[first] + 1
+        save_file(weights, model / "model.safetensors")
+    segmenter = measured.segmenter(model)
+    assert measured.timed == ["onnx", "openvino", "torch"]
+    assert segmenter.backend.name == "onnx"
+
+
+def test_auto_falls_back_to_the_fixed_order_only_when_timing_fails(measured, monkeypatch):
+    def broken_clock(*args):
+        raise RuntimeError("no clock")
+
+    monkeypatch.setattr(engines.auto, "measure_speed", broken_clock)
+    segmenter = measured.segmenter()
+    assert (segmenter.backend.name, segmenter.backend.precision) == ("onnx", "fp32")  # first that builds
+    assert "(auto: timing failed (onnx fp32: no clock; " in segmenter.describe()
+    assert "so the first that builds in the fixed order; unavailable: openvino int8" in segmenter.describe()
+    assert not list(cache_dir().glob("auto-*.json"))  # nothing recorded: the next run measures
+
+
+def test_timing_runs_a_warm_up_then_a_few_batches_of_one_fixed_input():
+    seen = []
+
+    def engine(batch):
+        seen.append(batch.copy())
+        return np.zeros((len(batch), TILE, TILE), np.float32)
+
+    assert engines.auto.measure_speed(engine, TILE, 3) > 0
+    assert 1 + 2 <= len(seen) <= 1 + 5 and seen[0].shape == (3, 3, TILE, TILE) and seen[0].dtype == np.float32
+    assert all(np.array_equal(seen[0], batch) for batch in seen)
+    seen.clear()
+    engines.auto.measure_speed(engine, TILE, 3, to_beat=float("inf"))  # far slower than the best: warm-up only
+    assert len(seen) == 1

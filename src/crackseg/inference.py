@@ -145,7 +145,8 @@ class CrackSegmenter:
         **option_values,
     ) -> CrackSegmenter:
         """The way to get a segmenter: a shipped model by name (default: the default model) or a trained model's
-        path, on the fastest accurate engine here (`backend="auto"`, as `crackseg predict`) or the one named.
+        path, on the engine measured fastest among the accurate ones here (`backend="auto"`, as `crackseg predict`;
+        measured once per machine, model and tile, then cached) or the one named.
 
         `options` (or its fields as keywords: backend, precision, device, tile, overlap, batch_size, threshold,
         max_pixels, tta) say how. `describe()` says which engine runs.
@@ -158,7 +159,14 @@ class CrackSegmenter:
         handle = ModelHandle.find(name_or_path if is_path else None, None if is_path else name_or_path)
         tile = options.tile or handle.config.train_size
         engine = build_engine(
-            handle, tile, options.backend, options.precision, options.device, calibration_data, calibration_crops
+            handle,
+            tile,
+            options.backend,
+            options.precision,
+            options.device,
+            calibration_data,
+            calibration_crops,
+            batch_size=options.batch_size,
         )
         return cls(handle, handle.config, backend=engine, options=options.replace(tile=tile))
 

@@ -6,7 +6,7 @@ that builds them (through `build_engine`), so the CLI, the server and the Python
 
 Adding a backend: one module with a `build(handle, precision, tile, device, crops, **int8_options)` function,
 one entry in `REGISTRY` (the CLI's `--backend` choices are read from it), a place in `auto_candidates` if `auto`
-should try it, and its tests.
+should measure it, and its tests.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from crackseg.engines import onnxruntime_engine, openvino_engine, torch_engine
+from crackseg.engines import auto, onnxruntime_engine, openvino_engine, torch_engine
 from crackseg.engines.base import Backend, BackendError
 from crackseg.engines.cache import MAX_EXPORT_DIFF, cached_onnx
 from crackseg.engines.handle import ModelHandle
@@ -34,18 +34,19 @@ __all__ = ["REGISTRY", "PRECISIONS", "Backend", "BackendError", "ModelHandle", "
 
 
 def auto_candidates(device: str = "cpu") -> list[tuple[str, str]]:
-    """(backend, precision) pairs in the order `auto` tries them: fastest first on this kind of CPU.
+    """(backend, precision) pairs `auto` measures here (`engines.auto`), in the order it falls back to when timing
+    fails.
 
-    Order from benchmarks/predict_speed.py (448², 2 threads): on CPUs with bf16 matrix engines (AMX, AVX-512
-    BF16) OpenVINO int8 > OpenVINO bf16 > PyTorch bf16 > fp32; on an AVX2-only EPYC OpenVINO int8 > ONNX Runtime
-    int8 > ONNX Runtime fp32 > OpenVINO fp32 > PyTorch fp32. An int8 entry is taken only if an int8 model of these
-    weights was calibrated earlier (`crackseg export --precision int8`, or an explicit `--precision int8` run)
-    and passed the task-accuracy rule (`engines.int8`).
+    fp32 engines always qualify; bf16 where it is accurate and fast (CUDA, CPUs with bf16 matrix engines: AMX,
+    AVX-512 BF16); int8 only if an int8 model of these weights was calibrated earlier (`crackseg export
+    --precision int8`, or an explicit `--precision int8` run) and passed the task-accuracy rule (`engines.int8`).
+    The fallback order is that of benchmarks/predict_speed.py (448², 2 threads) on each kind of CPU.
     """
     if device.startswith("cuda"):
         return [("torch", "bf16"), ("torch", "fp32")]
     if cpu_has_bf16_matrix_engine():
-        order = [("openvino", "int8"), ("openvino", "bf16"), ("torch", "bf16")]
+        order = [("openvino", "int8"), ("openvino", "bf16"), ("torch", "bf16"), ("onnx", "int8")]
+        order += [("openvino", "fp32"), ("onnx", "fp32")]
     else:
         order = [("openvino", "int8"), ("onnx", "int8"), ("onnx", "fp32"), ("openvino", "fp32")]
     if not nncf_available():
@@ -72,26 +73,77 @@ def build_backend(
     return REGISTRY[backend](handle, precision, tile, device, crops, **int8_options)
 
 
-def choose_backend(backend: str, precision: str, handle: ModelHandle, tile: int, device="cpu", crops=None):
-    """Resolve auto backend/precision to the first candidate that builds (and, for int8, was calibrated
-    earlier and passed the accuracy rule: auto never spends minutes calibrating on its own)."""
+def build_candidate(name: str, precision: str, handle: ModelHandle, tile: int, device: str, crops):
+    """(engine, None), or (None, why it cannot run here). int8 runs only a model calibrated earlier that passed
+    the accuracy rule: `auto` never spends minutes calibrating on its own."""
+    try:
+        engine = build_backend(name, precision, handle, tile, device, crops, require_accurate=True, calibrate=False)
+    except ModelError:  # a broken weights file is no backend's fault: say so, not "no backend could be built"
+        raise
+    except Exception as err:  # a failing backend must not stop prediction: another one runs
+        log.info("auto: %s %s unavailable: %s", name, precision, err)
+        return None, str(err)
+    return engine, None
+
+
+def choose_backend(
+    backend: str, precision: str, handle: ModelHandle, tile: int, device="cpu", crops=None, batch_size: int = 4
+):
+    """Resolve auto backend/precision to the candidate measured fastest here, measured on first use and then read
+    from the cache (`engines.auto`)."""
     candidates = [(b, p) for b, p in auto_candidates(device) if backend in ("auto", b) and precision in ("auto", p)]
     if not candidates:  # e.g. --backend onnx --precision auto on a bf16 CPU: its fp32 path
         candidates = [(backend if backend != "auto" else "torch", precision if precision != "auto" else "fp32")]
-    problems = []
-    for name, prec in candidates:
-        try:
-            engine = build_backend(name, prec, handle, tile, device, crops, require_accurate=True, calibrate=False)
-        except ModelError:  # a broken weights file is no backend's fault: say so, not "no backend could be built"
-            raise
-        except Exception as err:  # a failing backend must not stop prediction: try the next one
-            problems.append(f"{name} {prec} ({err})")
-            log.info("auto: %s %s unavailable: %s", name, prec, err)
-            continue
-        skipped = "; not chosen: " + ", ".join(problems) if problems else ""
-        engine.choice = f"auto: the fastest accurate choice here{skipped}"
+    if len(candidates) == 1:
+        engine, problem = build_candidate(*candidates[0], handle, tile, device, crops)
+        if engine is None:
+            raise BackendError(f"no backend could be built: {auto.label(*candidates[0])} ({problem})")
+        engine.choice = "auto: the only candidate here"
         return engine
-    raise BackendError("no backend could be built: " + "; ".join(problems))
+    key = auto.choice_key(handle, tile, batch_size, device, candidates)
+    record = auto.read_choice(key)
+    if record is not None:
+        engine, problem = build_candidate(*record["choice"].split(" "), handle, tile, device, crops)
+        if engine is not None:
+            engine.choice = auto.describe_choice(record)
+            return engine
+        log.info(
+            "auto: the engine measured fastest earlier, %s, fails now (%s): measuring again", record["choice"], problem
+        )
+    return measure_candidates(candidates, key, handle, tile, device, crops, batch_size)
+
+
+def measure_candidates(candidates, key, handle: ModelHandle, tile: int, device: str, crops, batch_size: int):
+    """Build and time each candidate, keep the fastest (only it stays loaded) and record the choice under `key`.
+    When no timing succeeds, the first candidate that builds runs, and says so."""
+    speeds, unavailable, timing_errors = {}, {}, {}
+    best = fallback = None
+    for name, precision in candidates:
+        label = auto.label(name, precision)
+        engine, problem = build_candidate(name, precision, handle, tile, device, crops)
+        if engine is None:
+            unavailable[label] = problem
+            continue
+        try:
+            speeds[label] = auto.measure_speed(engine, tile, batch_size, speeds[best] if best else None)
+        except Exception as err:  # an engine that cannot be timed is not ranked; prediction goes on without it
+            log.info("auto: timing %s failed: %s", label, err)
+            timing_errors[label], fallback = str(err), fallback or engine
+            continue
+        if best is None or speeds[label] > speeds[best]:
+            best, chosen = label, engine
+    if best is not None:
+        unavailable |= {label: f"timing failed: {err}" for label, err in timing_errors.items()}
+        record = {"choice": best, "speeds": speeds, "unavailable": unavailable}
+        auto.write_choice(key, record)
+        chosen.choice = auto.describe_choice(record)
+        return chosen
+    if fallback is not None:  # not recorded: the next run measures again
+        errors = "; ".join(f"{label}: {err}" for label, err in timing_errors.items())
+        fallback.choice = f"auto: timing failed ({errors}), so the first that builds in the fixed order"
+        fallback.choice += auto.unavailable_text(unavailable)
+        return fallback
+    raise BackendError("no backend could be built: " + "; ".join(f"{n} ({why})" for n, why in unavailable.items()))
 
 
 def build_engine(
@@ -102,15 +154,17 @@ def build_engine(
     device: str = "cpu",
     calibration_data=None,
     calibration_crops: int | None = None,
+    batch_size: int = 4,
 ):
     """The engine `CrackSegmenter.from_pretrained` runs: the requested backend and precision, or `auto`'s choice.
 
     `calibration_data`: crackseg data folder(s) whose training crops calibrate int8 (default: generated).
+    `batch_size`: tiles per call, the batch `auto` times the candidates at.
     """
     data = [calibration_data] if isinstance(calibration_data, (str, Path)) else list(calibration_data or [])
     crops = CalibrationCrops(handle.config, tile, count=calibration_crops or CALIBRATION_CROPS, data=data)
     if "auto" in (backend, precision):
-        return choose_backend(backend, precision, handle, tile, device, crops)
+        return choose_backend(backend, precision, handle, tile, device, crops, batch_size)
     return build_backend(backend, precision, handle, tile, device, crops)
 
 
