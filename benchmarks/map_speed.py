@@ -77,7 +77,7 @@ def main() -> None:
         runs["measure"] = step("measure", [*measure, "--formats", args.formats], env)
         report = json.loads((measured / "ortho_measure.json").read_text())
         summary, cracks = report["summary"], report["cracks"]
-        medians = np.array([c["width_median_mm"] for c in cracks], float)
+        medians = np.array([c["w_med_mm"] for c in cracks], float)
         print(f"\n{'step':<9}{'wall s':>9}{'peak RSS GB':>13}  outputs")
         for name, folder in (("predict", predicted), ("measure", measured)):
             if name in runs:

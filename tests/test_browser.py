@@ -202,7 +202,7 @@ def test_upload_threshold_table_downloads_errors_and_phone_width(page, server_ur
     with page.expect_download() as download:
         page.click("#download-csv")
     csv_lines = Path(download.value.path()).read_text().strip().splitlines()
-    assert len(csv_lines) == 4 and "length_mm" in csv_lines[0]
+    assert len(csv_lines) == 4 and "len_mm" in csv_lines[0]
     page.screenshot(path=str(tmp_path / "desktop.png"), full_page=True)
 
     # Phone width (390 px): one column, nothing wider than the screen, every cell of the table (the class
@@ -213,7 +213,7 @@ def test_upload_threshold_table_downloads_errors_and_phone_width(page, server_ur
     assert visible_in_viewport(page, "#cracks th")
     assert visible_in_viewport(page, "#cracks td")
     assert page.locator("#cracks tbody td:last-child").all_inner_texts() and all(
-        text in ("longitudinal", "transverse", "diagonal", "branched-network")
+        text in ("longitudinal", "transverse", "diagonal", "branched")
         for text in page.locator("#cracks tbody td:last-child").all_inner_texts()
     )
     assert visible_in_viewport(page, "#drop-zone, #threshold, #pixel-size, .downloads .button")

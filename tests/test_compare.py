@@ -11,6 +11,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pyogrio
+import pyproj
 import pytest
 import rasterio
 import shapely
@@ -18,8 +19,11 @@ from affine import Affine
 
 import crackseg.cli.measure
 from crackseg.cli import main
-from crackseg.compare import AlignmentError, CompareError, Survey, apply_homography, compare
+from crackseg.compare import AlignmentError, CompareError, Survey, apply_homography, compare, load_survey
+from crackseg.compare.changes import RECORD_FIELDS
+from crackseg.io.georef import Georeference
 from crackseg.io.images import to_rgb_uint8, write_image
+from crackseg.measure.result import FIELD_NAMES
 from crackseg.runs.compare import write_changes
 
 SIZE = (480, 640)  # height, width
@@ -159,21 +163,69 @@ def test_outputs_and_no_overwrite(changes, pair, tmp_path):
     assert summary["counts"]["new"] == 1 and summary["alignment"]["error_px"] < 1
     assert summary["added_length_px"] == pytest.approx(EXTENSION_PX, rel=0.05)
     assert summary["largest_widening"]["id"] == by_name(changes, pair[4])["widened"].id
-    geo = json.loads((out / "changes.geojson").read_text())
-    assert geo["crs"] is None
-    added = [f for f in geo["features"] if f["properties"]["part"] == "added"]
-    assert len(added) == 1 and len(geo["features"]) == 7
+    # AFTER has no georeference: no GeoJSON (WGS 84 only), the GeoPackage in AFTER's local frame (px, y up)
+    assert not (out / "changes.geojson").exists()
+    assert summary["coordinates"]["geojson"].startswith("not written") and "AFTER" in summary["coordinates"]["geojson"]
+    assert summary["coordinates"]["gpkg"].startswith("px from AFTER's bottom-left corner")
+    info = pyogrio.read_info(out / "changes.gpkg", layer="changes")
+    assert info["features"] == 7 and info["crs"].startswith("LOCAL_CS[") and pyproj.CRS(info["crs"]).is_engineering
+    meta, _, _, columns = pyogrio.raw.read(out / "changes.gpkg")
+    assert list(columns[list(meta["fields"]).index("part")]).count("added") == 1
     rows = list(csv.DictReader((out / "changes.csv").open()))
     assert sorted(r["change"] for r in rows) == sorted(
         ["new", "extended", "widened", "unchanged", "unchanged", "closed"]
     )
-    assert pyogrio.read_info(out / "changes.gpkg", layer="changes")["features"] == 7
     assert "| widened | 1 |" in (out / "report.md").read_text()
     picture = cv2.imread(str(out / "changes.png"))
     assert picture.shape[1] > 2 * SIZE[1] * 0.9
     with pytest.raises(CompareError, match="--overwrite"):
         write_changes(changes, out)
     write_changes(changes, out, overwrite=True)
+
+
+def test_change_fields_survive_a_shapefile(changes, tmp_path):
+    """A shapefile cuts field names at 10 characters: every name of the changes' table is short and distinct."""
+    write_changes(changes, tmp_path / "out")
+    names = ["part", *RECORD_FIELDS]
+    meta, _, wkb, columns = pyogrio.raw.read(tmp_path / "out" / "changes.gpkg")
+    assert list(meta["fields"]) == names
+    shp = tmp_path / "changes.shp"
+    pyogrio.raw.write(
+        shp, wkb, columns, meta["fields"], driver="ESRI Shapefile", geometry_type="MultiLineString", crs=meta["crs"]
+    )
+    assert list(pyogrio.read_info(shp)["fields"]) == names
+    assert csv.DictReader((tmp_path / "out" / "changes.csv").open()).fieldnames == RECORD_FIELDS
+    widest = json.loads((tmp_path / "out" / "summary.json").read_text())["largest_widening"]
+    assert set(widest) <= set(RECORD_FIELDS) and widest["w95_inc_px"] > 2
+
+
+def test_lines_beyond_afters_image_are_cut_at_its_edge(tmp_path):
+    """A BEFORE crack carried into AFTER's frame may run past AFTER's image (and a tip a pixel past any edge):
+    the maps stop at the edge, in AFTER's CRS and in WGS 84."""
+    origin, pixel = (500_000.0, 5_000_000.0), 0.0005  # AFTER's top-left corner; BEFORE's lies 40 px west
+
+    def georef(x0):
+        transform = Affine(pixel, 0.0, x0, 0.0, -pixel, origin[1])
+        return Georeference(tuple(transform)[:6], pyproj.CRS("EPSG:32633").to_wkt(), SIZE)
+
+    before = Survey.from_arrays(draw([([(20, 50), (300, 160)], 3)]) > 0, name="b", georef=georef(origin[0] - 0.02))
+    changes = compare(before, Survey.from_arrays(np.zeros(SIZE, bool), name="a", georef=georef(origin[0])))
+    assert changes.counts()["closed"] == 1 and changes.alignment.method == "georeference"
+    assert shapely.get_coordinates(changes.cracks[0].line)[:, 0].min() < -10  # carried past AFTER's left edge
+    write_changes(changes, tmp_path / "out")
+
+    def to_image(xy):
+        return np.column_stack([(xy[:, 0] - origin[0]) / pixel, (origin[1] - xy[:, 1]) / pixel])
+
+    def check(xy):
+        assert xy.min() >= -1e-4 and xy[:, 0].max() <= SIZE[1] + 1e-4 and xy[:, 1].max() <= SIZE[0] + 1e-4
+        assert xy[:, 0].min() == pytest.approx(0, abs=0.05)
+
+    _, _, wkb, _ = pyogrio.raw.read(tmp_path / "out" / "changes.gpkg")
+    check(to_image(shapely.get_coordinates(shapely.from_wkb(wkb))))
+    (feature,) = json.loads((tmp_path / "out" / "changes.geojson").read_text())["features"]
+    lon, lat = np.array(feature["geometry"]["coordinates"][0]).T
+    check(to_image(np.column_stack(pyproj.Transformer.from_crs(4326, 32633, always_xy=True).transform(lon, lat))))
 
 
 def write_survey(folder, name, photo, mask):
@@ -343,6 +395,23 @@ def test_a_measure_file_compares_with_itself(pair, tmp_path):
     path = measured(tmp_path, pair[1])
     same = compare(path, path, assume_aligned=True)
     assert same.counts()["unchanged"] == 5 and [c.id for c in same.cracks] == [1, 2, 3, 4, 5]
+
+
+def test_a_measure_file_of_format_version_1_is_still_read(pair, tmp_path):
+    """Version 1 named a crack's fields as Crack does (length_px, ...) and called a branched crack
+    "branched-network"; version 2 has names a shapefile keeps whole, and "branched"."""
+    path = measured(tmp_path, pair[1])
+    data = json.loads(Path(path).read_text())
+    assert data["format_version"] == 2
+    long_names = {short: name for name, short in FIELD_NAMES.items()}
+    old = data | {"format_version": 1, "cracks": [{long_names[k]: v for k, v in c.items()} for c in data["cracks"]]}
+    old["cracks"][0]["crack_class"] = "branched-network"
+    (tmp_path / "old_measure.json").write_text(json.dumps(old))
+    new, read = load_survey(path, "BEFORE"), load_survey(tmp_path / "old_measure.json", "BEFORE")
+    assert read.measurement.cracks[0].crack_class == "branched"
+    assert read.measurement.cracks[1:] == new.measurement.cracks[1:]
+    same = compare(tmp_path / "old_measure.json", path, assume_aligned=True)
+    assert same.counts()["unchanged"] == 5
 
 
 def test_photos_are_segmented_by_the_segmenter_given_and_only_then(pair, tmp_path):

@@ -138,7 +138,7 @@ def test_measure_command_in_blocks_writes_the_whole_images_maps(tmp_path):
         return table, shapely.from_wkb(wkb)
 
     (table_w, geometry_w), (table_b, geometry_b) = gpkg(tmp_path / "whole"), gpkg(tmp_path / "blocks")
-    assert list(table_b["id"]) == list(table_w["id"]) and list(table_b["length_mm"]) == list(table_w["length_mm"])
+    assert list(table_b["id"]) == list(table_w["id"]) and list(table_b["len_mm"]) == list(table_w["len_mm"])
     for a, b in zip(geometry_w, geometry_b, strict=True):
         assert shapely.get_num_geometries(b) == 1 and b.length == pytest.approx(a.length, rel=0.01)
 

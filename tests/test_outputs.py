@@ -3,8 +3,13 @@ PNG masks whose cracks have a known place, length and width."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
+import logging
+import re
+import sqlite3
+import sys
 
 import ezdxf
 import numpy as np
@@ -17,10 +22,10 @@ from affine import Affine
 
 from crackseg.cli import main
 from crackseg.errors import OutputExistsError
-from crackseg.io.georef import Georeference, GeoreferenceError
+from crackseg.io.georef import Georeference, GeoreferenceError, read_tiff_header
 from crackseg.io.images import write_image
 from crackseg.measure import WIDTH_CLASS_PRESETS
-from crackseg.measure.maps import CSV_FIELDS, dxf_layer_name
+from crackseg.measure.maps import CRACK_FIELDS, CSV_FIELDS, DXF_APP, dxf_layer_name
 from crackseg.runs.measure import measure_files, parse_formats
 from tests.test_measure import segment
 
@@ -112,13 +117,13 @@ def test_geotiff_geojson_is_wgs84_and_lands_on_the_cracks(geo_run):
         check_on_segment(line, p0, p1, width)  # within one pixel = 0.5 mm on the ground
         props = feature["properties"]
         true_length = np.hypot(p1[0] - p0[0], p1[1] - p0[1])
-        assert props["length_mm"] == pytest.approx(true_length * 0.5, rel=0.03)
+        assert props["len_mm"] == pytest.approx(true_length * 0.5, rel=0.03)
         assert shapely.LineString(line).length == pytest.approx(true_length, rel=0.03)  # the line itself, too
-        assert abs(props["width_median_px"] - width) <= (1.0 if width == 1 else 0.5)
-        assert props["width_median_mm"] == pytest.approx(props["width_median_px"] * 0.5, abs=1e-3)
-        assert props["width_class"] == pavement_class
-        assert props["below_resolution"] is (width < 2)
-        assert props["branched"] is False and props["orientation_class"] in ("transverse", "longitudinal", "diagonal")
+        assert abs(props["w_med_px"] - width) <= (1.0 if width == 1 else 0.5)
+        assert props["w_med_mm"] == pytest.approx(props["w_med_px"] * 0.5, abs=1e-3)
+        assert props["width_cls"] == pavement_class
+        assert props["below_res"] is (width < 2)
+        assert props["branched"] is False and props["orient_cls"] in ("transverse", "longitudinal", "diagonal")
         assert set(props) == set(CSV_FIELDS) - {"image"}  # one layout everywhere
     assert seen == {1, 4, 16}
 
@@ -139,20 +144,18 @@ def test_geotiff_geopackage_and_dxf_hold_the_same_geometry(geo_run):
         np.testing.assert_allclose(shapely.get_coordinates(geometry), expected[crack_id], atol=5e-5)  # 0.05 mm
     props = {f["id"]: f["properties"] for f in doc["features"]}
     for i, crack_id in enumerate(table["id"]):
-        assert table["width_class"][i] == props[crack_id]["width_class"]
-        assert bool(table["below_resolution"][i]) == props[crack_id]["below_resolution"]
-        assert table["length_mm"][i] == pytest.approx(props[crack_id]["length_mm"])
+        assert table["width_cls"][i] == props[crack_id]["width_cls"]
+        assert bool(table["below_res"][i]) == props[crack_id]["below_res"]
+        assert table["len_mm"][i] == pytest.approx(props[crack_id]["len_mm"])
 
     drawing = ezdxf.readfile(geo_run / "deck_cracks.dxf")
-    assert drawing.units == ezdxf.units.MM
     polylines = list(drawing.modelspace().query("LWPOLYLINE"))
     assert len(polylines) == 3
     for polyline in polylines:
-        points = np.array([p[:2] for p in polyline.get_points("xy")])
-        image = np.column_stack([points[:, 0] / 0.5, SHAPE[0] - points[:, 1] / 0.5])  # mm, y up → image px
-        crack_id = min(expected, key=lambda k: np.abs(to_image(expected[k]) - image).max())
-        np.testing.assert_allclose(image, to_image(expected[crack_id]), atol=0.1)
-        assert polyline.dxf.layer == dxf_layer_name(props[crack_id]["width_class"])
+        points = np.array([p[:2] for p in polyline.get_points("xy")])  # the raster's CRS: UTM metres, as the gpkg
+        crack_id = min(expected, key=lambda k: np.abs(expected[k] - points).max())
+        np.testing.assert_allclose(points, expected[crack_id], atol=5e-5)
+        assert polyline.dxf.layer == dxf_layer_name(props[crack_id]["width_cls"])
     layers = {layer.dxf.name for layer in drawing.layers}
     assert {dxf_layer_name(label) for label in WIDTH_CLASS_PRESETS["pavement"].labels} <= layers
     ids = sorted(text.dxf.text for text in drawing.modelspace().query("TEXT") if text.dxf.layer == "crack id")
@@ -162,7 +165,7 @@ def test_geotiff_geopackage_and_dxf_hold_the_same_geometry(geo_run):
 def test_geotiff_csv_and_summary(geo_run):
     rows = list(csv.DictReader((geo_run / "cracks.csv").open()))
     assert len(rows) == 3 and list(rows[0]) == CSV_FIELDS
-    assert sorted(r["width_class"] for r in rows) == ["low (<6 mm)", "low (<6 mm)", "moderate (6-19 mm)"]
+    assert sorted(r["width_cls"] for r in rows) == ["low (<6 mm)", "low (<6 mm)", "moderate (6-19 mm)"]
     report = json.loads((geo_run / "deck_measure.json").read_text())
     assert report["pixel_size_mm"] == pytest.approx(0.5) and report["pixel_size_from"] == "georeference"
     assert report["georeference"]["crs"] == "EPSG:32633"
@@ -176,26 +179,160 @@ def test_geotiff_csv_and_summary(geo_run):
     assert (geo_run / "deck_width.png").exists()
 
 
-def test_png_mask_gives_pixel_coordinates(tmp_path):
+def pairs(xdata) -> list[tuple[str, object]]:
+    """XDATA's name, value pairs: each value's tag follows a text tag that names it."""
+    values = [value for _, value in xdata]
+    return list(zip(values[::2], values[1::2], strict=True))
+
+
+def test_geotiff_dxf_is_in_the_rasters_crs_and_carries_each_cracks_figures(geo_run):
+    drawing = ezdxf.readfile(geo_run / "deck_cracks.dxf")
+    assert drawing.units == ezdxf.units.M and drawing.header["$MEASUREMENT"] == 1  # EPSG:32633's metres
+    assert drawing.header.custom_vars.get("coordinates") == "the raster's CRS, EPSG:32633"
+    assert DXF_APP in drawing.appids  # what a CAD user lists to read the figures
+    cracks = {c["id"]: c for c in json.loads((geo_run / "deck_measure.json").read_text())["cracks"]}
+    polylines = list(drawing.modelspace().query("LWPOLYLINE"))
+    assert len(polylines) == 3
+    for polyline in polylines:
+        figures = dict(pairs(polyline.get_xdata(DXF_APP)))
+        crack = cracks[figures["id"]]
+        numbers = ["len_mm", "w_mean_mm", "w_p95_mm", "w_max_mm"]
+        assert list(figures) == ["id", *numbers, "width_cls", "orient_cls", "crack_cls"]
+        assert [figures[k] for k in numbers] == pytest.approx([crack[k] for k in numbers])
+        assert (figures["width_cls"], figures["orient_cls"]) == (crack["width_cls"], crack["orient_cls"])
+        assert polyline.dxf.layer == dxf_layer_name(crack["width_cls"])
+        points = to_image(np.array([p[:2] for p in polyline.get_points("xy")]))
+        assert shapely.LineString(points).length * 0.5 == pytest.approx(crack["len_mm"], rel=0.03)
+
+
+def test_field_names_survive_a_shapefile(geo_run, tmp_path):
+    """A shapefile's dBase table cuts field names at 10 characters: every name is short enough and distinct."""
+    meta, _, wkb, columns = pyogrio.raw.read(geo_run / "deck_cracks.gpkg")
+    assert list(meta["fields"]) == CRACK_FIELDS
+    shp = tmp_path / "cracks.shp"
+    pyogrio.raw.write(
+        shp, wkb, columns, meta["fields"], driver="ESRI Shapefile", geometry_type="MultiLineString", crs=meta["crs"]
+    )
+    assert list(pyogrio.read_info(shp)["fields"]) == CRACK_FIELDS
+    assert list(pyogrio.raw.read(shp)[3][CRACK_FIELDS.index("len_mm")]) == list(columns[CRACK_FIELDS.index("len_mm")])
+    # one layout everywhere: the CSV's columns, the GeoJSON's properties, the summary JSON's cracks
+    assert csv.DictReader((geo_run / "cracks.csv").open()).fieldnames == ["image", *CRACK_FIELDS]
+    feature = json.loads((geo_run / "deck_cracks.geojson").read_text())["features"][0]
+    assert list(feature["properties"]) == CRACK_FIELDS
+    crack = json.loads((geo_run / "deck_measure.json").read_text())["cracks"][0]
+    assert set(crack) == {name for name in CRACK_FIELDS if not name.startswith("bbox_")} | {"bbox"}
+
+
+def test_the_geopackage_is_version_1_3(geo_run):
+    """GeoPackage 1.3, not GDAL's default 1.4, which older readers warn about or refuse."""
+    with contextlib.closing(sqlite3.connect(geo_run / "deck_cracks.gpkg")) as db:
+        application_id = db.execute("PRAGMA application_id").fetchone()[0]
+        user_version = db.execute("PRAGMA user_version").fetchone()[0]
+    assert application_id.to_bytes(4, "big") == b"GPKG" and user_version == 10300
+
+
+def test_a_crack_leaving_the_image_is_cut_at_its_edge(tmp_path):
+    """A centreline's tip may end most of a pixel past the image's edge: every map stops at the edge."""
+    mask = band(SHAPE, (-5.0, 50.0), (300.0, 160.0), 3)  # leaves through the left edge
+    write_geotiff(tmp_path / "edge.tif", mask)
+    write_image(tmp_path / "edge.png", mask.astype(np.uint8) * 255)
+    for name in ("edge.tif", "edge.png"):
+        assert main(["measure", str(tmp_path / name), "--masks", "-o", str(tmp_path / name[-3:])]) == 0
+
+    def check(xy):
+        assert xy.min() >= -1e-6 and xy[:, 0].max() <= SHAPE[1] + 1e-6 and xy[:, 1].max() <= SHAPE[0] + 1e-6
+        assert xy[:, 0].min() == pytest.approx(0, abs=0.05)  # it still reaches the edge
+
+    _, _, wkb, _ = pyogrio.raw.read(tmp_path / "tif" / "edge_cracks.gpkg")
+    check(to_image(shapely.get_coordinates(shapely.from_wkb(wkb))))
+    drawing = ezdxf.readfile(tmp_path / "tif" / "edge_cracks.dxf")
+    check(to_image(np.array([p[:2] for line in drawing.modelspace().query("LWPOLYLINE") for p in line])))
+    (feature,) = json.loads((tmp_path / "tif" / "edge_cracks.geojson").read_text())["features"]
+    lon, lat = np.array(feature["geometry"]["coordinates"][0]).T
+    back = pyproj.Transformer.from_crs("EPSG:4326", "EPSG:32633", always_xy=True)
+    check(to_image(np.column_stack(back.transform(lon, lat))))
+    _, _, wkb, _ = pyogrio.raw.read(tmp_path / "png" / "edge_cracks.gpkg")
+    xy = shapely.get_coordinates(shapely.from_wkb(wkb))
+    check(np.column_stack([xy[:, 0], SHAPE[0] - xy[:, 1]]))  # px, y up → image coordinates
+
+
+def test_a_geotransform_without_a_crs_gives_the_pixel_size(tmp_path, caplog):
+    write_geotiff(tmp_path / "scan.tif", crack_mask(), crs=None)
+    header = read_tiff_header(tmp_path / "scan.tif")
+    assert header.georef is None and header.grid == tuple(TRANSFORM)[:6] and header.on_a_grid
+    assert read_tiff_header(tmp_path / "scan.tif").shape == SHAPE
+    assert main(["measure", str(tmp_path / "scan.tif"), "--masks", "-o", str(tmp_path / "out")]) == 0
+    report = json.loads((tmp_path / "out" / "scan_measure.json").read_text())
+    assert report["pixel_size_mm"] == pytest.approx(0.5) and report["pixel_size_from"].startswith("geotransform")
+    assert report["georeference"] is None and "as metres" in caplog.text
+    assert report["units"]["coordinates"]["gpkg"].startswith("mm from the image's bottom-left corner")
+    assert not (tmp_path / "out" / "scan_cracks.geojson").exists()
+    oblong = Affine(PIXEL_M, 0.0, 0.0, 0.0, -2 * PIXEL_M, 0.0)
+    write_geotiff(tmp_path / "oblong.tif", crack_mask(), crs=None, transform=oblong)
+    argv = ["measure", str(tmp_path / "oblong.tif"), "--masks", "-o", str(tmp_path / "o2"), "--formats", "json"]
+    assert main(argv) == 0
+    assert json.loads((tmp_path / "o2" / "oblong_measure.json").read_text())["pixel_size_mm"] is None
+    assert "not square" in caplog.text
+
+
+def test_warnings_are_not_glued_onto_the_progress_bar(tmp_path, capsys):
+    for name in ("a.tif", "b.tif"):
+        write_image(tmp_path / "in" / name, crack_mask().astype(np.uint8) * 255)  # no CRS: a warning
+    console = logging.StreamHandler(sys.stderr)
+    console.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    logging.getLogger().addHandler(console)
+    try:
+        measure_files([str(tmp_path / "in")], tmp_path / "out", formats=("json",), progress=True)
+    finally:
+        logging.getLogger().removeHandler(console)
+    lines = re.split(r"[\r\n]", capsys.readouterr().err)
+    warned = [line for line in lines if "without a CRS" in line]
+    assert warned and all(line.startswith("WARNING: ") for line in warned), warned
+    assert any(line.startswith("measure: 100%") for line in lines)  # the bar is still drawn
+
+
+def test_png_mask_has_no_geojson_and_maps_in_a_local_frame(tmp_path):
+    """GeoJSON is WGS 84 only: a photo without a georeference gets none (GDAL would read its pixels as degrees),
+    and its GeoPackage carries a local engineering CRS in px, y up, rather than no CRS."""
     write_image(tmp_path / "wall.png", crack_mask().astype(np.uint8) * 255)
-    assert main(["measure", str(tmp_path / "wall.png"), "--masks", "-o", str(tmp_path / "out")]) == 0
-    doc = json.loads((tmp_path / "out" / "wall_cracks.geojson").read_text())
-    assert doc["crs"] is None and "pixels" in doc["note"] and "y down" in doc["note"]
-    for feature in doc["features"]:
-        line = np.array(feature["geometry"]["coordinates"][0])
+    out = tmp_path / "out"
+    assert main(["measure", str(tmp_path / "wall.png"), "--masks", "-o", str(out)]) == 0
+    assert not (out / "wall_cracks.geojson").exists()
+    report = json.loads((out / "wall_measure.json").read_text())
+    coordinates = report["units"]["coordinates"]
+    assert coordinates["geojson"].startswith("not written") and "no georeference" in coordinates["geojson"]
+    assert coordinates["gpkg"].startswith("px from the image's bottom-left corner, y up")
+    info = pyogrio.read_info(out / "wall_cracks.gpkg")
+    assert info["crs"].startswith("LOCAL_CS[") and 'UNIT["pixel"' in info["crs"]
+    crs = pyproj.CRS(info["crs"])
+    assert crs.is_engineering and not crs.is_geographic
+    assert info["layer_metadata"]["coordinates"].startswith("px from the image's bottom-left")
+    _, _, wkb, columns = pyogrio.raw.read(out / "wall_cracks.gpkg")
+    for geometry in shapely.from_wkb(wkb):
+        xy = shapely.get_coordinates(geometry)
+        line = np.column_stack([xy[:, 0], SHAPE[0] - xy[:, 1]])  # y up → image coordinates
         p0, p1, width, _ = known_crack(line)
         check_on_segment(line, p0, p1, width)
-        assert feature["properties"]["width_class"] == "unknown (no scale)"
-        assert feature["properties"]["length_mm"] is None
-    info = pyogrio.read_info(tmp_path / "out" / "wall_cracks.gpkg")
-    assert info["crs"] is None and info["layer_metadata"]["coordinates"].startswith("px from the image's bottom-left")
-    _, _, wkb, _ = pyogrio.raw.read(tmp_path / "out" / "wall_cracks.gpkg")
-    first = shapely.get_coordinates(shapely.from_wkb(wkb[0]))
-    pixels = np.array(doc["features"][0]["geometry"]["coordinates"][0])
-    np.testing.assert_allclose(first, np.column_stack([pixels[:, 0], SHAPE[0] - pixels[:, 1]]), atol=1e-3)
-    drawing = ezdxf.readfile(tmp_path / "out" / "wall_cracks.dxf")
+    drawing = ezdxf.readfile(out / "wall_cracks.dxf")
     assert drawing.units == 0  # unitless: pixels
     assert {p.dxf.layer for p in drawing.modelspace().query("LWPOLYLINE")} == {"crack unknown (no scale)"}
+
+
+def test_a_local_frame_in_mm_and_its_drawing(tmp_path):
+    """With a pixel size and no georeference: the GeoPackage's local CRS is in mm, the DXF says mm in its header."""
+    write_image(tmp_path / "wall.png", crack_mask().astype(np.uint8) * 255)
+    out = tmp_path / "out"
+    assert main(["measure", str(tmp_path / "wall.png"), "--masks", "-o", str(out), "--pixel-size", "0.5"]) == 0
+    crs = pyproj.CRS(pyogrio.read_info(out / "wall_cracks.gpkg")["crs"])
+    assert crs.is_engineering and crs.axis_info[0].unit_conversion_factor == 0.001  # millimetres
+    drawing = ezdxf.readfile(out / "wall_cracks.dxf")
+    assert drawing.units == ezdxf.units.MM and drawing.header["$MEASUREMENT"] == 1
+    for polyline in drawing.modelspace().query("LWPOLYLINE"):
+        points = np.array([p[:2] for p in polyline.get_points("xy")])
+        line = np.column_stack([points[:, 0] / 0.5, SHAPE[0] - points[:, 1] / 0.5])  # mm, y up → image px
+        p0, p1, width, _ = known_crack(line)
+        check_on_segment(line, p0, p1, width)
+        assert dict(pairs(polyline.get_xdata(DXF_APP)))["w_p95_mm"] > 0
 
 
 def test_pixel_size_overrides_the_georeference_and_concrete_classes(tmp_path):
@@ -206,7 +343,7 @@ def test_pixel_size_overrides_the_georeference_and_concrete_classes(tmp_path):
     report = json.loads((out / "pier_measure.json").read_text())
     assert report["pixel_size_mm"] == 0.05 and report["pixel_size_from"] == "--pixel-size"
     assert report["georeference"]["crs"] == "EPSG:32633"  # the maps are still placed by the transform
-    got = sorted((c["width_median_px"], c["width_class"]) for c in report["cracks"])
+    got = sorted((c["w_med_px"], c["width_cls"]) for c in report["cracks"])
     assert [name for _, name in got] == ["0.1-0.2 mm", ">=0.4 mm"]
 
 
@@ -227,13 +364,13 @@ def test_geographic_crs_needs_a_pixel_size(tmp_path, capsys):
     check_on_segment(line, p0, p1, width)
 
 
-def test_measure_replaces_an_earlier_runs_outputs_only_with_overwrite(tmp_path, capsys):
+def test_measure_replaces_an_earlier_runs_outputs_only_with_overwrite(tmp_path, capsys, caplog):
     write_image(tmp_path / "m.png", crack_mask().astype(np.uint8) * 255)
     out = tmp_path / "out"
     argv = ["measure", str(tmp_path / "m.png"), "--masks", "-o", str(out)]
     assert main(argv) == 0
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    assert len(before) == 6
+    assert len(before) == 5  # no GeoJSON: the mask has no georeference
     capsys.readouterr()
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
@@ -247,6 +384,7 @@ def test_measure_replaces_an_earlier_runs_outputs_only_with_overwrite(tmp_path, 
     assert main([*argv, "--formats", "geojson,csv"]) == 2
     assert f"{out / 'cracks.csv'} is there already" in capsys.readouterr().err
     assert main([*argv, "--formats", "geojson"]) == 0
+    assert "m.png: no georeference: no GeoJSON" in caplog.text  # nothing written, and no summary to say why
     (out / "cracks.csv").write_text("an earlier table")
     assert main([*argv, "--formats", "geojson,csv", "--overwrite"]) == 0
     assert len(list(csv.DictReader((out / "cracks.csv").open()))) == len(CRACKS)
@@ -267,13 +405,13 @@ def test_measure_refuses_before_the_model_loads_and_measure_files_is_safe_by_def
     assert ezdxf.readfile(out / "wall_cracks.dxf").modelspace().query("LWPOLYLINE")
 
 
-def test_tiff_without_crs_is_said_once_and_mapped_in_pixels(tmp_path, caplog):
+def test_tiff_without_crs_is_said_once_and_mapped_in_the_local_frame(tmp_path, caplog):
     for name in ("a.tif", "b.tif"):
         write_image(tmp_path / "in" / name, crack_mask().astype(np.uint8) * 255)  # PIL: a TIFF with no georeference
-    assert main(["measure", str(tmp_path / "in"), "--masks", "-o", str(tmp_path / "out"), "--formats", "geojson"]) == 0
-    assert caplog.text.count("without a CRS") == 1
-    assert json.loads((tmp_path / "out" / "b_cracks.geojson").read_text())["crs"] is None
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a_cracks.geojson", "b_cracks.geojson"]
+    argv = ["measure", str(tmp_path / "in"), "--masks", "-o", str(tmp_path / "out"), "--formats", "geojson,gpkg"]
+    assert main(argv) == 0
+    assert caplog.text.count("without a CRS") == 1 and "no GeoJSON" in caplog.text
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a_cracks.gpkg", "b_cracks.gpkg"]
 
 
 def test_formats_narrow_the_outputs_and_a_bad_one_is_named(tmp_path, capsys):
@@ -315,7 +453,7 @@ def test_a_classes_file_and_a_misspelt_preset(tmp_path, capsys):
     assert main([*argv, "--classes", str(tmp_path / "bridge.json"), "--formats", "json"]) == 0
     report = json.loads((tmp_path / "out" / "m_measure.json").read_text())
     assert report["width_classes"] == {"name": "bridge", "bins_mm": [1.0, 5.0], "labels": ["<1 mm", "1-5 mm", ">=5 mm"]}
-    assert sorted(c["width_class"] for c in report["cracks"]) == ["1-5 mm", "<1 mm", ">=5 mm"]
+    assert sorted(c["width_cls"] for c in report["cracks"]) == ["1-5 mm", "<1 mm", ">=5 mm"]
     assert main([*argv, "--classes", "concret"]) == 2
     assert "concrete or pavement" in capsys.readouterr().err
 

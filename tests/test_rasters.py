@@ -73,6 +73,16 @@ def test_predict_command_writes_geotiffs_for_georeferenced_inputs(tiny_model_dir
     assert (tmp_path / "out" / "site_prob.tif").is_file() and not (tmp_path / "out" / "site.png").exists()
 
 
+def test_a_geotransform_without_a_crs_keeps_its_grid(local_segmenter, tmp_path):
+    """A scan placed by a geotransform alone (no CRS): its mask is a GeoTIFF on the same grid, not a PNG."""
+    image, _ = synthetic_crack((120, 150), seed=5, n_cracks=2)
+    write_geotiff(tmp_path / "scan.tif", image, crs=None)
+    assert predict_files(local_segmenter, [str(tmp_path / "scan.tif")], tmp_path / "out", progress=False) == (1, [])
+    with rasterio.open(tmp_path / "out" / "scan.tif") as mask:
+        assert mask.crs is None and mask.transform == TRANSFORM and mask.shape == (120, 150)
+    assert not (tmp_path / "out" / "scan.png").exists()
+
+
 def test_a_raster_the_disk_cannot_hold_is_refused_before_starting(tmp_path):
     with pytest.raises(RasterError, match="GB free, the outputs may need up to"):
         check_disk_space(tmp_path, 10**7, 10**7, write_prob=True)

@@ -94,12 +94,12 @@ def test_predict_with_a_saved_model(tiny_client, photo):
 
 def test_measurements_match_the_drawn_cracks(dark_client):
     body = post(dark_client, png_bytes(drawn_cracks_photo())).json()
-    cracks = sorted(body["measurements"]["cracks"], key=lambda c: -c["length_px"])
+    cracks = sorted(body["measurements"]["cracks"], key=lambda c: -c["len_px"])
     assert len(cracks) == 2
-    assert cracks[0]["length_px"] == pytest.approx(160, rel=0.1)
-    assert cracks[1]["length_px"] == pytest.approx(120, rel=0.1)
-    assert [c["width_mean_px"] for c in cracks] == pytest.approx([3, 5], abs=0.5)
-    assert [c["crack_class"] for c in cracks] == ["transverse", "longitudinal"]
+    assert cracks[0]["len_px"] == pytest.approx(160, rel=0.1)
+    assert cracks[1]["len_px"] == pytest.approx(120, rel=0.1)
+    assert [c["w_mean_px"] for c in cracks] == pytest.approx([3, 5], abs=0.5)
+    assert [c["crack_cls"] for c in cracks] == ["transverse", "longitudinal"]
     assert body["measurements"]["summary"]["count"] == 2
     mask = decode(dark_client.get(body["urls"]["mask"]).content) > 0
     assert mask[40, 60:180].all() and mask[80:180, 120].all()
@@ -110,7 +110,7 @@ def test_pixel_size_gives_millimetres(dark_client):
     body = post(dark_client, png_bytes(drawn_cracks_photo()), pixel_size_mm="0.5").json()
     assert body["pixel_size_mm"] == 0.5
     for crack in body["measurements"]["cracks"]:
-        assert crack["length_mm"] == pytest.approx(crack["length_px"] * 0.5)
+        assert crack["len_mm"] == pytest.approx(crack["len_px"] * 0.5)
 
 
 def test_rethreshold_and_csv_use_the_kept_probabilities(dark_client):
@@ -126,20 +126,46 @@ def test_rethreshold_and_csv_use_the_kept_probabilities(dark_client):
     csv = dark_client.get(urls["csv"], params={"pixel_size_mm": 0.1})
     assert csv.status_code == 200 and csv.headers["content-type"].startswith("text/csv")
     lines = csv.text.strip().splitlines()
-    assert len(lines) == 3 and "length_mm" in lines[0] and "bbox_x" in lines[0]
+    assert len(lines) == 3 and "len_mm" in lines[0] and "bbox_x" in lines[0]
     # the same layout as `crackseg measure` writes: one writer for both
     from crackseg.measure.maps import CSV_FIELDS
 
     assert lines[0].split(",") == CSV_FIELDS
     no_size = dark_client.get(urls["csv"]).text.splitlines()
-    assert no_size[0].split(",") == CSV_FIELDS and no_size[1].split(",")[CSV_FIELDS.index("length_mm")] == ""
-    geojson = dark_client.get(urls["geojson"], params={"pixel_size_mm": 0.1})
-    assert geojson.headers["content-type"].startswith("application/geo+json")
-    features = geojson.json()["features"]
-    assert len(features) == 2 and features[0]["geometry"]["type"] == "MultiLineString"
-    assert features[0]["properties"]["length_mm"] > 0
+    assert no_size[0].split(",") == CSV_FIELDS and no_size[1].split(",")[CSV_FIELDS.index("len_mm")] == ""
     dxf = dark_client.get(urls["dxf"], params={"pixel_size_mm": 0.1})
     assert dxf.status_code == 200 and b"LWPOLYLINE" in dxf.content
+
+
+def test_the_crack_map_is_a_geopackage_in_the_photos_frame_and_geojson_is_refused(dark_client, tmp_path):
+    """An upload has no georeference, and GeoJSON is WGS 84 only (GDAL would read pixels as degrees): the page
+    offers a GeoPackage in mm from the photo's bottom-left corner instead, and a GeoJSON request says why not."""
+    import pyogrio
+    import pyproj
+    import shapely
+
+    urls = post(dark_client, png_bytes(drawn_cracks_photo())).json()["urls"]
+    gpkg = dark_client.get(urls["gpkg"], params={"pixel_size_mm": 0.1})
+    assert gpkg.status_code == 200 and gpkg.headers["content-type"] == "application/geopackage+sqlite3"
+    assert gpkg.headers["content-disposition"].endswith('_cracks.gpkg"') and gpkg.content.startswith(b"SQLite format 3")
+    (tmp_path / "cracks.gpkg").write_bytes(gpkg.content)  # as a browser saves it
+    meta, _, wkb, columns = pyogrio.raw.read(tmp_path / "cracks.gpkg")
+    assert pyproj.CRS(meta["crs"]).is_engineering and pyproj.CRS(meta["crs"]).axis_info[0].unit_name == "millimetre"
+    lengths = dict(zip(columns[list(meta["fields"]).index("id")], shapely.length(shapely.from_wkb(wkb)), strict=True))
+    assert sorted(lengths.values()) == pytest.approx([12, 16], rel=0.1)  # 120 and 160 px of 0.1 mm
+    assert "geojson" not in urls
+    refused = dark_client.get(urls["csv"].replace("cracks.csv", "cracks.geojson"))
+    assert refused.status_code == 422
+    reason = refused.json()["detail"]
+    assert "no georeference" in reason and "cracks.gpkg" in reason and "\n" not in reason
+
+
+def test_serve_help_says_the_servers_photo_limit(capsys):
+    from crackseg.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    assert "default for the server: 100 MP" in " ".join(capsys.readouterr().out.split())
 
 
 def test_downloads_are_named_after_the_upload_safely(dark_client):

@@ -265,14 +265,20 @@ class CompareOptions(Options):
         return _finite(value)
 
 
-def add_arguments(parser: argparse.ArgumentParser, options: type[Options], skip: tuple[str, ...] = ()) -> None:
-    """One flag per field of `options` (`--batch-size` for batch_size), with its default and description."""
+def add_arguments(
+    parser: argparse.ArgumentParser,
+    options: type[Options],
+    skip: tuple[str, ...] = (),
+    described: dict[str, str] | None = None,
+) -> None:
+    """One flag per field of `options` (`--batch-size` for batch_size), with its default and description (or the one
+    `described` gives it: a command that sets its own default, such as the server's photo limit, says so)."""
     for name, info in options.model_fields.items():
         if name in skip:
             continue
         annotation = info.annotation
         kinds = getattr(annotation, "__args__", (annotation,))
-        help_text = info.description or ""
+        help_text = (described or {}).get(name) or info.description or ""
         if bool in kinds:
             parser.add_argument(options.flag_of(name), dest=name, action="store_true", help=help_text)
             continue

@@ -16,11 +16,12 @@ def positive_int(text: str) -> int:
     return value
 
 
-def add_model_arguments(p: argparse.ArgumentParser) -> None:
-    """--weights/--model and one flag per SegmentOptions field (--tile, --threshold, --backend, ...)."""
+def add_model_arguments(p: argparse.ArgumentParser, described: dict[str, str] | None = None) -> None:
+    """--weights/--model and one flag per SegmentOptions field (--tile, --threshold, --backend, ...); `described`:
+    field → the help of a command that gives the flag its own default."""
     p.add_argument("--weights", help="a trained model: model.safetensors, its folder, or a run folder")
     p.add_argument("--model", help="a shipped model by name (default: the default model)")
-    add_arguments(p, SegmentOptions)
+    add_arguments(p, SegmentOptions, described=described)
 
 
 def model_name(args) -> str | None:

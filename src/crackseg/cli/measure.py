@@ -63,7 +63,8 @@ def add_parsers(sub) -> None:
     p.add_argument(
         "--formats",
         metavar="LIST",
-        help="outputs to write, comma-separated, from json,csv,png,geojson,gpkg,dxf (default: all)",
+        help="outputs to write, comma-separated, from json,csv,png,geojson,gpkg,dxf (default: all; geojson only for "
+        "georeferenced inputs: it is WGS 84 only)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace the outputs of an earlier run in -o")
     add_model_arguments(p)

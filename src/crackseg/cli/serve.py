@@ -7,6 +7,9 @@ import sys
 from crackseg.cli.common import add_model_arguments, positive_int, segmenter_from_args
 
 SERVER_MAX_PIXELS = 100e6  # per-request memory: a web server refuses huge photos sooner than the command line
+SERVER_LIMIT_HELP = (
+    f"the photo limit (default for the server: {SERVER_MAX_PIXELS / 1e6:.0f} MP): a larger upload is refused (413)"
+)
 
 
 def cmd_serve(args) -> int:
@@ -54,7 +57,7 @@ def positive_mb(text: str) -> float:
 
 def add_parsers(sub) -> None:
     p = sub.add_parser("serve", help="web page and HTTP API: upload a photo, see and download its cracks")
-    add_model_arguments(p)
+    add_model_arguments(p, described={"max_pixels": SERVER_LIMIT_HELP})
     p.set_defaults(max_pixels=SERVER_MAX_PIXELS)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     p.add_argument("--port", type=port_number, default=8000, help="1-65535 (default: 8000)")

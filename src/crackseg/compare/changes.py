@@ -59,14 +59,18 @@ class CrackChange:
         return self.width_p95_after_px - self.width_p95_before_px
 
     def record(self, pixel_size_mm: float | None) -> dict:
-        """The flat row of the CSV and the GeoJSON / GeoPackage attributes: px, and mm where the scale is known."""
+        """The flat row of the CSV and the GeoJSON / GeoPackage attributes: px, and mm where the scale is known.
+
+        Names of at most 10 characters, so that a shapefile keeps them: len_bef / len_aft the length before and
+        after, added the length an extension added, w95_bef / w95_aft the p95 width before and after, w95_inc its
+        growth; each with _px and _mm."""
         px = {
-            "length_before": self.length_before_px,
-            "length_after": self.length_after_px,
-            "added_length": self.added_length_px,
-            "width_p95_before": self.width_p95_before_px,
-            "width_p95_after": self.width_p95_after_px,
-            "width_growth": self.width_growth_px,
+            "len_bef": self.length_before_px,
+            "len_aft": self.length_after_px,
+            "added": self.added_length_px,
+            "w95_bef": self.width_p95_before_px,
+            "w95_aft": self.width_p95_after_px,
+            "w95_inc": self.width_growth_px,
         }
         row = {"id": self.id, "change": self.change, "before_ids": ";".join(map(str, self.before_ids))}
         row |= {f"{k}_px": None if v is None else round(v, 2) for k, v in px.items()}
@@ -165,9 +169,9 @@ def survey_dict(survey: Survey) -> dict:
 
 def widening_dict(crack: CrackChange, pixel_size_mm: float | None) -> dict:
     record = crack.record(pixel_size_mm)
-    keys = ["id", "change", "width_p95_before_px", "width_p95_after_px", "width_growth_px"]
+    keys = ["id", "change", "w95_bef_px", "w95_aft_px", "w95_inc_px"]
     if pixel_size_mm:
-        keys += ["width_p95_before_mm", "width_p95_after_mm", "width_growth_mm"]
+        keys += ["w95_bef_mm", "w95_aft_mm", "w95_inc_mm"]
     return {k: record[k] for k in keys}
 
 

@@ -1,9 +1,11 @@
 """A comparison's changes as a table (CSV) and as maps (GeoJSON, GeoPackage).
 
-Everything is in AFTER's frame. GeoJSON: WGS 84 longitude, latitude when AFTER is georeferenced, else AFTER's
-image pixels with `"crs": null`, as `crackseg measure` writes them. GeoPackage: AFTER's CRS, else mm (px without a
-pixel size) from AFTER's bottom-left corner, y up. Each crack is one feature (`part` "crack"); an extended crack's
-new segments are one more feature (`part` "added") with the same attributes, so that a GIS can style them apart.
+Everything is in AFTER's frame, each line cut to AFTER's image (a BEFORE crack carried over may run beyond it).
+GeoJSON: WGS 84 longitude, latitude, only when AFTER is georeferenced (RFC 7946 knows no other system; without a
+georeference `changes_geojson` is None and no file is written). GeoPackage: AFTER's CRS, else the local frame, mm
+(px without a pixel size) from AFTER's bottom-left corner, y up, as `crackseg measure` writes them. Each crack is one
+feature (`part` "crack"); an extended crack's new segments are one more feature (`part` "added") with the same
+attributes, so that a GIS can style them apart.
 """
 
 from __future__ import annotations
@@ -13,10 +15,9 @@ import shapely
 
 from crackseg.compare.changes import RECORD_FIELDS, Changes, CrackChange
 from crackseg.io.vector import attribute_column, csv_bytes
-from crackseg.measure.maps import PIXEL_NOTE
+from crackseg.measure.maps import LONLAT_DIGITS, NO_GEOJSON, Frame, clip_to_extent, map_frame
 
 GPKG_LAYER = "changes"
-DIGITS = {"px": 3, "lonlat": 10}
 
 
 def features(changes: Changes) -> list[tuple[str, CrackChange, shapely.MultiLineString]]:
@@ -29,21 +30,41 @@ def changes_csv(changes: Changes) -> bytes:
     return csv_bytes([c.record(changes.pixel_size_mm) for c in changes.cracks], RECORD_FIELDS)
 
 
-def local_note(changes: Changes) -> str:
-    return f"{'mm' if changes.pixel_size_mm else 'px'} from AFTER's bottom-left corner, y up"
+def after_frame(changes: Changes) -> Frame:
+    """Where the GeoPackage puts AFTER's image coordinates: its CRS, else its local frame."""
+    return map_frame(changes.after.shape[0], changes.pixel_size_mm, changes.after.georef, "AFTER's")
 
 
-def geojson_dict(changes: Changes) -> dict:
-    """A FeatureCollection of MultiLineStrings: WGS 84 when AFTER is georeferenced, else AFTER's pixels."""
+def coordinate_note(changes: Changes) -> dict:
+    """What the maps' coordinates are, for summary.json (and why there is no changes.geojson)."""
+    gpkg = after_frame(changes).description
+    if changes.after.georef:
+        return {"geojson": "WGS 84 longitude, latitude (degrees)", "gpkg": gpkg}
+    return {"geojson": NO_GEOJSON.format(what="AFTER", local=gpkg), "gpkg": gpkg}
+
+
+def in_view(geometry, changes: Changes) -> list[np.ndarray]:
+    """The geometry's lines (image coordinates) cut to AFTER's image."""
+    height, width = changes.after.shape
+    return clip_to_extent([shapely.get_coordinates(line) for line in shapely.get_parts(geometry)], width, height)
+
+
+def changes_geojson(changes: Changes) -> dict | None:
+    """A FeatureCollection of MultiLineStrings in WGS 84; None when AFTER has no georeference."""
     georef = changes.after.georef
-    convert, digits = (georef.to_wgs84, DIGITS["lonlat"]) if georef else (None, DIGITS["px"])
-    collection = {"type": "FeatureCollection", "name": "changes"}
-    collection |= {"source_crs": georef.crs_name()} if georef else {"crs": None, "note": PIXEL_NOTE}
+    if georef is None:
+        return None
+    collection = {"type": "FeatureCollection", "name": "changes", "source_crs": georef.crs_name()}
     collection["pixel_size_mm"] = changes.pixel_size_mm
     collection["features"] = [
         {
             "type": "Feature",
-            "geometry": {"type": "MultiLineString", "coordinates": line_coordinates(geometry, convert, digits)},
+            "geometry": {
+                "type": "MultiLineString",
+                "coordinates": [
+                    np.round(georef.to_wgs84(line), LONLAT_DIGITS).tolist() for line in in_view(geometry, changes)
+                ],
+            },
             "properties": {"part": part, **crack.record(changes.pixel_size_mm)},
         }
         for part, crack, geometry in features(changes)
@@ -51,28 +72,16 @@ def geojson_dict(changes: Changes) -> dict:
     return collection
 
 
-def line_coordinates(geometry, convert, digits: int) -> list:
-    out = []
-    for line in shapely.get_parts(geometry):
-        xy = shapely.get_coordinates(line)
-        out.append(np.round(convert(xy) if convert else xy, digits).tolist())
-    return out
-
-
 def gpkg_layer(changes: Changes) -> dict:
-    """The GeoPackage layer "changes" as `io.vector.write_gpkg`'s arguments: AFTER's CRS, else mm (or px) from
-    AFTER's bottom-left corner, y up, so that a GIS shows the drawing upright."""
-    georef, scale, height = changes.after.georef, changes.pixel_size_mm or 1.0, changes.after.shape[0]
-
-    def local(xy):
-        return np.column_stack([xy[:, 0] * scale, (height - xy[:, 1]) * scale])
-
+    """The GeoPackage layer "changes" as `io.vector.write_gpkg`'s arguments: AFTER's CRS, else its local frame."""
+    frame = after_frame(changes)
     rows = features(changes)
     records = [{"part": part, **crack.record(changes.pixel_size_mm)} for part, crack, _ in rows]
+    geometry = [shapely.MultiLineString([frame.convert(line) for line in in_view(g, changes)]) for _, _, g in rows]
     return {
         "layer": GPKG_LAYER,
-        "geometry": [shapely.transform(g, georef.to_map if georef else local) for _, _, g in rows],
+        "geometry": geometry,
         "columns": {name: attribute_column([r[name] for r in records]) for name in ["part", *RECORD_FIELDS]},
-        "crs_wkt": georef.crs_wkt if georef else None,
-        "metadata": {"coordinates": f"AFTER's CRS, {georef.crs_name()}" if georef else local_note(changes)},
+        "crs_wkt": frame.crs_wkt,
+        "metadata": {"coordinates": frame.description},
     }

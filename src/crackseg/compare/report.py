@@ -5,18 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from crackseg.compare.changes import WIDTH_RULE, Changes
-from crackseg.compare.outputs import local_note
-from crackseg.measure.maps import PIXEL_NOTE, report_dict
+from crackseg.compare.outputs import coordinate_note
+from crackseg.measure.maps import report_dict
 
 
 def summary_dict(changes: Changes) -> dict:
     """What summary.json holds: the comparison's summary, and what the maps' coordinates and the units are."""
-    georef = changes.after.georef
     return changes.summary() | {
-        "coordinates": {
-            "geojson": "WGS 84 longitude, latitude (degrees)" if georef else f"AFTER's image: {PIXEL_NOTE}",
-            "gpkg": f"AFTER's CRS, {georef.crs_name()}" if georef else local_note(changes),
-        },
+        "coordinates": coordinate_note(changes),
         "units": "lengths and widths in AFTER's pixels (BEFORE's scaled by the registration); mm × pixel_size_mm",
     }
 
@@ -65,8 +61,8 @@ def report_markdown(changes: Changes) -> str:
     widest = s["largest_widening"]
     if widest:
         lines.append(
-            f"Largest widening: crack {widest['id']}, p95 width {widest['width_p95_before_px'] * factor:.2f} → "
-            f"{widest['width_p95_after_px'] * factor:.2f} {unit}."
+            f"Largest widening: crack {widest['id']}, p95 width {widest['w95_bef_px'] * factor:.2f} → "
+            f"{widest['w95_aft_px'] * factor:.2f} {unit}."
         )
     lines += ["", "![BEFORE aligned onto AFTER, and the changes](changes.png)", "", *crack_table(changes, unit, factor)]
     return "\n".join(lines) + "\n"

@@ -7,7 +7,6 @@ that the `after_measure.json` a comparison writes (the AFTER survey with stable 
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,11 +16,12 @@ import shapely
 from crackseg.errors import CracksegError, InputError, read_json
 from crackseg.io.georef import Georeference, GeoreferenceError, check_shape, read_georeference
 from crackseg.io.images import read_image, read_mask, to_rgb_uint8
-from crackseg.measure import DEFAULT_MIN_LENGTH, Crack, Measurement, WidthClasses, measure
-from crackseg.measure.maps import MEASURE_FORMAT, MEASURE_FORMAT_VERSION
+from crackseg.measure import DEFAULT_MIN_LENGTH, Measurement, WidthClasses, measure
+from crackseg.measure.maps import MEASURE_FORMAT, READABLE_MEASURE_VERSIONS, crack_from_record
 
 # A comparison's summary.json says what it is, so that it is refused as a survey with a pointer to the right file.
-CHANGES_FORMAT, CHANGES_FORMAT_VERSION = "crackseg-changes", 1
+# Version 2: the changes' short field names (`CrackChange.record`) in largest_widening.
+CHANGES_FORMAT, CHANGES_FORMAT_VERSION = "crackseg-changes", 2
 
 
 class CompareError(InputError):
@@ -155,10 +155,11 @@ def read_measure_file(path: Path, which: str) -> dict:
         )
     if kind != MEASURE_FORMAT:
         raise CompareError(f"{which} {path}: not a NAME_measure.json written by `crackseg measure`")
-    if data.get("format_version") != MEASURE_FORMAT_VERSION:
+    if data.get("format_version") not in READABLE_MEASURE_VERSIONS:
+        versions = " and ".join(map(str, READABLE_MEASURE_VERSIONS))
         raise CompareError(
             f"{which} {path}: measure-file format version {data.get('format_version')!r}, and this crackseg reads "
-            f"version {MEASURE_FORMAT_VERSION}; measure the photo again with this version (or use a matching crackseg)"
+            f"versions {versions}; measure the photo again with this version (or use a matching crackseg)"
         )
     return data
 
@@ -168,10 +169,7 @@ def survey_from_measure_file(path: Path, which: str, photo=None) -> Survey:
     data = read_measure_file(path, which)
     try:
         size, lines = data["image_size"], {entry["id"]: entry["lines"] for entry in data["centrelines"]}
-        crack_fields = {f.name for f in dataclasses.fields(Crack)}
-        cracks = [Crack(**{k: v for k, v in c.items() if k in crack_fields}) for c in data["cracks"]]
-        for crack in cracks:
-            crack.bbox = tuple(crack.bbox)
+        cracks = [crack_from_record(c, data["format_version"]) for c in data["cracks"]]
         centrelines = [[np.asarray(line, np.float64).reshape(-1, 2) for line in lines[c.id]] for c in cracks]
         min_length = data["summary"]["min_length_px"]
         result = Measurement(size["height"], size["width"], data.get("pixel_size_mm"), min_length)

@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 TIFF_SUFFIXES = {".tif", ".tiff"}
 SQUARE_TOLERANCE = 0.01  # pixel sides that differ by more than this share are not square
+GRID_SCALE = "geotransform (no CRS: its unit taken as metres)"
 
 
 class GeoreferenceError(InputError):
@@ -110,9 +111,24 @@ def is_tiff(path: str | Path) -> bool:
     return Path(path).suffix.lower() in TIFF_SUFFIXES
 
 
-def read_tiff_header(path: str | Path) -> tuple[tuple[int, int], Georeference | None] | None:
-    """A TIFF's (height, width) and georeference (None without a CRS: its maps are in px), from its header; None
-    for other files and for TIFFs rasterio cannot open (the image reader then says what is wrong with them)."""
+@dataclass(frozen=True)
+class TiffHeader:
+    """What a TIFF's header says: its size, its georeference, and the geotransform of one without a CRS."""
+
+    shape: tuple[int, int]  # height, width
+    georef: Georeference | None  # None without a CRS
+    grid: tuple[float, ...] | None = None  # without a CRS: its geotransform (a, b, c, d, e, f), where not identity
+
+    @property
+    def on_a_grid(self) -> bool:
+        """Whether its outputs keep its grid (GeoTIFFs on its transform and CRS, if any)."""
+        return self.georef is not None or self.grid is not None
+
+
+def read_tiff_header(path: str | Path) -> TiffHeader | None:
+    """A TIFF's size, georeference (None without a CRS: its maps are in the local frame) and, without a CRS, its
+    geotransform; None for other files and for TIFFs rasterio cannot open (the image reader then says what is
+    wrong with them)."""
     if not is_tiff(path):
         return None
     import rasterio
@@ -123,9 +139,9 @@ def read_tiff_header(path: str | Path) -> tuple[tuple[int, int], Georeference | 
             warnings.simplefilter("ignore", NotGeoreferencedWarning)  # a plain TIFF: we say so once, ourselves
             with rasterio.open(path) as src:
                 shape = (src.height, src.width)
-                if src.crs is None:
-                    return shape, None
-                return shape, Georeference(tuple(src.transform)[:6], src.crs.to_wkt(), shape)
+                if src.crs is not None:
+                    return TiffHeader(shape, Georeference(tuple(src.transform)[:6], src.crs.to_wkt(), shape))
+                return TiffHeader(shape, None, None if src.transform.is_identity else tuple(src.transform)[:6])
     except RasterioIOError:
         return None
 
@@ -133,7 +149,18 @@ def read_tiff_header(path: str | Path) -> tuple[tuple[int, int], Georeference | 
 def read_georeference(path: str | Path) -> Georeference | None:
     """The georeference of a GeoTIFF; None for other files, and for TIFFs without a CRS."""
     header = read_tiff_header(path)
-    return header[1] if header else None
+    return header.georef if header else None
+
+
+def grid_pixel_size_mm(name: str, grid: tuple[float, ...]) -> float | None:
+    """The pixel size of a TIFF with a geotransform but no CRS, its unit taken as metres (such a geotransform names
+    no unit; `--pixel-size` overrides it); None, with a warning, where its pixels are not square."""
+    a, b, _, d, e, _ = grid[:6]
+    side_x, side_y = math.hypot(a, d), math.hypot(b, e)
+    if abs(side_x - side_y) > SQUARE_TOLERANCE * max(side_x, side_y):
+        log.warning("%s: its geotransform's pixels are %g × %g, not square: measured in pixels", name, side_x, side_y)
+        return None
+    return (side_x + side_y) / 2 * 1000.0
 
 
 def check_shape(name: str, georef: Georeference | None, shape: tuple[int, ...]) -> None:
@@ -151,13 +178,19 @@ def resolve_pixel_size(
     given_mm: float | None,
     image: np.ndarray | None = None,
     marker_mm: float | None = None,
+    grid: tuple[float, ...] | None = None,
 ) -> tuple[float | None, str | None]:
-    """The pixel size in mm and where it came from, in this order: `--pixel-size`, the georeference, a printed
-    ArUco marker of `marker_mm` in the photo (a warning, and pixels, when none is found), else None (pixels)."""
+    """The pixel size in mm and where it came from, in this order: `--pixel-size`, the georeference, the geotransform
+    of a TIFF without a CRS (`grid`, in metres), a printed ArUco marker of `marker_mm` in the photo (a warning, and
+    pixels, when none is found), else None (pixels)."""
     if given_mm is not None:
         return given_mm, "--pixel-size"
     if georef is not None:
         return georef.pixel_size_mm(name), "georeference"
+    if grid is not None:
+        size = grid_pixel_size_mm(name, grid)
+        if size is not None:
+            return size, GRID_SCALE
     if marker_mm is not None and image is not None:
         found = marker_pixel_size(image, marker_mm)
         if found is not None:

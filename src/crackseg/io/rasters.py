@@ -9,9 +9,10 @@ compressed GeoTIFFs that keep the input's CRS and transform. Memory is bounded b
 into a temporary mask GeoTIFF beside the outputs, and the mask is then read window by window with a halo
 (`measure.measure_blocks`), so that neither the photo nor the mask is ever held whole.
 
-Which files go this way (`in_blocks`): georeferenced TIFFs, and any TIFF too large to hold as a photo (over the
-photo limit, `--max-pixels`), which would be refused otherwise: a stitched scan of a tunnel lining has no CRS, and its
-outputs are TIFFs on its own pixel grid.
+Which files go this way (`in_blocks`): georeferenced TIFFs and TIFFs with a geotransform but no CRS (their outputs
+are GeoTIFFs on the same grid, without a CRS), and any TIFF too large to hold as a photo (over the photo limit,
+`--max-pixels`), which would be refused otherwise: a stitched scan of a tunnel lining has no CRS, and its outputs are
+TIFFs on its own pixel grid.
 
 Pixels outside the raster's valid-data mask (its nodata value, alpha band or internal mask) are never cracks.
 16-bit rasters are scaled by 1/257 and float rasters by their data range per block only where it is 0–1 or 0–255
@@ -47,19 +48,20 @@ class RasterError(InputError):
 
 def in_blocks(header, max_pixels: float, block: int | None = None) -> bool:
     """Whether a file is processed block by block, from its `georef.read_tiff_header` (None: not a TIFF): a TIFF
-    over the photo limit `max_pixels`, with or without a CRS; and a georeferenced one of more than `block`² pixels,
-    or of any size without `block` (predict, which keeps its grid and CRS in GeoTIFF outputs)."""
+    over the photo limit `max_pixels`, with or without a CRS; and one on a grid (a georeference, or a geotransform
+    without a CRS) of more than `block`² pixels, or of any size without `block` (predict, which keeps its grid in
+    GeoTIFF outputs)."""
     if header is None:
         return False
-    (height, width), georef = header
+    height, width = header.shape
     if height * width > max_pixels:
         return True
-    return georef is not None and (block is None or height * width > block**2)
+    return header.on_a_grid and (block is None or height * width > block**2)
 
 
 @contextlib.contextmanager
 def open_raster(path, mode: str = "r", **profile):
-    """`rasterio.open`, quiet about a TIFF without a CRS (its outputs are in image pixels; `measure` says so once)."""
+    """`rasterio.open`, quiet about a TIFF without a CRS (its maps are in the local frame; `measure` says so once)."""
     import rasterio
     from rasterio.errors import NotGeoreferencedWarning
 

@@ -1,7 +1,7 @@
 """Tables and maps, written whole or not at all: CSV, JSON/GeoJSON and GeoPackage layers, for measure and compare.
 
 Callers build the rows, features and columns (`measure.maps`, `compare.outputs`); this module owns how they reach
-the disk, so that both commands write the same way.
+the disk (or, for the server's downloads, bytes), so that both commands and the server write the same way.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import csv
 import io
 import json
 import os
-import warnings
 
 import numpy as np
 
@@ -31,6 +30,7 @@ def json_bytes(value, indent: int | None = None, ascii: bool = False) -> bytes:
     return json.dumps(value, indent=indent, ensure_ascii=ascii, allow_nan=False).encode()
 
 
+GPKG_VERSION = "1.3"
 COLUMN_TYPES = {"float": np.float64, "int": np.int64, "bool": np.bool_, "str": object}
 
 
@@ -62,31 +62,45 @@ def gdal_errors_named(path: str | os.PathLike):
         raise OSError(f"{path}: cannot write it ({first_line})") from None
 
 
-def write_gpkg(
-    path: str | os.PathLike,
+def write_gpkg(path: str | os.PathLike, **layer) -> None:
+    """A GeoPackage layer (`gpkg_into`'s arguments) written whole to `path`, or not at all."""
+    with atomic_path(path) as tmp, gdal_errors_named(path):
+        gpkg_into(tmp, **layer)
+
+
+def gpkg_bytes(**layer) -> bytes:
+    """A GeoPackage of one layer (`gpkg_into`'s arguments) as bytes: a download made in memory."""
+    target = io.BytesIO()
+    gpkg_into(target, **layer)
+    return target.getvalue()
+
+
+def gpkg_into(
+    target,
     layer: str,
     geometry: list,
     columns: dict[str, np.ndarray],
-    crs_wkt: str | None,
+    crs_wkt: str,
     metadata: dict[str, str],
 ) -> None:
-    """MultiLineStrings (shapely geometries, one per row) and their attributes as a GeoPackage layer.
+    """MultiLineStrings (shapely geometries, one per row) and their attributes as a GeoPackage layer in `target`
+    (a path or a BytesIO).
 
-    `columns`: name → one array per attribute (float NaN is NULL); `crs_wkt` None for image or local coordinates.
+    `columns`: name → one array per attribute (float NaN is NULL); `crs_wkt`: the map's CRS, or a local engineering
+    one. GeoPackage 1.3 (GPKG_VERSION), not GDAL's default 1.4, which readers older than it warn about or refuse.
     """
     import pyogrio
     import shapely
 
-    with atomic_path(path) as tmp, warnings.catch_warnings(), gdal_errors_named(path):
-        warnings.filterwarnings("ignore", "'crs' was not provided")  # local coordinates have no CRS to give
-        pyogrio.raw.write(
-            tmp,
-            np.asarray(shapely.to_wkb(geometry), dtype=object),
-            list(columns.values()),
-            list(columns),
-            layer=layer,
-            driver="GPKG",
-            geometry_type="MultiLineString",
-            crs=crs_wkt,
-            layer_metadata=metadata,
-        )
+    pyogrio.raw.write(
+        target,
+        np.asarray(shapely.to_wkb(geometry), dtype=object),
+        list(columns.values()),
+        list(columns),
+        layer=layer,
+        driver="GPKG",
+        geometry_type="MultiLineString",
+        crs=crs_wkt,
+        layer_metadata=metadata,
+        dataset_options={"VERSION": GPKG_VERSION},
+    )

@@ -1,15 +1,15 @@
 """Width classes, and the orientation class and pattern of a crack.
 
 - Orientation: the principal axis of the crack's pixels, in degrees counter-clockwise from the image's
-  horizontal axis, in [0, 180) (`blocks.axis_angles`). Class: branched-network when the pruned skeleton has 3 or
+  horizontal axis, in [0, 180) (`blocks.axis_angles`). Class: branched when the pruned skeleton has 3 or
   more ends or a loop; otherwise longitudinal (within 22.5° of the structure's direction, `direction_deg`,
   measured the same way: 90, image up, by default), transverse (within 22.5° of its perpendicular) or diagonal.
 - Pattern: a crack whose pruned skeleton closes NETWORK_CELLS or more loops is a network of cells, "network";
   with a pixel size it is rated by the side of a mean cell, sqrt(bounding-box area / loops), as the LTPP
   Distress Identification Manual tells fatigue from block cracking: "alligator" when under 300 mm (its pieces
   are "usually less than 0.3 m on the longest side"), else "block" (pieces of about 0.1 to 10 m²). The terms
-  are pavement ones; on concrete an "alligator" network is map cracking. The class "branched-network" is any
-  branched crack, one loop or a fork is enough; the pattern "network" needs NETWORK_CELLS loops.
+  are pavement ones; on concrete an "alligator" network is map cracking. The class "branched" is any branched
+  crack, one loop or a fork is enough; the pattern "network" needs NETWORK_CELLS loops.
 - Width class: the crack's 95th-percentile width in mm put into bins (`WidthClasses`; presets `concrete`,
   after the 0.1–0.4 mm limits of EC2 Table 7.1N and ACI 224R, and `pavement`, low / medium / high severity by
   width), "unknown (no scale)" without a pixel size. The p95, not the median: a crack is rated by its widest
@@ -26,7 +26,7 @@ import numpy as np
 
 from crackseg.errors import InputError, read_json
 
-CLASSES = ("longitudinal", "transverse", "diagonal", "branched-network")
+CLASSES = ("longitudinal", "transverse", "diagonal", "branched")
 UNKNOWN_WIDTH_CLASS = "unknown (no scale)"  # the width class of every crack when the pixel size is not known
 NETWORK_CELLS = 3  # loops in one crack's skeleton that make it a network (fewer: a branched crack)
 ALLIGATOR_CELL_MM = 300.0  # LTPP: fatigue (alligator) pieces are usually under 0.3 m on the longest side
@@ -124,8 +124,8 @@ def load_width_classes(spec: str | Path | WidthClasses | None = None) -> WidthCl
 
 
 def classify(orientation_deg: float, branched: bool, direction_deg: float = 90.0) -> str:
-    """The crack class: "branched-network" for any branched crack, else its orientation class."""
-    return "branched-network" if branched else orientation_class(orientation_deg, direction_deg)
+    """The crack class: "branched" for any branched crack, else its orientation class."""
+    return "branched" if branched else orientation_class(orientation_deg, direction_deg)
 
 
 def orientation_class(orientation_deg: float, direction_deg: float = 90.0) -> str:

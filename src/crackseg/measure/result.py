@@ -1,7 +1,8 @@
 """What a measurement returns: one `Crack` per crack and the `Measurement` of a mask.
 
 Units: lengths and widths in px, and in mm (× pixel size) when the pixel size is known; areas in px² and mm²
-(× pixel size²).
+(× pixel size²). Every table and map names a crack's fields by `FIELD_NAMES`: at most 10 characters each, so that
+a shapefile (whose dBase table cuts names at 10) keeps them whole and distinct.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ class Crack:
     branch_points: int
     endpoints: int
     orientation_class: str  # longitudinal, transverse or diagonal, branched or not
-    branched: bool  # 3 or more ends, or a loop (crack_class says "branched-network" then)
+    branched: bool  # 3 or more ends, or a loop (crack_class says "branched" then)
     width_class: str  # from width_p95_mm; UNKNOWN_WIDTH_CLASS without a pixel size
     below_resolution: bool  # median width under 2 px: the mm widths are upper bounds
     length_mm: float | None = None
@@ -38,6 +39,39 @@ class Crack:
     width_p95_mm: float | None = None
     area_mm2: float | None = None
     pattern: str = ""  # "", "network", or with a pixel size "alligator" / "block" (see `classes`)
+
+
+# Crack's fields as the tables and maps name them (CSV columns, GeoJSON properties, GeoPackage fields, JSON keys).
+FIELD_NAMES = {
+    "id": "id",
+    "crack_class": "crack_cls",
+    "length_px": "len_px",
+    "width_mean_px": "w_mean_px",
+    "width_median_px": "w_med_px",
+    "width_max_px": "w_max_px",
+    "width_p95_px": "w_p95_px",
+    "area_px": "area_px",
+    "bbox": "bbox",
+    "orientation_deg": "orient_deg",
+    "branch_points": "branch_pts",
+    "endpoints": "endpoints",
+    "orientation_class": "orient_cls",
+    "branched": "branched",
+    "width_class": "width_cls",
+    "below_resolution": "below_res",
+    "length_mm": "len_mm",
+    "width_mean_mm": "w_mean_mm",
+    "width_median_mm": "w_med_mm",
+    "width_max_mm": "w_max_mm",
+    "width_p95_mm": "w_p95_mm",
+    "area_mm2": "area_mm2",
+    "pattern": "pattern",
+}
+
+
+def crack_dict(crack: Crack) -> dict:
+    """The crack as the tables name its fields (`FIELD_NAMES`), bbox as a list [x, y, width, height]."""
+    return {FIELD_NAMES[name]: value for name, value in asdict(crack).items()}
 
 
 def empty_array(dtype):
@@ -128,7 +162,7 @@ class Measurement:
             "width_classes": self.width_classes.to_dict(),
             "warnings": self.warnings,
             "summary": self.summary(),
-            "cracks": [asdict(c) for c in self.cracks],
+            "cracks": [crack_dict(c) for c in self.cracks],
         }
 
 

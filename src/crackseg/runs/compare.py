@@ -2,7 +2,8 @@
 
 Nothing is written until everything is computed, each file is written whole (temporary file, then rename), and
 existing outputs are replaced only with `overwrite`. `after_measure.json` is AFTER's measure file with the stable
-ids: the BEFORE of the next comparison.
+ids: the BEFORE of the next comparison. Without AFTER's georeference there is no changes.geojson (GeoJSON is WGS 84
+only; summary.json says so), and one an earlier comparison left is removed with `overwrite`.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from pathlib import Path
 
 from crackseg.compare.changes import Changes
 from crackseg.compare.figure import changes_figure
-from crackseg.compare.outputs import changes_csv, geojson_dict, gpkg_layer
+from crackseg.compare.outputs import changes_csv, changes_geojson, gpkg_layer
 from crackseg.compare.report import after_measure_dict, report_markdown, summary_dict
 from crackseg.compare.survey import CompareError
 from crackseg.errors import OutputExistsError
@@ -41,11 +42,12 @@ def check_output(out_dir, overwrite: bool = False) -> Path:
 
 
 def write_changes(changes: Changes, out_dir, overwrite: bool = False) -> list[Path]:
-    """Every output of a comparison into `out_dir`; returns their paths."""
+    """Every output of a comparison into `out_dir`; returns the paths written."""
     out = check_output(out_dir, overwrite)
     figure = encode_image(changes_figure(changes), ".png")
+    geojson = changes_geojson(changes)
     contents = {
-        "changes.geojson": json_bytes(geojson_dict(changes)),
+        "changes.geojson": None if geojson is None else json_bytes(geojson),
         "changes.csv": changes_csv(changes),
         "summary.json": json_bytes(summary_dict(changes), indent=1, ascii=True),
         "changes.png": figure,
@@ -54,5 +56,9 @@ def write_changes(changes: Changes, out_dir, overwrite: bool = False) -> list[Pa
     }
     write_gpkg(out / "changes.gpkg", **gpkg_layer(changes))  # first: GDAL is the writer most likely to fail
     for name, data in contents.items():
-        atomic_write_bytes(out / name, data)
-    return [out / name for name in OUTPUT_FILES]
+        if data is None:
+            (out / name).unlink(missing_ok=True)
+        else:
+            atomic_write_bytes(out / name, data)
+    written = {"changes.gpkg", *(name for name, data in contents.items() if data is not None)}
+    return [out / name for name in OUTPUT_FILES if name in written]

@@ -3,7 +3,11 @@
 A photo (with a segmenter) or a mask is measured whole; a georeferenced raster larger than one block, or any TIFF
 over the photo limit, block by block (`measure_raster`), never held whole: a photo is first segmented block by
 block into a temporary mask GeoTIFF beside the outputs, which is then read window by window with a halo
-(`measure.measure_blocks`). A failing input is reported and the rest go on.
+(`measure.measure_blocks`). A failing input is reported and the rest go on; warnings go through tqdm's logging
+redirect, so that they are not glued onto the progress bar.
+
+Without a georeference no GeoJSON is written (GeoJSON is WGS 84 only): the summary JSON says why, and the
+GeoPackage and DXF hold the cracks in the local frame (`measure.maps`).
 """
 
 from __future__ import annotations
@@ -16,10 +20,11 @@ from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from crackseg.errors import InputError
 from crackseg.io.atomic import atomic_write_bytes, remove_debris, temporary_prefix
-from crackseg.io.georef import Georeference, check_shape, is_tiff, read_tiff_header, resolve_pixel_size
+from crackseg.io.georef import GRID_SCALE, Georeference, check_shape, is_tiff, read_tiff_header, resolve_pixel_size
 from crackseg.io.images import read_image, read_mask, write_image
 from crackseg.io.rasters import OVERVIEW_SIDE, READ_CACHE_MB, in_blocks, open_raster, overview, read_mask_window
 from crackseg.io.vector import csv_bytes, json_bytes, write_gpkg
@@ -109,48 +114,69 @@ def measure_plan(
     if marker_mm is not None and not marker_mm > 0:
         raise InputError(f"--marker-mm must be the marker's positive side in mm, got {marker_mm}")
     options = options.replace(width_classes=load_width_classes(options.width_classes))  # read once, checked first
-    rows, measured, failures, said_no_crs = [], 0, [], False
-    for item in tqdm(plan.items, desc="measure", unit="img", disable=not progress):
-        try:
-            result, report, georef, figure = measure_one(item, plan.out_dir, segmenter, options, marker_mm, progress)
-        except READ_ERRORS as err:
-            failures.append(str(err) if str(item.source) in str(err) else f"{item.source}: {err}")
-            continue
-        if is_tiff(item.source) and georef is None and not said_no_crs:
-            log.warning("%s: a TIFF without a CRS: its crack maps are in image pixels (said once per run)", item.source)
-            said_no_crs = True
-        for warning in result.warnings:
-            log.warning("%s: %s", item.source, warning)
-        write_outputs(item.outputs, result, report, georef, figure)
-        rows += [csv_row(str(item.source), crack) for crack in result.cracks]
-        measured += 1
+    rows, measured, failures, said_local = [], 0, [], False
+    with logging_redirect_tqdm():
+        for item in tqdm(plan.items, desc="measure", unit="img", disable=not progress):
+            try:
+                result, report, georef, figure = measure_one(
+                    item, plan.out_dir, segmenter, options, marker_mm, progress
+                )
+            except READ_ERRORS as err:
+                failures.append(str(err) if str(item.source) in str(err) else f"{item.source}: {err}")
+                continue
+            if georef is None and not said_local and unexplained_frame(item):
+                say_local_frame(item.source, report["pixel_size_from"])
+                said_local = True
+            for warning in result.warnings:
+                log.warning("%s: %s", item.source, warning)
+            write_outputs(item.outputs, result, report, georef, figure)
+            rows += [csv_row(str(item.source), crack) for crack in result.cracks]
+            measured += 1
     if "csv" in plan.run_files and measured:  # every input failed: nothing to tabulate, nothing to replace later
         atomic_write_bytes(plan.run_files["csv"], csv_bytes(rows, CSV_FIELDS))
     return measured, len(rows), failures
+
+
+def unexplained_frame(item) -> bool:
+    """Whether an input without a georeference is worth a warning: a TIFF (one may expect it to be placed), or a
+    GeoJSON asked for without the summary JSON that says why there is none."""
+    return is_tiff(item.source) or ("geojson" in item.outputs and "json" not in item.outputs)
+
+
+def say_local_frame(source: Path, pixel_size_from: str | None) -> None:
+    what = "a TIFF without a CRS" if is_tiff(source) else "no georeference"
+    scale = "; its pixel size is read from its geotransform as metres" if pixel_size_from == GRID_SCALE else ""
+    log.warning(
+        "%s: %s: no GeoJSON (WGS 84 only); its GeoPackage and DXF are in the local frame (mm or px from the image's "
+        "bottom-left corner)%s (said once per run)",
+        source,
+        what,
+        scale,
+    )
 
 
 def measure_one(item, out_dir: Path, segmenter, options: MeasureOptions, marker_mm, progress: bool):
     """(measurement, summary dict, georeference, width figure or None) of one input."""
     path = item.source
     header = read_tiff_header(path)
-    georef = header[1] if header else None
+    georef, grid = (header.georef, header.grid) if header else (None, None)
     if georef is not None and "geojson" in item.outputs:
         georef.check_wgs84(str(path))
     want_figure = "png" in item.outputs
     if item.in_blocks and (segmenter is None or hasattr(segmenter, "predict_raster")):
-        scale, scale_from = resolve_pixel_size(str(path), georef, options.pixel_size_mm)
+        scale, scale_from = resolve_pixel_size(str(path), georef, options.pixel_size_mm, grid=grid)
         result, image = measure_raster(path, out_dir, segmenter, options.replace(pixel_size_mm=scale), want_figure)
         figure = width_figure(image, result, overview=True) if image is not None else None
         blocks = {"block_px": options.block, "halo_px": DEFAULT_HALO, "segmented_in_blocks": segmenter is not None}
         if figure is not None:
             blocks["width_figure"] = f"drawn from the raster's overview, at most {OVERVIEW_SIDE} px a side"
-        log.info("%s: %d×%d px, measured in blocks of %d px", path, header[0][1], header[0][0], options.block)
+        log.info("%s: %d×%d px, measured in blocks of %d px", path, header.shape[1], header.shape[0], options.block)
     else:
         blocks = None
         image = read_image(path) if segmenter is not None else read_mask(path).astype(np.uint8) * 255
         check_shape(str(path), georef, image.shape)
         marker = marker_mm if segmenter is not None else None  # a marker is found in a photo, not in a mask
-        scale, scale_from = resolve_pixel_size(str(path), georef, options.pixel_size_mm, image, marker)
+        scale, scale_from = resolve_pixel_size(str(path), georef, options.pixel_size_mm, image, marker, grid)
         mask = image if segmenter is None else segment(segmenter, image)
         result = measure(mask, options.replace(pixel_size_mm=scale))
         figure = width_figure(image, result) if want_figure else None
@@ -179,8 +205,9 @@ def measure_files(
     """Measure the cracks in photos (with `segmenter`) or masks; returns (inputs measured, cracks found, failures).
 
     Writes, per input, the `formats` of FORMATS (default: all): OUT/NAME_measure.json, NAME_width.png,
-    NAME_cracks.geojson / .gpkg / .dxf, and OUT/cracks.csv (one row per crack across all inputs). Files already in
-    `out_dir` are replaced only with `overwrite`. `options` (or its fields as keywords) say how cracks are measured.
+    NAME_cracks.geojson (georeferenced inputs only) / .gpkg / .dxf, and OUT/cracks.csv (one row per crack across all
+    inputs). Files already in `out_dir` are replaced only with `overwrite`. `options` (or its fields as keywords) say
+    how cracks are measured.
     """
     options = MeasureOptions.of(options, **option_values)
     if max_pixels is None:
@@ -196,17 +223,20 @@ def write_outputs(
     georef: Georeference | None = None,
     figure: np.ndarray | None = None,
 ) -> None:
-    """Write each per-input output named in `paths` (kind → path; see FORMATS)."""
+    """Write each per-input output named in `paths` (kind → path; see FORMATS). Without a georeference there is no
+    GeoJSON: one an earlier run left (replaced only with --overwrite, checked by the plan) is removed."""
     if "json" in paths:
         atomic_write_bytes(paths["json"], json_bytes(report, indent=1, ascii=True))
     if "png" in paths and figure is not None:
         write_image(paths["png"], figure)
-    if "geojson" in paths:
+    if "geojson" in paths and georef is not None:
         atomic_write_bytes(paths["geojson"], json_bytes(geojson_dict(result, georef, paths["geojson"].stem)))
+    elif "geojson" in paths:
+        paths["geojson"].unlink(missing_ok=True)
     if "gpkg" in paths:
         write_gpkg(paths["gpkg"], **gpkg_layer(result, georef))
     if "dxf" in paths:
-        atomic_write_bytes(paths["dxf"], dxf_bytes(result))
+        atomic_write_bytes(paths["dxf"], dxf_bytes(result, georef))
 
 
 def measure_mask(path: str | os.PathLike, options: MeasureOptions, progress: bool = False) -> Measurement:

@@ -1,8 +1,9 @@
 """`crackseg predict`: every input of a plan segmented and its mask (and probabilities, overlay) written.
 
-A photo is segmented whole (`CrackSegmenter.predict`); a georeferenced TIFF, or any TIFF over the photo limit, is
-segmented block by block (`CrackSegmenter.predict_raster`) into GeoTIFFs on its own grid and CRS. A failing input is
-reported and the rest go on; the mask is written last, so its presence means the input is done.
+A photo is segmented whole (`CrackSegmenter.predict`); a georeferenced TIFF (or one with a geotransform but no CRS),
+or any TIFF over the photo limit, is segmented block by block (`CrackSegmenter.predict_raster`) into GeoTIFFs on its
+own grid and CRS. A failing input is reported and the rest go on; the mask is written last, so its presence means
+the input is done. Warnings go through tqdm's logging redirect, so that they are not glued onto the progress bar.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from crackseg.errors import CracksegError
 from crackseg.inference import CrackSegmenter, overlay
@@ -74,18 +76,19 @@ def predict_plan(
 ) -> tuple[int, list[str]]:
     """Segment each input of `plan` and write its outputs; returns (written, failures)."""
     written, failures = 0, []
-    for item in tqdm(plan.items, desc="predict", unit="img", disable=not progress):
-        if skip_existing and item.done("mask"):
-            continue
-        try:
-            if item.in_blocks:
-                segment_raster(segmenter, item.source, item.outputs["mask"], item.outputs.get("prob"))
-            else:
-                predict_photo(segmenter, item.source, item.outputs)
-        except READ_ERRORS as err:
-            failures.append(str(err) if str(item.source) in str(err) else f"{item.source}: {err}")
-            continue
-        written += 1
+    with logging_redirect_tqdm():
+        for item in tqdm(plan.items, desc="predict", unit="img", disable=not progress):
+            if skip_existing and item.done("mask"):
+                continue
+            try:
+                if item.in_blocks:
+                    segment_raster(segmenter, item.source, item.outputs["mask"], item.outputs.get("prob"))
+                else:
+                    predict_photo(segmenter, item.source, item.outputs)
+            except READ_ERRORS as err:
+                failures.append(str(err) if str(item.source) in str(err) else f"{item.source}: {err}")
+                continue
+            written += 1
     return written, failures
 
 

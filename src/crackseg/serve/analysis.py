@@ -100,15 +100,23 @@ def measured(result: Result, threshold: float | None, pixel_size_mm: float | Non
     return {"crack_fraction": float(mask.mean()), "measurements": measure_mask(mask, pixel_size_mm)}
 
 
+# An upload is a photo, never placed on the map: its cracks have no WGS 84 place for a GeoJSON (RFC 7946).
+NO_GEOJSON = (
+    "an uploaded photo has no georeference, and GeoJSON is WGS 84 longitude/latitude only: download cracks.gpkg "
+    "(mm, or px without a pixel size, from the photo's bottom-left corner) or cracks.dxf"
+)
+
+
 def crack_map(result: Result, threshold: float, pixel_size_mm: float | None, kind: str) -> bytes:
-    """The cracks as `measure` writes them (one writer, one layout): "csv", "geojson" or "dxf"."""
-    from crackseg.io.vector import csv_bytes, json_bytes
-    from crackseg.measure.maps import CSV_FIELDS, csv_row, dxf_bytes, geojson_dict
+    """The cracks as `measure` writes them for a photo without a georeference (one writer, one layout): "csv",
+    "gpkg" or "dxf", the maps in the local frame."""
+    from crackseg.io.vector import csv_bytes, gpkg_bytes
+    from crackseg.measure.maps import CSV_FIELDS, csv_row, dxf_bytes, gpkg_layer
 
     cracks = measure(result.mask(threshold), pixel_size_mm=pixel_size_mm)
     if kind == "csv":
         return csv_bytes([csv_row(result.name, crack) for crack in cracks.cracks], CSV_FIELDS)
-    return json_bytes(geojson_dict(cracks, name=result.name)) if kind == "geojson" else dxf_bytes(cracks)
+    return gpkg_bytes(**gpkg_layer(cracks)) if kind == "gpkg" else dxf_bytes(cracks)
 
 
 # --- one upload, start to end -------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from starlette.concurrency import run_in_threadpool
 
 from crackseg.inference import Cancelled, CrackSegmenter
 from crackseg.serve.analysis import (
+    NO_GEOJSON,
     READABLE,
     UploadError,
     analyse,
@@ -147,10 +148,10 @@ RESULT_FILES = {
     "prob": "prob.png",
     "measurements": "measurements",
     "csv": "cracks.csv",
-    "geojson": "cracks.geojson",
+    "gpkg": "cracks.gpkg",
     "dxf": "cracks.dxf",
 }
-CRACK_MAP_TYPES = {"csv": "text/csv; charset=utf-8", "geojson": "application/geo+json", "dxf": "image/vnd.dxf"}
+CRACK_MAP_TYPES = {"csv": "text/csv; charset=utf-8", "gpkg": "application/geopackage+sqlite3", "dxf": "image/vnd.dxf"}
 
 
 def no_store(content: bytes, media_type: str, filename: str | None = None) -> Response:
@@ -309,15 +310,18 @@ async def result_measurements(
 
 @router.get(
     "/api/results/{rid}/cracks.{kind}",
-    summary="the cracks: one row per crack (csv), centrelines in image pixels (geojson), or a drawing (dxf)",
+    summary="the cracks: one row per crack (csv), or centrelines in mm (px without a pixel size) from the photo's "
+    "bottom-left corner, y up (gpkg, dxf); geojson is refused (422): a photo has no WGS 84 place",
 )
 async def result_cracks(
     result: KeptResult,
     pool: Pool,
-    kind: Literal["csv", "geojson", "dxf"],
+    kind: Literal["csv", "gpkg", "dxf", "geojson"],
     threshold: Threshold = None,
     pixel_size_mm: PixelSize = None,
 ):
+    if kind == "geojson":
+        raise HTTPException(422, NO_GEOJSON)
     threshold, pixel_size_mm = or_the_requests(result, threshold, pixel_size_mm)
     data = await pool.run(crack_map, result, threshold, pixel_size_mm, kind)
     return no_store(data, CRACK_MAP_TYPES[kind], f"{download_stem(result)}_cracks.{kind}")

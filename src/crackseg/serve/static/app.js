@@ -172,7 +172,7 @@ function clearResult() {
   $("result-panel").hidden = true;
   $("view").width = $("view").height = 0;
   $("cracks").querySelector("tbody").replaceChildren();
-  for (const id of ["download-mask", "download-overlay", "download-csv", "download-geojson", "download-dxf"]) {
+  for (const id of ["download-mask", "download-overlay", "download-csv", "download-gpkg", "download-dxf"]) {
     $(id).removeAttribute("href");
   }
   for (const id of ["crack-count", "total-length", "crack-fraction", "image-size"]) $(id).textContent = "–";
@@ -244,11 +244,11 @@ function crackCells(crack, mm) {
   const unit = mm ? "mm" : "px";
   return [
     crack.id,
-    fmt(crack[`length_${unit}`]),
-    fmt(crack[`width_mean_${unit}`], 2),
-    fmt(crack[`width_max_${unit}`], 2),
-    fmt(crack.orientation_deg, 0),
-    crack.crack_class,
+    fmt(crack[`len_${unit}`]),
+    fmt(crack[`w_mean_${unit}`], 2),
+    fmt(crack[`w_max_${unit}`], 2),
+    fmt(crack.orient_deg, 0),
+    crack.crack_cls,
   ];
 }
 
@@ -312,7 +312,7 @@ function updateDownloads() {
   $("download-mask").href = `${urls.mask}?${t}`;
   $("download-overlay").href = `${urls.overlay}?${t}`;
   $("download-csv").href = `${urls.csv}?${withSize}`;
-  $("download-geojson").href = `${urls.geojson}?${withSize}`;
+  $("download-gpkg").href = `${urls.gpkg}?${withSize}`;
   $("download-dxf").href = `${urls.dxf}?${withSize}`;
 }
 
