@@ -29,7 +29,7 @@ from crackseg.io.rasters import (
     write_window,
 )
 from crackseg.options import DEFAULT_BLOCK, DEFAULT_MAX_PIXELS
-from crackseg.runs.plan import Plan, make_plan, prepare_outputs
+from crackseg.runs.plan import Item, Plan, make_plan, prepare_outputs
 
 PREDICT_OUTPUTS = {"mask": ".png", "prob": "_prob.png", "overlay": "_overlay.jpg"}
 READ_ERRORS = (CracksegError, OSError, MemoryError)  # what one input can fail with; anything else is a bug
@@ -67,23 +67,42 @@ def plan_predict(
 
 
 def predict_plan(
-    segmenter: CrackSegmenter, plan: Plan, skip_existing: bool = False, progress: bool = True
+    segmenter, plan: Plan, skip_existing: bool = False, progress: bool = True, client=None
 ) -> tuple[int, list[str]]:
-    """Segment each input of `plan` and write its outputs; returns (written, failures)."""
-    written, failures = 0, []
-    for item in tqdm(plan.items, desc="predict", unit="img", disable=not progress):
-        if skip_existing and item.done("mask"):
-            continue
-        try:
-            if item.in_blocks:
-                segment_raster(segmenter, item.source, item.outputs["mask"], item.outputs.get("prob"))
-            else:
-                predict_photo(segmenter, item.source, item.outputs)
-        except READ_ERRORS as err:
-            failures.append(str(err) if str(item.source) in str(err) else f"{item.source}: {err}")
-            continue
-        written += 1
-    return written, failures
+    """Segment each input of `plan` and write its outputs; returns (written, failures).
+
+    With `client` (a `distributed.Client`), the inputs are segmented on its workers (`runs.cluster`), each of which
+    builds its own segmenter from `segmenter` (one made by `CrackSegmenter.from_pretrained`, or a
+    `runs.cluster.ModelSpec`): the same outputs and failures as here, in the same order.
+    """
+    todo = [item for item in plan.items if not (skip_existing and item.done("mask"))]
+    if client is not None:
+        from crackseg.runs.cluster import predict_on_cluster
+
+        outcomes = predict_on_cluster(client, segmenter, plan, todo, progress)
+    else:
+        skipped = len(plan.items) - len(todo)  # done already (--skip-existing): counted as done
+        bar = tqdm(todo, desc="predict", total=len(plan.items), initial=skipped, unit="img", disable=not progress)
+        outcomes = [predict_item(segmenter, item) for item in bar]
+    failures = [failure for failure in outcomes if failure is not None]
+    return len(todo) - len(failures), failures
+
+
+def predict_item(segmenter: CrackSegmenter, item: Item) -> str | None:
+    """Segment one input and write its outputs; None when done, else the message saying why it failed."""
+    try:
+        if item.in_blocks:
+            segment_raster(segmenter, item.source, item.outputs["mask"], item.outputs.get("prob"))
+        else:
+            predict_photo(segmenter, item.source, item.outputs)
+    except READ_ERRORS as err:
+        return failure_message(item, err)
+    return None
+
+
+def failure_message(item: Item, err: BaseException) -> str:
+    """An input's failure as reported: the error's message, led by the input's path unless it names it."""
+    return str(err) if str(item.source) in str(err) else f"{item.source}: {err}"
 
 
 def predict_files(
@@ -96,13 +115,15 @@ def predict_files(
     skip_existing: bool = False,
     progress: bool = True,
     overwrite: bool = False,
+    client=None,
 ) -> tuple[int, list[str]]:
     """Segment every input (a path, folder or pattern, or a list of them) and write masks, optionally probabilities
-    and overlays, to `out_dir`; returns (written, failures). See `plan_predict` for what is refused."""
+    and overlays, to `out_dir`; returns (written, failures). See `plan_predict` for what is refused, and
+    `predict_plan` for `client` (a run on a Dask cluster)."""
     plan = plan_predict(
         inputs, out_dir, write_prob, write_overlay, shard_spec, skip_existing, overwrite, segmenter.max_pixels
     )
-    return predict_plan(segmenter, plan, skip_existing, progress)
+    return predict_plan(segmenter, plan, skip_existing, progress, client)
 
 
 def predict_photo(segmenter: CrackSegmenter, path: Path, outputs: dict[str, Path]) -> None:
