@@ -40,6 +40,34 @@ def segmenter_from_args(args, **option_values):
     return segmenter
 
 
+def add_cluster_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--cluster",
+        metavar="ADDRESS",
+        help="run on Dask: local[:N] (N worker processes of one thread here; default N: the cores) or a "
+        "scheduler's tcp://HOST:PORT (its workers must see the inputs and -o at the same paths)",
+    )
+
+
+def check_cluster_address(args) -> None:
+    """Refuse a malformed --cluster before anything is made or loaded."""
+    if args.cluster:
+        from crackseg.runs.cluster import local_workers
+
+        local_workers(args.cluster)
+
+
+def model_on_cluster(args, client):
+    """The model of the command for `client`'s workers, each of which builds it once; says which engine runs."""
+    from crackseg.runs.cluster import ModelSpec, load_model
+
+    model = ModelSpec.find(model_name(args), SegmentOptions.from_args(args))
+    engine, workers = load_model(client, model), len(client.nthreads())
+    name = args.weights or args.model or model.weights.parent.name
+    print(f"model {name}; {engine}; on {workers} Dask workers", file=sys.stderr)
+    return model
+
+
 def report(failures: list[str], summary: str) -> int:
     """A batch job's end: each failed input on stderr, the summary on stdout; exit status 1 if any failed."""
     for failure in failures:

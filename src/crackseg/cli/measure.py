@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from crackseg.cli.common import add_model_arguments, report, segmenter_from_args
+from crackseg.cli.common import (
+    add_cluster_argument,
+    add_model_arguments,
+    check_cluster_address,
+    model_on_cluster,
+    report,
+    segmenter_from_args,
+)
 from crackseg.errors import InputError
 from crackseg.options import CompareOptions, MeasureOptions, SegmentOptions, add_arguments
 
@@ -14,13 +21,21 @@ def cmd_measure(args) -> int:
     if args.masks and (args.weights or args.model):
         raise InputError("--masks measures the masks as they are: drop --weights/--model, or drop --masks")
     # Options, formats, classes, the output folder and the files already there: all before the model loads.
+    check_cluster_address(args)
     options = MeasureOptions.from_args(args)
     options = options.replace(width_classes=load_width_classes(options.width_classes))
     formats = parse_formats(args.formats)
     photo_limit = SegmentOptions.from_args(args).photo_limit
     plan = plan_measure(args.inputs, args.out, formats, args.overwrite, photo_limit, options.block)
-    segmenter = None if args.masks else segmenter_from_args(args)
-    measured, cracks, failures = measure_plan(plan, segmenter, options, args.marker_mm)
+    if args.cluster:
+        from crackseg.runs.cluster import cluster_client
+
+        with cluster_client(args.cluster) as client:
+            model = None if args.masks else model_on_cluster(args, client)
+            measured, cracks, failures = measure_plan(plan, model, options, args.marker_mm, client=client)
+    else:
+        segmenter = None if args.masks else segmenter_from_args(args)
+        measured, cracks, failures = measure_plan(plan, segmenter, options, args.marker_mm)
     return report(failures, f"{measured} measured, {cracks} cracks, {len(failures)} failed -> {args.out}")
 
 
@@ -67,6 +82,7 @@ def add_parsers(sub) -> None:
         "georeferenced inputs: it is WGS 84 only)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace the outputs of an earlier run in -o")
+    add_cluster_argument(p)
     add_model_arguments(p)
     p.set_defaults(func=cmd_measure)
 

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import sys
 
-from crackseg.cli.common import add_model_arguments, positive_int, report, segmenter_from_args
+from crackseg.cli.common import (
+    add_cluster_argument,
+    add_model_arguments,
+    check_cluster_address,
+    model_on_cluster,
+    positive_int,
+    report,
+    segmenter_from_args,
+)
 
 
 def cmd_predict(args) -> int:
@@ -12,6 +20,7 @@ def cmd_predict(args) -> int:
     from crackseg.runs.predict import plan_predict, predict_plan
 
     # The plan (output folder, names, files already there) before the model loads or any photo is read.
+    check_cluster_address(args)
     options = SegmentOptions.from_args(args)
     plan = plan_predict(
         args.inputs, args.out, args.prob, args.overlay, args.shard, args.skip_existing, args.overwrite,
@@ -20,8 +29,14 @@ def cmd_predict(args) -> int:
     if args.skip_existing and all(item.done("mask") for item in plan.items):
         print(f"0 written: all {len(plan.items)} inputs were done already (--skip-existing) -> {args.out}")
         return 0  # without loading the model
-    segmenter = segmenter_from_args(args)
-    written, failures = predict_plan(segmenter, plan, args.skip_existing)
+    if args.cluster:
+        from crackseg.runs.cluster import cluster_client
+
+        with cluster_client(args.cluster) as client:
+            model = model_on_cluster(args, client)
+            written, failures = predict_plan(model, plan, args.skip_existing, client=client)
+    else:
+        written, failures = predict_plan(segmenter_from_args(args), plan, args.skip_existing)
     return report(failures, f"{written} written, {len(failures)} failed -> {args.out}")
 
 
@@ -104,6 +119,7 @@ def add_parsers(sub) -> None:
         "an interrupted run left of it)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace the outputs of an earlier run in -o")
+    add_cluster_argument(p)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("evaluate", help="score a model on labelled images and write a report with figures")

@@ -16,6 +16,7 @@ import contextlib
 import logging
 import os
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -32,8 +33,8 @@ from crackseg.measure import DEFAULT_HALO, Measurement, load_width_classes, meas
 from crackseg.measure.figure import width_figure
 from crackseg.measure.maps import CSV_FIELDS, csv_row, dxf_bytes, geojson_dict, gpkg_layer, report_dict
 from crackseg.options import DEFAULT_MAX_PIXELS, MeasureOptions
-from crackseg.runs.plan import Plan, make_plan, prepare_outputs
-from crackseg.runs.predict import READ_ERRORS, segment_raster
+from crackseg.runs.plan import Item, Plan, make_plan, prepare_outputs
+from crackseg.runs.predict import READ_ERRORS, failure_message, segment_raster
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +103,7 @@ def measure_plan(
     options: MeasureOptions | None = None,
     marker_mm: float | None = None,
     progress: bool = True,
+    client=None,
 ) -> tuple[int, int, list[str]]:
     """Measure each input of `plan` and write its outputs; returns (inputs measured, cracks found, failures).
 
@@ -109,28 +111,35 @@ def measure_plan(
     CrackSegmenter segments rasters block by block), or None (the inputs are masks). A GeoTIFF's georeference places
     the maps and, in a projected CRS, gives the pixel size unless `options.pixel_size_mm` is given; else a printed
     ArUco marker of side `marker_mm` in a photo does. A run that measures nothing writes no cracks.csv.
+
+    With `client` (a `distributed.Client`), the inputs are measured on its workers (`runs.cluster`), each of which
+    builds its own segmenter from `segmenter` (one made by `CrackSegmenter.from_pretrained`, or a
+    `runs.cluster.ModelSpec`): the same outputs, cracks.csv and failures as here.
     """
     options = options or MeasureOptions()
     if marker_mm is not None and not marker_mm > 0:
         raise InputError(f"--marker-mm must be the marker's positive side in mm, got {marker_mm}")
     options = options.replace(width_classes=load_width_classes(options.width_classes))  # read once, checked first
+    if client is not None:
+        from crackseg.runs.cluster import measure_on_cluster
+
+        debris = plan.paths() + [temporary_mask_name(plan.out_dir, i.source) for i in plan.items if i.in_blocks]
+        outcomes = measure_on_cluster(client, segmenter, plan, progress, debris, options=options, marker_mm=marker_mm)
+    else:
+        bar = tqdm(plan.items, desc="measure", unit="img", disable=not progress)
+        outcomes = (measure_item(item, plan.out_dir, segmenter, options, marker_mm, progress) for item in bar)
     rows, measured, failures, said_local = [], 0, [], False
-    with logging_redirect_tqdm():
-        for item in tqdm(plan.items, desc="measure", unit="img", disable=not progress):
-            try:
-                result, report, georef, figure = measure_one(
-                    item, plan.out_dir, segmenter, options, marker_mm, progress
-                )
-            except READ_ERRORS as err:
-                failures.append(str(err) if str(item.source) in str(err) else f"{item.source}: {err}")
+    with logging_redirect_tqdm():  # warnings on lines of their own, not glued onto the bar
+        for item, outcome in zip(plan.items, outcomes):
+            if outcome.failure is not None:
+                failures.append(outcome.failure)
                 continue
-            if georef is None and not said_local and unexplained_frame(item):
-                say_local_frame(item.source, report["pixel_size_from"])
+            if outcome.local_frame and not said_local:
+                say_local_frame(item.source, outcome.pixel_size_from)
                 said_local = True
-            for warning in result.warnings:
+            for warning in outcome.warnings:
                 log.warning("%s: %s", item.source, warning)
-            write_outputs(item.outputs, result, report, georef, figure)
-            rows += [csv_row(str(item.source), crack) for crack in result.cracks]
+            rows += outcome.rows
             measured += 1
     if "csv" in plan.run_files and measured:  # every input failed: nothing to tabulate, nothing to replace later
         atomic_write_bytes(plan.run_files["csv"], csv_bytes(rows, CSV_FIELDS))
@@ -153,6 +162,31 @@ def say_local_frame(source: Path, pixel_size_from: str | None) -> None:
         what,
         scale,
     )
+
+
+@dataclass
+class Measured:
+    """What measuring one input gives its run: its rows of cracks.csv and what to say, or why it failed."""
+
+    rows: list[dict] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    local_frame: bool = False  # no georeference where one might be expected: its maps are in the local frame
+    pixel_size_from: str | None = None
+    failure: str | None = None
+
+
+def measure_item(
+    item: Item, out_dir: Path, segmenter, options: MeasureOptions, marker_mm=None, progress: bool = False
+) -> Measured:
+    """Measure one input and write its outputs (`options` with its width classes loaded)."""
+    try:
+        result, report, georef, figure = measure_one(item, out_dir, segmenter, options, marker_mm, progress)
+    except READ_ERRORS as err:
+        return Measured(failure=failure_message(item, err))
+    write_outputs(item.outputs, result, report, georef, figure)
+    rows = [csv_row(str(item.source), crack) for crack in result.cracks]
+    local = georef is None and unexplained_frame(item)
+    return Measured(rows, list(result.warnings), local, report["pixel_size_from"])
 
 
 def measure_one(item, out_dir: Path, segmenter, options: MeasureOptions, marker_mm, progress: bool):
@@ -200,6 +234,7 @@ def measure_files(
     overwrite: bool = False,
     progress: bool = True,
     max_pixels: float | None = None,
+    client=None,
     **option_values,
 ) -> tuple[int, int, list[str]]:
     """Measure the cracks in photos (with `segmenter`) or masks; returns (inputs measured, cracks found, failures).
@@ -207,13 +242,13 @@ def measure_files(
     Writes, per input, the `formats` of FORMATS (default: all): OUT/NAME_measure.json, NAME_width.png,
     NAME_cracks.geojson (georeferenced inputs only) / .gpkg / .dxf, and OUT/cracks.csv (one row per crack across all
     inputs). Files already in `out_dir` are replaced only with `overwrite`. `options` (or its fields as keywords) say
-    how cracks are measured.
+    how cracks are measured. `client`: measure on a Dask cluster (see `measure_plan`).
     """
     options = MeasureOptions.of(options, **option_values)
     if max_pixels is None:
         max_pixels = getattr(segmenter, "max_pixels", DEFAULT_MAX_PIXELS)
     plan = plan_measure(inputs, out_dir, formats, overwrite, max_pixels, options.block)
-    return measure_plan(plan, segmenter, options, marker_mm, progress)
+    return measure_plan(plan, segmenter, options, marker_mm, progress, client)
 
 
 def write_outputs(

@@ -72,34 +72,58 @@ def geotiff_outputs(item: Item) -> Item:
 
 
 def predict_plan(
-    segmenter: CrackSegmenter, plan: Plan, skip_existing: bool = False, progress: bool = True
+    segmenter, plan: Plan, skip_existing: bool = False, progress: bool = True, client=None
 ) -> tuple[int, list[str]]:
-    """Segment each input of `plan` and write its outputs; returns (written, failures)."""
-    written, failures = 0, []
-    with logging_redirect_tqdm():
-        for item in tqdm(plan.items, desc="predict", unit="img", disable=not progress):
-            if skip_existing and item.done("mask"):
-                continue
-            try:
-                if item.in_blocks:
-                    segment_raster(segmenter, item.source, item.outputs["mask"], item.outputs.get("prob"))
-                else:
-                    predict_photo(segmenter, item.source, item.outputs)
-            except READ_ERRORS as err:
-                failures.append(str(err) if str(item.source) in str(err) else f"{item.source}: {err}")
-                continue
-            written += 1
-    return written, failures
+    """Segment each input of `plan` and write its outputs; returns (written, failures).
+
+    With `client` (a `distributed.Client`), the inputs are segmented on its workers (`runs.cluster`), each of which
+    builds its own segmenter from `segmenter` (one made by `CrackSegmenter.from_pretrained`, or a
+    `runs.cluster.ModelSpec`): the same outputs and failures as here, in the same order.
+    """
+    todo = [item for item in plan.items if not (skip_existing and item.done("mask"))]
+    if client is not None:
+        from crackseg.runs.cluster import predict_on_cluster
+
+        outcomes = predict_on_cluster(client, segmenter, plan, todo, progress)
+    else:
+        skipped = len(plan.items) - len(todo)  # done already (--skip-existing): counted as done
+        bar = tqdm(todo, desc="predict", total=len(plan.items), initial=skipped, unit="img", disable=not progress)
+        with logging_redirect_tqdm():  # warnings on lines of their own, not glued onto the bar
+            outcomes = [predict_item(segmenter, item) for item in bar]
+    failures = [failure for failure in outcomes if failure is not None]
+    return len(todo) - len(failures), failures
+
+
+def predict_item(segmenter: CrackSegmenter, item: Item) -> str | None:
+    """Segment one input and write its outputs; None when done, else the message saying why it failed."""
+    try:
+        if item.in_blocks:
+            segment_raster(segmenter, item.source, item.outputs["mask"], item.outputs.get("prob"))
+        else:
+            predict_photo(segmenter, item.source, item.outputs)
+    except READ_ERRORS as err:
+        return failure_message(item, err)
+    return None
+
+
+def failure_message(item: Item, err: BaseException) -> str:
+    """An input's failure as reported: the error's message, led by the input's path unless it names it."""
+    return str(err) if str(item.source) in str(err) else f"{item.source}: {err}"
 
 
 def predict_files(
-    segmenter: CrackSegmenter, inputs, out_dir: str | os.PathLike, progress: bool = True, **plan_options
+    segmenter: CrackSegmenter,
+    inputs,
+    out_dir: str | os.PathLike,
+    progress: bool = True,
+    client=None,
+    **plan_options,
 ) -> tuple[int, list[str]]:
     """Segment every input (a path, folder or pattern, or a list of them) and write masks to `out_dir`; returns
     (written, failures). `plan_options` are `plan_predict`'s: write_prob, write_overlay, shard_spec, skip_existing,
-    overwrite (see there for what is refused)."""
+    overwrite (see there for what is refused); see `predict_plan` for `client` (a run on a Dask cluster)."""
     plan = plan_predict(inputs, out_dir, max_pixels=segmenter.max_pixels, **plan_options)
-    return predict_plan(segmenter, plan, plan_options.get("skip_existing", False), progress)
+    return predict_plan(segmenter, plan, plan_options.get("skip_existing", False), progress, client)
 
 
 def predict_photo(segmenter: CrackSegmenter, path: Path, outputs: dict[str, Path]) -> None:
