@@ -14,7 +14,9 @@ from crackseg.synthetic import write_synthetic_dataset
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
-torch.set_num_threads(2)
+# The tests run tiny inputs, which gain little from a second thread; on a busy machine (CI runners, a training
+# beside the tests) its spin-waiting made some tests tens of times slower.
+torch.set_num_threads(1)
 # Exported/compiled models of the test models go to a throw-away cache, shared by the whole session.
 os.environ["CRACKSEG_CACHE"] = tempfile.mkdtemp(prefix="crackseg-test-cache-")
 

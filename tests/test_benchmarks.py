@@ -1,24 +1,78 @@
-"""The benchmark scripts call the project's own functions; these checks keep them in step when signatures change."""
+"""The benchmark scripts call the project's own functions and report what they timed: these checks keep them in
+step when signatures change, and keep their figures honest (no timing here: the clock is a stand-in)."""
 
 from __future__ import annotations
 
+import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+from crackseg.engines.torch_engine import cpu_has_bf16_matrix_engine
+
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
+# Runs in the benchmarks folder: counts the images each training pass really trains on, with a clock that moves
+# 2 s per reading, then prints the report `main` writes for a stand-in rate of 0.01 img/s.
+TRAIN_SPEED_CHECK = """
+import json, sys, types
+import train_speed
 
-def test_train_speed_runs_the_real_training_step(synthetic_root):
+trained = []
+real_pass = train_speed.train_one_epoch
+
+
+class Counted:
+    def __init__(self, loader):
+        self.loader = loader
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __iter__(self):
+        for batch in self.loader:
+            trained[-1] += len(batch["image"])
+            yield batch
+
+
+def counting_pass(model, loader, *args, **kwargs):
+    trained.append(0)
+    return real_pass(model, Counted(loader), *args, **kwargs)
+
+
+clock = iter(range(0, 100, 2))
+train_speed.train_one_epoch = counting_pass
+train_speed.time = types.SimpleNamespace(perf_counter=lambda: float(next(clock)))
+pairs = train_speed.find_all_pairs([sys.argv[1]], skip_unpaired=True)
+rate = train_speed.images_per_second("pspnet", {}, 64, "fp32", 2, pairs)
+print(json.dumps({"rate": rate, "trained": trained}))
+train_speed.images_per_second = lambda *args: 0.01
+sys.argv = ["train_speed.py", "--data", sys.argv[1], "--steps", "2", "--threads", "1"]
+train_speed.main()
+"""
+
+
+def test_train_speed_reports_the_images_it_timed(synthetic_root):
     # In a child process: in this one, once the backend tests have run NNCF's OpenVINO int8 calibration, starting
     # the benchmark's DataLoader worker kills pytest with a segmentation fault.
-    code = (
-        "import sys; from train_speed import images_per_second; from crackseg.data import find_all_pairs; "
-        "rate = images_per_second('pspnet', {}, 64, 'fp32', 1, find_all_pairs([sys.argv[1]], skip_unpaired=True)); "
-        "print(rate)"
-    )
     done = subprocess.run(
-        [sys.executable, "-c", code, str(synthetic_root)], cwd=BENCHMARKS, capture_output=True, text=True, timeout=300
-    )
+        [sys.executable, "-c", TRAIN_SPEED_CHECK, str(synthetic_root)],
+        cwd=BENCHMARKS, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
-    assert float(done.stdout.strip().splitlines()[-1]) > 0
+    first, *report = done.stdout.strip().splitlines()
+    timed = json.loads(first)
+    # a warm-up batch of 8, then the 2 timed steps of 8; the rate is those 16 images over the 2 s the clock moved
+    assert timed == {"rate": 16 / 2, "trained": [8, 16]}
+    # the README's figures: img/s per crop size and precision, and the time of one epoch over the data at that rate
+    precisions = ["fp32", "bf16"] if cpu_has_bf16_matrix_engine() else ["fp32"]
+    count = 2 * len(precisions)
+    header, rates, memory = report[-2 - count], report[-1 - count : -1], report[-1]
+    assert header.endswith("batch 8, 1 threads, 24 pairs")
+    pattern = r"  (\d+)² (\w+): +([\d.]+) img/s  -> one training epoch ≈ +([\d.]+) min"
+    lines = [re.fullmatch(pattern, line) for line in rates]
+    assert all(lines), report
+    assert [(m[1], m[2]) for m in lines] == [(size, p) for size in ("256", "448") for p in precisions]
+    assert {(m[3], m[4]) for m in lines} == {("0.01", f"{24 * 0.9 / 0.01 / 60:.1f}")}  # 24 pairs, 90 % trained on
+    assert re.fullmatch(r"peak resident memory of this process: [\d.]+ GB", memory)

@@ -1,11 +1,13 @@
 """The page, driven in headless Chromium (Debian's `chromium` package) through Playwright: upload a photo, see
-the overlay, move the threshold slider, read the crack table, download the CSV, refuse a bad pixel size, show
-an error without the previous result, fit a phone's width, and cancel a slow photo. Also the real server's
+the overlay (checked in screenshots), move the threshold slider, read the crack table, download the mask and CSV,
+refuse a bad pixel size, work from the keyboard, show an error without the previous result, fit a phone's width,
+and cancel a slow photo. Also the real server's
 Host and Origin checks (no browser needed)."""
 
 from __future__ import annotations
 
 import base64
+import math
 import shutil
 import socket
 import threading
@@ -13,6 +15,7 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 import uvicorn
 
@@ -20,7 +23,8 @@ from crackseg.inference import CrackSegmenter
 from crackseg.io.images import write_image
 from crackseg.models.networks import ModelConfig
 from crackseg.serve import create_app
-from tests.test_serve import DarknessBackend, drawn_cracks_photo, png_bytes
+from tests.fakes import DarknessBackend
+from tests.test_serve import decode, drawn_cracks_photo, png_bytes
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 GATE = threading.Event()  # the stand-in network runs only while set: cleared, a photo stays "in progress"
@@ -63,18 +67,47 @@ def server_url():
     thread.join(timeout=10)
 
 
-@pytest.fixture
-def page():
+@pytest.fixture(scope="module")
+def browser():
     if CHROMIUM is None:
         pytest.skip("chromium is not installed (apt-get install -y chromium)")
     from playwright.sync_api import sync_playwright  # a dev dependency: fails loudly when missing
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
-        page = browser.new_page(viewport={"width": 1200, "height": 900}, accept_downloads=True)
-        page.set_default_timeout(30_000)
-        yield page
+        yield browser
         browser.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1200, "height": 900}, accept_downloads=True)
+    page = context.new_page()
+    page.set_default_timeout(30_000)
+    yield page
+    context.close()
+
+
+@pytest.fixture(scope="module")
+def photo(tmp_path_factory) -> Path:
+    """The drawn cracks (see drawn_cracks_photo) on a 360×300 photo: two dark ones and a faint one."""
+    path = tmp_path_factory.mktemp("photo") / "wall.png"
+    write_image(path, drawn_cracks_photo(300, 360))
+    return path
+
+
+@pytest.fixture(scope="module")
+def not_a_photo(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("text") / "notes.txt"
+    path.write_text("not a photo")
+    return path
+
+
+# Where the drawn cracks lie in the 300×360 photo (rows, columns): the middle line of each.
+DARK_CRACKS = [(slice(40, 41), slice(50, 190)), (slice(80, 180), slice(120, 121))]
+FAINT_CRACK = (slice(150, 152), slice(30, 90))
+SURFACE = (slice(0, 30), slice(0, 360))
+DRAWN_PIXELS = 160 * 3 + 120 * 5  # the dark cracks' pixels; the faint one adds 80 × 2 at lower thresholds
 
 
 def pixel(page, x: int, y: int) -> list[int]:
@@ -83,6 +116,30 @@ def pixel(page, x: int, y: int) -> list[int]:
         "([x, y]) => [...document.getElementById('view').getContext('2d').getImageData(x, y, 1, 1).data]",
         [x, y],
     )[:3]
+
+
+def red_share(shot: np.ndarray, rows: slice, cols: slice, size=(300, 360)) -> float:
+    """The share of red pixels in the part of a screenshot of the result canvas that shows image rows × cols
+    (the canvas is scaled to the page's width)."""
+    sy, sx = shot.shape[0] / size[0], shot.shape[1] / size[1]
+    part = shot[int(rows.start * sy) : math.ceil(rows.stop * sy), int(cols.start * sx) : math.ceil(cols.stop * sx)]
+    return float(is_red(np.moveaxis(part[..., :3], -1, 0)).mean())
+
+
+def canvas_shot(page) -> np.ndarray:
+    return decode(page.locator("#view").screenshot()).astype(int)
+
+
+def photo_surface(shot: np.ndarray) -> np.ndarray:
+    """The screenshot's pixels of the drawn photo's surface grey, a colour the page itself does not use."""
+    return (shot == 200).all(axis=-1)
+
+
+def page_shot(page) -> np.ndarray:
+    shot = decode(page.screenshot(full_page=True))[..., :3].astype(int)
+    colours = len(np.unique(shot.reshape(-1, 3), axis=0))
+    assert colours > 50 and shot.std() > 20, "the page looks blank"
+    return shot
 
 
 def drop_file(page, path: Path) -> None:
@@ -99,8 +156,28 @@ def drop_file(page, path: Path) -> None:
     )
 
 
-def is_red(rgb) -> bool:
-    return rgb[0] > rgb[1] + 60 and rgb[0] > rgb[2] + 60
+def open_page(page, server_url: str) -> None:
+    page.goto(server_url)
+    page.wait_for_function("document.getElementById('model-info').textContent.includes('darkness')")
+
+
+def show_result(page, server_url: str, photo: Path) -> None:
+    open_page(page, server_url)
+    drop_file(page, photo)
+    page.wait_for_selector("body[data-state='ready']")
+
+
+def slide_threshold_to(page, value: str) -> None:
+    """Moves the threshold slider with the arrow keys, as a keyboard user does (steps of 0.01)."""
+    page.focus("#threshold")
+    steps = round((float(page.input_value("#threshold")) - float(value)) * 100)
+    for _ in range(abs(steps)):
+        page.keyboard.press("ArrowLeft" if steps > 0 else "ArrowRight")
+    assert page.input_value("#threshold") == value
+
+
+def is_red(rgb):
+    return (rgb[0] > rgb[1] + 60) & (rgb[0] > rgb[2] + 60)
 
 
 def visible_in_viewport(page, selector: str) -> bool:
@@ -130,20 +207,35 @@ def wait_idle(server_url: str) -> dict:
     return health
 
 
-def test_upload_threshold_table_downloads_errors_and_phone_width(page, server_url, tmp_path: Path):
-    photo = tmp_path / "wall.png"
-    write_image(photo, drawn_cracks_photo(300, 360))
-    (tmp_path / "notes.txt").write_text("not a photo")
+def test_a_dropped_photo_shows_the_cracks_in_red_and_lists_them(page, server_url, photo):
+    open_page(page, server_url)
+    # The browser sends the page's origin with the POST, which the server accepts.
+    with page.expect_request("**/api/predict") as predict:
+        drop_file(page, photo)
+    assert predict.value.header_value("origin") == server_url.rstrip("/")
+    page.wait_for_selector("body[data-state='ready']")
+    assert page.is_hidden("#status.error")
+    assert is_red(pixel(page, 100, 40)) and is_red(pixel(page, 120, 150))  # on the two cracks
+    assert not is_red(pixel(page, 10, 10)) and not is_red(pixel(page, 60, 150))  # surface, faint crack
+    # what the user sees: red over the drawn cracks, none over the surface or the faint crack
+    shot = canvas_shot(page)
+    assert all(red_share(shot, *crack) > 0.9 for crack in DARK_CRACKS)
+    assert red_share(shot, *SURFACE) == 0 and red_share(shot, *FAINT_CRACK) == 0
+    assert page.get_attribute("#cracks", "data-count") == "2" and page.inner_text("#crack-count") == "2"
+    assert page.inner_text("#crack-fraction") == f"{100 * DRAWN_PIXELS / (300 * 360):.2f} %"
+    lengths = [float(row.locator("td").nth(1).inner_text()) for row in page.locator("#cracks tbody tr").all()]
+    assert sorted(lengths, reverse=True) == pytest.approx([160, 120], rel=0.1)
+    whole = page_shot(page)  # the photo on the page, at least as large as it is
+    assert photo_surface(whole).sum() >= 0.9 * 300 * 360 and is_red(np.moveaxis(whole, -1, 0)).sum() >= DRAWN_PIXELS
 
-    page.goto(server_url)
-    page.wait_for_function("document.getElementById('model-info').textContent.includes('darkness')")
 
+def test_files_and_pixel_sizes_that_cannot_be_used_are_refused_with_the_reason(page, server_url, photo, not_a_photo):
+    open_page(page, server_url)
     # A file that is not an image: the server's reason is shown.
-    page.set_input_files("#file-input", str(tmp_path / "notes.txt"))
+    page.set_input_files("#file-input", str(not_a_photo))
     page.wait_for_selector("#status.error")
     assert "415" in page.inner_text("#status") and "not an image" in page.inner_text("#status")
     assert page.is_hidden("#result-panel")
-
     # A pixel size of 0 or below is refused in the page, with a message, and nothing is sent.
     for bad in ("-1", "0"):
         page.fill("#pixel-size", bad)
@@ -157,73 +249,95 @@ def test_upload_threshold_table_downloads_errors_and_phone_width(page, server_ur
     page.fill("#pixel-size", "")
     assert page.is_hidden("#pixel-size-error")
 
-    # Drop the photo on the page: the overlay is drawn on the photo and the table lists the two dark cracks.
-    # The browser sends the page's origin with the POST, which the server accepts.
-    with page.expect_request("**/api/predict") as predict:
-        drop_file(page, photo)
-    assert predict.value.header_value("origin") == server_url.rstrip("/")
-    page.wait_for_selector("body[data-state='ready']")
-    assert page.is_hidden("#status.error")
-    assert is_red(pixel(page, 100, 40)) and is_red(pixel(page, 120, 150))  # on the two cracks
-    assert not is_red(pixel(page, 10, 10)) and not is_red(pixel(page, 60, 150))  # surface, faint crack
-    assert page.get_attribute("#cracks", "data-count") == "2"
-    fraction_at_default = page.inner_text("#crack-fraction")
 
-    # Slider down to 0.20 with the keyboard: the faint crack appears in the overlay (drawn in the browser) and
-    # in the table (re-measured by the server from the kept probabilities).
-    page.focus("#threshold")
-    for _ in range(30):
-        page.keyboard.press("ArrowLeft")
-    assert page.input_value("#threshold") == "0.2"
+def test_the_page_works_from_the_keyboard(page, server_url, photo):
+    # Tab to the file field, Space opens the file chooser; the arrow keys move the threshold; Space hides the overlay.
+    open_page(page, server_url)
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.id") == "file-input"
+    with page.expect_file_chooser() as chooser:
+        page.keyboard.press("Space")
+    chooser.value.set_files(str(photo))
+    page.wait_for_selector("body[data-state='ready']")
+    before = canvas_shot(page)
+    fraction_at_default = page.inner_text("#crack-fraction")
+    # Down to 0.20: the faint crack appears in the overlay (drawn in the browser) and in the table (re-measured by
+    # the server from the kept probabilities).
+    slide_threshold_to(page, "0.2")
     page.wait_for_selector("#cracks[data-threshold='0.20'][data-count='3']")
-    assert is_red(pixel(page, 60, 150))
+    page.wait_for_selector("#view[data-threshold='0.20']")
+    after = canvas_shot(page)
+    assert red_share(before, *FAINT_CRACK) == 0 and red_share(after, *FAINT_CRACK) > 0.9
+    assert all(red_share(after, *crack) > 0.9 for crack in DARK_CRACKS) and red_share(after, *SURFACE) == 0
+    assert page.inner_text("#crack-fraction") == f"{100 * (DRAWN_PIXELS + 160) / (300 * 360):.2f} %"
     assert page.inner_text("#crack-fraction") != fraction_at_default
     rows = page.locator("#cracks tbody tr")
-    assert rows.count() == 3
-    assert all(rows.nth(i).locator("td").count() == 6 for i in range(3))
+    assert rows.count() == 3 and all(rows.nth(i).locator("td").count() == 6 for i in range(3))
     assert page.inner_text("#cracks thead").count("(px)") == 3
+    page.focus("#show-overlay")
+    page.keyboard.press("Space")
+    assert not page.is_checked("#show-overlay")
+    page.wait_for_function("!document.getElementById('show-overlay').checked")
+    page.wait_for_timeout(100)  # the next animation frame redraws the canvas
+    hidden = canvas_shot(page)
+    assert all(red_share(hidden, *crack) == 0 for crack in [*DARK_CRACKS, FAINT_CRACK])
 
+
+def test_pixel_size_and_downloads_follow_the_current_settings(page, server_url, photo):
+    show_result(page, server_url, photo)
+    slide_threshold_to(page, "0.2")
+    page.wait_for_selector("#cracks[data-threshold='0.20'][data-count='3']")
     # A pixel size turns the table into millimetres; an invalid one leaves it as it was, with the message.
     page.fill("#pixel-size", "0.5")
     page.wait_for_function("document.querySelector('#cracks thead').textContent.includes('(mm)')")
+    rows = page.locator("#cracks tbody tr")
     assert float(rows.first.locator("td").nth(1).inner_text()) == pytest.approx(80, rel=0.1)  # 160 px × 0.5
     assert "mm" in page.inner_text("#total-length")
     page.fill("#pixel-size", "-0.5")
     assert page.is_visible("#pixel-size-error")
     page.wait_for_timeout(500)  # past the re-measure delay: nothing was asked with the bad value
-    assert "(mm)" in page.inner_text("#cracks thead") and "pixel_size_mm=0.5" in page.get_attribute(
-        "#download-csv", "href"
-    )
+    assert "(mm)" in page.inner_text("#cracks thead")
+    assert "pixel_size_mm=0.5" in page.get_attribute("#download-csv", "href")
     page.fill("#pixel-size", "0.5")
     assert page.is_hidden("#pixel-size-error")
-
-    # Downloads follow the current threshold and pixel size.
-    assert "threshold=0.2" in page.get_attribute("#download-mask", "href")
+    # The downloaded files are the current threshold's: the mask holds the faint crack, the CSV its three cracks.
+    with page.expect_download() as download:
+        page.click("#download-mask")
+    mask = decode(Path(download.value.path()).read_bytes()) > 0
+    assert mask.shape == (300, 360) and mask.sum() == DRAWN_PIXELS + 160 and mask[150:152, 20:100].all()
     with page.expect_download() as download:
         page.click("#download-csv")
     csv_lines = Path(download.value.path()).read_text().strip().splitlines()
     assert len(csv_lines) == 4 and "len_mm" in csv_lines[0]
-    page.screenshot(path=str(tmp_path / "desktop.png"), full_page=True)
+    lengths_mm = sorted(float(line.split(",")[csv_lines[0].split(",").index("len_mm")]) for line in csv_lines[1:])
+    assert lengths_mm == pytest.approx([40, 60, 80], rel=0.1)  # 80, 120 and 160 px × 0.5 mm
 
-    # Phone width (390 px): one column, nothing wider than the screen, every cell of the table (the class
-    # column last) inside the window, and the controls too.
+
+def test_at_phone_width_everything_fits_the_screen(page, server_url, photo):
+    show_result(page, server_url, photo)
+    # 390 px: one column, nothing wider than the screen, every cell of the table (the class column last) inside
+    # the window, and the controls too.
     page.set_viewport_size({"width": 390, "height": 844})
     assert page.evaluate("document.documentElement.scrollWidth") <= 390
     assert page.evaluate("document.getElementById('view').getBoundingClientRect().width") <= 390
     assert visible_in_viewport(page, "#cracks th")
     assert visible_in_viewport(page, "#cracks td")
-    assert page.locator("#cracks tbody td:last-child").all_inner_texts() and all(
-        text in ("longitudinal", "transverse", "diagonal", "branched")
-        for text in page.locator("#cracks tbody td:last-child").all_inner_texts()
-    )
+    classes = page.locator("#cracks tbody td:last-child").all_inner_texts()
+    assert sorted(classes) == ["longitudinal", "transverse"]
     assert visible_in_viewport(page, "#drop-zone, #threshold, #pixel-size, .downloads .button")
-    page.screenshot(path=str(tmp_path / "phone.png"), full_page=True)
+    shot = page_shot(page)
+    assert shot.shape[1] == 390
+    canvas = canvas_shot(page)
+    assert all(red_share(canvas, *crack) > 0.5 for crack in DARK_CRACKS)  # scaled down, still drawn
 
-    # An upload that fails after a result was shown: the error is shown, the previous result is gone from
-    # the page (and from the server), at phone width too.
+
+def test_a_failed_upload_clears_the_previous_result(page, server_url, photo, not_a_photo):
+    show_result(page, server_url, photo)
+    page.set_viewport_size({"width": 390, "height": 844})
+    # The error is shown; the previous result is gone from the page, and from the server.
     old_mask = page.evaluate("document.getElementById('download-mask').href")  # absolute
     assert httpx.get(old_mask).status_code == 200
-    page.set_input_files("#file-input", str(tmp_path / "notes.txt"))
+    page.set_input_files("#file-input", str(not_a_photo))
     page.wait_for_selector("#status.error")
     assert "415" in page.inner_text("#status")
     assert visible_in_viewport(page, "#status")
@@ -232,10 +346,7 @@ def test_upload_threshold_table_downloads_errors_and_phone_width(page, server_ur
     assert page.get_attribute("body", "data-state") == "error"
     page.wait_for_timeout(300)
     assert httpx.get(old_mask).status_code == 404
-    page.screenshot(path=str(tmp_path / "phone-error.png"), full_page=True)
-    for shot in ("desktop.png", "phone.png", "phone-error.png"):
-        assert (tmp_path / shot).stat().st_size > 0
-    print(f"screenshots: {tmp_path}")
+    assert not photo_surface(page_shot(page)).any()  # no trace of the photo left on the page
 
 
 def test_busy_spinner_elapsed_time_and_cancel(page, server_url, tmp_path: Path):

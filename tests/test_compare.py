@@ -21,6 +21,7 @@ import crackseg.cli.measure
 from crackseg.cli import main
 from crackseg.compare import AlignmentError, CompareError, Survey, apply_homography, compare, load_survey
 from crackseg.compare.changes import RECORD_FIELDS
+from crackseg.inference import CrackSegmenter
 from crackseg.io.georef import Georeference
 from crackseg.io.images import to_rgb_uint8, write_image
 from crackseg.measure.result import FIELD_NAMES
@@ -424,12 +425,17 @@ def test_photos_are_segmented_by_the_segmenter_given_and_only_then(pair, tmp_pat
 
 
 def test_measure_files_load_no_model(pair, tmp_path, monkeypatch):
-    def no_model(args):
+    loaded = []
+
+    def no_model(cls, *args, **kwargs):
+        loaded.append(args)
         raise AssertionError("a model was loaded for two measure files")
 
     path = measured(tmp_path, pair[1])
-    monkeypatch.setattr(crackseg.cli.measure, "segmenter_from_args", no_model)
+    # Every command gets its model from this one constructor: patched on the class, a load is seen from anywhere.
+    monkeypatch.setattr(CrackSegmenter, "from_pretrained", classmethod(no_model))
     assert main(["compare", path, path, "--assume-aligned", "-o", str(tmp_path / "out")]) == 0
+    assert loaded == []
 
 
 def test_an_unwritable_output_folder_is_named(pair, tmp_path, capsys):

@@ -1,3 +1,4 @@
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -242,17 +243,28 @@ def test_synthetic_dataset_with_empty_masks(tmp_path):
 
 @pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data is not on this machine")
 def test_reads_all_shared_data():
-    pairs = find_all_pairs([SHARED_DATA], skip_unpaired=False)
-    counts = {}
-    for p in pairs:
-        counts[p.source] = counts.get(p.source, 0) + 1
-    assert counts == {
-        "aiglern": 269, "cfd": 72, "crack500": 1078, "deepcrack": 300, "gaps384": 1710, "marble": 246,
-        "shadowcrack": 671, "uav-crack": 315, "uav75": 48,
-    }  # fmt: skip
-    stats = pairs_per_source([p for p in pairs if p.source == "cfd"][:5])
-    print(stats)
-    assert 0 < stats["cfd"]["crack_fraction"] < 0.1
+    sets = sorted(folder.name for folder in SHARED_DATA.iterdir() if folder.is_dir())
+    pairs = find_all_pairs([SHARED_DATA], skip_unpaired=False)  # an image without its mask, or the reverse, raises
+    # every set found, named after its folder, with every one of its images; no file in two pairs
+    per_source = Counter(p.source for p in pairs)
+    assert sorted(per_source) == sets
+    for name in sets:
+        images = [f for f in (SHARED_DATA / name).rglob("*") if f.is_file() and f.parent.name == "images"]
+        assert per_source[name] == len(images), name
+    assert len({p.image for p in pairs}) == len({p.mask for p in pairs}) == len(pairs)
+    assert all(p.image.stem == p.mask.stem and p.mask.parent.name == "masks" for p in pairs)
+    # a sample of each set, read in full: each image and its mask have one size, and the masks mark cracks
+    for name in sets:
+        sample = [p for p in pairs if p.source == name][:: per_source[name] // 3][:3]
+        assert all(read_image(p.image).shape[:2] == read_mask(p.mask).shape for p in sample), name
+        assert pairs_per_source(sample)[name]["crack_fraction"] > 0, name
+    # the validation split takes photos, not crops: every crop of a photo on one side, every set in both
+    train, val = split_pairs(pairs, 0.1, seed=0)
+    assert len(train) + len(val) == len(pairs) and not {p.image for p in train} & {p.image for p in val}
+    assert not {(p.source, p.group) for p in train} & {(p.source, p.group) for p in val}
+    assert {p.source for p in train} == {p.source for p in val} == set(sets)
+    # CRACK500's crops are grouped by their photo (many crops each), not one group per crop
+    assert len({p.group for p in pairs if p.source == "crack500"}) < per_source["crack500"] / 3
 
 
 def test_scale_range_sets_the_random_scale_factors():

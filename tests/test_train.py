@@ -18,7 +18,7 @@ from crackseg.metrics import source_mean_f1_curve
 from crackseg.models.networks import ModelConfig, build_model, load_model, save_model
 from crackseg.synthetic import write_synthetic_dataset
 from crackseg.train import ConfigError, RunResult, TrainConfig, TrainingError, train
-from crackseg.train.setup import init_from, make_datasets
+from crackseg.train.setup import init_from, make_datasets, make_loaders
 
 
 def _config(data, out, **changes) -> TrainConfig:
@@ -265,9 +265,27 @@ def test_source_balance_evens_out_the_sources():
         source_weights(sources, 2.0)
 
 
-def test_source_balanced_training_runs(synthetic_root, tmp_path):
-    result = train(_config(synthetic_root, tmp_path / "run", source_balance=0.5, epochs=1))
-    assert len(_history(result.run_dir)) == 1
+def test_training_draws_follow_the_source_balance(synthetic_root, tmp_path):
+    other = write_synthetic_dataset(tmp_path / "other", 6, size=(96, 128), seed=100, prefix="other")
+
+    def share_of_other(balance: float) -> float:
+        """The share of the small source among the training loader's draws over 20 epochs (seed 0)."""
+        config = _config(synthetic_root, tmp_path / "run", source_balance=balance).replace(data=[synthetic_root, other])
+        train_set, val_set, summary = make_datasets(config)
+        assert summary["train"]["sources"] == {"other": 5, "syn": 19}
+        sampler = make_loaders(train_set, val_set, config, rank=0, world=1)[0].sampler
+        drawn = []
+        for epoch in range(20):
+            sampler.set_epoch(epoch)
+            drawn += [train_set.dataset.pairs[i].source for i in sampler]
+        assert len(drawn) == 20 * 24  # an epoch is as many draws as there are pairs (6 full batches of 4)
+        return drawn.count("other") / len(drawn)
+
+    # 5 of the 24 training pairs: about a fifth of the draws unbalanced, half at power 1, sqrt(5) / (sqrt(5) +
+    # sqrt(19)) = 0.34 at power 0.5 (binomial spread over 480 draws: ±0.02)
+    assert share_of_other(0.0) == pytest.approx(5 / 24, abs=0.03)
+    assert share_of_other(1.0) == pytest.approx(0.5, abs=0.07)
+    assert share_of_other(0.5) == pytest.approx(0.34, abs=0.07)
 
 
 def test_bad_degrade_scale_is_a_one_line_error_naming_the_option(synthetic_root, tmp_path, capsys):
