@@ -127,20 +127,20 @@ def measure_plan(
         outcomes = measure_on_cluster(client, segmenter, plan, progress, debris, options=options, marker_mm=marker_mm)
     else:
         bar = tqdm(plan.items, desc="measure", unit="img", disable=not progress)
-        outcomes = (measure_item(item, plan.out_dir, segmenter, options, marker_mm, progress) for item in bar)
+        with logging_redirect_tqdm():  # warnings on lines of their own, not glued onto the bar
+            outcomes = [measure_item(item, plan.out_dir, segmenter, options, marker_mm, progress) for item in bar]
     rows, measured, failures, said_local = [], 0, [], False
-    with logging_redirect_tqdm():  # warnings on lines of their own, not glued onto the bar
-        for item, outcome in zip(plan.items, outcomes):
-            if outcome.failure is not None:
-                failures.append(outcome.failure)
-                continue
-            if outcome.local_frame and not said_local:
-                say_local_frame(item.source, outcome.pixel_size_from)
-                said_local = True
-            for warning in outcome.warnings:
-                log.warning("%s: %s", item.source, warning)
-            rows += outcome.rows
-            measured += 1
+    for item, outcome in zip(plan.items, outcomes, strict=True):
+        if outcome.failure is not None:
+            failures.append(outcome.failure)
+            continue
+        if outcome.local_frame and not said_local:
+            say_local_frame(item.source, outcome.pixel_size_from)
+            said_local = True
+        for warning in outcome.warnings:
+            log.warning("%s: %s", item.source, warning)
+        rows += outcome.rows
+        measured += 1
     if "csv" in plan.run_files and measured:  # every input failed: nothing to tabulate, nothing to replace later
         atomic_write_bytes(plan.run_files["csv"], csv_bytes(rows, CSV_FIELDS))
     return measured, len(rows), failures
