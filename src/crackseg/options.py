@@ -253,6 +253,13 @@ class CompareOptions(Options):
     tolerance_px: float | None = Field(None, description="match tolerance in px (default: from the alignment error)")
     min_length: float = Field(DEFAULT_MIN_LENGTH, ge=0, description="ignore shorter cracks (px)")
     assume_aligned: bool = Field(False, description="no registration: a fixed camera, same size")
+    low_share: float = Field(
+        0.25,
+        gt=0,
+        lt=1,
+        description="the low threshold as a share of the model's: a crack counts as absent from a survey only where "
+        "its probability stays under it",
+    )
 
     @field_validator("pixel_size_mm", "tolerance_px")
     @classmethod

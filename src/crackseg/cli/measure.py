@@ -58,7 +58,10 @@ def cmd_compare(args) -> int:
     a, s = changes.alignment, changes.summary()
     quality = f"{a.inliers} inliers, {a.error_px:.2f} px RMS" if a.method == "features" else a.method
     counts = ", ".join(f"{n} {name.replace('_', ' ')}" for name, n in s["counts"].items() if n)
-    print(f"aligned ({quality}); {counts or 'no cracks'} -> {args.out}")
+    floor = s["noise_floor"]
+    unit = "mm" if floor["length_mm"] is not None else "px"
+    said = f"noise floor {floor[f'length_{unit}']:g} {unit} in length, {floor[f'width_{unit}']:g} {unit} in width"
+    print(f"aligned ({quality}); {counts or 'no cracks'}; {said} -> {args.out}")
     return 0
 
 

@@ -1,13 +1,16 @@
 """Inspections over time: two surveys of the same structure compared crack by crack.
 
-`survey` loads each survey (photo, mask or NAME_measure.json), `registration` aligns BEFORE onto AFTER, `match`
-finds which AFTER crack continues which BEFORE crack, and `changes` decides each crack's change (`compare`).
-`outputs` (maps and table), `figure` (the picture) and `report` (summary and report) say what
-`runs.compare.write_changes` writes. A photo is segmented by the segmenter the caller passes; masks and measure
-files need none.
+`survey` loads each survey (photo, mask or NAME_measure.json, with its probability map), `registration` aligns
+BEFORE onto AFTER, `match` finds which AFTER crack continues which BEFORE crack, `evidence` reads each survey's
+probabilities along the other's cracks, `noise` sets the pair's noise floor, and `decide` decides each crack's
+change (`compare`) into `changes`. `outputs` (maps and table), `figure` (the picture) and `report` (summary and
+report) say what `runs.compare.write_changes` writes. A photo is segmented by the segmenter the caller passes;
+masks and measure files need none.
 """
 
-from crackseg.compare.changes import CHANGES, Changes, CrackChange, compare
+from crackseg.compare.changes import CHANGES, Changes, CrackChange
+from crackseg.compare.decide import compare
+from crackseg.compare.noise import NoiseFloor
 from crackseg.compare.registration import Alignment, AlignmentError, apply_homography, register
 from crackseg.compare.survey import CompareError, Survey, load_survey, needs_segmenter
 
@@ -18,6 +21,7 @@ __all__ = [
     "Changes",
     "CompareError",
     "CrackChange",
+    "NoiseFloor",
     "Survey",
     "apply_homography",
     "compare",

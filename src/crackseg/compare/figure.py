@@ -9,7 +9,7 @@ import numpy as np
 import shapely
 from shapely.ops import substring
 
-from crackseg.compare.changes import CHANGES, Changes, CrackChange, widened
+from crackseg.compare.changes import CHANGES, Changes, CrackChange
 from crackseg.compare.registration import apply_homography
 
 # Colours (RGB); cracks that are gone are dashed.
@@ -72,10 +72,10 @@ def backdrop(survey, h: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 def draw_change(canvas: np.ndarray, crack: CrackChange, scale: float, thickness: int) -> None:
     line = shapely.transform(crack.line, lambda xy: xy * scale)
-    if crack.change in ("closed", "out_of_view"):
+    if crack.after_number is None:  # a BEFORE crack AFTER does not show: closed, out of view, or too faint to call
         draw(canvas, line, COLOURS[crack.change], thickness, dashed=True)
         return
-    colour = COLOURS["new"] if crack.change == "new" else COLOURS["widened" if widened(crack) else "unchanged"]
+    colour = COLOURS["new"] if crack.change == "new" else COLOURS["widened" if crack.widened else "unchanged"]
     draw(canvas, line, colour, thickness)
     if crack.change == "extended":
         draw(canvas, shapely.transform(crack.added, lambda xy: xy * scale), COLOURS["added"], thickness + 1)

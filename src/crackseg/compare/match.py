@@ -49,13 +49,11 @@ def match(after_lines, before_lines, tolerance: float) -> dict[int, dict[int, fl
     return matches
 
 
-def added_parts(after_line, before_lines, view, tolerance: float, min_piece: float) -> shapely.MultiLineString:
-    """The parts of an AFTER centreline farther than `tolerance` from every BEFORE centreline and inside BEFORE's
-    `view` (a crack that runs out of BEFORE's photo did not grow there), each at least `min_piece` long.
-    Flat buffer ends, so that an extension counts from the old tip."""
+def added_parts(after_line, before_lines, tolerance: float, min_piece: float) -> shapely.MultiLineString:
+    """The parts of an AFTER centreline farther than `tolerance` from every BEFORE centreline, each at least
+    `min_piece` long. Flat buffer ends, so that an extension counts from the old tip."""
     near = shapely.union_all(shapely.buffer(np.asarray(before_lines, dtype=object), tolerance, cap_style="flat"))
-    seen = shapely.buffer(view, -tolerance)  # a crack cut by BEFORE's border ends just inside it
-    rest = shapely.line_merge(shapely.intersection(shapely.difference(after_line, near), seen))
+    rest = shapely.line_merge(shapely.difference(after_line, near))
     pieces = [p for p in shapely.get_parts(rest) if isinstance(p, shapely.LineString) and p.length >= min_piece]
     return shapely.MultiLineString(pieces)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from crackseg.compare.changes import WIDTH_RULE, Changes
+from crackseg.compare.changes import Changes
 from crackseg.compare.outputs import coordinate_note
 from crackseg.measure.maps import report_dict
 
@@ -42,8 +42,9 @@ def report_markdown(changes: Changes) -> str:
         f"- BEFORE: `{changes.before.name}` ({changes.before.measurement.count} cracks)",
         f"- AFTER: `{changes.after.name}` ({changes.after.measurement.count} cracks)",
         f"- Alignment {how}; scale ×{a.scale:.3f}; BEFORE covers {a.overlap:.0%} of AFTER.",
-        f"- Matching tolerance {changes.tolerance_px:.2f} px (at least the alignment error + 2 px); a crack counts as "
-        f"widened when its p95 width grew by more than {WIDTH_RULE}.",
+        f"- Matching tolerance {changes.tolerance_px:.2f} px (at least the alignment error + 2 px).",
+        *evidence_lines(changes),
+        *noise_lines(changes, unit, factor),
         f"- Lengths and widths in AFTER's {unit}"
         + (
             f" ({changes.pixel_size_mm:g} mm per pixel, from {changes.pixel_size_from})."
@@ -68,18 +69,55 @@ def report_markdown(changes: Changes) -> str:
     return "\n".join(lines) + "\n"
 
 
+def evidence_lines(changes: Changes) -> list[str]:
+    """What the changes rest on: each survey's evidence and thresholds, and any fallback."""
+    evidence = changes.evidence()
+    sides = []
+    for name in ("before", "after"):
+        side = evidence[name]
+        thresholds = (
+            f", present over {side['high_threshold']:g}, absent under {side['low_threshold']:g}"
+            if side["high_threshold"] is not None
+            else ""
+        )
+        sides.append(f"{name.upper()} from its {side['from']}{thresholds}")
+    lines = [f"- Changes decided on evidence: {'; '.join(sides)}. {evidence['rule'][0].upper()}{evidence['rule'][1:]}."]
+    if evidence["fallback"]:
+        lines.append(f"- Fallback: {evidence['fallback']}.")
+    return lines
+
+
+def noise_lines(changes: Changes, unit: str, factor: float) -> list[str]:
+    """The pair's noise floor, and what it is made of."""
+    noise = changes.noise
+    if noise is None:
+        return []
+    tips = [f"{b:.2f}" if b is not None else "unknown" for b in noise.tip_band_px]
+    edges = [f"{b:.2f}" if b is not None else "unknown" for b in noise.edge_band_px]
+    return [
+        f"- Noise floor: no change under {noise.length_px * factor:.2f} {unit} in length or "
+        f"{noise.width_px * factor:.2f} {unit} in width is reported (alignment error {noise.alignment_px:.2f} px, "
+        f"pixels {noise.pixel_px[0]:.2f} and {noise.pixel_px[1]:.2f} px, tip repeatability {tips[0]} and {tips[1]} "
+        f"px, edge repeatability {edges[0]} and {edges[1]} px, BEFORE and AFTER, in AFTER px)."
+    ]
+
+
 def crack_table(changes: Changes, unit: str, factor: float) -> list[str]:
     def number(value):
         return "" if value is None else f"{value * factor:.1f}"
 
+    def plain(value):
+        return "" if value is None else f"{value:.2f}"
+
     rows = [
-        f"| {c.id} | {c.change.replace('_', ' ')} | {', '.join(map(str, c.before_ids))} | {number(c.length_before_px)} "
+        f"| {c.id} | {c.change.replace('_', ' ')} | {plain(c.confidence)} | {', '.join(map(str, c.before_ids))} "
+        f"| {plain(c.prob_before)} | {plain(c.prob_after)} | {number(c.length_before_px)} "
         f"| {number(c.length_after_px)} | {number(c.added_length_px) if c.change == 'extended' else ''} "
         f"| {number(c.width_p95_before_px)} | {number(c.width_p95_after_px)} |"
         for c in changes.cracks
     ]
     head = (
-        f"| id | change | BEFORE ids | length before ({unit}) | length after | added | p95 width before ({unit}) "
-        "| p95 width after |"
+        f"| id | change | confidence | BEFORE ids | probability before | probability after | length before ({unit}) "
+        f"| length after | added | p95 width before ({unit}) | p95 width after |"
     )
-    return [head, "|---|---|---|---|---|---|---|---|", *rows]
+    return [head, "|---|---|---|---|---|---|---|---|---|---|---|", *rows]

@@ -1,8 +1,12 @@
-"""One survey of a structure, ready to compare: its cracks with stable ids, and what places it.
+"""One survey of a structure, ready to compare: its cracks with stable ids, its evidence, and what places it.
 
 A survey comes from a photo (segmented by the segmenter its caller gives), a mask, or a NAME_measure.json from
 `crackseg measure` (its centrelines, no segmentation). Each crack keeps an id; a measure file's ids are kept, so
 that the `after_measure.json` a comparison writes (the AFTER survey with stable ids) can be the BEFORE of the next.
+
+A comparison decides on evidence, so a survey keeps its crack probability map: a photo's from its segmenter, a
+mask's as 0/1, none for a measure file (its decisions then rest on the centrelines alone). It also keeps where it
+shows the surface: a TIFF's no-data (nodata value, alpha band or mask), and any region a caller masks out.
 """
 
 from __future__ import annotations
@@ -16,12 +20,14 @@ import shapely
 from crackseg.errors import CracksegError, InputError, read_json
 from crackseg.io.georef import Georeference, GeoreferenceError, check_shape, read_georeference
 from crackseg.io.images import read_image, read_mask, to_rgb_uint8
+from crackseg.io.rasters import read_valid
 from crackseg.measure import DEFAULT_MIN_LENGTH, Measurement, WidthClasses, measure
 from crackseg.measure.maps import MEASURE_FORMAT, READABLE_MEASURE_VERSIONS, crack_from_record
 
 # A comparison's summary.json says what it is, so that it is refused as a survey with a pointer to the right file.
-# Version 2: the changes' short field names (`CrackChange.record`) in largest_widening.
+# Version 2: the changes' short field names (`CrackChange.record`), the evidence and the noise floor.
 CHANGES_FORMAT, CHANGES_FORMAT_VERSION = "crackseg-changes", 2
+MASK_THRESHOLD = 0.5  # a mask's 0/1 "probabilities" are split here
 
 
 class CompareError(InputError):
@@ -30,7 +36,7 @@ class CompareError(InputError):
 
 @dataclass
 class Survey:
-    """One inspection: its cracks (with stable ids), and what places it: photo, georeference, pixel size."""
+    """One inspection: its cracks (with stable ids), its evidence, and what places it: photo, georeference, scale."""
 
     name: str  # the input, for messages and the report
     measurement: Measurement
@@ -41,30 +47,63 @@ class Survey:
     next_id: int = 1  # above every id this survey's history has used
     source: str = "mask"  # photo, mask or measure file
     photo_path: str | None = None
+    prob: np.ndarray | None = field(default=None, repr=False)  # float32 crack probability; None: a measure file
+    threshold: float = MASK_THRESHOLD  # the probability its cracks were cut at (a model's own threshold)
+    valid: np.ndarray | None = field(default=None, repr=False)  # bool: where it shows the surface; None: everywhere
 
     @classmethod
     def from_arrays(
         cls,
-        mask,
+        mask=None,
         photo=None,
         name: str = "array",
         georef: Georeference | None = None,
         pixel_size_mm: float | None = None,
         min_length: float = DEFAULT_MIN_LENGTH,
+        *,
+        prob=None,
+        threshold: float = MASK_THRESHOLD,
+        valid=None,
     ) -> Survey:
-        """A survey from a crack mask (and the photo it came from, for registration), ids 1 … n."""
-        result = measure(mask, pixel_size_mm=pixel_size_mm, min_length=min_length)
+        """A survey from a crack mask, or from a probability map (`prob`, cut at `threshold`), ids 1 … n.
+
+        `photo`: the photo it came from, for registration. `valid`: where the survey shows the surface (False: no
+        data, or a region masked out); its cracks there are dropped, and the other survey's count as out of view."""
+        if prob is None:
+            if mask is None:
+                raise CompareError(f"{name}: give a mask or a probability map")
+            prob = np.asarray(mask, bool).astype(np.float32)
+        prob = np.asarray(prob, np.float32)
+        if valid is not None:
+            valid = np.asarray(valid, bool)
+            if valid.shape != prob.shape:
+                raise CompareError(
+                    f"{name}: its valid-data mask is {valid.shape[1]}×{valid.shape[0]} px but its map "
+                    f"{prob.shape[1]}×{prob.shape[0]} px"
+                )
+            prob = np.where(valid, prob, np.float32(0.0))
+        result = measure(prob >= threshold, pixel_size_mm=pixel_size_mm, min_length=min_length)
         rgb = None if photo is None else to_rgb_uint8(photo)
         if rgb is not None and rgb.shape[:2] != (result.height, result.width):
             raise CompareError(
                 f"{name}: the photo is {rgb.shape[1]}×{rgb.shape[0]} px but its mask {result.width}×{result.height}"
             )
         ids = [c.id for c in result.cracks]
-        return cls(name, result, ids, rgb, georef, pixel_size_mm, len(ids) + 1)
+        source = "mask" if mask is not None else "photo"  # a probability map is a segmented photo's
+        survey = cls(name, result, ids, rgb, georef, pixel_size_mm, len(ids) + 1, source)
+        survey.prob, survey.threshold, survey.valid = prob, float(threshold), valid
+        return survey
 
     @property
     def shape(self) -> tuple[int, int]:
         return self.measurement.height, self.measurement.width
+
+    @property
+    def evidence(self) -> str:
+        """What its side of each decision rests on: a probability map, a 0/1 mask, or its centrelines alone."""
+        if self.prob is None:
+            return "centrelines only (a measure file keeps no probability map)"
+        return "probability map" if self.source == "photo" else "mask (0/1)"
 
     def lines(self) -> list[shapely.MultiLineString]:
         """Each crack's centreline (all its branches) in its own image coordinates."""
@@ -96,8 +135,8 @@ def load_survey(
 ) -> Survey:
     """BEFORE or AFTER (`which`, for messages) from a photo, a mask (`masks`) or a NAME_measure.json.
 
-    `photo`: the photo a mask or measure file came from, for registration. `segmenter`: what segments a photo,
-    anything with `.predict(photo).mask` or a callable photo → mask; unused for masks and measure files.
+    `photo`: the photo a mask or measure file came from, for registration. `segmenter`: what segments a photo (see
+    `probabilities`); unused for masks and measure files.
     `pixel_size_mm`: this survey's, overriding its georeference.
     """
     path = Path(path)
@@ -113,23 +152,66 @@ def load_survey(
             "or compare masks or measure files"
         )
     georef = read_georeference(path)
-    image = read_image(path) if not masks else None
-    mask = read_mask(path) if masks else segment(segmenter, image)
-    check_shape(str(path), georef, mask.shape)
+    image = None if masks else read_image(path)
+    mask = read_mask(path) if masks else None
+    shape = mask.shape if masks else image.shape[:2]
+    check_shape(str(path), georef, shape)
+    valid = valid_data([path] if photo is None else [path, photo], shape, which)
+    if masks:
+        prob, threshold = mask.astype(np.float32), MASK_THRESHOLD
+    else:  # segmented with its no-data filled, so that the network sees no edge there
+        prob, threshold = probabilities(segmenter, fill_no_data(image, valid))
     if photo is not None:
         image = read_image(photo)
         georef = georef or read_georeference(photo)
     scale = pixel_size_mm if pixel_size_mm is not None else own_pixel_size(str(path), georef)
-    survey = Survey.from_arrays(mask, image, str(path), georef, scale, min_length)
+    survey = Survey.from_arrays(
+        None, image, str(path), georef, scale, min_length, prob=prob, threshold=threshold, valid=valid
+    )
     survey.source = "mask" if masks else "photo"
     survey.photo_path = str(photo) if photo is not None else (None if masks else str(path))
     return survey
 
 
-def segment(segmenter, photo: np.ndarray) -> np.ndarray:
-    """The photo's crack mask (bool) from a segmenter object (`.predict(photo).mask`) or a plain callable."""
-    mask = segmenter.predict(photo).mask if hasattr(segmenter, "predict") else segmenter(photo)
-    return np.asarray(mask, bool)
+def fill_no_data(photo: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
+    """The photo with its no-data pixels in the median colour of the rest: a network would read the edge of a black
+    fill as a dark line, and a flat fill as plain surface."""
+    if valid is None or not valid.any():
+        return photo
+    return np.where(valid[:, :, None], photo, np.median(photo[valid], axis=0).astype(photo.dtype))
+
+
+def probabilities(segmenter, photo: np.ndarray) -> tuple[np.ndarray, float]:
+    """The photo's crack probability map and the threshold its cracks are cut at: from a CrackSegmenter (its
+    `predict_prob` and `threshold`), from anything whose `.predict(photo)` gives `.prob` and `.threshold` or only
+    a `.mask`, or from a callable photo → mask (a mask's 0/1 is its probability)."""
+    if hasattr(segmenter, "predict_prob") and hasattr(segmenter, "threshold"):
+        prob, threshold = segmenter.predict_prob(photo), segmenter.threshold
+    elif hasattr(segmenter, "predict"):
+        result = segmenter.predict(photo)
+        if getattr(result, "prob", None) is not None:
+            prob, threshold = result.prob, result.threshold
+        else:
+            prob, threshold = np.asarray(result.mask, bool), MASK_THRESHOLD
+    else:
+        prob, threshold = np.asarray(segmenter(photo), bool), MASK_THRESHOLD
+    return np.asarray(prob, np.float32), float(threshold)
+
+
+def valid_data(paths, shape: tuple[int, int], which: str) -> np.ndarray | None:
+    """Where every file of a survey shows the surface (their TIFF no-data marks together); None: everywhere."""
+    valid = None
+    for path in paths:
+        mark = read_valid(path)
+        if mark is None:
+            continue
+        if mark.shape != tuple(shape):
+            raise CompareError(
+                f"{which} {path}: its no-data mask is {mark.shape[1]}×{mark.shape[0]} px but the survey "
+                f"{shape[1]}×{shape[0]} px"
+            )
+        valid = mark if valid is None else valid & mark
+    return valid
 
 
 def own_pixel_size(name: str, georef: Georeference | None) -> float | None:
@@ -193,7 +275,9 @@ def survey_from_measure_file(path: Path, which: str, photo=None) -> Survey:
     ids = [c.id for c in cracks]
     next_id = max(int(data.get("next_crack_id", 1)), max(ids, default=0) + 1)
     photo_path = str(photo) if photo else None
-    return Survey(str(path), result, ids, image, georef, result.pixel_size_mm, next_id, "measure file", photo_path)
+    survey = Survey(str(path), result, ids, image, georef, result.pixel_size_mm, next_id, "measure file", photo_path)
+    survey.prob, survey.valid = None, valid_data([photo] if photo else [], survey.shape, which)
+    return survey
 
 
 def recorded_photo(path: Path, data: dict) -> str | None:

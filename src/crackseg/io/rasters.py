@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from crackseg.errors import InputError
+from crackseg.io.georef import is_tiff
 from crackseg.io.images import mask_from_array, to_rgb_uint8
 
 
@@ -125,6 +126,20 @@ def has_no_data(src) -> bool:
     from rasterio.enums import MaskFlags
 
     return any(flags != [MaskFlags.all_valid] for flags in src.mask_flag_enums)
+
+
+def read_valid(path) -> np.ndarray | None:
+    """A TIFF's valid-data mask, whole (True = a real pixel), from its nodata value, alpha band or mask; None where
+    every pixel is data (no mark, or not a TIFF)."""
+    from rasterio.errors import RasterioIOError
+
+    if not is_tiff(path):
+        return None
+    try:
+        with open_raster(path) as src:
+            return src.dataset_mask() > 0 if has_no_data(src) else None
+    except RasterioIOError:  # a TIFF only the image reader opens: it says what is wrong, or reads it whole
+        return None
 
 
 def rasterio_env(**options):

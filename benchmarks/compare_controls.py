@@ -1,0 +1,306 @@
+"""Does `crackseg compare` stay quiet on an unchanged site, and find planted changes, on real photos?
+
+    python benchmarks/compare_controls.py                       # the default model, every validation photo
+    python benchmarks/compare_controls.py --limit 2 --model unet-r18
+
+Each validation photo of `--data` (`split_pairs(find_all_pairs([data]), 0.1, 0)[1]`, the photos at least MIN_SIDE
+px on each side, taken in turn from each source) is compared with itself captured another way, where nothing
+changed (the controls):
+- shifted, georeferenced: two crops (25, 40) px apart (less than a tile), placed by their GeoTIFF coordinates;
+- shifted, registered: the same crops, aligned by features of the photos;
+- rotated 90°; JPEG q75 (re-encoded); exposure +20 % and -20 %; a no-data strip (a fifth of AFTER's width).
+Every change these report (new, extended, widened, closed) is a false one. `--masks-too` also compares the
+thresholded masks as masks (0/1 probabilities), which shows what the probability evidence adds.
+
+Then changes are planted in a copy of the photo (the same frame, aligned by features): one crack lengthened by
+GROWTH_PX in its own colour and width, a new crack drawn where there is none, and one crack painted over with the
+background (inpainted). Printed per planted change: how many were found with the right class, what the others were
+found as, and the median error of the length reported (added length, new crack length) against the planted one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import shapely
+
+from crackseg.compare import AlignmentError, Survey, compare
+from crackseg.compare.evidence import MODEL_EDGE_PX
+from crackseg.compare.survey import fill_no_data
+from crackseg.data import find_all_pairs, split_pairs
+from crackseg.inference import CrackSegmenter
+from crackseg.io.georef import Georeference
+from crackseg.io.images import read_image
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+MIN_SIDE = 300  # px: the (25, 40) px shift must leave most of a photo to compare
+SHIFT = (25, 40)  # rows, columns: less than any model's tile
+PIXEL_M = 0.0005
+UTM = 'PROJCS["WGS 84 / UTM zone 33N",GEOGCS["WGS 84",DATUM["WGS_1984",SPHEROID["WGS 84",6378137,298.257223563]],PRIMEM["Greenwich",0],UNIT["degree",0.0174532925199433]],PROJECTION["Transverse_Mercator"],PARAMETER["latitude_of_origin",0],PARAMETER["central_meridian",15],PARAMETER["scale_factor",0.9996],PARAMETER["false_easting",500000],PARAMETER["false_northing",0],UNIT["metre",1],AUTHORITY["EPSG","32633"]]'  # noqa: E501
+CHANGED = ("new", "extended", "widened", "closed")
+GROWTH_PX = 40.0
+NEW_CRACK_PX = 100.0
+STEP_PX = 4.0  # of a planted crack's path
+EDGE_PX = MODEL_EDGE_PX + 8  # planted changes keep this far from the photo's edges
+
+
+def validation_photos(data: Path, limit: int | None) -> list[Path]:
+    """The validation photos at least MIN_SIDE px a side, one source after another (so a few cover several)."""
+    by_source = defaultdict(list)
+    for pair in split_pairs(find_all_pairs([data]), 0.1, 0)[1]:
+        by_source[pair.source].append(pair.image)
+    photos = []
+    while any(by_source.values()) and (limit is None or len(photos) < limit):
+        for source in sorted(by_source):
+            if by_source[source] and (limit is None or len(photos) < limit):
+                path = by_source[source].pop(0)
+                height, width = read_image(path).shape[:2]
+                if min(height, width) >= MIN_SIDE:
+                    photos.append(path)
+    return photos
+
+
+def georef(row: int, col: int, shape) -> Georeference:
+    return Georeference((PIXEL_M, 0.0, 500_000 + col * PIXEL_M, 0.0, -PIXEL_M, 5_000_000 - row * PIXEL_M), UTM, shape)
+
+
+def survey(segmenter, photo, name: str, where=None, valid=None, as_mask: bool = False) -> Survey:
+    """A photo survey (its probability map from the segmenter), or with `as_mask` its thresholded mask as a mask."""
+    prob = segmenter.predict_prob(fill_no_data(photo, valid))
+    if valid is not None:
+        prob = np.where(valid, prob, 0.0).astype(np.float32)
+    place = None if where is None else georef(*where, photo.shape[:2])
+    if as_mask:
+        result = Survey.from_arrays(prob >= segmenter.threshold, photo, name, place, valid=valid)
+    else:
+        result = Survey.from_arrays(None, photo, name, place, prob=prob, threshold=segmenter.threshold, valid=valid)
+    return result
+
+
+def jpeg(photo: np.ndarray, quality: int) -> np.ndarray:
+    _, data = cv2.imencode(".jpg", cv2.cvtColor(photo, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    return cv2.cvtColor(cv2.imdecode(data, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+
+
+def controls(photo: np.ndarray):
+    """(name, BEFORE photo, AFTER photo, BEFORE place, AFTER place, AFTER's valid data) of each control."""
+    height, width = photo.shape[:2]
+    dy, dx = SHIFT
+    before, after = photo[: height - dy, : width - dx], photo[dy:, dx:]
+    yield "shifted, georeferenced", before, after, (0, 0), (dy, dx), None
+    yield "shifted, registered", before, after, None, None, None
+    yield "rotated 90°", photo, np.ascontiguousarray(np.rot90(photo)), None, None, None
+    yield "JPEG q75", photo, jpeg(photo, 75), None, None, None
+    for gain in (1.2, 0.8):
+        brighter = np.clip(photo.astype(np.float32) * gain, 0, 255).astype(np.uint8)
+        yield f"exposure {gain - 1:+.0%}", photo, brighter, None, None, None
+    valid = np.ones((height, width), bool)
+    valid[:, int(width * 0.4) : int(width * 0.6)] = False
+    yield "no-data strip", photo, np.where(valid[:, :, None], photo, 0).astype(np.uint8), (0, 0), (0, 0), valid
+
+
+def paint_line(photo: np.ndarray, points, thickness: int, colour) -> np.ndarray:
+    """A dark line blended into the photo, its edges softened as a photographed crack's are."""
+    mask = np.zeros(photo.shape[:2], np.float32)
+    cv2.polylines(mask, [np.round(points).astype(np.int32)], False, 1.0, thickness=thickness, lineType=cv2.LINE_AA)
+    alpha = cv2.GaussianBlur(mask, (0, 0), 0.7)[:, :, None]
+    return np.clip(photo * (1 - alpha) + np.asarray(colour) * alpha, 0, 255).astype(np.uint8)
+
+
+def clear_of(mask: np.ndarray, points, margin: float) -> bool:
+    """Whether every point lies `margin` px from every crack pixel and EDGE_PX from the photo's edges (where the
+    comparison does not trust a network's probabilities)."""
+    height, width = mask.shape
+    distance = cv2.distanceTransform((~mask).astype(np.uint8), cv2.DIST_L2, 5)
+    for x, y in points:
+        if not (EDGE_PX <= x < width - EDGE_PX and EDGE_PX <= y < height - EDGE_PX):
+            return False
+        if distance[int(y), int(x)] < margin:
+            return False
+    return True
+
+
+def meander(start, heading: float, length: float, rng: np.random.Generator) -> np.ndarray:
+    """A crack-like path `length` px long from `start`: short steps whose heading wanders a little (a straight
+    dark line is what the models are trained to leave alone)."""
+    points, point = [np.asarray(start, np.float64)], np.asarray(start, np.float64)
+    for _ in range(int(length // STEP_PX)):
+        heading += rng.normal(0, 0.15)
+        point = point + STEP_PX * np.array([math.cos(heading), math.sin(heading)])
+        points.append(point)
+    return np.array(points)
+
+
+@dataclass
+class Planted:
+    kind: str  # the change it should be found as: extended, new or closed
+    length: float  # px: the added length, the new crack's, the painted-over crack's
+    path: np.ndarray  # (n, 2) image coordinates: the added part, the new crack, the painted-over crack
+
+
+def grow(photo, base: Survey, mask, colour, rng: np.random.Generator):
+    """The longest crack with a tip that can run GROWTH_PX on into clear surface, lengthened so, in its own width:
+    (photo, its number, Planted), or None."""
+    cracks = sorted(zip(base.measurement.cracks, base.centrelines, strict=True), key=lambda c: -c[0].length_px)
+    for crack, lines in cracks:
+        for line in (line for line in lines if len(line) > 1):
+            for end, inner in ((0, 1), (-1, -2)):
+                step = line[end] - line[inner]
+                path = meander(line[end], math.atan2(step[1], step[0]), GROWTH_PX, rng)
+                if clear_of(mask, path[3:], 6):
+                    width = max(2, round(crack.width_median_px))
+                    return paint_line(photo, path, width, colour), crack.id, Planted("extended", GROWTH_PX, path)
+    return None
+
+
+def draw_new(photo, base: Survey, mask, colour, rng: np.random.Generator):
+    """A crack NEW_CRACK_PX long, as wide as the photo's cracks, drawn where there is none: (photo, Planted), or
+    None."""
+    height, width = mask.shape
+    thickness = max(2, round(np.median([c.width_median_px for c in base.measurement.cracks] or [3])))
+    for _ in range(200):
+        start = rng.uniform([EDGE_PX, EDGE_PX], [width - EDGE_PX, height - EDGE_PX])
+        path = meander(start, rng.uniform(0, 2 * math.pi), NEW_CRACK_PX, rng)
+        if clear_of(mask, path, 25):
+            return paint_line(photo, path, thickness, colour), Planted("new", NEW_CRACK_PX, path)
+    return None
+
+
+def paint_over(photo, base: Survey, keep: int | None):
+    """A crack of fair length (not `keep`), away from the edges, inpainted with the surface around it: (photo,
+    Planted), or None."""
+    anywhere = np.zeros(base.shape, bool)
+    for crack, lines in zip(base.measurement.cracks, base.centrelines, strict=True):
+        longest = max(lines, key=len)
+        if crack.id == keep or not 40 <= crack.length_px <= 400 or not clear_of(anywhere, longest, 0):
+            continue
+        on = base.measurement.skeleton_id == crack.id
+        ink = np.zeros(base.shape, np.uint8)
+        ink[base.measurement.skeleton_rows[on], base.measurement.skeleton_cols[on]] = 1
+        ink = cv2.dilate(ink, np.ones((3, 3), np.uint8), iterations=int(crack.width_max_px) + 3)
+        return cv2.inpaint(photo, ink, 5, cv2.INPAINT_TELEA), Planted("closed", crack.length_px, longest)
+    return None
+
+
+def plant(photo: np.ndarray, base: Survey, rng: np.random.Generator) -> tuple[np.ndarray, list[Planted]]:
+    """The photo with up to three planted changes, and what was planted."""
+    mask = base.prob >= base.threshold
+    colour = np.median(photo[mask], axis=0) if mask.any() else np.array([60.0, 60.0, 60.0])
+    planted, grown = [], None
+    if grew := grow(photo, base, mask, colour, rng):
+        photo, grown, change = grew
+        planted.append(change)
+    if drawn := draw_new(photo, base, mask, colour, rng):
+        photo, change = drawn
+        planted.append(change)
+    if painted := paint_over(photo, base, grown):
+        photo, change = painted
+        planted.append(change)
+    return photo, planted
+
+
+def segmented(survey: Survey, path: np.ndarray) -> float:
+    """The share of a path that a survey's own segmentation shows as crack (within 3 px)."""
+    mask = survey.prob >= survey.threshold
+    distance = cv2.distanceTransform((~mask).astype(np.uint8), cv2.DIST_L2, 5)
+    rows = np.clip(path[:, 1].astype(int), 0, mask.shape[0] - 1)
+    cols = np.clip(path[:, 0].astype(int), 0, mask.shape[1] - 1)
+    return float(np.mean(distance[rows, cols] <= 3))
+
+
+def found(changes, planted: Planted) -> tuple[str, float | None]:
+    """What a planted change was found as, and the length reported for it. A change the model itself does not
+    show in AFTER (a drawn crack it does not segment, a painted-over one it still does) is "not segmented": the
+    model's miss, not the comparison's."""
+    shown = segmented(changes.after, planted.path)
+    if (planted.kind == "closed" and shown > 0.4) or (planted.kind != "closed" and shown < 0.6):
+        return "not segmented", None
+    point = shapely.Point(planted.path[-1] if planted.kind == "extended" else planted.path[len(planted.path) // 2])
+    nearest = min(changes.cracks, key=lambda c: c.line.distance(point), default=None)
+    if nearest is None or nearest.line.distance(point) > 15:
+        return "missed", None
+    length = {"extended": nearest.added_length_px, "new": nearest.length_after_px, "closed": nearest.length_before_px}
+    return nearest.change, length[planted.kind] if nearest.change == planted.kind else None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument(
+        "--model", default=None, help="a shipped model's name or trained weights (default: the default)"
+    )
+    parser.add_argument("--limit", type=int, default=None, help="at most this many photos (default: all)")
+    parser.add_argument("--masks-too", action="store_true", help="also compare the thresholded masks as masks")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    segmenter = CrackSegmenter.from_pretrained(args.model)
+    print(f"model: {segmenter.config.name} ({segmenter.describe()}), threshold {segmenter.threshold}")
+    photos = validation_photos(args.data, args.limit)
+    print(f"{len(photos)} validation photos of at least {MIN_SIDE} px a side\n")
+    modes = [False, True] if args.masks_too else [False]
+    tally = defaultdict(Counter)
+    floors = defaultdict(list)
+    planted_tally, errors = defaultdict(Counter), defaultdict(list)
+    rng = np.random.default_rng(args.seed)
+    for path in photos:
+        photo = read_image(path)
+        for name, before, after, place_b, place_a, valid in controls(photo):
+            for as_mask in modes:
+                key = f"{name}{' (masks)' if as_mask else ''}"
+                try:
+                    changes = compare(
+                        survey(segmenter, before, "before", place_b, as_mask=as_mask),
+                        survey(segmenter, after, "after", place_a, valid, as_mask=as_mask),
+                    )
+                except AlignmentError:
+                    tally[key]["not aligned"] += 1
+                    continue
+                counts = changes.counts()
+                tally[key].update({k: counts[k] for k in CHANGED} | {"photos": 1})
+                tally[key]["with a change"] += any(counts[k] for k in CHANGED)
+                floors[key].append((changes.noise.length_px, changes.noise.width_px))
+        base = survey(segmenter, photo, "before")
+        changed, planted = plant(photo, base, rng)
+        try:
+            changes = compare(base, survey(segmenter, changed, "after"))
+        except AlignmentError:
+            continue
+        for change in planted:
+            what, length = found(changes, change)
+            planted_tally[change.kind][what] += 1
+            if length is not None:
+                errors[change.kind].append(abs(length / change.length - 1))
+    print_controls(tally, floors)
+    print_planted(planted_tally, errors)
+
+
+def print_controls(tally, floors) -> None:
+    print(f"{'control':<30} {'photos':>6} {'new':>5} {'ext':>5} {'wide':>5} {'closed':>6} {'any':>5} {'floor px':>14}")
+    for key, counts in tally.items():
+        floor = np.median(floors[key], axis=0) if floors[key] else (math.nan, math.nan)
+        unaligned = f"  ({counts['not aligned']} not aligned)" if counts["not aligned"] else ""
+        print(
+            f"{key:<30} {counts['photos']:>6} {counts['new']:>5} {counts['extended']:>5} {counts['widened']:>5} "
+            f"{counts['closed']:>6} {counts['with a change']:>5} {floor[0]:>6.1f} / {floor[1]:>5.1f}{unaligned}"
+        )
+    print("(ext: extended, wide: widened, any: photos with any change; floor: median length / width floor)\n")
+
+
+def print_planted(planted_tally, errors) -> None:
+    print(f"{'planted':<10} {'tried':>5} {'found':>5}  {'found as':<40} {'median length error':>20}")
+    for kind in ("extended", "new", "closed"):
+        counts = planted_tally[kind]
+        tried = sum(counts.values())
+        others = ", ".join(f"{n} {what}" for what, n in counts.items() if what != kind) or "-"
+        error = f"{np.median(errors[kind]):.1%}" if errors[kind] else "-"
+        print(f"{kind:<10} {tried:>5} {counts[kind]:>5}  {others:<40} {error:>20}")
+
+
+if __name__ == "__main__":
+    main()
