@@ -242,8 +242,12 @@ def test_synthetic_dataset_with_empty_masks(tmp_path):
 
 
 @pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data is not on this machine")
+SHARED_SETS = ["aiglern", "cfd", "crack500", "deepcrack", "gaps384", "marble", "shadowcrack", "uav-crack", "uav75"]
+
+
 def test_reads_all_shared_data():
     sets = sorted(folder.name for folder in SHARED_DATA.iterdir() if folder.is_dir())
+    assert set(SHARED_SETS) <= set(sets)  # the nine sets the shipped models were trained on (its README)
     pairs = find_all_pairs([SHARED_DATA], skip_unpaired=False)  # an image without its mask, or the reverse, raises
     # every set found, named after its folder, with every one of its images; no file in two pairs
     per_source = Counter(p.source for p in pairs)
