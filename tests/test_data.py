@@ -241,10 +241,10 @@ def test_synthetic_dataset_with_empty_masks(tmp_path):
     assert [m.any() for m in masks] == [True, True, False, False]
 
 
-@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data is not on this machine")
 SHARED_SETS = ["aiglern", "cfd", "crack500", "deepcrack", "gaps384", "marble", "shadowcrack", "uav-crack", "uav75"]
 
 
+@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data is not on this machine")
 def test_reads_all_shared_data():
     sets = sorted(folder.name for folder in SHARED_DATA.iterdir() if folder.is_dir())
     assert set(SHARED_SETS) <= set(sets)  # the nine sets the shipped models were trained on (its README)
