@@ -30,11 +30,12 @@ def model_name(args) -> str | None:
     return Path(args.weights) if args.weights else args.model
 
 
-def segmenter_from_args(args, **option_values):
-    """The command's segmenter, through the one constructor; says which engine runs."""
+def segmenter_from_args(args, options: SegmentOptions | None = None, **option_values):
+    """The command's segmenter, through the one constructor, with the options the command built (else built from
+    `args` here); says which engine runs."""
     from crackseg.inference import CrackSegmenter
 
-    options = SegmentOptions.from_args(args).replace(**option_values)
+    options = (options or SegmentOptions.from_args(args)).replace(**option_values)
     segmenter = CrackSegmenter.from_pretrained(model_name(args), options)
     print(f"model {segmenter.config.name or args.weights or args.model}; {segmenter.describe()}", file=sys.stderr)
     return segmenter
@@ -57,11 +58,11 @@ def check_cluster_address(args) -> None:
         local_workers(args.cluster)
 
 
-def model_on_cluster(args, client):
+def model_on_cluster(args, client, options: SegmentOptions | None = None):
     """The model of the command for `client`'s workers, each of which builds it once; says which engine runs."""
     from crackseg.runs.cluster import ModelSpec, load_model
 
-    model = ModelSpec.find(model_name(args), SegmentOptions.from_args(args))
+    model = ModelSpec.find(model_name(args), options or SegmentOptions.from_args(args))
     engine, workers = load_model(client, model), len(client.nthreads())
     name = args.weights or args.model or model.weights.parent.name
     print(f"model {name}; {engine}; on {workers} Dask workers", file=sys.stderr)

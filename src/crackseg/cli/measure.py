@@ -25,16 +25,16 @@ def cmd_measure(args) -> int:
     options = MeasureOptions.from_args(args)
     options = options.replace(width_classes=load_width_classes(options.width_classes))
     formats = parse_formats(args.formats)
-    photo_limit = SegmentOptions.from_args(args).photo_limit
-    plan = plan_measure(args.inputs, args.out, formats, args.overwrite, photo_limit, options.block)
+    segment_options = SegmentOptions.from_args(args)
+    plan = plan_measure(args.inputs, args.out, formats, args.overwrite, segment_options.photo_limit, options.block)
     if args.cluster:
         from crackseg.runs.cluster import cluster_client
 
         with cluster_client(args.cluster) as client:
-            model = None if args.masks else model_on_cluster(args, client)
+            model = None if args.masks else model_on_cluster(args, client, segment_options)
             measured, cracks, failures = measure_plan(plan, model, options, args.marker_mm, client=client)
     else:
-        segmenter = None if args.masks else segmenter_from_args(args)
+        segmenter = None if args.masks else segmenter_from_args(args, segment_options)
         measured, cracks, failures = measure_plan(plan, segmenter, options, args.marker_mm)
     return report(failures, f"{measured} measured, {cracks} cracks, {len(failures)} failed -> {args.out}")
 

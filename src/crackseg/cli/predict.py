@@ -33,10 +33,10 @@ def cmd_predict(args) -> int:
         from crackseg.runs.cluster import cluster_client
 
         with cluster_client(args.cluster) as client:
-            model = model_on_cluster(args, client)
+            model = model_on_cluster(args, client, options)
             written, failures = predict_plan(model, plan, args.skip_existing, client=client)
     else:
-        written, failures = predict_plan(segmenter_from_args(args), plan, args.skip_existing)
+        written, failures = predict_plan(segmenter_from_args(args, options), plan, args.skip_existing)
     return report(failures, f"{written} written, {len(failures)} failed -> {args.out}")
 
 
