@@ -12,6 +12,7 @@ import sys
 
 from crackseg import __version__
 from crackseg.errors import CracksegError
+from crackseg.extras import require_torch
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -32,9 +33,11 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     argv = sys.argv[1:] if argv is None else argv
-    parser = build_parser(command=next((a for a in argv if not a.startswith("-")), ""))
-    args = parser.parse_args(argv)
+    command = next((a for a in argv if not a.startswith("-")), "")
     try:
+        if command == "train":  # its options come from the train extra: say it is missing before parsing
+            require_torch("crackseg train")
+        args = build_parser(command).parse_args(argv)
         return args.func(args)
     except KeyboardInterrupt:
         return 130

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+from crackseg.extras import has_torch
+
 
 def cmd_data(args) -> int:
     from crackseg.data import find_all_pairs, pairs_per_source, split_pairs
@@ -52,11 +54,12 @@ def add_parsers(sub, command: str | None) -> None:
     p.add_argument("--skip-unpaired", action="store_true")
     p.set_defaults(func=cmd_data)
 
-    p = sub.add_parser("train", help="train a model")
-    if command in (None, "train"):
+    p = sub.add_parser("train", help="train a model (needs the train extra)")
+    if command in (None, "train") and has_torch():
         from crackseg.train.arguments import add_arguments
 
         add_arguments(p)
+
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("teach", help="a teacher model's probability maps of training photos, for distillation")

@@ -16,12 +16,14 @@ from pathlib import Path
 
 from crackseg.engines import auto, onnxruntime_engine, openvino_engine, torch_engine
 from crackseg.engines.base import Backend, BackendError
-from crackseg.engines.cache import MAX_EXPORT_DIFF, cached_onnx
+from crackseg.engines.cache import MAX_EXPORT_DIFF, export_onnx
 from crackseg.engines.handle import ModelHandle
 from crackseg.engines.int8 import CALIBRATION_CROPS, CalibrationCrops, int8_cache_path, nncf_available
 from crackseg.engines.torch_engine import cpu_has_bf16_matrix_engine
 from crackseg.errors import InputError, OutputExistsError
+from crackseg.extras import has_torch
 from crackseg.io.atomic import atomic_write_bytes
+from crackseg.models import onnx_file
 from crackseg.models.config import ModelError
 
 log = logging.getLogger(__name__)
@@ -51,6 +53,8 @@ def auto_candidates(device: str = "cpu") -> list[tuple[str, str]]:
         order = [("openvino", "int8"), ("onnx", "int8"), ("onnx", "fp32"), ("openvino", "fp32")]
     if not nncf_available():
         order = [c for c in order if c != ("openvino", "int8")]
+    if not has_torch():
+        return [c for c in order if c[0] != "torch"]
     return order + [("torch", "fp32")]
 
 
@@ -178,22 +182,26 @@ def export_model(
     calibration_crops: int = CALIBRATION_CROPS,
     overwrite: bool = False,
 ) -> tuple[Path, str]:
-    """`crackseg export`: write the checked ONNX model (fp32, or int8 QDQ for ONNX Runtime) to `out`, a `.onnx`
-    file that is not there yet (or replaced with `overwrite`) and never one of the model's own files.
+    """`crackseg export`: write the model as ONNX to `out`, a `.onnx` file that is not there yet (or replaced with
+    `overwrite`) and never the model's own file.
 
-    The cache gets the same file, so `predict` does not export again. int8 also prepares OpenVINO's int8
-    model in the cache (when NNCF is installed) and judges both by the task-accuracy rule: `auto` uses an int8
-    model only when it was made this way (or by an explicit --precision int8 run) and passed. With calibration
-    data, cached int8 models calibrated otherwise are replaced. Returns (path, a summary).
+    fp32 writes the crackseg ONNX file (`models.onnx_file`): it runs on every engine, without torch, at any tile size
+    where the network allows (else at `tile`), and PyTorch can load it back. int8 writes ONNX Runtime's int8 QDQ
+    model at `tile`, also prepares OpenVINO's int8 model in the cache (when NNCF is installed) and judges both by the
+    task-accuracy rule: `auto` uses an int8 model only when it was made this way (or by an explicit --precision int8
+    run) and passed. With calibration data, cached int8 models calibrated otherwise are replaced. Returns (path, a
+    summary).
     """
     from crackseg.engines.int8 import cached_int8, is_accurate, verified_int8
 
-    check_export_target(Path(out), overwrite)
-    handle = ModelHandle.find(weights, model)  # the network loads only if nothing is cached
+    handle = ModelHandle.find(weights, model)
+    check_export_target(Path(out), overwrite, handle.path)
     tile = int(tile or handle.config.train_size)
     if precision == "fp32":
-        source = cached_onnx(handle, tile)
-        summary = f"fp32, tile {tile}, max |Δlogit| vs PyTorch < {MAX_EXPORT_DIFF:g}"
+        data = portable_model(handle, tile)
+        fixed = onnx_file.input_size(onnx_file.load(data))
+        sizes = f"tiles of {fixed} px only" if fixed else "any tile that is a multiple of 32"
+        summary = f"fp32, {sizes}, max |Δlogit| vs PyTorch < {MAX_EXPORT_DIFF:g}"
     elif precision == "int8":
         data = [calibration_data] if isinstance(calibration_data, (str, Path)) else calibration_data
         crops = CalibrationCrops(handle.config, tile, count=calibration_crops, data=list(data or []))
@@ -207,16 +215,25 @@ def export_model(
                 f"; {backend}: crack F1 {figures['f1']:.4f} (fp32 {figures['f1_fp32']:.4f}), mask agreement F1 "
                 f"{figures['mask_f1']:.4f}, p99.9 |Δp| {figures['p999']:.4f}: {verdict}"
             )
-        source = int8_cache_path(handle, tile, "onnx")
+        data = int8_cache_path(handle, tile, "onnx").read_bytes()
     else:
         raise InputError(f"--precision {precision!r}: export writes fp32 or int8 ONNX")
-    atomic_write_bytes(out, Path(source).read_bytes())
+    atomic_write_bytes(out, data)
     return Path(out), summary
 
 
-def check_export_target(out: Path, overwrite: bool) -> None:
+def portable_model(handle: ModelHandle, tile: int) -> bytes:
+    """The crackseg ONNX file of a model: its own when it is one, else exported from its PyTorch weights."""
+    if onnx_file.is_onnx(handle.path):
+        return handle.path.read_bytes()
+    return export_onnx(handle.network, handle.config, tile)
+
+
+def check_export_target(out: Path, overwrite: bool, model_path: Path) -> None:
     """Refuse, before any work, an -o that would replace a photo or the model's own files (only a .onnx name is
     written) or an earlier export unasked."""
+    if out.resolve() == model_path.resolve():
+        raise InputError(f"-o {out}: is the model being exported; choose another name")
     if out.is_dir():
         raise InputError(f"-o {out}: is a folder; name the ONNX file to write, e.g. -o {out / 'model.onnx'}")
     if out.suffix.lower() != ".onnx":

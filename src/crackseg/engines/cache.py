@@ -1,8 +1,8 @@
-"""ONNX export of a fixed tile size, and the cache of exported and quantized models.
+"""ONNX export from PyTorch, and the cache of the models the engines run (fp32 at one tile size, int8).
 
-An exported model takes a float32 N×3×T×T normalised batch (N dynamic, T fixed) named ``input`` and returns
-N×1×T×T logits named ``logits``. The spatial size is fixed because pyramid pooling's adaptive pooling bins
-depend on it. The model's JSON config travels inside the file as ONNX metadata (``crackseg_config``).
+An exported model (`models.onnx_file`) takes a float32 N×3×H×W normalised batch named ``input`` and returns
+N×1×H×W logits named ``logits``; the cached runnable model fixes H = W = the tile size. The model's JSON config
+travels inside the file as ONNX metadata (``crackseg_config``).
 
 Cache entries live under ``$CRACKSEG_CACHE`` (default ``~/.cache/crackseg``), named by the sha256 of the
 weights file, the tile size, the backend and the precision, and are written atomically, so concurrent
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import os
 import shutil
@@ -28,6 +27,7 @@ from crackseg.engines.base import INPUT_NAME, OUTPUT_NAME
 from crackseg.engines.handle import ModelHandle
 from crackseg.errors import CracksegError
 from crackseg.io.atomic import atomic_write_bytes, default_mode
+from crackseg.models import onnx_file
 from crackseg.models.config import ModelConfig
 
 if TYPE_CHECKING:
@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_EXPORT_DIFF = 1e-4  # max |logit difference| between the ONNX model and PyTorch on random input
-EXPORT_FORMAT = 2  # part of every cache key: bump it when the export or quantization recipe changes
+EXPORT_FORMAT = 3  # part of every cache key: bump it when the export or quantization recipe changes
 
 
 class ExportError(CracksegError):
@@ -75,24 +75,30 @@ def atomic_write_dir(final: Path, write) -> Path:
 # --- export -------------------------------------------------------------------------------------------------
 
 
-def _export_dynamo(net: torch.nn.Module, example: torch.Tensor):
+def _export_dynamo(net: torch.nn.Module, example: torch.Tensor, free_size: bool):
+    """The unoptimised graph, so parameters keep their state-dict names (`models.onnx_file`); with `free_size`, any
+    multiple of the network's stride as height and width."""
     import torch
 
-    batch = torch.export.Dim("batch", min=1, max=4096)
+    shapes = {0: torch.export.Dim("batch", min=1, max=4096)}
+    if free_size:
+        stride = getattr(net, "stride", 32)
+        shapes |= {2: stride * torch.export.Dim("h", max=1024), 3: stride * torch.export.Dim("w", max=1024)}
     program = torch.onnx.export(
         net,
         (example,),
         dynamo=True,
         input_names=[INPUT_NAME],
         output_names=[OUTPUT_NAME],
-        dynamic_shapes=({0: batch},),
+        dynamic_shapes=(shapes,),
         external_data=False,
+        optimize=False,
         verbose=False,
     )
     return program.model_proto
 
 
-def _export_torchscript(net: torch.nn.Module, example: torch.Tensor):
+def _export_torchscript(net: torch.nn.Module, example: torch.Tensor, free_size: bool):
     import onnx
     import torch
 
@@ -108,6 +114,11 @@ def _export_torchscript(net: torch.nn.Module, example: torch.Tensor):
         opset_version=17,
     )
     return onnx.load_from_string(buffer.getvalue())
+
+
+# Pyramid pooling's bins depend on the input size, so PSPNet exports at a fixed size; the TorchScript exporter,
+# the last resort, folds batch norms into convolutions, so its file cannot be loaded back into PyTorch.
+EXPORTERS = ((_export_dynamo, True), (_export_dynamo, False), (_export_torchscript, False))
 
 
 def quiet():
@@ -134,52 +145,48 @@ def max_logit_difference(net: torch.nn.Module, model_bytes: bytes, tile: int, ba
     return float(np.abs(got - expected).max())
 
 
-def export_onnx(net: torch.nn.Module, config: ModelConfig, path: str | os.PathLike, tile: int) -> Path:
-    """Export `net` for tiles of `tile`×`tile` (any batch size) to `path`, with `config` embedded as metadata.
+def export_onnx(net: torch.nn.Module, config: ModelConfig, tile: int) -> bytes:
+    """The crackseg ONNX file of `net` (`models.onnx_file`): any tile size where the network allows, else `tile`.
 
-    Uses the dynamo exporter (it handles pyramid pooling's bins at any fixed size) and falls back to the
-    TorchScript exporter. Raises ExportError unless ONNX Runtime reproduces PyTorch's logits within 1e-4.
+    Each exporter's file is checked: ONNX Runtime must reproduce PyTorch's logits within 1e-4 at `tile` and, for a
+    free size, at a second size whose pooling bins fall differently (an export can bake in the example's bins).
+    Raises ExportError when no exporter passes.
     """
-    import onnx
     import torch
 
     net = net.eval().cpu()
     example = torch.randn(2, 3, tile, tile)  # batch 2, so the exporter keeps the batch dimension symbolic
     errors = []
-    for exporter in (_export_dynamo, _export_torchscript):
+    for exporter, free_size in EXPORTERS:
+        name = f"{exporter.__name__.strip('_')}{' at any size' if free_size else ''}"
         try:
             with quiet():
-                proto = exporter(net, example)
-            break
+                proto = exporter(net, example, free_size)
         except Exception as err:  # exporters raise many types; the next one may succeed
-            errors.append(f"{exporter.__name__.strip('_')}: {type(err).__name__}: {str(err).splitlines()[0]}")
-            log.info("ONNX export with %s failed, trying the next exporter", exporter.__name__)
-    else:
-        raise ExportError(f"cannot export {config.arch}-{config.encoder} at tile {tile}: " + "; ".join(errors))
-    metadata = {"crackseg_config": config.to_json(), "tile": str(tile), "torch": torch.__version__}
-    onnx.helper.set_model_props(proto, metadata)
-    data = proto.SerializeToString()
-    diff = max_logit_difference(net, data, tile)
-    if not diff < MAX_EXPORT_DIFF:
-        raise ExportError(f"exported model differs from PyTorch by {diff:.2e} in logits (limit {MAX_EXPORT_DIFF})")
-    atomic_write_bytes(path, data)
-    return Path(path)
-
-
-def onnx_metadata(path: str | os.PathLike) -> dict[str, str]:
-    import onnx
-
-    return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
-
-
-def config_from_onnx(path: str | os.PathLike) -> ModelConfig:
-    return ModelConfig.from_dict(json.loads(onnx_metadata(path)["crackseg_config"]))
+            errors.append(f"{name}: {type(err).__name__}: {str(err).splitlines()[0]}")
+            continue
+        onnx_file.shrink(proto)
+        onnx_file.set_metadata(proto, {onnx_file.CONFIG_KEY: config.to_json(), "torch": torch.__version__})
+        data = proto.SerializeToString()
+        checked = (tile, tile + 3 * getattr(net, "stride", 32)) if free_size else (tile,)
+        diffs = {size: max_logit_difference(net, onnx_file.runnable(data, size), size) for size in checked}
+        worst = max(diffs, key=diffs.get)
+        if diffs[worst] < MAX_EXPORT_DIFF:
+            return data
+        errors.append(f"{name}: logits differ from PyTorch's by {diffs[worst]:.2e} at tile {worst}")
+        log.info("ONNX export with %s does not match PyTorch, trying the next exporter", name)
+    raise ExportError(f"cannot export {config.arch}-{config.encoder} at tile {tile}: " + "; ".join(errors))
 
 
 def cached_onnx(handle: ModelHandle, tile: int) -> Path:
-    """The fp32 ONNX export of a model at `tile`, exported on first use (only then is the network loaded)."""
+    """The model as ONNX Runtime and OpenVINO run it at `tile` (`onnx_file.runnable`), made on first use: from the
+    model's own ONNX file without torch, or exported from its PyTorch weights (only then is the network loaded)."""
     path = cache_path(handle, tile, "onnx", "fp32", ".onnx")
     if not path.is_file():
-        log.warning("exporting %s to ONNX at tile %d (once; cached in %s)", handle.path, tile, path.parent)
-        export_onnx(handle.network, handle.config, path, tile)
+        if onnx_file.is_onnx(handle.path):
+            source = handle.path
+        else:
+            log.warning("exporting %s to ONNX at tile %d (once; cached in %s)", handle.path, tile, path.parent)
+            source = export_onnx(handle.network, handle.config, tile)
+        atomic_write_bytes(path, onnx_file.runnable(source, tile))
     return path

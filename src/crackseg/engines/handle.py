@@ -9,6 +9,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from crackseg.extras import require_torch
 from crackseg.models.config import ModelConfig, read_config, resolve_weights
 
 
@@ -63,6 +64,7 @@ class ModelHandle:
 
     @functools.cached_property
     def network(self):
+        require_torch(f"{self.path.name}: exporting or loading PyTorch weights")
         from crackseg.models.networks import load_model  # here: `models` imports torch
 
         return load_model(self.path)[0]

@@ -25,20 +25,17 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from crackseg.engines.base import INPUT_NAME, BackendError, sigmoid
-from crackseg.engines.cache import atomic_write_dir, cache_path, cached_onnx, onnx_metadata, quiet
+from crackseg.engines.cache import atomic_write_dir, cache_path, cached_onnx, quiet
 from crackseg.engines.handle import ModelHandle
-from crackseg.engines.torch_engine import TorchBackend
+from crackseg.engines.onnxruntime_engine import OnnxBackend
 from crackseg.io.atomic import atomic_write_bytes
 from crackseg.io.images import normalize_image
+from crackseg.models import onnx_file
 from crackseg.models.config import ModelConfig
-
-if TYPE_CHECKING:
-    import torch
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +163,7 @@ def _copy_metadata(source: Path | str, target: Path, extra: dict[str, str]) -> N
     import onnx
 
     model = onnx.load(str(target))
-    onnx.helper.set_model_props(model, {**onnx_metadata(source), **extra})
+    onnx.helper.set_model_props(model, {**onnx_file.read_metadata(source), **extra})
     onnx.save(model, str(target))
 
 
@@ -197,7 +194,7 @@ def quantize_openvino_int8(fp32_path: str | os.PathLike, out_dir: str | os.PathL
             subset_size=single.count,
             ignored_scope=nncf.IgnoredScope(names=stem_and_head(convolutions)),
         )
-    for key, value in {**onnx_metadata(fp32_path), "int8_calibration": crops.describe()}.items():
+    for key, value in {**onnx_file.read_metadata(fp32_path), "int8_calibration": crops.describe()}.items():
         quantized.set_rt_info(value, ["crackseg", key])
 
     def write(folder: Path) -> None:
@@ -251,22 +248,20 @@ def is_accurate(figures: dict[str, float]) -> bool:
     )
 
 
-def measure_agreement(engine, net: torch.nn.Module, batches, threshold: float = 0.5) -> dict[str, float]:
-    """Agreement of a backend with fp32 PyTorch on normalised batches (pooled over all their pixels)."""
+def measure_agreement(engine, fp32, batches, threshold: float = 0.5) -> dict[str, float]:
+    """Agreement of an engine with an fp32 engine on normalised batches (pooled over all their pixels)."""
     reference, probs = [], []
-    fp32 = TorchBackend(net, "fp32")
     for batch in batches:
         reference.append(sigmoid(fp32(batch)))
         probs.append(sigmoid(engine(batch)))
     return agreement(np.concatenate(reference), np.concatenate(probs), threshold)
 
 
-def task_accuracy(engine, net: torch.nn.Module, crops: CalibrationCrops, threshold: float) -> dict[str, float]:
-    """Dataset-level crack F1 of `engine` and of fp32 PyTorch against the masks of labelled crops, and the
+def task_accuracy(engine, fp32, crops: CalibrationCrops, threshold: float) -> dict[str, float]:
+    """Dataset-level crack F1 of `engine` and of an fp32 engine against the masks of labelled crops, and the
     agreement of their masks (F1) and probabilities (p99.9 |Δp|)."""
     from crackseg.metrics import confusion
 
-    fp32 = TorchBackend(net, "fp32")
     counts = np.zeros((2, 3), np.int64)  # engine, fp32: tp, fp, fn
     reference, probs = [], []
     for crop, truth in crops.labelled_crops():
@@ -312,7 +307,8 @@ def verified_int8(
     if figures is None:
         count = max(HELD_OUT_CROPS, crops.count // 4)
         held_out = CalibrationCrops(config, tile, count=count, data=crops.data, seed=crops.seed, split="val")
-        figures = task_accuracy(engine, handle.network, held_out, config.threshold)
+        fp32 = OnnxBackend(cached_onnx(handle, tile))  # PyTorch's logits within 1e-4, and needs no torch
+        figures = task_accuracy(engine, fp32, held_out, config.threshold)
         figures["held_out"], figures["held_out_crops"] = held_out.describe(), held_out.count
         atomic_write_bytes(record, json.dumps(figures).encode())
     if require_accurate and not is_accurate(figures):

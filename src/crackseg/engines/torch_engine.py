@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from crackseg.engines.base import BackendError
+from crackseg.extras import require_torch
 
 if TYPE_CHECKING:
     import torch
@@ -61,4 +62,5 @@ class TorchBackend:
 def build(handle: ModelHandle, precision: str, tile: int, device: str, crops=None, **_) -> TorchBackend:
     if precision == "int8":
         raise BackendError("--precision int8 needs --backend onnx or openvino")
+    require_torch("the torch backend")
     return TorchBackend(handle.network, precision, device)

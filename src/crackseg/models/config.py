@@ -17,7 +17,7 @@ from crackseg.io.images import IMAGENET_MEAN, IMAGENET_STD
 
 WEIGHTS_DIR = Path(__file__).parents[1] / "weights"
 DEFAULT_MODEL = "unet-lite0"
-CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
+CONFIG_NAME, WEIGHTS_NAME, ONNX_NAME = "config.json", "model.safetensors", "model.onnx"
 
 
 class ModelError(CracksegError):
@@ -56,8 +56,8 @@ class ModelConfig:
 
 def read_config(weights: Path) -> ModelConfig:
     """The config of a weights file. The folder's config.json wins when present (so an edited threshold counts),
-    and an invalid one is an error that names it; else the config embedded in a crackseg safetensors file; else
-    (a legacy .pth from the original project) the PSPNet-ResNet18 defaults."""
+    and an invalid one is an error that names it; else the config embedded in a crackseg ONNX or safetensors file;
+    else (a legacy .pth from the original project) the PSPNet-ResNet18 defaults."""
     sidecar = weights.parent / CONFIG_NAME
     if sidecar.is_file():
         try:
@@ -67,6 +67,10 @@ def read_config(weights: Path) -> ModelConfig:
                 f"{sidecar}: invalid model config ({type(err).__name__}: {err}); fix it, or delete it to use the "
                 "config stored in the weights file"
             ) from None
+    if weights.suffix == ".onnx":
+        from crackseg.models import onnx_file
+
+        return onnx_file.read_config(weights)
     if weights.suffix != ".safetensors":
         return ModelConfig()
     try:
@@ -79,29 +83,41 @@ def read_config(weights: Path) -> ModelConfig:
         raise ModelError(f"{weights}: not a crackseg model file ({type(err).__name__}: {err})") from None
 
 
-WEIGHTS_SUFFIXES = (".safetensors", ".pth", ".pt")
+WEIGHTS_SUFFIXES = (".safetensors", ".onnx", ".pth", ".pt")
+
+
+def model_file(folder: Path) -> Path | None:
+    """A model folder's file: its PyTorch weights, or the ONNX export beside them where PyTorch is not installed
+    (both hold the same network; only the ONNX file runs without torch)."""
+    from crackseg.extras import has_torch
+
+    names = (WEIGHTS_NAME, ONNX_NAME) if has_torch() else (ONNX_NAME, WEIGHTS_NAME)
+    return next((folder / name for name in names if (folder / name).is_file()), None)
 
 
 def resolve_weights(weights: str | Path | None = None, model: str | None = None) -> Path:
-    """The weights file for a path (file or run/model folder) or a shipped model name (default: the default)."""
+    """The model file for a path (file or run/model folder) or a shipped model name (default: the default)."""
     if weights is not None:
         path = Path(weights)
         if path.is_dir():
-            for candidate in (path / WEIGHTS_NAME, path / "best" / WEIGHTS_NAME):
-                if candidate.is_file():
-                    return candidate
-            raise ModelError(f"{path}: no {WEIGHTS_NAME} in this folder (or its best/); pass a crackseg model")
+            found = model_file(path) or model_file(path / "best")
+            if found is None:
+                raise ModelError(
+                    f"{path}: no {WEIGHTS_NAME} or {ONNX_NAME} in this folder (or its best/); pass a crackseg model"
+                )
+            return found
         if not path.is_file():
             raise ModelError(f"{path}: weights file not found")
         if path.suffix.lower() not in WEIGHTS_SUFFIXES:
             raise ModelError(
-                f"{path}: not a model file; pass a model folder, its {WEIGHTS_NAME}, or a .pth/.pt state dict"
+                f"{path}: not a model file; pass a model folder, its {WEIGHTS_NAME} or {ONNX_NAME}, or a .pth/.pt "
+                "state dict"
             )
         return path
     name = model or DEFAULT_MODEL
-    path = WEIGHTS_DIR / name / WEIGHTS_NAME
+    path = WEIGHTS_DIR / name / ONNX_NAME
     if not path.is_file():
-        shipped = sorted(p.parent.name for p in WEIGHTS_DIR.glob(f"*/{WEIGHTS_NAME}"))
+        shipped = sorted(p.parent.name for p in WEIGHTS_DIR.glob(f"*/{ONNX_NAME}"))
         raise ModelError(
             f"no shipped model named {name!r} (shipped: {', '.join(shipped) or 'none yet'}); "
             "pass --weights PATH to a trained model"

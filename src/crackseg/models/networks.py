@@ -14,7 +14,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from crackseg.models.config import CONFIG_NAME, WEIGHTS_NAME, ModelConfig, ModelError, read_config, resolve_weights
-from crackseg.models.pretrained import INSTALLED_WEIGHTS, load_installed_weights, load_local_weights, read_state_dict
+from crackseg.models.pretrained import (
+    INSTALLED_WEIGHTS,
+    is_counter,
+    load_installed_weights,
+    load_local_weights,
+    read_state_dict,
+)
 
 # Encoder depth each architecture uses by default; deeper encoder stages are removed from the model.
 ARCH_DEPTH = {"pspnet": 3}
@@ -145,6 +151,8 @@ def load_model(weights: str | Path | None = None, model: str | None = None) -> t
     if not any(k.startswith("net.") for k in state):
         state = {f"net.{k}": v for k, v in state.items()}  # a bare smp state dict
     own = net.state_dict()
+    if path.suffix == ".onnx":  # an export also holds the graph's own constants, and no batch-norm step counters
+        state = {k: state.get(k, v) for k, v in own.items() if k in state or is_counter(k)}
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     wrong = [k for k in own if k in state and own[k].shape != state[k].shape]

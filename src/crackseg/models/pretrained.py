@@ -65,10 +65,15 @@ def installed_weights_file(encoder: str) -> Path | None:
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """The tensors of a safetensors or ``.pth`` weights file (safe loading only), unwrapped from a checkpoint."""
+    """The tensors of a safetensors, crackseg ONNX or ``.pth`` weights file (safe loading only), unwrapped from a
+    checkpoint."""
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"{path}: weights file not found")
+    if path.suffix == ".onnx":
+        from crackseg.models import onnx_file
+
+        return {name: torch.from_numpy(values.copy()) for name, values in onnx_file.state_dict(path).items()}
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -93,14 +98,14 @@ def matching_tensors(source: dict, target: dict) -> tuple[dict, list[str]]:
     return kept, sorted(k for k in target if k not in kept)
 
 
-def _is_counter(name: str) -> bool:
+def is_counter(name: str) -> bool:
     return name.endswith("num_batches_tracked")  # BatchNorm's step counter: not a weight, absent in some ports
 
 
 def convert_by_order(source: dict, target: dict, origin: str, skip_prefixes: tuple[str, ...] = ()) -> dict:
     """Rename `source`'s tensors to `target`'s names by position; every pair must have the same shape."""
-    src = [(k, v) for k, v in source.items() if not _is_counter(k) and not k.startswith(skip_prefixes)]
-    dst = [k for k in target if not _is_counter(k)]
+    src = [(k, v) for k, v in source.items() if not is_counter(k) and not k.startswith(skip_prefixes)]
+    dst = [k for k in target if not is_counter(k)]
     if len(src) != len(dst):
         raise ModelError(
             f"{origin}: {len(src)} tensors for an encoder of {len(dst)}; this file does not fit the encoder "
@@ -129,7 +134,7 @@ def load_installed_weights(encoder_module: torch.nn.Module, encoder: str) -> Pat
 def load_local_weights(encoder_module: torch.nn.Module, path: str | Path) -> None:
     """Load a state dict in the encoder's own naming (e.g. torchvision's ResNet); every encoder tensor must match."""
     state = read_state_dict(path)
-    target = {k: v for k, v in encoder_module.state_dict().items() if not _is_counter(k)}
+    target = {k: v for k, v in encoder_module.state_dict().items() if not is_counter(k)}
     kept, missing = matching_tensors(state, target)
     if missing:
         raise ModelError(
