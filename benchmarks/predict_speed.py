@@ -115,7 +115,7 @@ def engines(handle, crops, hardware_bf16: bool):
 
 def throughput_table(handle, args, gflop: float, peak: float) -> None:
     from crackseg.engines.int8 import CalibrationCrops, measure_agreement
-    from crackseg.engines.torch_engine import cpu_has_bf16_matrix_engine
+    from crackseg.engines.torch_engine import TorchBackend, cpu_has_bf16_matrix_engine
 
     net, config = handle.network, handle.config
 
@@ -142,7 +142,7 @@ def throughput_table(handle, args, gflop: float, peak: float) -> None:
                 api = engine
             elif not isinstance(engine, Contiguous):
                 speeds[n][f"{engine.name} {engine.precision}"] = speed
-        figures = measure_agreement(engine, net, check, config.threshold)
+        figures = measure_agreement(engine, TorchBackend(net, "fp32"), check, config.threshold)
         print(f"{label:<28}{cells}{figures['f1']:>9.4f}{figures['p999']:>11.4f}", flush=True)
     print(f"(GFLOP/s = {gflop:.2f} GFLOP per image × img/s; measured fp32 matmul peak {peak:.0f} GFLOP/s)")
     auto_against_fastest(api, speeds)

@@ -20,12 +20,14 @@ from crackseg import engines
 from crackseg.cli import main
 from crackseg.engines import BackendError, ModelHandle, auto_candidates, export_model, int8
 from crackseg.engines import cache as export
-from crackseg.engines.cache import ExportError, cache_dir, cached_onnx, export_onnx, onnx_metadata
+from crackseg.engines.cache import ExportError, cache_dir, cached_onnx, export_onnx
 from crackseg.engines.int8 import CalibrationCrops, agreement, is_accurate
+from crackseg.engines.onnxruntime_engine import OnnxBackend
 from crackseg.engines.torch_engine import TorchBackend
 from crackseg.errors import CracksegError
 from crackseg.inference import CrackSegmenter
 from crackseg.io.images import normalize_image, write_image
+from crackseg.models import onnx_file
 from crackseg.models.networks import ModelError
 from crackseg.synthetic import synthetic_crack
 
@@ -76,17 +78,14 @@ def test_export_matches_torch_for_any_batch(exported, tiny):
 
 
 def test_config_is_embedded_as_metadata(exported, tiny):
-    config = tiny.config
-    meta = onnx_metadata(exported)
-    assert meta["tile"] == str(TILE)
-    assert export.config_from_onnx(exported) == config
+    assert onnx_file.read_metadata(exported)["tile"] == str(TILE)
+    assert onnx_file.read_config(exported) == tiny.config
 
 
-def test_export_refuses_a_model_that_differs_from_torch(exported, tiny, tmp_path, monkeypatch):
+def test_export_refuses_a_model_that_differs_from_torch(exported, tiny, monkeypatch):
     monkeypatch.setattr(export, "max_logit_difference", lambda *args, **kwargs: 0.5)
-    with pytest.raises(ExportError, match="differs from PyTorch"):
-        export_onnx(tiny.network, tiny.config, tmp_path / "bad.onnx", TILE)
-    assert not (tmp_path / "bad.onnx").exists()
+    with pytest.raises(ExportError, match="differ from PyTorch"):
+        export_onnx(tiny.network, tiny.config, TILE)
 
 
 def test_second_run_reuses_the_cached_export(exported, tiny, monkeypatch):
@@ -118,15 +117,29 @@ def test_a_config_naming_another_network_is_refused_not_run_from_the_cache(expor
             CrackSegmenter.from_pretrained(folder, backend=backend, tile=TILE)
 
 
-def test_export_of_a_cached_model_does_not_load_the_network(exported, tiny_model_dir, tmp_path, monkeypatch):
+def test_an_onnx_model_runs_and_exports_without_loading_the_network(tiny_model_dir, tmp_path, monkeypatch):
+    first, _ = export_model(tiny_model_dir, out=tmp_path / "model.onnx", tile=TILE)
+
     def fail(handle):
-        raise AssertionError("the torch network was loaded although its export is cached")
+        raise AssertionError("the torch network was loaded for a model that is ONNX already")
 
     # The handle is the engines' one way to the network: patched on the class, it is caught however the code
     # that asks for it imports its names.
     monkeypatch.setattr(ModelHandle, "network", property(fail))
-    out, _ = export_model(tiny_model_dir, out=tmp_path / "model.onnx", tile=TILE)
-    assert out.read_bytes() == exported.read_bytes()
+    again, _ = export_model(first, out=tmp_path / "again.onnx")
+    assert again.read_bytes() == first.read_bytes()
+    image, _ = synthetic_crack((80, 100), seed=2)
+    onnx_prob = CrackSegmenter.from_pretrained(first, backend="onnx", tile=TILE).predict_prob(image)
+    monkeypatch.undo()
+    fp32 = CrackSegmenter.from_pretrained(tiny_model_dir, backend="torch", precision="fp32", tile=TILE)
+    assert np.abs(onnx_prob - fp32.predict_prob(image)).max() < 1e-4
+
+
+def test_an_exported_model_loads_back_into_pytorch_with_the_same_weights(tiny, tmp_path):
+    out, _ = export_model(tiny.path, out=tmp_path / "model.onnx", tile=TILE)
+    back = ModelHandle.find(out).network.state_dict()
+    for name, tensor in tiny.network.state_dict().items():
+        assert name.endswith("num_batches_tracked") or torch.equal(back[name], tensor), name
 
 
 def same_threads() -> dict[str, str]:
@@ -231,8 +244,9 @@ def test_int8_calibration_runs_and_auto_uses_it_only_if_accurate(
     )
     assert (explicit.backend.name, explicit.backend.precision) == (backend, "int8")
     assert explicit.predict_prob(image).shape == image.shape[:2]
-    # auto's choice follows the recorded verdict, whichever it is: forced both ways, with int8 tried first
+    # auto's choice follows the recorded verdict, whichever it is: forced both ways, int8 timed the faster
     monkeypatch.setattr(engines, "auto_candidates", lambda device="cpu": [(backend, "int8"), ("torch", "fp32")])
+    monkeypatch.setattr(engines.auto, "measure_speed", lambda engine, *args: 2.0 if engine.precision == "int8" else 1.0)
     record, measured = int8_record(tiny, backend), int8_record(tiny, backend).read_text()
     held_out = {"held_out_crops": int8.HELD_OUT_CROPS}
     try:
@@ -289,7 +303,7 @@ def test_unavailable_combinations_say_what_to_do(tiny_model_dir):
 def test_export_command_writes_a_checked_onnx_file(exported, tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "model.onnx"
     assert main(["export", "--weights", str(tiny_model_dir), "-o", str(out), "--tile", str(TILE)]) == 0
-    assert onnx_metadata(out)["tile"] == str(TILE)
+    assert onnx_file.read_config(out) == ModelHandle.find(tiny_model_dir).config
     assert str(out) in capsys.readouterr().out
 
 
@@ -328,7 +342,7 @@ def test_export_command_int8_reports_agreement(exported, tiny_model_dir, tmp_pat
     out = tmp_path / "int8.onnx"
     argv = ["export", "--weights", str(tiny_model_dir), "-o", str(out), "--tile", str(TILE)]
     assert main(argv + ["--precision", "int8", "--calibration-crops", "4"]) == 0
-    assert "int8_calibration" in onnx_metadata(out)
+    assert "int8_calibration" in onnx_file.read_metadata(out)
     assert "onnx: crack F1" in capsys.readouterr().out
 
 
@@ -371,12 +385,11 @@ def test_int8_is_judged_by_task_accuracy_on_held_out_crops(exported, tiny):
     assert any(mask.any() for _, mask in held_out.labelled_crops())
     # crack F1 against the crops' ground truth: an engine that knows it scores 1, one that finds nothing 0; one that
     # runs the fp32 network itself scores what fp32 scores and agrees with it everywhere
-    assert int8.task_accuracy(Oracle(held_out), tiny.network, held_out, 0.5)["f1"] == 1.0
-    nothing = int8.task_accuracy(
-        lambda batch: np.full(batch.shape[:1] + batch.shape[2:], -10.0), tiny.network, held_out, 0.5
-    )
+    fp32 = TorchBackend(tiny.network, "fp32")
+    assert int8.task_accuracy(Oracle(held_out), fp32, held_out, 0.5)["f1"] == 1.0
+    nothing = int8.task_accuracy(lambda batch: np.full(batch.shape[:1] + batch.shape[2:], -10.0), fp32, held_out, 0.5)
     assert nothing["f1"] == 0.0
-    same = int8.task_accuracy(TorchBackend(tiny.network, "fp32"), tiny.network, held_out, 0.5)
+    same = int8.task_accuracy(fp32, fp32, held_out, 0.5)
     assert same["f1"] == same["f1_fp32"] and same["mask_f1"] == 1.0 and same["p999"] == 0.0
     # the rule: crack F1 within 0.005 of fp32's and masks agreeing at F1 >= 0.98, whatever the probabilities do
     assert is_accurate({"f1": 0.760, "f1_fp32": 0.764, "mask_f1": 0.99, "p999": 0.05})
@@ -391,7 +404,8 @@ def test_int8_figures_are_measured_on_the_validation_crops_and_judged_again_when
     crops = CalibrationCrops(tiny.config, TILE, count=4)
     engine, figures = int8.verified_int8(tiny, TILE, backend, crops, engines.INT8_OPENERS[backend])
     held_out = CalibrationCrops(tiny.config, TILE, count=int8.HELD_OUT_CROPS, split="val")
-    assert figures == int8.task_accuracy(engine, tiny.network, held_out, tiny.config.threshold) | {
+    fp32 = OnnxBackend(cached_onnx(tiny, TILE))
+    assert figures == int8.task_accuracy(engine, fp32, held_out, tiny.config.threshold) | {
         "held_out": held_out.describe(),
         "held_out_crops": int8.HELD_OUT_CROPS,
     }

@@ -142,7 +142,9 @@ def quantize_onnx_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike
     with tempfile.TemporaryDirectory(dir=out_path.parent, prefix=".int8-") as tmp:
         prepared, tmp_model = Path(tmp) / "prepared.onnx", Path(tmp) / "int8.onnx"
         with quiet():
-            quant_pre_process(str(fp32_path), str(prepared))  # shape inference + graph fusions, as ORT advises
+            # shape inference and graph fusions, as ONNX Runtime advises; ONNX's shape inference suffices for a fixed
+            # tile (the symbolic one needs sympy, which the core install leaves out)
+            quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
         graph = onnx.load(str(prepared)).graph
         quantize_static(
             str(prepared),

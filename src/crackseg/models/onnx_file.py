@@ -1,14 +1,13 @@
 """The crackseg ONNX model: one file every engine runs and PyTorch can load back, read and prepared without torch.
 
-A crackseg ONNX file is the network as the dynamo exporter writes it before optimisation, so every parameter and
-buffer keeps its state-dict name as an initializer (`state_dict` reads them back for PyTorch). Weights that float16
+A crackseg ONNX file holds the network with its batch norms unfused, so every parameter and buffer keeps its
+state-dict name as an initializer (`state_dict` reads them back for PyTorch; the runtimes fuse them on loading).
+Weights that float16
 represents exactly are stored in float16 behind a Cast to float32: half the size for models saved in float16 (the
 shipped ones), nothing changed for others. The spatial size is free where the network allows (U-Net) and fixed where
 pyramid pooling's bins need it (PSPNet). The model's config travels as metadata (``crackseg_config``).
 
-`runnable` turns such a file into what ONNX Runtime and OpenVINO run fastest: float32 weights, the tile size fixed,
-constants folded and batch norms fused by onnxscript's optimizer (ONNX Runtime runs the unoptimised graph at half
-the speed).
+`runnable` turns such a file into what the engines run: float32 weights and the tile size fixed.
 """
 
 from __future__ import annotations
@@ -120,9 +119,8 @@ def upcast_weights(model) -> None:
 
 def runnable(source: str | os.PathLike | bytes, tile: int) -> bytes:
     """The model of a crackseg ONNX file (path or bytes) as the engines run it: float32 weights, `tile`×`tile`
-    inputs of any batch size, optimised."""
+    inputs of any batch size."""
     import onnx
-    import onnxscript.optimizer
     from onnx.tools.update_model_dims import update_inputs_outputs_dims
 
     model = load(source)
@@ -137,7 +135,6 @@ def runnable(source: str | os.PathLike | bytes, tile: int) -> bytes:
         {model.graph.input[0].name: ["batch", 3, tile, tile]},
         {model.graph.output[0].name: ["batch", 1, tile, tile]},
     )
-    model = onnxscript.optimizer.optimize(model)
     set_metadata(model, {**props, "tile": str(tile)})
     onnx.checker.check_model(model)
     return model.SerializeToString()
