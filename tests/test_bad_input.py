@@ -23,7 +23,7 @@ from crackseg.io.images import (
     write_image,
 )
 from crackseg.measure import measure
-from crackseg.models.config import ModelError, read_config, resolve_weights
+from crackseg.models.config import DEFAULT_MODEL, WEIGHTS_DIR, ModelError, read_config, resolve_weights
 from crackseg.synthetic import synthetic_crack
 
 
@@ -190,16 +190,19 @@ def test_export_never_replaces_a_photo_the_model_or_an_earlier_export_unasked(ti
     model_bytes = weights.read_bytes()
     for out, says in (
         (photo, "name a .onnx file"),
-        (weights, "name a .onnx file"),
+        (weights, "is the model being exported"),
         (tmp_path, "is a folder"),
     ):
-        assert main(["export", "--weights", str(tiny_model_dir), "-o", str(out)]) == 2
+        assert main(["export", "--weights", str(tiny_model_dir), "-o", str(out), "--overwrite"]) == 2
         assert says in capsys.readouterr().err
     assert photo.read_bytes() == before and weights.read_bytes() == model_bytes
     earlier = tmp_path / "model.onnx"
     earlier.write_bytes(b"an earlier export")
     assert main(["export", "--weights", str(tiny_model_dir), "-o", str(earlier)]) == 2
     assert "add --overwrite" in capsys.readouterr().err and earlier.read_bytes() == b"an earlier export"
+    shipped = WEIGHTS_DIR / DEFAULT_MODEL / "model.onnx"
+    assert main(["export", "--weights", str(shipped), "-o", str(shipped), "--overwrite"]) == 2
+    assert "is the model being exported" in capsys.readouterr().err
 
 
 def test_a_photo_given_as_weights_is_one_line(photo_dir, tmp_path, capsys):
