@@ -361,7 +361,8 @@ def test_docs_point_to_the_openapi_description_and_nothing_needs_a_cdn(dark_clie
     assert spec.status_code == 200
     assert {"/api/predict", "/api/health", "/api/model"} <= set(spec.json()["paths"])
     # Nothing the page loads comes from the network.
-    for url in ("/", "/docs", "/static/app.js", "/static/style.css"):
+    scripts = [f"/static/{name}" for name in ("app.js", "view.js", "table.js", "fields.js", "style.css")]
+    for url in ("/", "/docs", *scripts):
         response = dark_client.get(url)
         text = response.text
         assert response.status_code == 200, url

@@ -224,12 +224,14 @@ class CrackSegmenter:
 
         With several `scales` in the options, the mean of the maps of the image resized by each factor, brought
         back to its size. `cancel`: when set (by another thread: a client that left, a Cancel), the work stops
-        within one batch of tiles with `Cancelled`. `progress(done, total)`: called after each batch with the
-        tiles done and the tiles of the whole call (every scale)."""
+        within one batch of tiles with `Cancelled`. `progress(done, total)`: called before the first batch and after
+        each with the tiles done and the tiles of the whole call (every scale)."""
         height, width = image.shape[:2]
         check_pixels(width, height, self.max_pixels, "image")
         sizes = [(max(round(width * s), 1), max(round(height * s), 1)) for s in self.options.scales]
         counter = TileProgress(progress, sum(self._tile_count(h, w) for w, h in sizes)) if progress else None
+        if counter:
+            counter.advance(0)  # the total, before the first batch
         if self.options.scales == (1.0,):
             return self._predict_one_scale(image, cancel, counter)
         total = np.zeros((height, width), np.float32)

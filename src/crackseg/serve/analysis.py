@@ -15,7 +15,7 @@ from crackseg import __version__
 from crackseg.inference import overlay
 from crackseg.io.georef import GeoreferenceError, check_shape, read_tiff_header, resolve_pixel_size
 from crackseg.io.images import ImageReadError, NotAnImageError, TooManyPixelsError, encode_image, read_image
-from crackseg.measure import Measurement, measure
+from crackseg.measure import WIDTH_CLASS_PRESETS, Measurement, measure
 from crackseg.measure.figure import label_positions
 from crackseg.options import MeasureOptions
 from crackseg.serve.store import Result
@@ -120,6 +120,7 @@ def model_info(segmenter) -> dict:
         "precision": getattr(backend, "precision", ""),
         "tile": segmenter.tile,
         "crackseg_version": __version__,
+        "width_classes": {name: classes.to_dict() for name, classes in WIDTH_CLASS_PRESETS.items()},
     }
 
 
