@@ -132,7 +132,8 @@ export class PhotoView {
     const z = this.zoom.z;
     this.zoom.x = Math.min(0, Math.max(width - width * z, this.zoom.x));
     this.zoom.y = Math.min(0, Math.max(height - height * z, this.zoom.y));
-    this.view.style.transform = `translate(${this.zoom.x}px, ${this.zoom.y}px) scale(${z})`;
+    const moved = z !== 1 || this.zoom.x !== 0 || this.zoom.y !== 0;
+    this.view.style.transform = moved ? `translate(${this.zoom.x}px, ${this.zoom.y}px) scale(${z})` : "";
     // Zoomed in far, show the pixels as they are (an inspector judges a crack's width by them), not smoothed.
     this.view.style.imageRendering = z > 1 && this.fitScale * z >= 2 ? "pixelated" : "auto";
     this.viewport.dataset.zoom = z.toFixed(2);
