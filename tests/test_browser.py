@@ -95,8 +95,11 @@ def page(browser):
     context = browser.new_context(viewport={"width": 1200, "height": 900}, accept_downloads=True)
     page = context.new_page()
     page.set_default_timeout(30_000)
+    errors = []
+    page.on("pageerror", lambda error: errors.append(str(error)))  # an exception in the page fails the test
     yield page
     context.close()
+    assert not errors, errors
 
 
 @pytest.fixture(scope="module")

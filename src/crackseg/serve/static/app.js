@@ -108,7 +108,8 @@ function showScheme() {
 
 async function upload(file) {
   if (!file) return;
-  if (state.autoPixelSize) setPixelSize("", false); // the previous GeoTIFF's size is not this photo's
+  const autoPixelSize = state.autoPixelSize;
+  if (autoPixelSize) setPixelSize("", false); // the previous GeoTIFF's size is not this photo's
   const wrong = [[pixelSizeField, "pixel size"], [minLengthField, "minimum length"]].filter(([f]) => !f.check());
   if (wrong.length) {
     setStatus(`${file.name} not sent: correct the ${wrong.map(([, name]) => name).join(" and ")} first.`, true);
@@ -144,7 +145,7 @@ async function upload(file) {
     if (seq !== state.uploadSeq) return; // replaced by a newer upload, which owns the page now
     if (err.name === "AbortError") {
       setStatus(`Cancelled: ${file.name} was not segmented.`);
-      restore();
+      restore(autoPixelSize);
     } else {
       clearResult(); // the previous photo's result must not stand beside this photo's error
       setStatus(err.message, true);
@@ -169,10 +170,12 @@ async function preview(file, seq) {
   }
 }
 
-// After a cancel: the previous result as it was, or the empty page.
-function restore() {
+// After a cancel: the previous result as it was (with its GeoTIFF's pixel size, if the upload cleared it), or the
+// empty page.
+function restore(autoPixelSize) {
   delete document.body.dataset.preview;
   if (state.result) {
+    if (autoPixelSize) adoptPixelSize(state.result);
     view.showResult(state.photo, state.prob, threshold());
     showMeasurements(state.measurements);
     document.body.dataset.state = "ready";
@@ -186,10 +189,7 @@ function restore() {
 function showResult(result, photo, prob) {
   Object.assign(state, { result, photo, prob });
   delete document.body.dataset.preview;
-  if (result.pixel_size_from && result.pixel_size_from !== "the request") {
-    setPixelSize(String(result.pixel_size_mm), true);
-    $("pixel-size-note").textContent = `from the GeoTIFF's ${result.pixel_size_from}; change or clear it freely`;
-  }
+  adoptPixelSize(result);
   view.showResult(photo, prob, threshold());
   $("result-panel").hidden = false;
   view.fit();
@@ -207,6 +207,13 @@ function showResult(result, photo, prob) {
   clearTimeout(state.expiryTimer);
   state.expiryTimer = setTimeout(() => expire(result), result.expires_in_s * 1000);
   document.body.dataset.state = "ready";
+}
+
+// A GeoTIFF's own pixel size, shown in the field (which the next photo clears unless the user changed it).
+function adoptPixelSize(result) {
+  if (!result.pixel_size_from || result.pixel_size_from === "the request") return;
+  setPixelSize(String(result.pixel_size_mm), true);
+  $("pixel-size-note").textContent = `from the GeoTIFF's ${result.pixel_size_from}; change or clear it freely`;
 }
 
 function setPixelSize(text, auto) {
