@@ -7,11 +7,14 @@ Host and Origin checks (no browser needed)."""
 from __future__ import annotations
 
 import base64
+import contextlib
+import io
 import math
 import shutil
 import socket
 import threading
 import time
+import zipfile
 from pathlib import Path
 
 import httpx
@@ -48,11 +51,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server_url():
-    """The real server (uvicorn, HTTP on 127.0.0.1) in a thread, with the darkness stand-in model."""
+@contextlib.contextmanager
+def serving(app):
+    """`app` on the real server (uvicorn, HTTP on 127.0.0.1) in a thread: its URL."""
     port = free_port()
-    app = create_app(gated_segmenter(), host="127.0.0.1")
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
@@ -62,9 +64,18 @@ def server_url():
         if not thread.is_alive() or time.monotonic() > deadline:
             raise RuntimeError(f"uvicorn did not start on 127.0.0.1:{port}")
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}/"
-    server.should_exit = True
-    thread.join(timeout=10)
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def server_url():
+    """The real server with the darkness stand-in model."""
+    with serving(create_app(gated_segmenter(), host="127.0.0.1")) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -84,8 +95,11 @@ def page(browser):
     context = browser.new_context(viewport={"width": 1200, "height": 900}, accept_downloads=True)
     page = context.new_page()
     page.set_default_timeout(30_000)
+    errors = []
+    page.on("pageerror", lambda error: errors.append(str(error)))  # an exception in the page fails the test
     yield page
     context.close()
+    assert not errors, errors
 
 
 @pytest.fixture(scope="module")
@@ -108,6 +122,7 @@ DARK_CRACKS = [(slice(40, 41), slice(50, 190)), (slice(80, 180), slice(120, 121)
 FAINT_CRACK = (slice(150, 152), slice(30, 90))
 SURFACE = (slice(0, 30), slice(0, 360))
 DRAWN_PIXELS = 160 * 3 + 120 * 5  # the dark cracks' pixels; the faint one adds 80 × 2 at lower thresholds
+COLUMNS = ["#", "length", "mean width", "max width", "angle", "width class", "class", "below res."]
 
 
 def pixel(page, x: int, y: int) -> list[int]:
@@ -272,7 +287,7 @@ def test_the_page_works_from_the_keyboard(page, server_url, photo):
     assert page.inner_text("#crack-fraction") == f"{100 * (DRAWN_PIXELS + 160) / (300 * 360):.2f} %"
     assert page.inner_text("#crack-fraction") != fraction_at_default
     rows = page.locator("#cracks tbody tr")
-    assert rows.count() == 3 and all(rows.nth(i).locator("td").count() == 6 for i in range(3))
+    assert rows.count() == 3 and all(rows.nth(i).locator("td").count() == len(COLUMNS) for i in range(3))
     assert page.inner_text("#cracks thead").count("(px)") == 3
     page.focus("#show-overlay")
     page.keyboard.press("Space")
@@ -322,9 +337,10 @@ def test_at_phone_width_everything_fits_the_screen(page, server_url, photo):
     assert page.evaluate("document.getElementById('view').getBoundingClientRect().width") <= 390
     assert visible_in_viewport(page, "#cracks th")
     assert visible_in_viewport(page, "#cracks td")
-    classes = page.locator("#cracks tbody td:last-child").all_inner_texts()
+    classes = page.locator(f"#cracks tbody td:nth-child({COLUMNS.index('class') + 1})").all_inner_texts()
     assert sorted(classes) == ["longitudinal", "transverse"]
-    assert visible_in_viewport(page, "#drop-zone, #threshold, #pixel-size, .downloads .button")
+    controls = "#drop-zone, #threshold, #pixel-size, #min-length, #zoom-fit, .downloads .button:not([hidden])"
+    assert visible_in_viewport(page, controls)
     shot = page_shot(page)
     assert shot.shape[1] == 390
     canvas = canvas_shot(page)
@@ -346,7 +362,7 @@ def test_a_failed_upload_clears_the_previous_result(page, server_url, photo, not
     assert page.get_attribute("body", "data-state") == "error"
     page.wait_for_timeout(300)
     assert httpx.get(old_mask).status_code == 404
-    assert not photo_surface(page_shot(page)).any()  # no trace of the photo left on the page
+    assert photo_surface(page_shot(page)).sum() < 20  # no trace of the photo left (a few text edges share its grey)
 
 
 def test_busy_spinner_elapsed_time_and_cancel(page, server_url, tmp_path: Path):
@@ -375,7 +391,7 @@ def test_busy_spinner_elapsed_time_and_cancel(page, server_url, tmp_path: Path):
         assert spinner[4] in ("none", "normal", "")  # no glyph that a font may lack
         assert page.inner_text("#elapsed") == "0 s" and "Segmenting wall.png" in page.inner_text("#status")
         page.wait_for_function("parseInt(document.getElementById('elapsed').textContent) >= 1", timeout=5000)
-        assert page.is_visible("#result-panel")  # the previous result stays until replaced
+        assert page.is_visible("#result-panel")  # the new photo, shown while it is segmented
         page.click("#cancel")
         page.wait_for_function("document.getElementById('status').textContent.includes('Cancelled')")
         assert page.is_hidden("#busy") and page.is_hidden("#status.error")
@@ -402,3 +418,357 @@ def test_real_server_refuses_foreign_hosts_and_cross_origin_posts(server_url):
     assert httpx.post(f"{server_url}api/predict", files=files).status_code == 200
     for host in (f"localhost:{port}", f"127.0.0.1:{port}"):
         assert httpx.get(f"{server_url}api/health", headers={"host": host}).status_code == 200
+
+
+# --- an inspector's tools: zoom, picking, the table's columns, units, expiry, one ZIP, progress --------------
+
+
+def on_screen(page, x: float, y: float) -> tuple[float, float]:
+    """Where the image point (x, y) is in the window (CSS px), through the viewer's zoom and move."""
+    return tuple(
+        page.evaluate(
+            """([x, y]) => {
+                const view = document.getElementById("view");
+                const box = view.getBoundingClientRect();
+                return [box.left + (x * box.width) / view.width, box.top + (y * box.height) / view.height];
+            }""",
+            [x, y],
+        )
+    )
+
+
+def settled(page) -> None:
+    """Waits for the browser to paint what the last change drew (a screenshot may otherwise show the frame before)."""
+    page.evaluate("new Promise((done) => requestAnimationFrame(() => requestAnimationFrame(done)))")
+
+
+def colour_at(page, x: float, y: float) -> np.ndarray:
+    """The colour the page shows at window point (x, y) (CSS px): the photo, the red layer and the marks over it."""
+    settled(page)
+    left, top = page.evaluate("[window.scrollX, window.scrollY]")
+    clip = {"x": round(x + left) - 1, "y": round(y + top) - 1, "width": 3, "height": 3}
+    return decode(page.screenshot(clip=clip, full_page=True))[1, 1, :3].astype(int)
+
+
+def red_run(page, x: float, y: float, half: int = 120) -> int:
+    """How many screen pixels of red a vertical line through image point (x, y) crosses, within `half` px and the
+    photo viewer (its red focus ring left out)."""
+    settled(page)
+    sx, sy = on_screen(page, x, y)
+    box = page.locator("#viewport").bounding_box()
+    top, bottom = max(round(sy) - half, box["y"] + 4), min(round(sy) + half, box["y"] + box["height"] - 4)
+    shot = decode(page.screenshot(clip={"x": round(sx), "y": top, "width": 1, "height": bottom - top}))
+    return int(is_red(np.moveaxis(shot[..., :3].astype(int), -1, 0)).sum())
+
+
+def click_image(page, x: float, y: float) -> None:
+    """A click on the image point (x, y) of the photo viewer, scrolled into view first."""
+    page.locator("#viewport").scroll_into_view_if_needed()
+    sx, sy = on_screen(page, x, y)
+    page.mouse.click(sx, sy)
+
+
+def is_cyan(rgb) -> bool:
+    return rgb[0] < 80 and rgb[1] > 180 and rgb[2] > 200
+
+
+def row_of(page, crack_class: str):
+    """The table row of the crack of a class (the drawn cracks: one transverse, one longitudinal)."""
+    column = COLUMNS.index("class") + 1
+    return page.locator(f"#cracks tbody tr:has(td:nth-child({column}):text-is('{crack_class}'))")
+
+
+def zoom(page) -> float:
+    return float(page.get_attribute("#viewport", "data-zoom"))
+
+
+def column_values(page, name: str) -> list[str]:
+    return page.locator(f"#cracks tbody td:nth-child({COLUMNS.index(name) + 1})").all_inner_texts()
+
+
+def test_zoom_and_pan_bring_a_crack_closer(page, server_url, photo):
+    show_result(page, server_url, photo)
+    scale = page.evaluate("document.getElementById('view').getBoundingClientRect().width") / 360
+    assert red_run(page, 100, 40.5) == pytest.approx(3 * scale, abs=2)  # the 3 px crack at the page's width
+    # The wheel zooms in around the pointer: the point under it stays, the crack grows by the zoom.
+    point = on_screen(page, 100, 40.5)
+    page.mouse.move(*point)
+    page.mouse.wheel(0, -300)
+    page.wait_for_function("Number(document.getElementById('viewport').dataset.zoom) > 1.5")
+    assert on_screen(page, 100, 40.5) == pytest.approx(point, abs=1)
+    wheel_zoom = zoom(page)
+    assert red_run(page, 100, 40.5) == pytest.approx(3 * scale * wheel_zoom, abs=3)
+    assert page.inner_text("#zoom-level") == f"{round(100 * wheel_zoom)} %"
+    # The keyboard: + zooms further, the arrows move the photo, 0 fits it again.
+    page.focus("#viewport")
+    page.keyboard.press("+")
+    assert zoom(page) == pytest.approx(wheel_zoom * 1.5, rel=0.01)
+    before = on_screen(page, 100, 40.5)
+    page.keyboard.press("ArrowRight")  # look further right: the photo moves left
+    page.keyboard.press("ArrowDown")
+    after = on_screen(page, 100, 40.5)
+    assert after[0] < before[0] - 20 and after[1] < before[1] - 20
+    page.keyboard.press("0")
+    assert zoom(page) == 1 and red_run(page, 100, 40.5) == pytest.approx(3 * scale, abs=2)
+    # The buttons, and a drag to move when zoomed in.
+    page.click("#zoom-in")
+    page.click("#zoom-in")
+    assert zoom(page) == pytest.approx(2.25) and page.inner_text("#zoom-level") == "225 %"
+    start = on_screen(page, 150, 150)
+    page.mouse.move(*start)
+    page.mouse.down()
+    page.mouse.move(start[0] - 60, start[1] - 40, steps=5)
+    page.mouse.up()
+    assert on_screen(page, 150, 150) == pytest.approx((start[0] - 60, start[1] - 40), abs=1)
+    # What the screen shows zoomed in: the vertical crack, now 5 px × the zoom wide, in red.
+    settled(page)
+    shot = decode(page.locator("#viewport").screenshot())[..., :3].astype(int)
+    box = page.locator("#viewport").bounding_box()
+    x, y = on_screen(page, 120.5, 130)
+    assert box["x"] < x < box["x"] + box["width"] and box["y"] < y < box["y"] + box["height"]
+    across = shot[round(y - box["y"]), 4:-4]
+    assert is_red(np.moveaxis(across, -1, 0)).sum() == pytest.approx(5 * scale * 2.25, abs=3)
+    page.click("#zoom-fit")
+    assert zoom(page) == 1
+
+
+def test_picking_a_crack_in_the_table_or_the_photo_marks_it_in_both(page, server_url, photo):
+    show_result(page, server_url, photo)
+    vertical, horizontal = (120.5, 130), (170, 40.5)  # on each drawn crack, away from its id
+    assert is_red(colour_at(page, *on_screen(page, *vertical))) and is_red(
+        colour_at(page, *on_screen(page, *horizontal))
+    )
+    # A row clicked: its crack turns to the highlight colour in the photo, the other stays red.
+    row_of(page, "longitudinal").click()
+    assert row_of(page, "longitudinal").get_attribute("aria-selected") == "true"
+    assert "selected" in row_of(page, "longitudinal").get_attribute("class")
+    assert is_cyan(colour_at(page, *on_screen(page, *vertical)))
+    assert is_red(colour_at(page, *on_screen(page, *horizontal)))
+    # The crack clicked in the photo: its row is picked, and the highlight moves to it.
+    click_image(page, *horizontal)
+    assert row_of(page, "transverse").get_attribute("aria-selected") == "true"
+    assert row_of(page, "longitudinal").get_attribute("aria-selected") == "false"
+    assert is_cyan(colour_at(page, *on_screen(page, *horizontal)))
+    assert is_red(colour_at(page, *on_screen(page, *vertical)))
+    # The arrow keys move the pick along the table's rows; a click on bare surface picks none.
+    page.focus("#cracks tbody tr.selected")
+    key = "ArrowDown" if page.locator("#cracks tbody tr").first.get_attribute("aria-selected") == "true" else "ArrowUp"
+    page.keyboard.press(key)
+    assert row_of(page, "longitudinal").get_attribute("aria-selected") == "true"
+    assert is_cyan(colour_at(page, *on_screen(page, *vertical)))
+    click_image(page, 300, 250)
+    assert page.locator("#cracks tbody tr.selected").count() == 0
+    assert is_red(colour_at(page, *on_screen(page, *vertical)))
+    # Each crack's id is written on the photo beside it, in a dark box that leaves the crack visible.
+    ids = page.inner_text("#cracks tbody").split()
+    assert set(ids) >= {"1", "2"}
+    label = on_screen(page, 120.5, 130)  # the vertical crack's id: right of and above its middle
+    shot = decode(page.screenshot(clip={"x": label[0] + 6, "y": label[1] - 22, "width": 12, "height": 16}))
+    assert (shot[..., :3].astype(int).sum(axis=-1) < 200).mean() > 0.4  # mostly the dark box
+
+
+def test_the_table_sorts_filters_and_classes_in_the_units_given(page, server_url, photo):
+    show_result(page, server_url, photo)
+    heads = [
+        text.split(" (")[0].replace("\n", " ").rstrip(" ▲▼") for text in page.locator("#cracks th").all_inner_texts()
+    ]
+    assert heads == COLUMNS
+    # Sorting: by length, shortest first, then longest first.
+    page.click("#cracks th:nth-child(2) button")
+    lengths = [float(v) for v in column_values(page, "length")]
+    assert lengths == sorted(lengths) and page.get_attribute("#cracks th:nth-child(2)", "aria-sort") == "ascending"
+    page.click("#cracks th:nth-child(2) button")
+    assert [float(v) for v in column_values(page, "length")] == sorted(lengths, reverse=True)
+    assert page.get_attribute("#cracks th:nth-child(2)", "aria-sort") == "descending"
+    # Without a pixel size there is no width class; the cracks (3 and 5 px wide) are not below resolution.
+    assert column_values(page, "width class") == ["–", "–"] and column_values(page, "below res.") == ["", ""]
+    # A decimal comma is a decimal point: 0,5 mm per pixel.
+    page.fill("#pixel-size", "0,5")
+    page.wait_for_function("document.querySelector('#cracks thead').textContent.includes('(mm)')")
+    assert page.is_hidden("#pixel-size-error")
+    assert sorted(float(v) for v in column_values(page, "length")) == pytest.approx([60, 80], rel=0.1)
+    assert "pixel_size_mm=0.5" in page.get_attribute("#download-csv", "href")
+    # The width classes: 1.5 and 2.5 mm are over concrete's 0.4 mm, under pavement's 6 mm.
+    assert column_values(page, "width class") == [">=0.4 mm"] * 2
+    page.select_option("#classes", "pavement")
+    page.wait_for_function("document.querySelector('#cracks tbody').textContent.includes('low (<6 mm)')")
+    assert column_values(page, "width class") == ["low (<6 mm)"] * 2
+    assert page.inner_text("#classes-bins") == "classes: low (<6 mm), moderate (6-19 mm), high (>=19 mm)"
+    assert "classes=pavement" in page.get_attribute("#download-zip", "href")
+    # The minimum length, in the table's unit (mm): the 60 mm crack goes, from the table and the downloads.
+    page.fill("#min-length", "70")
+    page.wait_for_selector("#cracks[data-count='1']")
+    assert page.inner_text("#min-length-unit") == "mm" and "1 shorter" in page.inner_text("#dropped")
+    assert "min_length=140" in page.get_attribute("#download-csv", "href")  # 70 mm of 0.5 mm px
+    # Cleared, the pixel size takes the millimetres with it; the filter stays the same length, now in px.
+    page.fill("#pixel-size", "")
+    page.wait_for_function("document.querySelector('#cracks thead').textContent.includes('(px)')")
+    assert "mm" not in page.inner_text("#cracks") and page.inner_text("#total-length").endswith(" px")
+    assert page.input_value("#min-length") == "140" and page.inner_text("#min-length-unit") == "px"
+    assert "pixel_size_mm=none" in page.get_attribute("#download-csv", "href")
+    assert page.get_attribute("#cracks", "data-count") == "1"
+    # A number the page cannot read as one: refused, visibly, and nothing changes.
+    for bad in ("1.234,5", "0,5,1", "abc"):
+        page.fill("#pixel-size", bad)
+        assert page.is_visible("#pixel-size-error") and "0,5" in page.inner_text("#pixel-size-error")
+        assert page.get_attribute("#pixel-size", "aria-invalid") == "true"
+    assert "(px)" in page.inner_text("#cracks thead")
+
+
+def test_an_expired_result_says_so_and_clears_the_view(page, server_url, photo):
+    def drop_the_result():  # as the server does once its time is up, or when memory is short
+        rid = page.evaluate("new URL(document.getElementById('download-mask').href).pathname.split('/')[3]")
+        assert httpx.delete(f"{server_url}api/results/{rid}").status_code == 200
+        return rid
+
+    def assert_expired(rid):
+        page.wait_for_selector("body[data-state='expired']")
+        assert "This result has expired: upload the photo again." == page.inner_text("#status")
+        assert page.is_visible("#status.error") and page.is_hidden("#result-panel")
+        assert page.locator("#cracks tbody tr").count() == 0
+        assert all(link.get_attribute("href") is None for link in page.locator(".downloads a").all())
+        assert rid not in page.inner_text("body") and rid not in page.evaluate("document.body.innerHTML")
+        shot = decode(page.screenshot(full_page=True))[..., :3].astype(int)
+        assert photo_surface(shot).sum() < 20  # the photo is gone too
+
+    # Found out when the page asks for new measurements...
+    show_result(page, server_url, photo)
+    rid = drop_the_result()
+    slide_threshold_to(page, "0.45")
+    assert_expired(rid)
+    # ... or a download.
+    drop_file(page, photo)
+    page.wait_for_selector("body[data-state='ready']")
+    rid = drop_the_result()
+    page.click("#download-zip")
+    assert_expired(rid)
+
+
+def test_the_page_expires_a_result_when_its_time_is_up(browser, server_url, photo):
+    context = browser.new_context(viewport={"width": 1200, "height": 900})
+    page = context.new_page()
+    try:
+        page.clock.install()
+        show_result(page, server_url, photo)
+        ttl = httpx.get(f"{server_url}api/health").json()["result_ttl_s"]
+        page.clock.fast_forward(int(ttl * 1000) - 5000)
+        assert page.get_attribute("body", "data-state") == "ready"
+        page.clock.fast_forward(6000)
+        page.wait_for_selector("body[data-state='expired']")
+        assert "expired" in page.inner_text("#status") and page.is_hidden("#result-panel")
+    finally:
+        context.close()
+
+
+def test_everything_downloads_as_one_zip(page, server_url, photo):
+    show_result(page, server_url, photo)
+    slide_threshold_to(page, "0.2")
+    page.wait_for_selector("#cracks[data-threshold='0.20'][data-count='3']")
+    page.fill("#pixel-size", "0.5")
+    page.wait_for_function("document.querySelector('#cracks thead').textContent.includes('(mm)')")
+    with page.expect_download() as download:
+        page.click("#download-zip")
+    assert download.value.suggested_filename == "wall_crackseg.zip"
+    archive = zipfile.ZipFile(io.BytesIO(Path(download.value.path()).read_bytes()))
+    kinds = ["mask.png", "overlay.jpg", "cracks.csv", "cracks.gpkg", "cracks.dxf", "width.png", "measure.json"]
+    assert set(archive.namelist()) == {f"wall_{kind}" for kind in [*kinds, "report.html"]}
+    mask = decode(archive.read("wall_mask.png")) > 0
+    assert mask.sum() == DRAWN_PIXELS + 160  # the threshold on the page: the faint crack too
+    report = archive.read("wall_report.html").decode()
+    assert report.count("<tr>") == 4 and "length (mm)" in report and "data:image/png;base64," in report
+    # The report's table is the page's: the same lengths.
+    page_lengths = sorted(column_values(page, "length"))
+    assert all(f"<td>{length}</td>" in report for length in page_lengths)
+
+
+def test_a_geotiff_keeps_its_place_and_pixel_size_on_the_page(page, server_url, tmp_path):
+    from tests.test_serve import geotiff_bytes
+
+    tif = tmp_path / "deck.tif"
+    tif.write_bytes(geotiff_bytes(drawn_cracks_photo(300, 360)))
+    open_page(page, server_url)
+    page.set_input_files("#file-input", str(tif))
+    page.wait_for_selector("body[data-state='ready']")
+    assert page.input_value("#pixel-size") == "2" and "georeference" in page.inner_text("#pixel-size-note")
+    assert page.inner_text("#place") == "EPSG:32633" and page.is_visible("#download-geojson")
+    assert "(mm)" in page.inner_text("#cracks thead")
+    with page.expect_download() as download:
+        page.click("#download-geojson")
+    assert download.value.suggested_filename == "deck_cracks.geojson"
+    # The next photo, a plain one, does not inherit the GeoTIFF's pixel size.
+    photo = tmp_path / "wall.png"
+    write_image(photo, drawn_cracks_photo(300, 360))
+    drop_file(page, photo)
+    page.wait_for_function("document.getElementById('status').textContent.startsWith('wall.png')")
+    assert page.input_value("#pixel-size") == "" and page.is_hidden("#download-geojson")
+    assert "(px)" in page.inner_text("#cracks thead")
+
+
+def test_labels_help_and_the_icon_for_every_reader(page, server_url, photo):
+    failures = []
+    page.on("response", lambda r: failures.append(r.url) if r.status >= 400 else None)
+    show_result(page, server_url, photo)
+    assert not failures  # the icon included
+    view = page.locator("#view")
+    assert view.get_attribute("role") == "img" and "2 cracks" in view.get_attribute("aria-label")
+    # The threshold is announced once, by the slider: the number beside it is hidden from screen readers.
+    assert page.locator("output").count() == 0
+    assert page.get_attribute("#threshold-value", "aria-hidden") == "true"
+    page.focus("#threshold")
+    page.keyboard.press("ArrowRight")
+    assert page.get_attribute("#threshold", "aria-valuetext") == "0.51"
+    # The angle column is explained in words on the page, not only in a tooltip.
+    legend = page.locator(".legend")
+    assert legend.is_visible() and "counter-clockwise from the photo's horizontal" in legend.inner_text()
+    assert page.get_attribute("#viewport", "tabindex") == "0"
+    page.click("footer a[href='docs']")
+    page.wait_for_selector("a[href='/openapi.json']")
+
+
+class SlowBackend(DarknessBackend):
+    """The darkness stand-in at a quarter of a second per batch of tiles: a large photo takes a while."""
+
+    def __call__(self, batch):
+        time.sleep(0.25)
+        return super().__call__(batch)
+
+
+@pytest.fixture(scope="module")
+def slow_server():
+    """One worker: a photo waits for the one before it, unless that one is cancelled."""
+    config = ModelConfig(train_size=256, name="darkness", threshold=0.5)
+    segmenter = CrackSegmenter(None, config, backend=SlowBackend(config))
+    with serving(create_app(segmenter, workers=1, host="127.0.0.1")) as url:
+        yield url, segmenter
+
+
+def test_progress_preview_and_cancel_free_the_server(page, slow_server, tmp_path):
+    url, segmenter = slow_server
+    big, small = tmp_path / "big.png", tmp_path / "small.png"
+    write_image(big, drawn_cracks_photo(2048, 2048))
+    write_image(small, drawn_cracks_photo(300, 360))
+    tiles = segmenter._tile_count(2048, 2048)
+    full_s = math.ceil(tiles / segmenter.batch_size) * 0.25
+    open_page(page, url)
+    # The photo shows at once, before the server has an answer; then the tiles count up.
+    page.set_input_files("#file-input", str(big))
+    page.wait_for_selector("body[data-preview]")
+    assert page.get_attribute("body", "data-state") == "busy"
+    assert pixel(page, 10, 10) == [200, 200, 200] and not is_red(pixel(page, 100, 40))  # the photo, no cracks yet
+    page.wait_for_function("document.getElementById('progress').value >= 8")
+    assert page.evaluate("document.getElementById('progress').max") == tiles
+    assert page.inner_text("#progress-text").startswith("tiles ") and page.inner_text("#progress-text").endswith(
+        f" / {tiles}"
+    )
+    # Escape cancels; the server stops, and the next photo is done in about its own time.
+    done_before = page.evaluate("document.getElementById('progress').value")
+    page.keyboard.press("Escape")
+    page.wait_for_function("document.getElementById('status').textContent.includes('Cancelled')")
+    assert page.is_hidden("#result-panel") and page.get_attribute("body", "data-state") == "empty"
+    started = time.monotonic()
+    page.set_input_files("#file-input", str(small))
+    page.wait_for_selector("body[data-state='ready']")
+    took = time.monotonic() - started
+    left_of_big = full_s * (1 - done_before / tiles)
+    assert took < 3 and took < left_of_big / 2, (took, left_of_big)
+    assert wait_idle(url)["pending"] == 0

@@ -349,17 +349,30 @@ def test_allowed_hosts_follow_the_listening_address(monkeypatch):
         assert client.get("/api/health", headers={"host": "attacker.example:8000"}).status_code == 400
 
 
-def test_no_docs_pages_that_need_a_cdn_and_the_openapi_description_works(dark_client):
-    """FastAPI's /docs and /redoc load their scripts from a CDN (blank offline): they are gone."""
-    for url in ("/docs", "/redoc", "/docs/oauth2-redirect"):
+def test_docs_point_to_the_openapi_description_and_nothing_needs_a_cdn(dark_client):
+    """FastAPI's /docs and /redoc load their scripts from a CDN (blank offline): /docs is a plain page that lists the
+    endpoints and links to /openapi.json instead."""
+    docs = dark_client.get("/docs")
+    assert docs.status_code == 200 and docs.headers["content-type"].startswith("text/html")
+    assert 'href="/openapi.json"' in docs.text and "/api/predict" in docs.text and "<script" not in docs.text
+    for url in ("/redoc", "/docs/oauth2-redirect"):
         assert dark_client.get(url).status_code == 404, url
     spec = dark_client.get("/openapi.json")
     assert spec.status_code == 200
     assert {"/api/predict", "/api/health", "/api/model"} <= set(spec.json()["paths"])
     # Nothing the page loads comes from the network.
-    for url in ("/", "/static/app.js", "/static/style.css"):
-        text = dark_client.get(url).text
+    scripts = [f"/static/{name}" for name in ("app.js", "view.js", "table.js", "fields.js", "style.css")]
+    for url in ("/", "/docs", *scripts):
+        response = dark_client.get(url)
+        text = response.text
+        assert response.status_code == 200, url
         assert "cdn" not in text.lower() and "https://" not in text and "//unpkg" not in text, url
+
+
+def test_the_favicon_is_served(dark_client):
+    icon = dark_client.get("/favicon.ico")
+    assert icon.status_code == 200 and icon.headers["content-type"] == "image/x-icon"
+    assert Image.open(io.BytesIO(icon.content)).format == "ICO"
 
 
 # --- health, model, privacy of results --------------------------------------------------------------------
@@ -384,6 +397,7 @@ def test_result_ids_are_random_and_private(dark_client):
     assert dark_client.delete(f"/api/results/{ids[0]}").status_code == 200
     response = dark_client.get(f"/api/results/{ids[0]}/mask.png")
     assert response.status_code == 404 and "upload the photo again" in response.json()["detail"]
+    assert ids[0] not in response.json()["detail"]  # the page shows the reason as it is: no internal id in it
     assert dark_client.get(f"/api/results/{ids[1]}/mask.png").headers["cache-control"] == "no-store"
 
 
@@ -544,3 +558,198 @@ def test_a_client_that_leaves_stops_the_work_within_a_few_tiles(tmp_path):
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+# --- what the page asks of a result: units, classes, short cracks, place, everything in one ZIP ------------------
+
+
+def test_a_pixel_size_of_none_measures_in_pixels_even_after_an_upload_with_one(dark_client):
+    body = post(dark_client, png_bytes(drawn_cracks_photo()), pixel_size_mm="0.5").json()
+    assert body["measurements"]["cracks"][0]["len_mm"] is not None and body["pixel_size_from"] == "the request"
+    kept = dark_client.get(body["urls"]["measurements"]).json()  # no pixel size asked: the upload's
+    assert kept["pixel_size_mm"] == 0.5
+    cleared = dark_client.get(body["urls"]["measurements"], params={"pixel_size_mm": "none"}).json()
+    assert cleared["pixel_size_mm"] is None
+    assert all(crack["len_mm"] is None for crack in cleared["measurements"]["cracks"])
+    assert "total_length_mm" not in cleared["measurements"]["summary"]
+    csv = dark_client.get(body["urls"]["csv"], params={"pixel_size_mm": "none"}).text.splitlines()
+    from crackseg.measure.maps import CSV_FIELDS
+
+    assert csv[1].split(",")[CSV_FIELDS.index("len_mm")] == ""
+
+
+def test_width_classes_and_minimum_length_are_asked_per_request(dark_client):
+    urls = post(dark_client, png_bytes(drawn_cracks_photo())).json()["urls"]
+    params = {"pixel_size_mm": 2.0}  # the 3 and 5 px wide cracks: 6 and 10 mm
+    concrete = dark_client.get(urls["measurements"], params=params).json()["measurements"]
+    assert concrete["width_classes"]["name"] == "concrete"
+    pavement = dark_client.get(urls["measurements"], params={**params, "classes": "pavement"}).json()["measurements"]
+    assert pavement["width_classes"]["name"] == "pavement"
+    assert {c["width_cls"] for c in pavement["cracks"]} <= set(pavement["width_classes"]["labels"])
+    long_only = dark_client.get(urls["measurements"], params={"min_length": 140}).json()["measurements"]
+    assert [round(c["len_px"], -1) for c in long_only["cracks"]] == [160] and long_only["summary"]["dropped_short"]
+    csv = dark_client.get(urls["csv"], params={"min_length": 140}).text.strip().splitlines()
+    assert len(csv) == 2  # the downloads follow the same filter
+    assert dark_client.get(urls["measurements"], params={"classes": "roads"}).status_code == 422
+    assert dark_client.get(urls["measurements"], params={"min_length": -1}).status_code == 422
+
+
+def test_measurements_carry_each_cracks_centreline_and_label_place(dark_client):
+    body = post(dark_client, png_bytes(drawn_cracks_photo())).json()
+    shapes = {shape["id"]: shape for shape in body["centrelines"]}
+    assert set(shapes) == {c["id"] for c in body["measurements"]["cracks"]}
+    for crack in body["measurements"]["cracks"]:
+        x, y, w, h = crack["bbox"]
+        points = np.concatenate([np.asarray(line) for line in shapes[crack["id"]]["lines"]])
+        label = shapes[crack["id"]]["label"]
+        assert (points >= [x - 1, y - 1]).all() and (points <= [x + w + 1, y + h + 1]).all()
+        assert x <= label[0] <= x + w and y <= label[1] <= y + h
+
+
+def geotiff_bytes(image: np.ndarray, crs: str = "EPSG:32633", pixel_m: float = 0.002) -> bytes:
+    """`image` as an RGB GeoTIFF in `crs`, north up, with square pixels of `pixel_m` (the CRS's unit)."""
+    from affine import Affine
+    from rasterio.io import MemoryFile
+
+    profile = {"driver": "GTiff", "height": image.shape[0], "width": image.shape[1], "count": 3, "dtype": "uint8"}
+    profile |= {"crs": crs, "transform": Affine(pixel_m, 0.0, 500_000.0, 0.0, -pixel_m, 5_000_000.0)}
+    with MemoryFile() as memory:
+        with memory.open(**profile) as dst:
+            dst.write(np.moveaxis(image, -1, 0))
+        return memory.read()
+
+
+def test_a_geotiff_upload_keeps_its_georeference(dark_client, tmp_path):
+    import pyogrio
+    import pyproj
+    import shapely
+
+    image = drawn_cracks_photo()
+    answer = post(dark_client, geotiff_bytes(image), name="deck.tif").json()
+    assert answer["pixel_size_mm"] == pytest.approx(2.0) and answer["pixel_size_from"] == "georeference"
+    assert answer["georeference"]["crs"] == "EPSG:32633"
+    lengths_mm = sorted(c["len_mm"] for c in answer["measurements"]["cracks"])
+    assert lengths_mm == pytest.approx([240, 320], rel=0.1)  # 120 and 160 px of 2 mm
+    urls = answer["urls"]
+    # The GeoPackage in the raster's CRS, its cracks inside the raster's extent.
+    (tmp_path / "deck.gpkg").write_bytes(dark_client.get(urls["gpkg"]).content)
+    meta, _, wkb, _ = pyogrio.raw.read(tmp_path / "deck.gpkg")
+    assert pyproj.CRS(meta["crs"]).to_epsg() == 32633
+    bounds = shapely.total_bounds(shapely.from_wkb(wkb))
+    right, bottom = 500_000 + 0.002 * image.shape[1], 5_000_000 - 0.002 * image.shape[0]
+    assert bounds[0] >= 500_000 and bounds[2] <= right and bounds[1] >= bottom and bounds[3] <= 5_000_000
+    # GeoJSON, in WGS 84, for a georeferenced upload only.
+    geojson = dark_client.get(urls["geojson"])
+    assert geojson.status_code == 200 and geojson.headers["content-type"] == "application/geo+json"
+    lon, lat = np.asarray(geojson.json()["features"][0]["geometry"]["coordinates"][0][0])
+    assert 14.9 < lon < 15.1 and 45.1 < lat < 45.2  # UTM 33N, 500 km east, 5000 km north
+    dxf = dark_client.get(urls["dxf"]).text
+    assert "500000" in dxf.replace(".", "").replace(" ", "") or "5e+05" in dxf  # in the CRS, not mm from a corner
+    # The same photo as a PNG: no place, no GeoJSON.
+    plain = post(dark_client, png_bytes(image), name="deck.png").json()
+    assert plain["georeference"] is None and plain["pixel_size_from"] is None and "geojson" not in plain["urls"]
+    assert dark_client.get(plain["urls"]["csv"].replace(".csv", ".geojson")).status_code == 422
+
+
+def test_a_geotiff_in_degrees_is_measured_in_pixels_with_the_reason(dark_client):
+    answer = post(dark_client, geotiff_bytes(drawn_cracks_photo(), "EPSG:4326", 1e-6), name="wgs.tif").json()
+    assert answer["pixel_size_mm"] is None and answer["georeference"]["crs"] == "EPSG:4326"
+    assert "geographic" in answer["notes"][0] and "enter the pixel size" in answer["notes"][0]
+    assert "geojson" in answer["urls"]
+
+
+def test_the_zip_holds_every_file_and_a_one_page_report(dark_client, tmp_path):
+    import zipfile
+
+    import pyogrio
+
+    answer = post(dark_client, png_bytes(drawn_cracks_photo()), name="wall.png").json()
+    params = {"threshold": 0.2, "pixel_size_mm": 0.5}
+    response = dark_client.get(answer["urls"]["zip"], params=params)
+    assert response.status_code == 200 and response.headers["content-type"] == "application/zip"
+    assert response.headers["content-disposition"] == 'attachment; filename="wall_crackseg.zip"'
+    archive = zipfile.ZipFile(io.BytesIO(response.content))
+    assert archive.testzip() is None
+    names = set(archive.namelist())
+    kinds = ("mask.png", "overlay.jpg", "cracks.csv", "cracks.gpkg", "cracks.dxf", "width.png", "measure.json")
+    assert names == {f"wall_{kind}" for kind in (*kinds, "report.html")}  # no GeoJSON: a photo has no place
+    # The files are the current threshold's and pixel size's: the faint crack too, lengths in mm.
+    mask = decode(archive.read("wall_mask.png")) > 0
+    assert mask.sum() == 160 * 3 + 120 * 5 + 160 and mask[150:152, 20:100].all()
+    assert decode(archive.read("wall_overlay.jpg")).shape == (200, 240, 3)
+    csv = archive.read("wall_cracks.csv").decode().splitlines()
+    assert csv == dark_client.get(answer["urls"]["csv"], params=params).text.splitlines() and len(csv) == 4
+    (tmp_path / "c.gpkg").write_bytes(archive.read("wall_cracks.gpkg"))
+    assert len(pyogrio.read_info(tmp_path / "c.gpkg")["fields"]) > 10
+    assert pyogrio.read_info(tmp_path / "c.gpkg")["features"] == 3
+    assert b"LWPOLYLINE" in archive.read("wall_cracks.dxf")
+    assert decode(archive.read("wall_width.png")).ndim == 3
+    import json
+
+    summary = json.loads(archive.read("wall_measure.json"))
+    assert summary["threshold"] == 0.2 and summary["summary"]["count"] == 3 and summary["pixel_size_mm"] == 0.5
+    # The report: one page with the picture inline (nothing fetched) and one row per crack, in mm.
+    report = archive.read("wall_report.html").decode()
+    assert report.count('<img src="data:image/png;base64,') == 1 and "<script" not in report
+    assert "http" not in report.replace("data:image/png", "")
+    assert report.count("<tr>") == 1 + 3 and "length (mm)" in report and "0.5 mm/px" in report
+    assert "counter-clockwise from the photo" in report
+    # A GeoTIFF's ZIP holds its GeoJSON too.
+    geo = post(dark_client, geotiff_bytes(drawn_cracks_photo()), name="deck.tif").json()
+    zipped = zipfile.ZipFile(io.BytesIO(dark_client.get(geo["urls"]["zip"]).content))
+    assert "deck_cracks.geojson" in zipped.namelist()
+    assert "EPSG:32633" in zipped.read("deck_report.html").decode()
+
+
+def test_the_report_escapes_the_photos_name(dark_client):
+    import zipfile
+
+    answer = post(dark_client, png_bytes(drawn_cracks_photo()), name="wall <b>north.png").json()
+    archive = zipfile.ZipFile(io.BytesIO(dark_client.get(answer["urls"]["zip"]).content))
+    report = archive.read(next(n for n in archive.namelist() if n.endswith("report.html"))).decode()
+    assert "<b>" not in report and "wall &lt;b&gt;north" in report
+
+
+def test_the_segmenter_reports_tiles_done_of_all():
+    config = ModelConfig(train_size=64)
+    segmenter = CrackSegmenter(None, config, backend=DarknessBackend(config), batch_size=3)
+    calls = []
+    segmenter.predict_prob(drawn_cracks_photo(200, 240), progress=lambda done, total: calls.append((done, total)))
+    total = calls[-1][1]
+    assert total == segmenter._tile_count(200, 240) and calls[-1][0] == total
+    assert [done for done, _ in calls] == sorted({done for done, _ in calls}) and all(t == total for _, t in calls)
+    two_scales = CrackSegmenter(None, config, backend=DarknessBackend(config), scales=(1.0, 0.5))
+    scaled = []
+    two_scales.predict_prob(drawn_cracks_photo(200, 240), progress=lambda done, total: scaled.append((done, total)))
+    assert scaled[-1][0] == scaled[-1][1] == total + two_scales._tile_count(100, 120)
+
+
+def test_progress_is_readable_while_a_photo_is_segmented():
+    started, release = threading.Event(), threading.Event()
+
+    class SlowBackend(DarknessBackend):
+        calls = 0
+
+        def __call__(self, batch):
+            SlowBackend.calls += 1
+            if SlowBackend.calls == 3:
+                started.set()
+                release.wait(timeout=30)
+            return super().__call__(batch)
+
+    config = ModelConfig(train_size=64)
+    app = create_app(CrackSegmenter(None, config, backend=SlowBackend(config), batch_size=1), workers=1)
+    token = "page-token-1234"
+    with TestClient(app, base_url=LOCAL) as client:
+        assert client.get(f"/api/progress/{token}").json()["stage"] == "unknown"
+        answer = {}
+        photo = png_bytes(drawn_cracks_photo())
+        worker = threading.Thread(target=lambda: answer.update(r=post(client, photo, progress=token)))
+        worker.start()
+        assert started.wait(timeout=30)
+        progress = client.get(f"/api/progress/{token}").json()
+        release.set()
+        worker.join(timeout=30)
+        after = client.get(f"/api/progress/{token}").json()
+    assert progress == {"stage": "segmenting", "done": 2, "total": 20}  # 200×240 in tiles of 64: 4 × 5
+    assert answer["r"].status_code == 200 and after["stage"] == "unknown"  # forgotten once answered

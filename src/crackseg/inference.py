@@ -10,7 +10,7 @@ import logging
 import math
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -44,6 +44,17 @@ class Cancelled(CracksegError):
 def check_cancel(cancel: threading.Event | None) -> None:
     if cancel is not None and cancel.is_set():
         raise Cancelled("cancelled")
+
+
+class TileProgress:
+    """Tells a callback (tiles done, tiles in all) as the batches of one `predict_prob` call finish."""
+
+    def __init__(self, report: Callable[[int, int], None], total: int):
+        self.report, self.total, self.done = report, total, 0
+
+    def advance(self, tiles: int) -> None:
+        self.done += tiles
+        self.report(self.done, self.total)
 
 
 def resolve_threshold(given: float | None, model_default: float) -> float:
@@ -203,34 +214,63 @@ class CrackSegmenter:
             return image
         return np.pad(image, ((0, pad_h), (0, pad_w), (0, 0)), mode="symmetric")
 
-    def predict_prob(self, image: np.ndarray, cancel: threading.Event | None = None) -> np.ndarray:
+    def predict_prob(
+        self,
+        image: np.ndarray,
+        cancel: threading.Event | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> np.ndarray:
         """Crack probability (float32, the image's H×W) of an H×W×3 uint8 RGB image.
 
         With several `scales` in the options, the mean of the maps of the image resized by each factor, brought
         back to its size. `cancel`: when set (by another thread: a client that left, a Cancel), the work stops
-        within one batch of tiles with `Cancelled`."""
+        within one batch of tiles with `Cancelled`. `progress(done, total)`: called before the first batch and after
+        each with the tiles done and the tiles of the whole call (every scale)."""
         height, width = image.shape[:2]
         check_pixels(width, height, self.max_pixels, "image")
+        sizes = [(max(round(width * s), 1), max(round(height * s), 1)) for s in self.options.scales]
+        counter = TileProgress(progress, sum(self._tile_count(h, w) for w, h in sizes)) if progress else None
+        if counter:
+            counter.advance(0)  # the total, before the first batch
         if self.options.scales == (1.0,):
-            return self._predict_one_scale(image, cancel)
+            return self._predict_one_scale(image, cancel, counter)
         total = np.zeros((height, width), np.float32)
-        for scale in self.options.scales:
-            size = (max(round(width * scale), 1), max(round(height * scale), 1))
+        for scale, size in zip(self.options.scales, sizes, strict=True):
             resized = image if scale == 1 else cv2.resize(image, size, interpolation=resize_method(scale))
-            prob = self._predict_one_scale(resized, cancel)
+            prob = self._predict_one_scale(resized, cancel, counter)
             total += prob if scale == 1 else cv2.resize(prob, (width, height), interpolation=resize_method(1 / scale))
         return total / len(self.options.scales)
 
-    def _predict_one_scale(self, image: np.ndarray, cancel: threading.Event | None) -> np.ndarray:
+    def _single_pass(self, height: int, width: int) -> bool:
+        return height <= self.tile and width <= self.tile and self.backend.fixed_size is None
+
+    def _tile_count(self, height: int, width: int) -> int:
+        if self._single_pass(height, width):
+            return 1
+        rows = tile_starts(max(height, self.tile), self.tile, self.overlap)
+        return len(rows) * len(tile_starts(max(width, self.tile), self.tile, self.overlap))
+
+    def _predict_one_scale(
+        self, image: np.ndarray, cancel: threading.Event | None, counter: TileProgress | None = None
+    ) -> np.ndarray:
         height, width = image.shape[:2]
         check_cancel(cancel)
         tile = self.tile
-        if height <= tile and width <= tile and self.backend.fixed_size is None:
-            return self._run([image])[0]  # one pass; the network pads to its stride itself
+        if self._single_pass(height, width):
+            prob = self._run([image])[0]  # one pass; the network pads to its stride itself
+            if counter:
+                counter.advance(1)
+            return prob
         padded = self._pad_to(image, max(height, tile), max(width, tile))
-        return self._tiled(padded, tile, cancel)[:height, :width]
+        return self._tiled(padded, tile, cancel, counter)[:height, :width]
 
-    def _tiled(self, image: np.ndarray, tile: int, cancel: threading.Event | None = None) -> np.ndarray:
+    def _tiled(
+        self,
+        image: np.ndarray,
+        tile: int,
+        cancel: threading.Event | None = None,
+        counter: TileProgress | None = None,
+    ) -> np.ndarray:
         height, width = image.shape[:2]
         ys, xs = tile_starts(height, tile, self.overlap), tile_starts(width, tile, self.overlap)
         window = blend_window(tile)
@@ -251,6 +291,8 @@ class CrackSegmenter:
             for (y, x), prob in zip(chunk, probs):
                 prob *= weight2d  # in place: no tile-sized temporary per tile
                 out[y : y + tile, x : x + tile] += prob
+            if counter:
+                counter.advance(len(chunk))
         out /= row_weight[:, None]
         out /= col_weight[None, :]
         return np.clip(out, 0.0, 1.0, out=out)

@@ -14,6 +14,7 @@ import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -125,11 +126,12 @@ class TiffHeader:
         return self.georef is not None or self.grid is not None
 
 
-def read_tiff_header(path: str | Path) -> TiffHeader | None:
+def read_tiff_header(path: str | Path | BinaryIO, name: str | None = None) -> TiffHeader | None:
     """A TIFF's size, georeference (None without a CRS: its maps are in the local frame) and, without a CRS, its
     geotransform; None for other files and for TIFFs rasterio cannot open (the image reader then says what is
-    wrong with them)."""
-    if not is_tiff(path):
+    wrong with them). `path`: a file, or an open binary file (an upload) called `name`; it is read whole, so
+    seek it back to read the pixels."""
+    if not is_tiff(name or path):
         return None
     import rasterio
     from rasterio.errors import NotGeoreferencedWarning, RasterioIOError

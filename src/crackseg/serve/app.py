@@ -2,7 +2,7 @@
 
 The endpoints are `serve.routes`; the app holds what they share (segmenter, results, limits, worker pool) and the
 middleware that decides who may use it and how much they may send (`serve.security`). Nothing is loaded from the
-network: there are no Swagger/ReDoc pages (they need a CDN); `/openapi.json` describes the API.
+network: there are no Swagger/ReDoc pages (they need a CDN); `/openapi.json` describes the API and `/docs` lists it.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from fastapi.staticfiles import StaticFiles
 
 from crackseg import __version__
 from crackseg.errors import InputError
+from crackseg.serve.progress import ProgressBoard
 from crackseg.serve.routes import MB, STATIC_DIR, Limits, WorkerPool, router
 from crackseg.serve.security import BodySizeLimit, HostOriginGuard, allowed_host_names
 from crackseg.serve.store import ResultStore
@@ -43,8 +44,8 @@ def create_app(
     requests are answered only for it and the loopback names (`allowed_host_names`), and POSTs only from the
     page's own origin (`HostOriginGuard`).
 
-    There are no /docs or /redoc pages: FastAPI's load Swagger UI and ReDoc from a CDN, so they are blank
-    offline. `/openapi.json` describes the API.
+    FastAPI's /docs and /redoc pages load Swagger UI and ReDoc from a CDN, so they are blank offline: /docs is
+    instead a plain page listing the endpoints and pointing to `/openapi.json`, which describes the API.
     """
     if workers < 1:
         raise InputError(f"--workers must be at least 1, got {workers}")
@@ -64,6 +65,7 @@ def create_app(
     app.state.limits = limits
     app.state.store = ResultStore(result_ttl_s, int(max_result_mb * MB))
     app.state.pool = WorkerPool(workers, limits.max_pending)
+    app.state.progress = ProgressBoard()
     app.add_middleware(BodySizeLimit, max_bytes=limits.max_upload_bytes + FORM_OVERHEAD, message=limits.too_large)
     app.add_middleware(HostOriginGuard, allowed=allowed_host_names(host))  # outermost: before any body is read
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")

@@ -10,16 +10,21 @@ from collections import OrderedDict
 
 import numpy as np
 
+from crackseg.io.georef import Georeference
+
 
 @dataclasses.dataclass
 class Result:
-    """One segmented upload, as kept: the photo and its probabilities, and the threshold and pixel size asked for."""
+    """One segmented upload, as kept: the photo and its probabilities, the threshold asked for, and the pixel size
+    asked for or read from the upload's georeference."""
 
     image: np.ndarray  # upright RGB uint8, as segmented
     prob: np.ndarray  # float32 crack probability, same H×W
     threshold: float
     pixel_size_mm: float | None
     name: str
+    georef: Georeference | None = None  # a GeoTIFF's: its maps are placed in its CRS
+    pixel_size_from: str | None = None  # "the request", "georeference", ... (`georef.resolve_pixel_size`)
     created: float = 0.0  # set by ResultStore.add
 
     @property
