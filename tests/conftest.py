@@ -7,16 +7,19 @@ import tempfile
 from pathlib import Path
 
 import pytest
-import torch
 
-from crackseg.models.networks import ModelConfig, build_model, save_model
+from crackseg.extras import has_torch
+from crackseg.models.config import ModelConfig
 from crackseg.synthetic import write_synthetic_dataset
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
-# The tests run tiny inputs, which gain little from a second thread; on a busy machine (CI runners, a training
-# beside the tests) its spin-waiting made some tests tens of times slower.
-torch.set_num_threads(1)
+if has_torch():  # tests/test_core_install.py also runs where only the core is installed
+    import torch
+
+    # The tests run tiny inputs, which gain little from a second thread; on a busy machine (CI runners, a training
+    # beside the tests) its spin-waiting made some tests tens of times slower.
+    torch.set_num_threads(1)
 # Exported/compiled models of the test models go to a throw-away cache, shared by the whole session.
 os.environ["CRACKSEG_CACHE"] = tempfile.mkdtemp(prefix="crackseg-test-cache-")
 
@@ -30,6 +33,10 @@ def synthetic_root(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A randomly initialised PSPNet-ResNet18 saved as a crackseg model (for pipeline tests, not accuracy)."""
+    import torch
+
+    from crackseg.models.networks import build_model, save_model
+
     torch.manual_seed(0)
     model = build_model("pspnet", "resnet18")
     config = ModelConfig(arch="pspnet", encoder="resnet18", train_size=64, name="tiny")
