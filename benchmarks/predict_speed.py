@@ -114,8 +114,9 @@ def engines(handle, crops, hardware_bf16: bool):
 
 
 def throughput_table(handle, args, gflop: float, peak: float) -> None:
+    from crackseg.engines.base import cpu_has_bf16_matrix_engine
     from crackseg.engines.int8 import CalibrationCrops, measure_agreement
-    from crackseg.engines.torch_engine import TorchBackend, cpu_has_bf16_matrix_engine
+    from crackseg.engines.torch_engine import TorchBackend
 
     net, config = handle.network, handle.config
 
@@ -235,7 +236,7 @@ def main() -> None:
     os.environ["OMP_NUM_THREADS"] = str(args.threads)  # for the end-to-end child processes
 
     from crackseg.engines import ModelHandle
-    from crackseg.engines.torch_engine import cpu_has_bf16_matrix_engine
+    from crackseg.engines.base import cpu_has_bf16_matrix_engine
     from crackseg.models.networks import ModelConfig, build_model, save_model
 
     with tempfile.TemporaryDirectory(prefix="crackseg-bench-") as tmp:

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from crackseg.data import CrackDataset, EpochSeededDataset, find_all_pairs, train_transform
-from crackseg.engines.torch_engine import cpu_has_bf16_matrix_engine
+from crackseg.engines.base import cpu_has_bf16_matrix_engine
 from crackseg.losses import build_loss
 from crackseg.models.networks import build_model
 from crackseg.train import train_one_epoch

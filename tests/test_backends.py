@@ -320,6 +320,21 @@ def test_int8_keeps_the_stem_and_head_convolutions_in_float(exported, tiny, tmp_
     assert all(weight_is_int8[1:-1])
 
 
+@pytest.mark.parametrize("vnni", [True, False])
+def test_int8_weights_keep_clear_of_the_16_bit_overflow_on_cpus_without_vnni(
+    exported, tiny, tmp_path, monkeypatch, vnni
+):
+    import onnx
+    from onnx import numpy_helper
+
+    monkeypatch.setattr(int8, "cpu_has_vnni", lambda: vnni)
+    path = int8.quantize_onnx_int8(exported, tmp_path / "int8.onnx", CalibrationCrops(tiny.config, TILE, count=4))
+    weights = [numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer if t.data_type == 3]  # int8
+    largest = max(int(np.abs(w.astype(np.int16)).max()) for w in weights)
+    assert largest <= 64 if not vnni else largest == 127  # 7-bit weights: pairs of u8×s7 products fit in int16
+    assert ("overflow" in int8.int8_cache_path(tiny, TILE, "onnx").name) is not vnni
+
+
 def test_auto_never_calibrates_int8_by_itself(exported, tiny_model_dir, tmp_path, monkeypatch):
     (tmp_path / exported.name).write_bytes(exported.read_bytes())  # a cache with the fp32 export only
     monkeypatch.setenv("CRACKSEG_CACHE", str(tmp_path))

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from crackseg.engines.torch_engine import cpu_has_bf16_matrix_engine
+from crackseg.engines.base import cpu_has_bf16_matrix_engine
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 

@@ -15,11 +15,10 @@ import logging
 from pathlib import Path
 
 from crackseg.engines import auto, onnxruntime_engine, openvino_engine, torch_engine
-from crackseg.engines.base import Backend, BackendError
+from crackseg.engines.base import Backend, BackendError, cpu_has_bf16_matrix_engine
 from crackseg.engines.cache import MAX_EXPORT_DIFF, export_onnx
 from crackseg.engines.handle import ModelHandle
 from crackseg.engines.int8 import CALIBRATION_CROPS, CalibrationCrops, int8_cache_path, nncf_available
-from crackseg.engines.torch_engine import cpu_has_bf16_matrix_engine
 from crackseg.errors import InputError, OutputExistsError
 from crackseg.extras import has_torch
 from crackseg.io.atomic import atomic_write_bytes

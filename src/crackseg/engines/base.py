@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -44,3 +46,24 @@ def default_threads() -> int:
     if torch is not None:
         return torch.get_num_threads()
     return int(os.environ.get("OMP_NUM_THREADS") or 0)
+
+
+@functools.cache
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (x86 `flags`, Arm `Features`), empty where /proc/cpuinfo cannot be read."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return set()
+    return {flag for line in lines if line.startswith(("flags", "Features")) for flag in line.split(":", 1)[1].split()}
+
+
+def cpu_has_bf16_matrix_engine() -> bool:
+    """True on CPUs with AMX or AVX-512 BF16, where bf16 matmuls are several times faster than fp32."""
+    return bool({"amx_bf16", "avx512_bf16"} & cpu_flags())
+
+
+def cpu_has_vnni() -> bool:
+    """True on CPUs whose int8 dot products accumulate in 32 bits (AVX-512 VNNI, AVX-VNNI, AMX); without, AVX2's
+    `vpmaddubsw` adds pairs of u8×s8 products in 16 bits and saturates."""
+    return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & cpu_flags())

@@ -8,9 +8,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from crackseg.engines.base import BackendError, default_threads
+from crackseg.engines.base import BackendError, cpu_has_bf16_matrix_engine, default_threads
 from crackseg.engines.cache import cache_dir, cached_onnx
-from crackseg.engines.torch_engine import cpu_has_bf16_matrix_engine
 
 if TYPE_CHECKING:
     from crackseg.engines.handle import ModelHandle

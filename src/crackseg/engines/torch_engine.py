@@ -2,29 +2,17 @@
 
 from __future__ import annotations
 
-import functools
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from crackseg.engines.base import BackendError
+from crackseg.engines.base import BackendError, cpu_has_bf16_matrix_engine
 from crackseg.extras import require_torch
 
 if TYPE_CHECKING:
     import torch
 
     from crackseg.engines.handle import ModelHandle
-
-
-@functools.cache
-def cpu_has_bf16_matrix_engine() -> bool:
-    """True on CPUs with AMX or AVX-512 BF16, where bf16 matmuls are several times faster than fp32."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
 class TorchBackend:

@@ -24,7 +24,7 @@ from crackseg.data import (
     split_pairs,
     train_transform,
 )
-from crackseg.engines.torch_engine import cpu_has_bf16_matrix_engine
+from crackseg.engines.base import cpu_has_bf16_matrix_engine
 from crackseg.losses import build_loss
 from crackseg.models.networks import build_model
 from crackseg.models.pretrained import matching_tensors
