@@ -11,12 +11,14 @@ SERVER_LIMIT_HELP = (
     f"the photo limit (default for the server: {SERVER_MAX_PIXELS / 1e6:.0f} MP): a larger upload is refused (413)"
 )
 
+SHUTDOWN_GRACE_S = 10  # seconds the photos in flight get to finish after Ctrl+C
+CTRL_C_HELP = f"Ctrl+C stops: photos in flight get {SHUTDOWN_GRACE_S} s to finish; a second Ctrl+C stops at once"
+
 
 def cmd_serve(args) -> int:
-    import uvicorn
-
     from crackseg.serve import create_app
     from crackseg.serve.security import is_loopback
+    from crackseg.serve.server import run_server
 
     segmenter = segmenter_from_args(args)
     app = create_app(
@@ -35,10 +37,8 @@ def cmd_serve(args) -> int:
             file=sys.stderr,
         )
     url = f"http://{args.host}:{args.port}/"
-    print(f"crackseg serving on {url}  (API description at {url}openapi.json; Ctrl+C stops)", file=sys.stderr)
-    # Ctrl+C: in-flight photos get 10 s to finish, then the server stops even with a queue waiting.
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info", timeout_graceful_shutdown=10)
-    return 0
+    print(f"crackseg serving on {url}  (API description at {url}openapi.json; {CTRL_C_HELP})", file=sys.stderr)
+    return run_server(app, args.host, args.port, grace_s=SHUTDOWN_GRACE_S)
 
 
 def port_number(text: str) -> int:
@@ -56,7 +56,11 @@ def positive_mb(text: str) -> float:
 
 
 def add_parsers(sub) -> None:
-    p = sub.add_parser("serve", help="web page and HTTP API: upload a photo, see and download its cracks")
+    p = sub.add_parser(
+        "serve",
+        help="web page and HTTP API: upload a photo, see and download its cracks",
+        description=f"Serve the web page and HTTP API on this machine. {CTRL_C_HELP}.",
+    )
     add_model_arguments(p, described={"max_pixels": SERVER_LIMIT_HELP})
     p.set_defaults(max_pixels=SERVER_MAX_PIXELS)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")

@@ -11,7 +11,7 @@ import time
 import numpy as np
 
 from crackseg import __version__
-from crackseg.inference import overlay
+from crackseg.inference import check_cancel, overlay
 from crackseg.io.images import ImageReadError, NotAnImageError, TooManyPixelsError, encode_image, read_image
 from crackseg.measure import measure
 from crackseg.serve.store import Result
@@ -124,11 +124,14 @@ def crack_map(result: Result, threshold: float, pixel_size_mm: float | None, kin
 
 def analyse(segmenter, stream, name: str, threshold: float, pixel_size_mm, max_pixels: int, cancel=None):
     """Decode, segment and measure one upload: (Result, `measured` dict, seconds spent in inference). `cancel`
-    (a threading.Event) stops the segmentation within a batch of tiles (`inference.Cancelled`)."""
+    (a threading.Event) stops the work before decoding, within a batch of tiles, or before measuring
+    (`inference.Cancelled`)."""
+    check_cancel(cancel)  # an upload that waited in the queue for a client that has left
     image = decode_upload(stream, name, max_pixels)
     start = time.perf_counter()
     prob = segmenter.predict_prob(image, cancel)
     seconds = time.perf_counter() - start
+    check_cancel(cancel)
     result = Result(image, prob, threshold, pixel_size_mm, name)
     return result, measured(result, None, pixel_size_mm), seconds
 
