@@ -159,3 +159,70 @@ def test_a_second_ctrl_c_stops_at_once_without_a_traceback(server_factory):
     assert time.monotonic() - interrupted < 10
     assert status == 130, stderr
     assert "Traceback" not in stderr and "second Ctrl+C" in stderr
+
+
+@pytest.fixture
+def threaded_server():
+    """A server in a thread of this process on a real socket: `start(app)` returns its port."""
+    import uvicorn
+
+    started = []
+
+    def start(app) -> int:
+        port = free_port()
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        started.append((server, thread))
+        deadline = time.monotonic() + 20
+        while not server.started:
+            assert time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.05)
+        return port
+
+    yield start
+    for server, thread in started:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def test_a_stalled_upload_is_dropped_with_408_and_the_server_serves_others(threaded_server):
+    from crackseg.serve import create_app
+    from tests.fakes import darkness_segmenter
+
+    port = threaded_server(create_app(darkness_segmenter(), body_timeout_s=1))
+    body, content_type = multipart(encode_image(drawn_cracks_photo(), ".png"))
+    head = (
+        f"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: {content_type}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as stalled:
+        stalled.sendall(head + body[:200])  # the headers and a little of the body, then nothing
+        sent_at = time.monotonic()
+        health = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        health.request("GET", "/api/health")
+        assert health.getresponse().status == 200  # others are served meanwhile
+        answer = b""
+        while chunk := stalled.recv(65536):  # read until the server closes the connection
+            answer += chunk
+        waited = time.monotonic() - sent_at
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+    assert b"stalled" in answer
+    assert 0.9 < waited < 5
+    # a slow upload that keeps sending is never cut off, however long it takes in all
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as slow:
+        pieces = [head + body[:200], body[200:1000], body[1000:2000], body[2000:]]
+        for piece in pieces:
+            slow.sendall(piece)
+            time.sleep(0.6)
+        assert slow.recv(65536).startswith(b"HTTP/1.1 200")
+
+
+def test_body_timeout_must_be_a_positive_number_of_seconds(capsys):
+    from crackseg.cli import main
+
+    for bad in ("0", "-5", "nan", "inf", "soon"):
+        with pytest.raises(SystemExit):
+            main(["serve", "--body-timeout", bad])
+        error = capsys.readouterr().err.strip().splitlines()[-1]
+        assert "--body-timeout" in error and "positive number of seconds" in error and "Traceback" not in error

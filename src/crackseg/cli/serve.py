@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import math
 import sys
 
 from crackseg.cli.common import add_model_arguments, positive_int, segmenter_from_args
@@ -11,6 +13,7 @@ SERVER_LIMIT_HELP = (
     f"the photo limit (default for the server: {SERVER_MAX_PIXELS / 1e6:.0f} MP): a larger upload is refused (413)"
 )
 
+BODY_TIMEOUT_S = 60  # the longest pause in an upload before it is dropped, as web servers' client-body timeouts
 SHUTDOWN_GRACE_S = 10  # seconds the photos in flight get to finish after Ctrl+C
 CTRL_C_HELP = f"Ctrl+C stops: photos in flight get {SHUTDOWN_GRACE_S} s to finish; a second Ctrl+C stops at once"
 
@@ -28,6 +31,7 @@ def cmd_serve(args) -> int:
         workers=args.workers,
         result_ttl_s=args.result_ttl,
         host=args.host,
+        body_timeout_s=args.body_timeout,
     )
     print(f"{args.workers} inference worker(s)", file=sys.stderr)
     if not is_loopback(args.host):
@@ -55,6 +59,16 @@ def positive_mb(text: str) -> float:
     return value
 
 
+def positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return value
+
+
 def add_parsers(sub) -> None:
     p = sub.add_parser(
         "serve",
@@ -68,4 +82,10 @@ def add_parsers(sub) -> None:
     p.add_argument("--max-upload-mb", type=positive_mb, default=50, help="refuse larger uploads (413)")
     p.add_argument("--workers", type=positive_int, default=2, help="photos segmented at once (one shared model)")
     p.add_argument("--result-ttl", type=float, default=900, help="seconds a result can be fetched")
+    p.add_argument(
+        "--body-timeout",
+        type=positive_seconds,
+        default=BODY_TIMEOUT_S,
+        help=f"an upload that sends nothing for this many seconds is dropped (408) (default: {BODY_TIMEOUT_S})",
+    )
     p.set_defaults(func=cmd_serve)
