@@ -1,5 +1,7 @@
 """Stand-in engines for tests: real CrackSegmenters whose "network" is a rule a test can reason about."""
 
+import time
+
 import numpy as np
 
 from crackseg.inference import CrackSegmenter
@@ -24,3 +26,22 @@ class DarknessBackend:
 def darkness_segmenter(max_pixels: int = 50_000_000) -> CrackSegmenter:
     config = ModelConfig(train_size=256, name="darkness", threshold=0.5)
     return CrackSegmenter(None, config, backend=DarknessBackend(config), max_pixels=max_pixels)
+
+
+class SlowBackend(DarknessBackend):
+    """The darkness stand-in taking `seconds` per batch of tiles: a photo that is still being segmented when a
+    test interrupts the server."""
+
+    def __init__(self, config: ModelConfig, seconds: float):
+        super().__init__(config)
+        self.seconds = seconds
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        time.sleep(self.seconds)
+        return super().__call__(batch)
+
+
+def slow_segmenter(seconds_per_tile: float, tile: int = 64) -> CrackSegmenter:
+    """A darkness segmenter on `tile`-pixel tiles, one tile per batch, each taking `seconds_per_tile`."""
+    config = ModelConfig(train_size=tile, name="slow", threshold=0.5)
+    return CrackSegmenter(None, config, backend=SlowBackend(config, seconds_per_tile), batch_size=1)

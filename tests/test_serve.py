@@ -165,12 +165,15 @@ def test_the_crack_map_is_a_geopackage_in_the_photos_frame_and_geojson_is_refuse
     assert "no georeference" in reason and "cracks.gpkg" in reason and "\n" not in reason
 
 
-def test_serve_help_says_the_servers_photo_limit(capsys):
+def test_serve_help_says_the_servers_photo_limit_and_what_ctrl_c_does(capsys):
     from crackseg.cli import main
+    from crackseg.cli.serve import SHUTDOWN_GRACE_S
 
     with pytest.raises(SystemExit):
         main(["serve", "--help"])
-    assert "default for the server: 100 MP" in " ".join(capsys.readouterr().out.split())
+    shown = " ".join(capsys.readouterr().out.split())
+    assert "default for the server: 100 MP" in shown
+    assert f"photos in flight get {SHUTDOWN_GRACE_S} s to finish" in shown
 
 
 def test_downloads_are_named_after_the_upload_safely(dark_client):
@@ -447,14 +450,19 @@ def test_inference_runs_off_the_event_loop(dark_client):
 
 
 def test_serve_command_binds_loopback_by_default_and_warns_otherwise(tiny_model_dir, monkeypatch, capsys):
-    import uvicorn
-
     from crackseg.cli import main
+    from crackseg.cli.serve import SHUTDOWN_GRACE_S
+    from crackseg.serve import server
 
     calls = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append((app, kw)))
+
+    def run_server(app, host, port, grace_s):
+        calls.append((app, {"host": host, "port": port, "grace_s": grace_s}))
+        return 0
+
+    monkeypatch.setattr(server, "run_server", run_server)
     assert main(["serve", "--weights", str(tiny_model_dir), "--max-upload-mb", "5"]) == 0
-    assert calls[-1][1]["host"] == "127.0.0.1" and calls[-1][1]["port"] == 8000
+    assert calls[-1][1] == {"host": "127.0.0.1", "port": 8000, "grace_s": SHUTDOWN_GRACE_S}
     assert "warning" not in capsys.readouterr().err
     with TestClient(calls[-1][0], base_url=LOCAL) as client:
         limits = client.get("/api/model").json()["limits"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import math
 import sys
 
 from crackseg.cli.common import add_model_arguments, positive_int, segmenter_from_args
@@ -11,12 +13,15 @@ SERVER_LIMIT_HELP = (
     f"the photo limit (default for the server: {SERVER_MAX_PIXELS / 1e6:.0f} MP): a larger upload is refused (413)"
 )
 
+BODY_TIMEOUT_S = 60  # the longest pause in an upload before it is dropped, as web servers' client-body timeouts
+SHUTDOWN_GRACE_S = 10  # seconds the photos in flight get to finish after Ctrl+C
+CTRL_C_HELP = f"Ctrl+C stops: photos in flight get {SHUTDOWN_GRACE_S} s to finish; a second Ctrl+C stops at once"
+
 
 def cmd_serve(args) -> int:
-    import uvicorn
-
     from crackseg.serve import create_app
     from crackseg.serve.security import is_loopback
+    from crackseg.serve.server import run_server
 
     segmenter = segmenter_from_args(args)
     app = create_app(
@@ -26,6 +31,7 @@ def cmd_serve(args) -> int:
         workers=args.workers,
         result_ttl_s=args.result_ttl,
         host=args.host,
+        body_timeout_s=args.body_timeout,
     )
     print(f"{args.workers} inference worker(s)", file=sys.stderr)
     if not is_loopback(args.host):
@@ -35,10 +41,8 @@ def cmd_serve(args) -> int:
             file=sys.stderr,
         )
     url = f"http://{args.host}:{args.port}/"
-    print(f"crackseg serving on {url}  (API description at {url}openapi.json; Ctrl+C stops)", file=sys.stderr)
-    # Ctrl+C: in-flight photos get 10 s to finish, then the server stops even with a queue waiting.
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info", timeout_graceful_shutdown=10)
-    return 0
+    print(f"crackseg serving on {url}  (API description at {url}openapi.json; {CTRL_C_HELP})", file=sys.stderr)
+    return run_server(app, args.host, args.port, grace_s=SHUTDOWN_GRACE_S)
 
 
 def port_number(text: str) -> int:
@@ -55,8 +59,22 @@ def positive_mb(text: str) -> float:
     return value
 
 
+def positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return value
+
+
 def add_parsers(sub) -> None:
-    p = sub.add_parser("serve", help="web page and HTTP API: upload a photo, see and download its cracks")
+    p = sub.add_parser(
+        "serve",
+        help="web page and HTTP API: upload a photo, see and download its cracks",
+        description=f"Serve the web page and HTTP API on this machine. {CTRL_C_HELP}.",
+    )
     add_model_arguments(p, described={"max_pixels": SERVER_LIMIT_HELP})
     p.set_defaults(max_pixels=SERVER_MAX_PIXELS)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
@@ -64,4 +82,10 @@ def add_parsers(sub) -> None:
     p.add_argument("--max-upload-mb", type=positive_mb, default=50, help="refuse larger uploads (413)")
     p.add_argument("--workers", type=positive_int, default=2, help="photos segmented at once (one shared model)")
     p.add_argument("--result-ttl", type=float, default=900, help="seconds a result can be fetched")
+    p.add_argument(
+        "--body-timeout",
+        type=positive_seconds,
+        default=BODY_TIMEOUT_S,
+        help=f"an upload that sends nothing for this many seconds is dropped (408) (default: {BODY_TIMEOUT_S})",
+    )
     p.set_defaults(func=cmd_serve)

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from crackseg import __version__
-from crackseg.inference import overlay
+from crackseg.inference import check_cancel, overlay
 from crackseg.io.georef import GeoreferenceError, check_shape, read_tiff_header, resolve_pixel_size
 from crackseg.io.images import ImageReadError, NotAnImageError, TooManyPixelsError, encode_image, read_image
 from crackseg.measure import WIDTH_CLASS_PRESETS, Measurement, measure
@@ -192,7 +192,9 @@ def analyse(
     """Decode, segment and measure one upload: (Result, `measured` dict, seconds spent in inference, notes).
     `cancel` (a threading.Event) stops the segmentation within a batch of tiles (`inference.Cancelled`);
     `progress` (a `serve.progress.Progress`) is told the stage and the tiles done. `options`: how to measure
-    (its pixel size is the upload's, given or read from its georeference)."""
+    (its pixel size is the upload's, given or read from its georeference). `cancel` also stops the work before
+    decoding (an upload that waited in the queue for a client that has left) and before measuring."""
+    check_cancel(cancel)
     if progress:
         progress.stage_is("reading")
     upload = read_upload(stream, name, max_pixels, pixel_size_mm)
@@ -203,6 +205,7 @@ def analyse(
     else:
         prob = segmenter.predict_prob(upload.image, cancel)
     seconds = time.perf_counter() - start
+    check_cancel(cancel)
     result = Result(upload.image, prob, threshold, upload.pixel_size_mm, name, upload.georef, upload.pixel_size_from)
     options = (options or MeasureOptions()).replace(pixel_size_mm=upload.pixel_size_mm)
     return result, measured(result, None, options), seconds, upload.notes

@@ -252,7 +252,8 @@ async def analysed(
 ):
     """`analyse` in the pool, counted as pending while it waits and runs, its progress listed under `token`; its
     failures as HTTP errors. A client that leaves (or the page's Cancel) stops the work within a batch of tiles,
-    waiting or running."""
+    waiting or running, and so does a request cancelled by the server (shutting down once the grace after Ctrl+C
+    is over)."""
     cancel = threading.Event()
     watcher = asyncio.create_task(watch_disconnect(request, cancel))
     with pool.admitted(), request.app.state.progress.tracking(token) as progress:
@@ -262,6 +263,9 @@ async def analysed(
         except Cancelled:
             log.info("%s: the client left; its photo was not finished", name)
             raise HTTPException(499, "cancelled: the client left") from None
+        except asyncio.CancelledError:  # the server is stopping and its grace is over: answer, not a dropped line
+            log.info("%s: the server is stopping; its photo was not finished", name)
+            raise HTTPException(503, "the server is shutting down: send the photo again once it is back") from None
         except UploadError as err:
             raise HTTPException(err.status, str(err)) from None
         except MemoryError:
@@ -269,6 +273,7 @@ async def analysed(
             raise HTTPException(503, message) from None
         finally:
             watcher.cancel()
+            cancel.set()  # nobody awaits the work any more: a worker still on it stops at its next batch of tiles
 
 
 async def watch_disconnect(request: Request, cancel: threading.Event, every_s: float = 0.2) -> None:

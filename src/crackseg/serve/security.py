@@ -2,7 +2,8 @@
 
 Requests are answered only under the names the server listens on, and POSTs only from its own page
 (`HostOriginGuard`): another site's page can neither post to it nor, through DNS rebinding, read its answers.
-Request bodies over the upload limit are refused before they are read whole (`BodySizeLimit`).
+Request bodies over the upload limit are refused before they are read whole (`BodySizeLimit`), and an upload
+that stops sending is dropped (`BodyTimeout`) instead of holding a connection and its buffers for ever.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import ipaddress
 import re
 import socket
 
+import anyio
 from fastapi import HTTPException
 from fastapi.responses import JSONResponse
 
@@ -40,6 +42,35 @@ class BodySizeLimit:
             return message
 
         await self.app(scope, limited_receive, send)
+
+
+class BodyTimeout:
+    """Answers 408 (and closes the connection) when a request body pauses for longer than `seconds`: a client
+    that sent its headers and part of an upload, then stalled. The pause is measured between two pieces of the
+    body, as a web server's client-body timeout is, so a slow link that keeps sending is never cut off."""
+
+    def __init__(self, app, seconds: float):
+        self.app, self.seconds = app, seconds
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        body_done = False
+
+        async def receive_in_time():
+            nonlocal body_done
+            if body_done:  # after the body, receive() waits for a disconnect, which may take as long as it likes
+                return await receive()
+            try:
+                with anyio.fail_after(self.seconds):
+                    message = await receive()
+            except TimeoutError:
+                detail = f"the upload stalled: nothing received for {self.seconds:g} s; send it again"
+                raise HTTPException(408, detail, {"Connection": "close"}) from None
+            body_done = message["type"] != "http.request" or not message.get("more_body", False)
+            return message
+
+        await self.app(scope, receive_in_time, send)
 
 
 # Where the page may be used from. A browser sends the name it connected to in the Host header (with the port
