@@ -298,13 +298,18 @@ def test_the_page_works_from_the_keyboard(page, server_url, photo):
     assert all(red_share(hidden, *crack) == 0 for crack in [*DARK_CRACKS, FAINT_CRACK])
 
 
-def test_pixel_size_and_downloads_follow_the_current_settings(page, server_url, photo):
+def show_in_mm_at_a_low_threshold(page, server_url, photo) -> None:
+    """The result at threshold 0.2 (three cracks), measured at 0.5 mm per pixel."""
     show_result(page, server_url, photo)
     slide_threshold_to(page, "0.2")
     page.wait_for_selector("#cracks[data-threshold='0.20'][data-count='3']")
-    # A pixel size turns the table into millimetres; an invalid one leaves it as it was, with the message.
     page.fill("#pixel-size", "0.5")
     page.wait_for_function("document.querySelector('#cracks thead').textContent.includes('(mm)')")
+
+
+def test_pixel_size_and_downloads_follow_the_current_settings(page, server_url, photo):
+    # A pixel size turns the table into millimetres; an invalid one leaves it as it was, with the message.
+    show_in_mm_at_a_low_threshold(page, server_url, photo)
     rows = page.locator("#cracks tbody tr")
     assert float(rows.first.locator("td").nth(1).inner_text()) == pytest.approx(80, rel=0.1)  # 160 px × 0.5
     assert "mm" in page.inner_text("#total-length")
@@ -661,11 +666,7 @@ def test_the_page_expires_a_result_when_its_time_is_up(browser, server_url, phot
 
 
 def test_everything_downloads_as_one_zip(page, server_url, photo):
-    show_result(page, server_url, photo)
-    slide_threshold_to(page, "0.2")
-    page.wait_for_selector("#cracks[data-threshold='0.20'][data-count='3']")
-    page.fill("#pixel-size", "0.5")
-    page.wait_for_function("document.querySelector('#cracks thead').textContent.includes('(mm)')")
+    show_in_mm_at_a_low_threshold(page, server_url, photo)
     with page.expect_download() as download:
         page.click("#download-zip")
     assert download.value.suggested_filename == "wall_crackseg.zip"
