@@ -2,6 +2,7 @@
 
     python benchmarks/compare_controls.py                       # the default model, every validation photo
     python benchmarks/compare_controls.py --limit 2 --model unet-r18
+    python benchmarks/compare_controls.py --limit 20 --tta turns --agreement    # the segmentation's repeatability
 
 Each validation photo of `--data` (`split_pairs(find_all_pairs([data]), 0.1, 0)[1]`, the photos at least MIN_SIDE
 px on each side, taken in turn from each source) is compared with itself captured another way, where nothing
@@ -11,6 +12,12 @@ changed (the controls):
 - rotated 90°; JPEG q75 (re-encoded); exposure +20 % and -20 %; a no-data strip (a fifth of AFTER's width).
 Every change these report (new, extended, widened, closed) is a false one. `--masks-too` also compares the
 thresholded masks as masks (0/1 probabilities), which shows what the probability evidence adds.
+
+`--agreement` measures instead what those controls start from: how far the segmentation itself repeats. Each photo
+is segmented again shifted by sub-tile offsets (the photo's map cropped against the crop's map, away from the
+crop's edges by MODEL_EDGE_PX), rotated 90°, 180° and 270°, rescaled ±10 %, re-encoded JPEG q75 and re-exposed
+±20 %, each map brought back to the photo's frame; printed per transform: the pooled F1 of its mask against the
+photo's own (the agreement), and the mean |Δp|. `--tta flips|turns`, `--overlap` and `--precision` set the segmenter.
 
 Then changes are planted in a copy of the photo (the same frame, aligned by features): one crack lengthened by
 GROWTH_PX in its own colour and width, a new crack drawn where there is none, and one crack painted over with the
@@ -103,6 +110,48 @@ def controls(photo: np.ndarray):
     valid = np.ones((height, width), bool)
     valid[:, int(width * 0.4) : int(width * 0.6)] = False
     yield "no-data strip", photo, np.where(valid[:, :, None], photo, 0).astype(np.uint8), (0, 0), (0, 0), valid
+
+
+def agreement_transforms(photo: np.ndarray, tile: int):
+    """(name, transformed photo, back(prob) → (the photo's region, its map there)) of each transform the
+    segmentation should repeat under."""
+    height, width = photo.shape[:2]
+    edge = MODEL_EDGE_PX
+    for dy, dx in (SHIFT, (tile // 2 + 7, tile // 3 + 11)):
+        region = (slice(dy + edge, height - edge), slice(dx + edge, width - edge))
+        yield f"shift {dy}, {dx} px", photo[dy:, dx:], lambda p, r=region: (r, p[edge:-edge, edge:-edge])
+    for turns in (1, 2, 3):
+        whole = (slice(None), slice(None))
+        rotated = np.ascontiguousarray(np.rot90(photo, turns))
+        yield f"rotated {90 * turns}°", rotated, lambda p, k=turns, r=whole: (r, np.rot90(p, -k))
+    for factor in (0.9, 1.1):
+        size = (round(width * factor), round(height * factor))
+        method = cv2.INTER_AREA if factor < 1 else cv2.INTER_CUBIC
+        resized = cv2.resize(photo, size, interpolation=method)
+        back = (slice(None), slice(None))
+        yield f"scale {factor - 1:+.0%}", resized, lambda p, r=back: (r, cv2.resize(p, (width, height)))
+    same = (slice(None), slice(None))
+    yield "JPEG q75", jpeg(photo, 75), lambda p, r=same: (r, p)
+    for gain in (1.2, 0.8):
+        brighter = np.clip(photo.astype(np.float32) * gain, 0, 255).astype(np.uint8)
+        yield f"exposure {gain - 1:+.0%}", brighter, lambda p, r=same: (r, p)
+
+
+def agreement(segmenter, photos: list[Path]) -> None:
+    """Pooled mask agreement F1 and mean |Δp| of each transform against the photo's own map."""
+    counts, deltas = defaultdict(Counter), defaultdict(list)
+    for path in photos:
+        photo = read_image(path)
+        base = segmenter.predict_prob(photo)
+        for name, changed, back in agreement_transforms(photo, segmenter.tile):
+            region, prob = back(segmenter.predict_prob(changed))
+            ours, theirs = base[region] >= segmenter.threshold, prob >= segmenter.threshold
+            counts[name].update(both=int((ours & theirs).sum()), either=int(ours.sum() + theirs.sum()))
+            deltas[name].append(float(np.abs(base[region] - prob).mean()))
+    print(f"{'transform':<20} {'mask agreement F1':>18} {'mean |Δp|':>10}")
+    for name, count in counts.items():
+        f1 = 2 * count["both"] / count["either"] if count["either"] else 1.0
+        print(f"{name:<20} {f1:>18.4f} {np.mean(deltas[name]):>10.4f}")
 
 
 def paint_line(photo: np.ndarray, points, thickness: int, colour) -> np.ndarray:
@@ -238,11 +287,21 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None, help="at most this many photos (default: all)")
     parser.add_argument("--masks-too", action="store_true", help="also compare the thresholded masks as masks")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--agreement", action="store_true", help="the segmentation's own repeatability instead")
+    parser.add_argument("--tta", choices=("none", "flips", "turns"), default="none", help="the segmenter's TTA")
+    parser.add_argument("--precision", default=None, help="the engine's precision (default: auto)")
+    parser.add_argument("--overlap", type=float, default=None, help="the tiles' overlap (default: the segmenter's)")
     args = parser.parse_args()
-    segmenter = CrackSegmenter.from_pretrained(args.model)
+    chosen = {"overlap": args.overlap, "precision": args.precision}
+    chosen = {k: v for k, v in chosen.items() if v is not None}
+    segmenter = CrackSegmenter.from_pretrained(
+        args.model, tta=args.tta == "flips", tta_turns=args.tta == "turns", **chosen
+    )
     print(f"model: {segmenter.config.name} ({segmenter.describe()}), threshold {segmenter.threshold}")
     photos = validation_photos(args.data, args.limit)
     print(f"{len(photos)} validation photos of at least {MIN_SIDE} px a side\n")
+    if args.agreement:
+        return agreement(segmenter, photos)
     modes = [False, True] if args.masks_too else [False]
     tally = defaultdict(Counter)
     floors = defaultdict(list)

@@ -9,6 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cv2
+import numpy as np
+
 from crackseg.engines.base import cpu_has_bf16_matrix_engine
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -76,3 +79,26 @@ def test_train_speed_reports_the_images_it_timed(synthetic_root):
     assert [(m[1], m[2]) for m in lines] == [(size, p) for size in ("256", "448") for p in precisions]
     assert {(m[3], m[4]) for m in lines} == {("0.01", f"{24 * 0.9 / 0.01 / 60:.1f}")}  # 24 pairs, 90 % trained on
     assert re.fullmatch(r"peak resident memory of this process: [\d.]+ GB", memory)
+
+
+def test_compare_controls_agreement_maps_each_transform_back_to_the_photos_frame():
+    """A "segmentation" that is the photo's own grey level must agree with itself exactly after a shift or a turn,
+    and nearly after a rescale: the benchmark then measures the model, not its own bookkeeping."""
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import compare_controls
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    rng = np.random.default_rng(0)
+    photo = cv2.GaussianBlur(rng.integers(0, 256, (300, 340, 3), dtype=np.uint8), (0, 0), 4)
+    grey = photo.mean(axis=2) / 255
+    seen = []
+    for name, changed, back in compare_controls.agreement_transforms(photo, 256):
+        region, prob = back(changed.mean(axis=2) / 255)
+        assert prob.shape == grey[region].shape, name
+        if name.startswith(("shift", "rotated")):
+            assert np.abs(prob - grey[region]).max() < 1e-9, name
+        elif name.startswith("scale"):
+            assert np.abs(prob - grey[region]).mean() < 0.01, name
+        seen.append(name.split()[0])
+    assert sorted(set(seen)) == ["JPEG", "exposure", "rotated", "scale", "shift"]

@@ -61,6 +61,22 @@ def test_flip_tta_averages_the_four_flipped_predictions(tile):
     assert np.abs(tta - plain.predict_prob(image)).max() > 1e-3  # the network is not flip-invariant
 
 
+@pytest.mark.parametrize("tile", [1024, 96], ids=["one-pass", "tiled"])
+def test_turn_tta_gives_a_photo_turned_by_quarter_turns_the_same_probabilities_turned(tile):
+    image, _ = synthetic_crack((120, 150), seed=2, n_cracks=2)
+    turns = CrackSegmenter(LocalNet(), ModelConfig(), tile=tile, precision="fp32", tta_turns=True)
+    flips = CrackSegmenter(LocalNet(), ModelConfig(), tile=tile, precision="fp32", tta=True)
+    prob = turns.predict_prob(image)
+    assert prob.shape == image.shape[:2]
+    for k in (1, 2, 3):
+        turned = turns.predict_prob(np.ascontiguousarray(np.rot90(image, k)))
+        assert np.abs(np.rot90(turned, -k) - prob).max() < 1e-5
+    # flips alone are not enough: the network is not symmetric under a quarter turn
+    turned = flips.predict_prob(np.ascontiguousarray(np.rot90(image)))
+    assert np.abs(np.rot90(turned, -1) - flips.predict_prob(image)).max() > 1e-3
+    assert "turn and flip TTA" in turns.describe()
+
+
 def test_normalize_image_is_the_per_channel_standardisation_for_every_byte():
     values = np.arange(256, dtype=np.uint8)
     image = np.stack([values, 255 - values, values // 2], -1)[:, None].repeat(4, 1)  # every byte in every channel

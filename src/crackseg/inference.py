@@ -99,7 +99,25 @@ def tile_starts(length: int, tile: int, overlap: float) -> list[int]:
     return [round(i * (length - tile) / (count - 1)) for i in range(count)]
 
 
-FLIP_AXES = [(), (3,), (2,), (2, 3)]  # N×C×H×W: none, horizontal, vertical, both
+def dihedral(turns: int, mirrored: bool):
+    """One of the eight turns and mirror images of a square, as (forward, inverse) on arrays whose last two axes are
+    rows and columns: tiles (N×C×H×W) forward, their probabilities (N×H×W) back."""
+
+    def forward(array: np.ndarray) -> np.ndarray:
+        return np.rot90(np.flip(array, -1) if mirrored else array, turns, axes=(-2, -1))
+
+    def inverse(array: np.ndarray) -> np.ndarray:
+        back = np.rot90(array, -turns, axes=(-2, -1))
+        return np.flip(back, -1) if mirrored else back
+
+    return forward, inverse
+
+
+# Test-time augmentation: the four flips (none, horizontal, vertical, both = a half turn) keep a tile's shape and
+# orientation class; with the quarter turns too, the eight make the dihedral group of the square, and the mean over
+# them is the same for a photo turned by any multiple of 90° (the tile grid of evenly spread tiles turns with it).
+FLIPS = [dihedral(0, False), dihedral(0, True), dihedral(2, True), dihedral(2, False)]
+TURNS_AND_FLIPS = [dihedral(turns, mirrored) for turns in range(4) for mirrored in (False, True)]
 
 
 def is_weights_path(name_or_path: str | os.PathLike | None) -> bool:
@@ -137,7 +155,9 @@ class CrackSegmenter:
         self.backend = backend or TorchBackend(model, self.options.precision, self.options.device)
         self._backend_lock = threading.Lock()
         self.tile = self.options.tile or self.backend.fixed_size or self.config.train_size
-        self.overlap, self.batch_size, self.tta = self.options.overlap, self.options.batch_size, self.options.tta
+        self.overlap, self.batch_size = self.options.overlap, self.options.batch_size
+        self.tta = self.options.tta or self.options.tta_turns
+        self.tta_transforms = TURNS_AND_FLIPS if self.options.tta_turns else FLIPS
         # One limit when given; by default photos (held whole) and georeferenced rasters (in blocks) differ.
         self.max_pixels, self.max_raster_pixels = self.options.photo_limit, self.options.raster_limit
         self.threshold = resolve_threshold(self.options.threshold, self.config.threshold)
@@ -182,7 +202,7 @@ class CrackSegmenter:
         return cls(handle, handle.config, backend=engine, options=options.replace(tile=tile))
 
     def describe(self) -> str:
-        flips = ", flip TTA" if self.tta else ""
+        flips = (", turn and flip TTA" if self.tta_transforms is TURNS_AND_FLIPS else ", flip TTA") if self.tta else ""
         flips += f", scales {','.join(f'{s:g}' for s in self.options.scales)}" if self.options.scales != (1.0,) else ""
         flips += f", hysteresis from {self.low_threshold:g}" if self.low_threshold is not None else ""
         choice = getattr(self.backend, "choice", "")
@@ -200,13 +220,12 @@ class CrackSegmenter:
         batch = np.stack([normalize_image(t, self.config.mean, self.config.std) for t in tiles])
         if not self.tta:
             return sigmoid(self._logits(batch))
-        # Test-time augmentation: the mean probability over the four flips of each tile (4× the work). Flips keep
-        # a tile's shape, so fixed-size backends accept them too.
+        # Test-time augmentation: the mean probability over the flips of each tile (4× the work), or its turns and
+        # flips (8×). Tiles are square, so fixed-size backends accept them all.
         total = np.zeros(batch.shape[:1] + batch.shape[2:], np.float32)
-        for axes in FLIP_AXES:
-            prob = sigmoid(self._logits(np.ascontiguousarray(np.flip(batch, axes))))
-            total += np.flip(prob, tuple(a - 1 for a in axes))  # the probabilities have no channel axis
-        return total / len(FLIP_AXES)
+        for forward, inverse in self.tta_transforms:
+            total += inverse(sigmoid(self._logits(np.ascontiguousarray(forward(batch)))))
+        return total / len(self.tta_transforms)
 
     def _pad_to(self, image: np.ndarray, height: int, width: int) -> np.ndarray:
         pad_h, pad_w = height - image.shape[0], width - image.shape[1]

@@ -137,6 +137,11 @@ class SegmentOptions(Options):
         f"{DEFAULT_MAX_RASTER_PIXELS / 1e6:.0f} MP",
     )
     tta: bool = Field(False, description="average the four flips of each tile (4x the time)")
+    tta_turns: bool = Field(
+        False,
+        description="average the eight quarter turns and flips of each tile (8x the time): a photo turned by 90° "
+        "then gives the same cracks, turned",
+    )
     scales: tuple[float, ...] = Field(
         (1.0,),
         description="average the probabilities of the photo resized by each factor, e.g. 1,2 (2: thin cracks seen "
