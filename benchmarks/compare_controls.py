@@ -288,7 +288,9 @@ def main() -> None:
     parser.add_argument("--masks-too", action="store_true", help="also compare the thresholded masks as masks")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--agreement", action="store_true", help="the segmentation's own repeatability instead")
-    parser.add_argument("--tta", choices=("none", "flips", "turns"), default="none", help="the segmenter's TTA")
+    parser.add_argument(
+        "--tta", choices=("none", "flips", "turns"), default="turns", help="the segmenter's TTA (compare's: turns)"
+    )
     parser.add_argument("--precision", default=None, help="the engine's precision (default: auto)")
     parser.add_argument("--overlap", type=float, default=None, help="the tiles' overlap (default: the segmenter's)")
     args = parser.parse_args()

@@ -703,3 +703,19 @@ def test_a_crack_under_a_masked_region_is_out_of_view_not_closed(pair):
     changes = compare(Survey.from_arrays(mask_b, name="b"), after, assume_aligned=True)
     assert changes.counts() | {"unchanged": 0} == dict.fromkeys(changes.counts(), 0) | {"out_of_view": 1}
     assert changes.counts()["unchanged"] == 4
+
+
+@pytest.mark.parametrize("flags, turns", [([], True), (["--no-tta-turns"], False)])
+def test_compare_segments_with_the_eight_turns_unless_told(tmp_path, monkeypatch, flags, turns):
+    seen = []
+
+    def record(cls, name_or_path=None, options=None, **kwargs):
+        seen.append(options.tta_turns)
+        raise AssertionError("stop after the segmenter's options")
+
+    monkeypatch.setattr(CrackSegmenter, "from_pretrained", classmethod(record))
+    photo = str(tmp_path / "p.png")
+    write_image(photo, np.full((64, 64, 3), 128, np.uint8))
+    with pytest.raises(AssertionError, match="stop after"):
+        main(["compare", photo, photo, "-o", str(tmp_path / "out"), *flags])
+    assert seen == [turns]

@@ -104,4 +104,12 @@ def add_parsers(sub) -> None:
     add_arguments(p, CompareOptions)
     p.add_argument("--overwrite", action="store_true", help="replace the outputs of an earlier comparison in -o")
     add_model_arguments(p)
-    p.set_defaults(func=cmd_compare)
+    # A change must not be the segmentation's own noise: compare averages the eight turns and flips by default.
+    p.add_argument(
+        "--no-tta-turns",
+        dest="tta_turns",
+        action="store_false",
+        help="one pass per tile, 8x faster; masks then depend on the photos' orientation, and unchanged cracks "
+        "can be reported as changes",
+    )
+    p.set_defaults(func=cmd_compare, tta_turns=True)
