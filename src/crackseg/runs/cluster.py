@@ -3,6 +3,9 @@
 The plan is made once, on the client, exactly as for a local run. Each worker builds the segmenter once, from the
 model's weights path and its `SegmentOptions` (a `WorkerPlugin` sent pickled; the network never travels), and each
 task takes one plan `Item` and does for it what the local loop does, writing its outputs itself through `io.atomic`.
+A raster processed in blocks is run here instead, by the local code, with its blocks as the tasks: each worker reads
+its own window, and returns a block's statistics (measure) or leaves its segmented arrays on the shared disk
+(predict), which the local code writes into the GeoTIFFs in raster order; so the files are those of a local run.
 Tasks take paths and return small results (a failure's message, a measurement's cracks.csv rows), so the scheduler
 never holds an image. The client gathers results as they complete and folds them in the plan's order, so failures
 and cracks.csv come out as in a local run.
