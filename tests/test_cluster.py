@@ -10,6 +10,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -17,12 +18,14 @@ from crackseg.cli import main
 from crackseg.inference import CrackSegmenter
 from crackseg.options import SegmentOptions
 from crackseg.runs import cluster
-from crackseg.runs.cluster import ModelSpec, cluster_client
+from crackseg.runs.cluster import ModelSpec, cluster_client, load_model
 from crackseg.runs.measure import measure_files
 from crackseg.runs.predict import predict_files
+from crackseg.synthetic import synthetic_crack
 from tests.fakes import darkness_segmenter
+from tests.test_rasters import write_geotiff
 
-pytest.importorskip("distributed")
+distributed = pytest.importorskip("distributed")
 
 DEADLINE_S = 180  # a hung cluster fails its test instead of stalling the suite
 SLOW = SegmentOptions(backend="torch", precision="fp32", overlap=0.9)  # many tiles: a task runs long enough to kill
@@ -159,3 +162,84 @@ def test_the_cluster_is_given_pickled_options_never_a_model(tiny_model_dir):
     assert len(pickle.dumps(cluster.SegmenterPlugin(model))) < 4000  # weights path and options only
     with pytest.raises(cluster.ClusterError, match="from_pretrained"):
         ModelSpec.of(darkness_segmenter())
+
+
+# --- one large raster: its blocks are the tasks ----------------------------------------------------------------
+
+BLOCK = 256  # the smallest block: the rasters below are 3 × 2 blocks
+
+
+@pytest.fixture(scope="module")
+def orthophoto(tmp_path_factory) -> Path:
+    """A georeferenced photo of 3 × 2 blocks with cracks across the seams, and beside it its mask (deck_mask.tif)."""
+    folder = tmp_path_factory.mktemp("ortho")
+    image, mask = synthetic_crack((2 * BLOCK, 3 * BLOCK), seed=3, n_cracks=5)
+    write_geotiff(folder / "deck.tif", image)
+    write_geotiff(folder / "deck_mask.tif", mask[..., None].astype(np.uint8) * 255)
+    return folder / "deck.tif"
+
+
+def tasks_run(stream, name: str) -> int:
+    return sum(str(task["key"]).startswith(name) for task in stream.data)
+
+
+def test_a_rasters_blocks_are_segmented_on_the_workers_into_the_same_bytes(
+    client, tiny_model_dir, orthophoto, tmp_path
+):
+    args = [str(orthophoto), "--weights", str(tiny_model_dir), "--backend", "torch", "--precision", "fp32"]
+    args += ["--prob", "--block", str(BLOCK)]
+    assert main(["predict", *args, "-o", str(tmp_path / "here")]) == 0
+    with distributed.get_task_stream(client) as stream:
+        on_cluster = ["predict", *args, "-o", str(tmp_path / "dask"), "--cluster", client.scheduler.address]
+        assert within(DEADLINE_S, main, on_cluster) == 0
+    assert tasks_run(stream, "segment_block_task") == 6 and tasks_run(stream, "predict_task") == 0
+    assert sorted(files(tmp_path / "dask")) == ["deck.tif", "deck_prob.tif"]
+    assert files(tmp_path / "dask") == files(tmp_path / "here")
+
+
+def test_a_raster_measured_in_blocks_on_the_workers_gives_the_same_cracks(client, tiny_model_dir, orthophoto, tmp_path):
+    formats = ("json", "csv", "geojson")  # not dxf: ezdxf stamps the time it was written
+    mask = orthophoto.with_name("deck_mask.tif")
+    here = measure_files(mask, tmp_path / "here", formats=formats, progress=False, block=BLOCK)
+    with distributed.get_task_stream(client) as stream:
+        dask = within(
+            DEADLINE_S, measure_files, mask, tmp_path / "dask", formats=formats, progress=False, block=BLOCK,
+            client=client,
+        )  # fmt: skip
+    assert tasks_run(stream, "measure_block_task") == 6 and tasks_run(stream, "measure_task") == 0
+    assert dask == here and here[:2] == (1, 5)  # the five cracks drawn, over 3 × 2 blocks
+    assert files(tmp_path / "dask") == files(tmp_path / "here")
+    # The photo: segmented in blocks on the workers into a temporary mask, which they then measure in blocks.
+    segmenter = CrackSegmenter.from_pretrained(tiny_model_dir, backend="torch", precision="fp32")
+    here = measure_files(orthophoto, tmp_path / "photo_here", segmenter, formats=formats, progress=False, block=BLOCK)
+    with distributed.get_task_stream(client) as stream:
+        dask = within(
+            DEADLINE_S, measure_files, orthophoto, tmp_path / "photo_dask", segmenter, formats=formats,
+            progress=False, block=BLOCK, client=client,
+        )  # fmt: skip
+    assert tasks_run(stream, "segment_block_task") == tasks_run(stream, "measure_block_task") == 6
+    assert dask == here and here[0] == 1
+    assert files(tmp_path / "photo_dask") == files(tmp_path / "photo_here")
+
+
+# --- the workers' processes ------------------------------------------------------------------------------------
+
+
+def thread_pools() -> tuple[int, int]:
+    import cv2
+    import torch
+
+    return torch.get_num_threads(), cv2.getNumThreads()
+
+
+def test_a_workers_engine_and_opencv_run_on_its_task_threads(tiny_model_dir):
+    """Dask gives every worker OMP_NUM_THREADS=1, whatever its threads; a worker of two threads runs on two."""
+    options = dict(n_workers=1, threads_per_worker=2, processes=True, dashboard_address=":0")
+    with distributed.LocalCluster(**options) as two_threads, distributed.Client(two_threads) as client:
+        within(DEADLINE_S, load_model, client, ModelSpec.find(tiny_model_dir, SLOW))
+        assert set(client.run(thread_pools).values()) == {(2, 2)}
+
+
+def test_local_workers_keep_glibcs_adaptive_memory_mapping(client):
+    """Dask's MALLOC_TRIM_THRESHOLD_ would make every photo's arrays page-faulted in afresh."""
+    assert set(client.run(os.environ.get, "MALLOC_TRIM_THRESHOLD_").values()) == {None}

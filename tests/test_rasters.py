@@ -1,7 +1,6 @@
 """GeoTIFFs segmented block by block: outputs on the input's grid and CRS, the same probabilities as a whole-image
 pass, nodata never a crack, 16-bit and 4-band rasters read as RGB; TIFFs without a CRS over the photo limit too."""
 
-import functools
 import json
 
 import numpy as np
@@ -111,16 +110,15 @@ def write_plain_tiff(path, image: np.ndarray) -> None:
         dst.write(bands)
 
 
-def test_a_tiff_without_crs_over_the_photo_limit_is_segmented_in_blocks_not_refused(tmp_path, recwarn, monkeypatch):
+def test_a_tiff_without_crs_over_the_photo_limit_is_segmented_in_blocks_not_refused(tmp_path, recwarn):
     image, _ = synthetic_crack((300, 400), seed=6, n_cracks=3)
     write_plain_tiff(tmp_path / "lining.tif", image)
     segmenter = CrackSegmenter(LocalNet(), ModelConfig(), tile=96, precision="fp32")
     whole = segmenter.predict_prob(image)
     segmenter.max_pixels = 300 * 400 - 1  # the photo limit just below it; the raster limit stays the default
     # blocks (with their margins) under that limit, as the default 4,096² blocks are under the default one
-    monkeypatch.setattr(crackseg.runs.predict, "segment_raster", functools.partial(segment_raster, block=64))
     inputs, out = [str(tmp_path / "lining.tif")], tmp_path / "out"
-    assert predict_files(segmenter, inputs, out, write_prob=True, progress=False) == (1, [])
+    assert predict_files(segmenter, inputs, out, write_prob=True, progress=False, block=64) == (1, [])
     with rasterio.open(out / "lining.tif") as mask, rasterio.open(out / "lining_prob.tif") as prob:
         assert mask.crs is None and prob.crs is None and mask.shape == (300, 400)
         assert np.abs(prob.read(1).astype(int) - np.round(whole * 255)).max() <= 1

@@ -324,22 +324,29 @@ class CrackSegmenter:
 
     def predict_raster(self, src, block: int) -> Iterator[tuple[int, int, Prediction, np.ndarray]]:
         """Segment an open raster (rasterio) block by block: (row, col, prediction of the block, its valid-data
-        mask) in raster order.
-
-        Each block is read with a margin of one tile, so the tiles at its edge see the same context as inside, and
-        cropped back; pixels outside the raster's valid data get probability 0. Memory: one block and its margin.
-        """
-        from crackseg.io.rasters import blocks, read_rgb
+        mask) in raster order (`predict_block`). Memory: one block and its margin."""
+        from crackseg.io.rasters import blocks
 
         check_pixels(src.width, src.height, self.max_raster_pixels, str(src.name))
-        margin = self.tile
         for row, col, height, width in blocks(src.height, src.width, block):
-            top, left = max(0, row - margin), max(0, col - margin)
-            bottom, right = min(src.height, row + height + margin), min(src.width, col + width + margin)
-            image, valid = read_rgb(src, top, left, bottom - top, right - left)
-            inner = (slice(row - top, row - top + height), slice(col - left, col - left + width))
-            prob = np.where(valid, self.predict_prob(image), 0.0).astype(np.float32)[inner]
-            yield row, col, Prediction(prob, self.threshold, self.low_threshold), valid[inner]
+            yield row, col, *self.predict_block(src, row, col, height, width)
+
+    def predict_block(self, src, row: int, col: int, height: int, width: int) -> tuple[Prediction, np.ndarray]:
+        """One block of an open raster (rasterio): its prediction and its valid-data mask.
+
+        The block is read with a margin of one tile, so the tiles at its edge see the same context as inside, and
+        cropped back; pixels outside the raster's valid data get probability 0. A block depends on nothing but the
+        raster, so blocks may be segmented in any order, or by other processes (`runs.cluster`).
+        """
+        from crackseg.io.rasters import read_rgb
+
+        margin = self.tile
+        top, left = max(0, row - margin), max(0, col - margin)
+        bottom, right = min(src.height, row + height + margin), min(src.width, col + width + margin)
+        image, valid = read_rgb(src, top, left, bottom - top, right - left)
+        inner = (slice(row - top, row - top + height), slice(col - left, col - left + width))
+        prob = np.where(valid, self.predict_prob(image), 0.0).astype(np.float32)[inner]
+        return Prediction(prob, self.threshold, self.low_threshold), valid[inner]
 
     def predict_batch(self, images, threshold: float | None = None) -> list[Prediction]:
         return [self.predict(image, threshold) for image in images]

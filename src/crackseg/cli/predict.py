@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 from crackseg.cli.common import (
@@ -13,6 +14,7 @@ from crackseg.cli.common import (
     report,
     segmenter_from_args,
 )
+from crackseg.options import DEFAULT_BLOCK, MIN_BLOCK
 
 
 def cmd_predict(args) -> int:
@@ -34,9 +36,10 @@ def cmd_predict(args) -> int:
 
         with cluster_client(args.cluster) as client:
             model = model_on_cluster(args, client, options)
-            written, failures = predict_plan(model, plan, args.skip_existing, client=client)
+            written, failures = predict_plan(model, plan, args.skip_existing, client=client, block=args.block)
     else:
-        written, failures = predict_plan(segmenter_from_args(args, options), plan, args.skip_existing)
+        segmenter = segmenter_from_args(args, options)
+        written, failures = predict_plan(segmenter, plan, args.skip_existing, block=args.block)
     return report(failures, f"{written} written, {len(failures)} failed -> {args.out}")
 
 
@@ -101,6 +104,13 @@ def cmd_export(args) -> int:
     return 0
 
 
+def block_side(text: str) -> int:
+    value = positive_int(text)
+    if value < MIN_BLOCK:
+        raise argparse.ArgumentTypeError(f"{value}: blocks of at least {MIN_BLOCK} px a side")
+    return value
+
+
 def add_parsers(sub) -> None:
     from crackseg.data import add_split_arguments
     from crackseg.engines.int8 import CALIBRATION_CROPS
@@ -119,6 +129,14 @@ def add_parsers(sub) -> None:
         "an interrupted run left of it)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace the outputs of an earlier run in -o")
+    p.add_argument(
+        "--block",
+        type=block_side,
+        default=DEFAULT_BLOCK,
+        metavar="PX",
+        help=f"px per block side for rasters segmented in blocks (default {DEFAULT_BLOCK}); with --cluster, each "
+        "block is a task",
+    )
     add_cluster_argument(p)
     p.set_defaults(func=cmd_predict)
 

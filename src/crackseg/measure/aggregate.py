@@ -16,6 +16,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import shapely
 from scipy.sparse import coo_matrix
@@ -215,6 +217,56 @@ def centrelines(
     return out
 
 
+@dataclass(frozen=True)
+class BlockWindow:
+    """One block of a mask's grid: the window read (its core and the halo around it) and the core inside it."""
+
+    top: int
+    left: int
+    height: int
+    width: int
+    core: tuple[int, int, int, int]  # row, col, height, width of the block in the window
+
+
+def block_windows(shape: tuple[int, int], block: int | None, halo: int = DEFAULT_HALO) -> list[BlockWindow]:
+    """The windows `measure_blocks` reads, in raster order: blocks of `block` px a side (None: the whole mask),
+    each with `halo` px of context on every side where the mask goes on (none for a single block)."""
+    from crackseg.io.rasters import blocks as block_grid
+
+    height, width = shape
+    grid = [(0, 0, height, width)] if block is None else list(block_grid(height, width, block))
+    halo = 0 if len(grid) == 1 else halo
+    windows = []
+    for row, col, h, w in grid:
+        top, left = max(row - halo, 0), max(col - halo, 0)
+        bottom, right = min(row + h + halo, height), min(col + w + halo, width)
+        windows.append(BlockWindow(top, left, bottom - top, right - left, (row - top, col - left, h, w)))
+    return windows
+
+
+def window_statistics(read, window: BlockWindow, shape: tuple[int, int], options: MeasureOptions) -> BlockStatistics:
+    """What one block adds to the mask's measurement (`blocks.block_statistics`), its window read by
+    `read(row, col, height, width)`. A block depends on nothing but the mask, so blocks may be measured in any
+    order, or by other processes (`runs.cluster`)."""
+    mask = as_mask(read(window.top, window.left, window.height, window.width))
+    origin = (window.top, window.left)
+    return block_statistics(mask, window.core, origin, shape, options.hole_area, options.min_length)
+
+
+def join_blocks(stats: list[BlockStatistics], shape: tuple[int, int], options: MeasureOptions, halo: int):
+    """The mask's measurement from its blocks' statistics, in the order of `block_windows`; says when a crack is
+    wider than the halo measures across seams."""
+    classes = load_width_classes(options.width_classes)
+    result = aggregate(stats, shape, options.pixel_size_mm, options.min_length, options.direction_deg, classes)
+    widest, supported = max((b.widest_px for b in stats), default=0.0), (halo - HALO_MARGIN_PX) / 2
+    if len(stats) > 1 and widest > supported:
+        result.warnings.append(
+            f"a crack is {widest:.0f} px wide, but a halo of {halo} px measures cracks across block seams as on the "
+            f"whole mask only up to {supported:.0f} px wide: where it crosses a seam its length and widths may be off"
+        )
+    return result
+
+
 def measure_blocks(
     read,
     shape: tuple[int, int],
@@ -234,28 +286,11 @@ def measure_blocks(
     """
     from tqdm import tqdm
 
-    from crackseg.io.rasters import blocks as block_grid
-
     options = MeasureOptions.of(options, **option_values)
-    classes = load_width_classes(options.width_classes)
-    height, width = shape
-    grid = [(0, 0, height, width)] if block is None else list(block_grid(height, width, block))
-    halo = 0 if len(grid) == 1 else halo
-    stats = []
-    for row, col, h, w in tqdm(grid, desc="blocks", unit="block", disable=not progress, leave=False):
-        top, left = max(row - halo, 0), max(col - halo, 0)
-        bottom, right = min(row + h + halo, height), min(col + w + halo, width)
-        window = as_mask(read(top, left, bottom - top, right - left))
-        core = (row - top, col - left, h, w)
-        stats.append(block_statistics(window, core, (top, left), shape, options.hole_area, options.min_length))
-    result = aggregate(stats, shape, options.pixel_size_mm, options.min_length, options.direction_deg, classes)
-    widest, supported = max((b.widest_px for b in stats), default=0.0), (halo - HALO_MARGIN_PX) / 2
-    if len(grid) > 1 and widest > supported:
-        result.warnings.append(
-            f"a crack is {widest:.0f} px wide, but a halo of {halo} px measures cracks across block seams as on the "
-            f"whole mask only up to {supported:.0f} px wide: where it crosses a seam its length and widths may be off"
-        )
-    return result
+    options = options.replace(width_classes=load_width_classes(options.width_classes))  # checked before any work
+    windows = block_windows(shape, block, halo)
+    bar = tqdm(windows, desc="blocks", unit="block", disable=not progress, leave=False)
+    return join_blocks([window_statistics(read, w, shape, options) for w in bar], shape, options, halo)
 
 
 def measure(mask, options: MeasureOptions | None = None, **option_values) -> Measurement:

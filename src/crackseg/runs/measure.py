@@ -27,7 +27,15 @@ from crackseg.errors import InputError
 from crackseg.io.atomic import atomic_write_bytes, remove_debris, temporary_prefix
 from crackseg.io.georef import GRID_SCALE, Georeference, check_shape, is_tiff, read_tiff_header, resolve_pixel_size
 from crackseg.io.images import read_image, read_mask, write_image
-from crackseg.io.rasters import OVERVIEW_SIDE, READ_CACHE_MB, in_blocks, open_raster, overview, read_mask_window
+from crackseg.io.rasters import (
+    OVERVIEW_SIDE,
+    READ_CACHE_MB,
+    in_blocks,
+    open_raster,
+    overview,
+    rasterio_env,
+    read_mask_window,
+)
 from crackseg.io.vector import csv_bytes, json_bytes, write_gpkg
 from crackseg.measure import DEFAULT_HALO, Measurement, load_width_classes, measure, measure_blocks
 from crackseg.measure.figure import width_figure
@@ -176,11 +184,12 @@ class Measured:
 
 
 def measure_item(
-    item: Item, out_dir: Path, segmenter, options: MeasureOptions, marker_mm=None, progress: bool = False
+    item: Item, out_dir: Path, segmenter, options: MeasureOptions, marker_mm=None, progress: bool = False, client=None
 ) -> Measured:
-    """Measure one input and write its outputs (`options` with its width classes loaded)."""
+    """Measure one input and write its outputs (`options` with its width classes loaded). With `client`, `item` is
+    a raster whose blocks are segmented and measured on the client's workers."""
     try:
-        result, report, georef, figure = measure_one(item, out_dir, segmenter, options, marker_mm, progress)
+        result, report, georef, figure = measure_one(item, out_dir, segmenter, options, marker_mm, progress, client)
     except READ_ERRORS as err:
         return Measured(failure=failure_message(item, err))
     write_outputs(item.outputs, result, report, georef, figure)
@@ -189,7 +198,7 @@ def measure_item(
     return Measured(rows, list(result.warnings), local, report["pixel_size_from"])
 
 
-def measure_one(item, out_dir: Path, segmenter, options: MeasureOptions, marker_mm, progress: bool):
+def measure_one(item, out_dir: Path, segmenter, options: MeasureOptions, marker_mm, progress: bool, client=None):
     """(measurement, summary dict, georeference, width figure or None) of one input."""
     path = item.source
     header = read_tiff_header(path)
@@ -197,9 +206,11 @@ def measure_one(item, out_dir: Path, segmenter, options: MeasureOptions, marker_
     if georef is not None and "geojson" in item.outputs:
         georef.check_wgs84(str(path))
     want_figure = "png" in item.outputs
-    if item.in_blocks and (segmenter is None or hasattr(segmenter, "predict_raster")):
+    # Only a CrackSegmenter segments rasters in blocks (on a cluster, the workers' segmenters), not any function.
+    if item.in_blocks and (segmenter is None or client is not None or hasattr(segmenter, "predict_raster")):
         scale, scale_from = resolve_pixel_size(str(path), georef, options.pixel_size_mm, grid=grid)
-        result, image = measure_raster(path, out_dir, segmenter, options.replace(pixel_size_mm=scale), want_figure)
+        options = options.replace(pixel_size_mm=scale)
+        result, image = measure_raster(path, out_dir, segmenter, options, want_figure, progress, client)
         figure = width_figure(image, result, overview=True) if image is not None else None
         blocks = {"block_px": options.block, "halo_px": DEFAULT_HALO, "segmented_in_blocks": segmenter is not None}
         if figure is not None:
@@ -274,12 +285,15 @@ def write_outputs(
         atomic_write_bytes(paths["dxf"], dxf_bytes(result, georef))
 
 
-def measure_mask(path: str | os.PathLike, options: MeasureOptions, progress: bool = False) -> Measurement:
+def measure_mask(path: str | os.PathLike, options: MeasureOptions, progress: bool = False, client=None) -> Measurement:
     """Measure a mask raster read window by window (`measure.measure_blocks`): the cracks `measure.measure` finds
-    on the whole mask, holding one block and its halo at a time."""
-    import rasterio
+    on the whole mask, holding one block and its halo at a time. With `client`, the blocks are measured on its
+    workers, each reading its own window."""
+    if client is not None:
+        from crackseg.runs.cluster import measure_mask_on_cluster
 
-    with rasterio.Env(GDAL_CACHEMAX=READ_CACHE_MB), open_raster(path) as src:
+        return measure_mask_on_cluster(client, Path(path), options, progress)
+    with rasterio_env(GDAL_CACHEMAX=READ_CACHE_MB), open_raster(path) as src:
         return measure_blocks(
             lambda row, col, height, width: read_mask_window(src, row, col, height, width),
             (src.height, src.width),
@@ -296,10 +310,12 @@ def measure_raster(
     options: MeasureOptions | None = None,
     with_overview: bool = False,
     progress: bool = False,
+    client=None,
 ):
     """Measure a raster block by block: a mask, or with `segmenter` a photo, segmented first (block by block,
     `runs.predict.segment_raster`) into a temporary mask GeoTIFF in `work_dir`, removed afterwards. Returns the
-    Measurement and, with `with_overview`, the raster's `overview` for the width figure (else None)."""
+    Measurement and, with `with_overview`, the raster's `overview` for the width figure (else None). With
+    `client`, the blocks are segmented and measured on its workers (which see `work_dir`)."""
     options = options or MeasureOptions()
     with contextlib.ExitStack() as stack:
         mask_path = Path(path)
@@ -307,6 +323,6 @@ def measure_raster(
             name = temporary_mask_name(work_dir, mask_path)
             work = tempfile.TemporaryDirectory(dir=work_dir, prefix=temporary_prefix(name), suffix=".tmp")
             mask_path = Path(stack.enter_context(work)) / f"{name.name}.tif"
-            segment_raster(segmenter, path, mask_path, block=options.block)
-        result = measure_mask(mask_path, options, progress)
+            segment_raster(segmenter, path, mask_path, block=options.block, client=client, progress=progress)
+        result = measure_mask(mask_path, options, progress, client)
     return result, overview(path) if with_overview else None
