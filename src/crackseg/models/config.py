@@ -1,7 +1,7 @@
 """A model's config, where the shipped models live, and finding and reading a model's files, all without torch.
 
-Commands that run a cached ONNX / OpenVINO export (`predict`, `measure`, `serve`, `evaluate`) need only this to
-start; importing torch would add about 1.3 s to each of them. Building and loading the network is `models`.
+Every command but `train` runs from this and `onnx_file` where torch is not installed (the core install), and
+does not import torch where it is: importing it costs a second at each start. Building the network is `networks`.
 """
 
 from __future__ import annotations
