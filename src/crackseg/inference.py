@@ -23,7 +23,7 @@ from crackseg.engines.base import sigmoid
 from crackseg.engines.torch_engine import TorchBackend
 from crackseg.errors import CracksegError, InputError, InputTypeError
 from crackseg.io.images import check_pixels, normalize_image, pil_to_rgb, read_image, to_rgb_uint8
-from crackseg.models.config import ModelConfig
+from crackseg.models.config import WEIGHTS_SUFFIXES, ModelConfig
 from crackseg.options import DEFAULT_MAX_PIXELS, SegmentOptions, check_threshold
 
 if TYPE_CHECKING:
@@ -125,7 +125,7 @@ def is_weights_path(name_or_path: str | os.PathLike | None) -> bool:
     return name_or_path is not None and (
         isinstance(name_or_path, os.PathLike)
         or Path(name_or_path).exists()
-        or str(name_or_path).endswith((".safetensors", ".pth", ".pt"))
+        or str(name_or_path).endswith(WEIGHTS_SUFFIXES)
     )
 
 
