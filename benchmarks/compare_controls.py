@@ -23,11 +23,12 @@ Then changes are planted in a copy of the photo (the same frame, aligned by feat
 own cracks (`synthetic.crack_ribbon`: a real crack straightened into a ribbon of its darkness over the surface
 beside it, its tips left out, and laid along a new path), and only on surface where BEFORE shows no crack, not even
 faintly (under the comparison's low threshold): one crack lengthened by GROWTH_PX in its own look from where its map
-ends, a new crack NEW_CRACK_PX long in the look of one of the photo's cracks, and one crack painted over with the
-background (inpainted). Printed per planted change: how many were tried, how many of those the model segments in
-AFTER (a planted crack it does not segment tests the model, not the comparison), how many were found with the right
-class (the change running along the planted path for longest), what the others were found as, and the median error
-of the length reported (added length, new crack length) against the planted one.
+ends, a new crack (a stretch NEW_CRACK_PX long of one of the photo's cracks, its shape and look, turned and laid
+elsewhere), and one crack painted over with the background (inpainted). Printed per planted change: how many were
+tried, how many of those the model segments in AFTER (a planted crack it does not segment tests the model, not the
+comparison), how many were found with the right class (the change running along the planted path for longest), what
+the others were found as, and the median error of the length reported (added length, new crack length) against the
+planted one.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ from crackseg.inference import CrackSegmenter
 from crackseg.io.georef import Georeference
 from crackseg.io.images import read_image
 from crackseg.options import CompareOptions
-from crackseg.synthetic import crack_ribbon, lay_ribbon
+from crackseg.synthetic import crack_ribbon, lay_ribbon, smooth_path
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 MIN_SIDE = 300  # px: the (25, 40) px shift must leave most of a photo to compare
@@ -182,13 +183,15 @@ def clear_of(busy: np.ndarray, points, margin) -> bool:
     return True
 
 
-def meander(start, heading: float, length: float, rng: np.random.Generator) -> np.ndarray:
-    """A crack-like path `length` px long from `start`: short steps whose heading wanders a little (a straight
-    dark line is what the models are trained to leave alone)."""
+def meander(start, heading: float, length: float, rng: np.random.Generator, step: float = STEP_PX) -> np.ndarray:
+    """A crack-like path `length` px long from `start`: steps whose heading wanders a little (a straight dark line
+    is what the models are trained to leave alone). A wide crack takes steps as long as it is wide: it wanders at
+    its own scale, not folding over itself."""
     points, point = [np.asarray(start, np.float64)], np.asarray(start, np.float64)
-    for _ in range(int(length // STEP_PX)):
+    step = min(step, length)
+    for _ in range(round(length / step)):
         heading += rng.normal(0, 0.15)
-        point = point + STEP_PX * np.array([math.cos(heading), math.sin(heading)])
+        point = point + step * np.array([math.cos(heading), math.sin(heading)])
         points.append(point)
     return np.array(points)
 
@@ -198,6 +201,7 @@ class Planted:
     kind: str  # the change it should be found as: extended, new or closed
     length: float  # px: the added length, the new crack's, the painted-over crack's
     path: np.ndarray  # (n, 2) image coordinates: the added part, the new crack, the painted-over crack
+    half_width: float = 0.0  # px: a wide crack's centreline may run this far off its path
 
 
 @dataclass
@@ -205,7 +209,7 @@ class Look:
     """A real crack of the photo, straightened into a ribbon (`synthetic.crack_ribbon`) without its tips."""
 
     crack: object  # its `measure.Crack`
-    line: np.ndarray  # its longest centreline
+    body: np.ndarray  # (n, 2): its longest centreline without its tips, smoothed, a point per px (a ribbon's row)
     ribbon: np.ndarray
 
     @property
@@ -224,7 +228,7 @@ def looks(photo: np.ndarray, base: Survey) -> dict[int, Look]:
         ribbon = crack_ribbon(photo, line, math.ceil(crack.width_p95_px / 2) + RIBBON_MARGIN_PX)
         trim = math.ceil(crack.width_p95_px) + TIP_PX
         if len(ribbon) - 2 * trim >= MIN_LOOK_PX:
-            out[crack.id] = Look(crack, line, ribbon[trim:-trim])
+            out[crack.id] = Look(crack, smooth_path(line)[0][trim:-trim], ribbon[trim:-trim])
     return out
 
 
@@ -242,11 +246,14 @@ def crack_end(busy: np.ndarray, tip: np.ndarray, heading: np.ndarray) -> np.ndar
 
 
 def grow(photo, base: Survey, busy, found_looks, rng: np.random.Generator):
-    """The longest crack with a tip that can run GROWTH_PX on into clear surface, lengthened so in its own look
-    (its ribbon laid on from a random place along it): (photo, its number, Planted), or None."""
+    """The longest crack (at most half GROWTH_PX wide) with a tip that can run GROWTH_PX on into clear surface,
+    lengthened so in its own look (its ribbon laid on from a random place along it): (photo, its number,
+    Planted), or None."""
     cracks = sorted(zip(base.measurement.cracks, base.centrelines, strict=True), key=lambda c: -c[0].length_px)
     for crack, lines in cracks:
         look = found_looks.get(crack.id)
+        if crack.width_p95_px > GROWTH_PX / 2:  # lengthened by less than twice its width, its end changes shape more
+            continue
         for line in (line for line in lines if len(line) > 1 and look is not None):
             margin = look.half_width + CLEAR_PX
             for end, inner in ((0, min(len(line) - 1, margin)), (-1, max(-len(line), -1 - margin))):
@@ -254,32 +261,42 @@ def grow(photo, base: Survey, busy, found_looks, rng: np.random.Generator):
                 tip = crack_end(busy, line[end], step)
                 if tip is None:
                     continue
-                path = meander(tip, math.atan2(step[1], step[0]), GROWTH_PX, rng)
+                stride = max(STEP_PX, crack.width_median_px)
+                path = meander(tip, math.atan2(step[1], step[0]), GROWTH_PX, rng, stride)
                 # Clear of every crack BEFORE half shows by the margin, except near the tip, whose own fade
                 # reaches out: there, the clearance grows with the distance from it.
-                run = STEP_PX * np.arange(len(path))
+                run = np.concatenate([[0.0], np.cumsum(np.hypot(*np.diff(path, axis=0).T))])
                 if clear_of(busy, path[1:], np.clip(run[1:] - margin, 0, margin)):
                     start = rng.uniform(0, len(look.ribbon))
-                    return lay_ribbon(photo, path, look.ribbon, start), crack.id, Planted("extended", GROWTH_PX, path)
+                    return (
+                        lay_ribbon(photo, path, look.ribbon, start),
+                        crack.id,
+                        Planted("extended", GROWTH_PX, path, look.half_width),
+                    )
     return None
 
 
 def draw_new(photo, busy, found_looks, rng: np.random.Generator):
-    """A crack NEW_CRACK_PX long in the look of one of the photo's cracks (drawn at random, by length), laid where
-    there is none: (photo, Planted), or None."""
-    if not found_looks:
-        return None
+    """A new crack: a stretch NEW_CRACK_PX long (or its whole body, from half that on) of one of the photo's cracks
+    (drawn at random, by length), its shape and its look, turned and laid where there is none: (photo, Planted), or
+    None."""
     height, width = busy.shape
-    chosen = list(found_looks.values())
-    weights = np.array([len(look.ribbon) for look in chosen], np.float64)
+    chosen = [look for look in found_looks.values() if len(look.body) > NEW_CRACK_PX / 2]
+    if not chosen:
+        return None
+    weights = np.array([len(look.body) for look in chosen], np.float64)
     look = chosen[rng.choice(len(chosen), p=weights / weights.sum())]
+    length = min(int(NEW_CRACK_PX), len(look.body) - 1)
     for _ in range(200):
+        first = int(rng.integers(0, len(look.body) - length))
+        piece = look.body[first : first + length + 1]
+        angle = rng.uniform(0, 2 * math.pi)
+        turn = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
         start = rng.uniform([EDGE_PX, EDGE_PX], [width - EDGE_PX, height - EDGE_PX])
-        path = meander(start, rng.uniform(0, 2 * math.pi), NEW_CRACK_PX, rng)
+        path = (piece - piece[0]) @ turn.T + start
         if clear_of(busy, path, 25):
-            return lay_ribbon(photo, path, look.ribbon, rng.uniform(0, len(look.ribbon))), Planted(
-                "new", NEW_CRACK_PX, path
-            )
+            planted = Planted("new", float(np.hypot(*np.diff(path, axis=0).T).sum()), path, look.half_width)
+            return lay_ribbon(photo, path, look.ribbon, first), planted
     return None
 
 
@@ -295,7 +312,9 @@ def paint_over(photo, base: Survey, keep: int | None):
         ink = np.zeros(base.shape, np.uint8)
         ink[base.measurement.skeleton_rows[on], base.measurement.skeleton_cols[on]] = 1
         ink = cv2.dilate(ink, np.ones((3, 3), np.uint8), iterations=int(crack.width_max_px) + 3)
-        return cv2.inpaint(photo, ink, 5, cv2.INPAINT_TELEA), Planted("closed", crack.length_px, longest)
+        return cv2.inpaint(photo, ink, 5, cv2.INPAINT_TELEA), Planted(
+            "closed", crack.length_px, longest, crack.width_p95_px / 2
+        )
     return None
 
 
@@ -329,13 +348,14 @@ def segmented(survey: Survey, path: np.ndarray) -> float:
 
 def found(changes, planted: Planted) -> tuple[str, float | None]:
     """What a planted change was found as, and the length reported for it. It is the change whose centreline (an
-    extension's: its added parts) runs along the planted path for the longest, at least a third of the path's
-    length; none: "missed". A change the model itself does not show in AFTER (a laid crack it does not segment, a
-    painted-over one it still does) is "not segmented": the model's miss, not the comparison's."""
+    extension's: its added parts) runs along the planted path (within ALONG_PX, or its half width) for the
+    longest, at least a third of the path's length; none: "missed". A change the model itself does not show in
+    AFTER (a laid crack it does not segment, a painted-over one it still does) is "not segmented": the model's
+    miss, not the comparison's."""
     shown = segmented(changes.after, planted.path)
     if (planted.kind == "closed" and shown > 0.4) or (planted.kind != "closed" and shown < 0.6):
         return "not segmented", None
-    along = shapely.LineString(planted.path).buffer(ALONG_PX)
+    along = shapely.LineString(planted.path).buffer(max(ALONG_PX, planted.half_width))
 
     def share(change) -> float:
         line = change.added if change.change == "extended" else change.line

@@ -12,11 +12,12 @@ therefore decided on each survey's probabilities (`evidence`) and held against t
   stays under the low threshold along more than half of the length both surveys see, and that length is over the
   length floor; else `unchanged` (BEFORE shows it, too faint to have been cut out).
 - A new crack that grows out of a BEFORE crack is that crack `extended`: one end of it lies within the length floor
-  (plus half of each crack's p95 width: a centreline stops about that short of its crack's end) of a BEFORE
-  centreline it does not continue, and AFTER's own probability along the gap between stays over the low
-  threshold (hysteresis: a crack grown on from its tip that AFTER's segmentation cut at a junction, or where it
-  runs faint for a few px, is one crack, not a new one; a gap no longer than the length floor cannot be told from
-  noise). Only a crack already found new is relabelled so: it adds no change an unchanged site could show.
+  (plus half of each crack's p95 width: a centreline stops about that short of its crack's end) of a BEFORE centreline
+  it does not continue, and along the straight gap between, AFTER's own probability stays over the low threshold and
+  falls under the high one for no more than the length floor (hysteresis: a crack grown on from its tip that AFTER's
+  segmentation cut at a junction, or where it runs faint for a few px, is one crack, not a new one; a cut no longer
+  than the length floor cannot be told from noise). Only a crack already found new is relabelled so: it adds no change
+  an unchanged site could show.
 - A BEFORE crack no AFTER crack continues is `closed` (closed or repaired) only where AFTER's probability stays
   under the low threshold along more than half of it, over the length floor; else `unchanged`.
 - A crack continued is `extended` when its added parts (farther than the tolerance from every BEFORE centreline,
@@ -132,12 +133,17 @@ class Decider:
         return min(gaps)[1] if gaps else None
 
     def bridged(self, gap) -> bool:
-        """Whether AFTER's own probability stays at or over the low threshold all along a gap (AFTER's frame)."""
-        xy, _ = line_points(gap) if gap.length > 0 else (shapely.get_coordinates(gap)[:1], None)
+        """Whether AFTER's own probability stays at or over the low threshold all along a gap (AFTER's frame), and
+        under the high one for no more than the length floor of it: a cut in its segmentation, not surface."""
+        if gap.length == 0:
+            return True
+        xy, length = line_points(gap)
         height, width = self.after.prob.shape
         cols = np.clip(np.floor(xy[:, 0]), 0, width - 1).astype(np.intp)
         rows = np.clip(np.floor(xy[:, 1]), 0, height - 1).astype(np.intp)
-        return bool((self.after.prob[rows, cols] >= self.after_view.low).all())
+        prob = self.after.prob[rows, cols]
+        cut = float(length[prob < self.after.threshold].sum())
+        return bool((prob >= self.after_view.low).all()) and cut <= self.noise.length_px
 
     def gone(self, change: CrackChange) -> None:
         """A BEFORE crack no AFTER crack continues: closed, unchanged or out of view."""
