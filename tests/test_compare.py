@@ -721,16 +721,17 @@ def test_compare_segments_with_the_eight_turns_unless_told(tmp_path, monkeypatch
     assert seen == [turns]
 
 
-@pytest.mark.parametrize("gap_prob, found", [(0.3, "extended"), (0.02, "new")])
-def test_a_crack_grown_on_past_a_faint_gap_is_an_extension(gap_prob, found):
+@pytest.mark.parametrize("gap_px, gap_prob, found", [(6, 0.3, "extended"), (6, 0.02, "new"), (40, 0.3, "new")])
+def test_a_crack_grown_on_past_a_faint_gap_is_an_extension(gap_px, gap_prob, found):
     """AFTER's segmentation cuts a crack grown on from its tip a few px past the old tip (the model's probability
     dips there under the threshold): where it stays over the low threshold across the gap, the grown part is the
-    old crack extended, not a new crack; where it falls under the low one, the two are separate cracks."""
+    old crack extended, not a new crack; where it falls under the low one, or the cut is longer than the length
+    floor, the two are separate cracks."""
     before, after = np.zeros((200, 300), np.float32), np.zeros((200, 300), np.float32)
     before[98:103, 40:140] = 1.0
     after[98:103, 40:140] = 1.0
-    after[98:103, 140:146] = gap_prob
-    after[98:103, 146:220] = 1.0
+    after[98:103, 140 : 140 + gap_px] = gap_prob
+    after[98:103, 140 + gap_px : 214 + gap_px] = 1.0
     changes = compare(
         Survey.from_arrays(prob=cv2.GaussianBlur(before, (0, 0), 0.7), name="before", threshold=0.5),
         Survey.from_arrays(prob=cv2.GaussianBlur(after, (0, 0), 0.7), name="after", threshold=0.5),
