@@ -19,10 +19,16 @@ crop's edges by MODEL_EDGE_PX), rotated 90°, 180° and 270°, rescaled ±10 %, 
 ±20 %, each map brought back to the photo's frame; printed per transform: the pooled F1 of its mask against the
 photo's own (the agreement), and the mean |Δp|. `--tta flips|turns`, `--overlap` and `--precision` set the segmenter.
 
-Then changes are planted in a copy of the photo (the same frame, aligned by features): one crack lengthened by
-GROWTH_PX in its own colour and width, a new crack drawn where there is none, and one crack painted over with the
-background (inpainted). Printed per planted change: how many were found with the right class, what the others were
-found as, and the median error of the length reported (added length, new crack length) against the planted one.
+Then changes are planted in a copy of the photo (the same frame, aligned by features), in the look of the photo's
+own cracks (`synthetic.crack_ribbon`: a real crack straightened into a ribbon of its darkness over the surface
+beside it, its tips left out, and laid along a new path), and only on surface where BEFORE shows no crack, not even
+faintly (under the comparison's low threshold): one crack lengthened by GROWTH_PX in its own look from where its map
+ends, a new crack (a stretch NEW_CRACK_PX long of one of the photo's cracks, its shape and look, turned and laid
+elsewhere), and one crack painted over with the background (inpainted). Printed per planted change: how many were
+tried, how many of those the model segments in AFTER (a planted crack it does not segment tests the model, not the
+comparison), how many were found with the right class (the change running along the planted path for longest), what
+the others were found as, and the median error of the length reported (added length, new crack length) against the
+planted one.
 """
 
 from __future__ import annotations
@@ -44,6 +50,8 @@ from crackseg.data import find_all_pairs, split_pairs
 from crackseg.inference import CrackSegmenter
 from crackseg.io.georef import Georeference
 from crackseg.io.images import read_image
+from crackseg.options import CompareOptions
+from crackseg.synthetic import crack_ribbon, lay_ribbon, smooth_path
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 MIN_SIDE = 300  # px: the (25, 40) px shift must leave most of a photo to compare
@@ -55,6 +63,12 @@ GROWTH_PX = 40.0
 NEW_CRACK_PX = 100.0
 STEP_PX = 4.0  # of a planted crack's path
 EDGE_PX = MODEL_EDGE_PX + 8  # planted changes keep this far from the photo's edges
+RIBBON_MARGIN_PX = 3  # a crack's ribbon reaches this far past its half p95 width: the surface beside it
+TIP_PX = 4  # and leaves out this much more than its p95 width at each tip, where it fades out
+MIN_LOOK_PX = 12  # a crack with a shorter body gives no look
+CLEAR_PX = 3  # a planted extension keeps this far past its ribbon's half width from anything BEFORE half shows
+MAX_END_PX = 40  # a crack's map reaching farther past its centreline's tip is no place to lengthen it
+ALONG_PX = 4.0  # a change runs along a planted path within this distance of it
 
 
 def validation_photos(data: Path, limit: int | None) -> list[Path]:
@@ -154,34 +168,30 @@ def agreement(segmenter, photos: list[Path]) -> None:
         print(f"{name:<20} {f1:>18.4f} {np.mean(deltas[name]):>10.4f}")
 
 
-def paint_line(photo: np.ndarray, points, thickness: int, colour) -> np.ndarray:
-    """A dark line blended into the photo, its edges softened as a photographed crack's are."""
-    mask = np.zeros(photo.shape[:2], np.float32)
-    cv2.polylines(mask, [np.round(points).astype(np.int32)], False, 1.0, thickness=thickness, lineType=cv2.LINE_AA)
-    alpha = cv2.GaussianBlur(mask, (0, 0), 0.7)[:, :, None]
-    return np.clip(photo * (1 - alpha) + np.asarray(colour) * alpha, 0, 255).astype(np.uint8)
-
-
-def clear_of(mask: np.ndarray, points, margin: float) -> bool:
-    """Whether every point lies `margin` px from every crack pixel and EDGE_PX from the photo's edges (where the
-    comparison does not trust a network's probabilities)."""
-    height, width = mask.shape
-    distance = cv2.distanceTransform((~mask).astype(np.uint8), cv2.DIST_L2, 5)
-    for x, y in points:
+def clear_of(busy: np.ndarray, points, margin) -> bool:
+    """Whether every point lies `margin` px (one for all, or one per point) from every `busy` pixel (any crack the
+    model half sees) and EDGE_PX from the photo's edges (where the comparison does not trust a network's
+    probabilities)."""
+    height, width = busy.shape
+    distance = cv2.distanceTransform((~busy).astype(np.uint8), cv2.DIST_L2, 5)
+    margins = np.broadcast_to(np.asarray(margin, np.float64), (len(points),))
+    for (x, y), clearance in zip(points, margins, strict=True):
         if not (EDGE_PX <= x < width - EDGE_PX and EDGE_PX <= y < height - EDGE_PX):
             return False
-        if distance[int(y), int(x)] < margin:
+        if distance[int(y), int(x)] < clearance:
             return False
     return True
 
 
-def meander(start, heading: float, length: float, rng: np.random.Generator) -> np.ndarray:
-    """A crack-like path `length` px long from `start`: short steps whose heading wanders a little (a straight
-    dark line is what the models are trained to leave alone)."""
+def meander(start, heading: float, length: float, rng: np.random.Generator, step: float = STEP_PX) -> np.ndarray:
+    """A crack-like path `length` px long from `start`: steps whose heading wanders a little (a straight dark line
+    is what the models are trained to leave alone). A wide crack takes steps as long as it is wide: it wanders at
+    its own scale, not folding over itself."""
     points, point = [np.asarray(start, np.float64)], np.asarray(start, np.float64)
-    for _ in range(int(length // STEP_PX)):
+    step = min(step, length)
+    for _ in range(round(length / step)):
         heading += rng.normal(0, 0.15)
-        point = point + STEP_PX * np.array([math.cos(heading), math.sin(heading)])
+        point = point + step * np.array([math.cos(heading), math.sin(heading)])
         points.append(point)
     return np.array(points)
 
@@ -191,33 +201,102 @@ class Planted:
     kind: str  # the change it should be found as: extended, new or closed
     length: float  # px: the added length, the new crack's, the painted-over crack's
     path: np.ndarray  # (n, 2) image coordinates: the added part, the new crack, the painted-over crack
+    half_width: float = 0.0  # px: a wide crack's centreline may run this far off its path
 
 
-def grow(photo, base: Survey, mask, colour, rng: np.random.Generator):
-    """The longest crack with a tip that can run GROWTH_PX on into clear surface, lengthened so, in its own width:
-    (photo, its number, Planted), or None."""
-    cracks = sorted(zip(base.measurement.cracks, base.centrelines, strict=True), key=lambda c: -c[0].length_px)
-    for crack, lines in cracks:
-        for line in (line for line in lines if len(line) > 1):
-            for end, inner in ((0, 1), (-1, -2)):
-                step = line[end] - line[inner]
-                path = meander(line[end], math.atan2(step[1], step[0]), GROWTH_PX, rng)
-                if clear_of(mask, path[3:], 6):
-                    width = max(2, round(crack.width_median_px))
-                    return paint_line(photo, path, width, colour), crack.id, Planted("extended", GROWTH_PX, path)
+@dataclass
+class Look:
+    """A real crack of the photo, straightened into a ribbon (`synthetic.crack_ribbon`) without its tips."""
+
+    crack: object  # its `measure.Crack`
+    body: np.ndarray  # (n, 2): its longest centreline without its tips, smoothed, a point per px (a ribbon's row)
+    ribbon: np.ndarray
+
+    @property
+    def half_width(self) -> int:
+        return (self.ribbon.shape[1] - 1) // 2
+
+
+def looks(photo: np.ndarray, base: Survey) -> dict[int, Look]:
+    """Crack number → its look, for each crack with at least MIN_LOOK_PX of body between its tips (a tip, where
+    the crack fades out and the segmentation stops, is no crack's typical look)."""
+    out = {}
+    for crack, lines in zip(base.measurement.cracks, base.centrelines, strict=True):
+        line = max(lines, key=len)
+        if len(line) < 2:
+            continue
+        ribbon = crack_ribbon(photo, line, math.ceil(crack.width_p95_px / 2) + RIBBON_MARGIN_PX)
+        trim = math.ceil(crack.width_p95_px) + TIP_PX
+        if len(ribbon) - 2 * trim >= MIN_LOOK_PX:
+            out[crack.id] = Look(crack, smooth_path(line)[0][trim:-trim], ribbon[trim:-trim])
+    return out
+
+
+def crack_end(busy: np.ndarray, tip: np.ndarray, heading: np.ndarray) -> np.ndarray | None:
+    """Where a crack ends in BEFORE's map, from its centreline's tip on along its heading: the first point its map
+    shows no crack (a skeleton stops short of a wide crack's end); None beyond the photo or past MAX_END_PX."""
+    direction = heading / max(float(np.hypot(*heading)), 1e-9)
+    for run in range(MAX_END_PX):
+        x, y = tip + run * direction
+        if not (0 <= x < busy.shape[1] and 0 <= y < busy.shape[0]):
+            return None
+        if not busy[int(y), int(x)]:
+            return tip + run * direction
     return None
 
 
-def draw_new(photo, base: Survey, mask, colour, rng: np.random.Generator):
-    """A crack NEW_CRACK_PX long, as wide as the photo's cracks, drawn where there is none: (photo, Planted), or
+def grow(photo, base: Survey, busy, found_looks, rng: np.random.Generator):
+    """The longest crack (at most half GROWTH_PX wide) with a tip that can run GROWTH_PX on into clear surface,
+    lengthened so in its own look (its ribbon laid on from a random place along it): (photo, its number,
+    Planted), or None."""
+    cracks = sorted(zip(base.measurement.cracks, base.centrelines, strict=True), key=lambda c: -c[0].length_px)
+    for crack, lines in cracks:
+        look = found_looks.get(crack.id)
+        if crack.width_p95_px > GROWTH_PX / 2:  # lengthened by less than twice its width, its end changes shape more
+            continue
+        for line in (line for line in lines if len(line) > 1 and look is not None):
+            margin = look.half_width + CLEAR_PX
+            for end, inner in ((0, min(len(line) - 1, margin)), (-1, max(-len(line), -1 - margin))):
+                step = line[end] - line[inner]  # the crack's heading over its last few px, not its last pixel's
+                tip = crack_end(busy, line[end], step)
+                if tip is None:
+                    continue
+                stride = max(STEP_PX, crack.width_median_px)
+                path = meander(tip, math.atan2(step[1], step[0]), GROWTH_PX, rng, stride)
+                # Clear of every crack BEFORE half shows by the margin, except near the tip, whose own fade
+                # reaches out: there, the clearance grows with the distance from it.
+                run = np.concatenate([[0.0], np.cumsum(np.hypot(*np.diff(path, axis=0).T))])
+                if clear_of(busy, path[1:], np.clip(run[1:] - margin, 0, margin)):
+                    start = rng.uniform(0, len(look.ribbon))
+                    return (
+                        lay_ribbon(photo, path, look.ribbon, start),
+                        crack.id,
+                        Planted("extended", GROWTH_PX, path, look.half_width),
+                    )
+    return None
+
+
+def draw_new(photo, busy, found_looks, rng: np.random.Generator):
+    """A new crack: a stretch NEW_CRACK_PX long (or its whole body, from half that on) of one of the photo's cracks
+    (drawn at random, by length), its shape and its look, turned and laid where there is none: (photo, Planted), or
     None."""
-    height, width = mask.shape
-    thickness = max(2, round(np.median([c.width_median_px for c in base.measurement.cracks] or [3])))
+    height, width = busy.shape
+    chosen = [look for look in found_looks.values() if len(look.body) > NEW_CRACK_PX / 2]
+    if not chosen:
+        return None
+    weights = np.array([len(look.body) for look in chosen], np.float64)
+    look = chosen[rng.choice(len(chosen), p=weights / weights.sum())]
+    length = min(int(NEW_CRACK_PX), len(look.body) - 1)
     for _ in range(200):
+        first = int(rng.integers(0, len(look.body) - length))
+        piece = look.body[first : first + length + 1]
+        angle = rng.uniform(0, 2 * math.pi)
+        turn = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
         start = rng.uniform([EDGE_PX, EDGE_PX], [width - EDGE_PX, height - EDGE_PX])
-        path = meander(start, rng.uniform(0, 2 * math.pi), NEW_CRACK_PX, rng)
-        if clear_of(mask, path, 25):
-            return paint_line(photo, path, thickness, colour), Planted("new", NEW_CRACK_PX, path)
+        path = (piece - piece[0]) @ turn.T + start
+        if clear_of(busy, path, 25):
+            planted = Planted("new", float(np.hypot(*np.diff(path, axis=0).T).sum()), path, look.half_width)
+            return lay_ribbon(photo, path, look.ribbon, first), planted
     return None
 
 
@@ -233,19 +312,23 @@ def paint_over(photo, base: Survey, keep: int | None):
         ink = np.zeros(base.shape, np.uint8)
         ink[base.measurement.skeleton_rows[on], base.measurement.skeleton_cols[on]] = 1
         ink = cv2.dilate(ink, np.ones((3, 3), np.uint8), iterations=int(crack.width_max_px) + 3)
-        return cv2.inpaint(photo, ink, 5, cv2.INPAINT_TELEA), Planted("closed", crack.length_px, longest)
+        return cv2.inpaint(photo, ink, 5, cv2.INPAINT_TELEA), Planted(
+            "closed", crack.length_px, longest, crack.width_p95_px / 2
+        )
     return None
 
 
 def plant(photo: np.ndarray, base: Survey, rng: np.random.Generator) -> tuple[np.ndarray, list[Planted]]:
-    """The photo with up to three planted changes, and what was planted."""
-    mask = base.prob >= base.threshold
-    colour = np.median(photo[mask], axis=0) if mask.any() else np.array([60.0, 60.0, 60.0])
+    """The photo with up to three planted changes, and what was planted. Planted cracks take the look of the
+    photo's own cracks, and only surface where BEFORE shows no crack, not even faintly (under the comparison's
+    low threshold): there, a planted crack is a change the comparison must find."""
+    busy = base.prob >= CompareOptions().low_share * base.threshold
+    found_looks = looks(photo, base)
     planted, grown = [], None
-    if grew := grow(photo, base, mask, colour, rng):
+    if grew := grow(photo, base, busy, found_looks, rng):
         photo, grown, change = grew
         planted.append(change)
-    if drawn := draw_new(photo, base, mask, colour, rng):
+    if drawn := draw_new(photo, busy, found_looks, rng):
         photo, change = drawn
         planted.append(change)
     if painted := paint_over(photo, base, grown):
@@ -264,18 +347,25 @@ def segmented(survey: Survey, path: np.ndarray) -> float:
 
 
 def found(changes, planted: Planted) -> tuple[str, float | None]:
-    """What a planted change was found as, and the length reported for it. A change the model itself does not
-    show in AFTER (a drawn crack it does not segment, a painted-over one it still does) is "not segmented": the
-    model's miss, not the comparison's."""
+    """What a planted change was found as, and the length reported for it. It is the change whose centreline (an
+    extension's: its added parts) runs along the planted path (within ALONG_PX, or its half width) for the
+    longest, at least a third of the path's length; none: "missed". A change the model itself does not show in
+    AFTER (a laid crack it does not segment, a painted-over one it still does) is "not segmented": the model's
+    miss, not the comparison's."""
     shown = segmented(changes.after, planted.path)
     if (planted.kind == "closed" and shown > 0.4) or (planted.kind != "closed" and shown < 0.6):
         return "not segmented", None
-    point = shapely.Point(planted.path[-1] if planted.kind == "extended" else planted.path[len(planted.path) // 2])
-    nearest = min(changes.cracks, key=lambda c: c.line.distance(point), default=None)
-    if nearest is None or nearest.line.distance(point) > 15:
+    along = shapely.LineString(planted.path).buffer(max(ALONG_PX, planted.half_width))
+
+    def share(change) -> float:
+        line = change.added if change.change == "extended" else change.line
+        return shapely.intersection(line, along).length
+
+    best = max(changes.cracks, key=share, default=None)
+    if best is None or share(best) < planted.length / 3:
         return "missed", None
-    length = {"extended": nearest.added_length_px, "new": nearest.length_after_px, "closed": nearest.length_before_px}
-    return nearest.change, length[planted.kind] if nearest.change == planted.kind else None
+    length = {"extended": best.added_length_px, "new": best.length_after_px, "closed": best.length_before_px}
+    return best.change, length[planted.kind] if best.change == planted.kind else None
 
 
 def main() -> None:
@@ -354,13 +444,16 @@ def print_controls(tally, floors) -> None:
 
 
 def print_planted(planted_tally, errors) -> None:
-    print(f"{'planted':<10} {'tried':>5} {'found':>5}  {'found as':<40} {'median length error':>20}")
+    header = f"{'planted':<10} {'tried':>5} {'segmented':>9} {'found':>5}  {'found as':<40} {'median length error':>20}"
+    print(header)
     for kind in ("extended", "new", "closed"):
         counts = planted_tally[kind]
         tried = sum(counts.values())
+        shown = tried - counts["not segmented"]
         others = ", ".join(f"{n} {what}" for what, n in counts.items() if what != kind) or "-"
         error = f"{np.median(errors[kind]):.1%}" if errors[kind] else "-"
-        print(f"{kind:<10} {tried:>5} {counts[kind]:>5}  {others:<40} {error:>20}")
+        print(f"{kind:<10} {tried:>5} {shown:>9} {counts[kind]:>5}  {others:<40} {error:>20}")
+    print("(segmented: the planted change shows in AFTER's own segmentation; found: with the right class)")
 
 
 if __name__ == "__main__":

@@ -102,3 +102,58 @@ def test_compare_controls_agreement_maps_each_transform_back_to_the_photos_frame
             assert np.abs(prob - grey[region]).mean() < 0.01, name
         seen.append(name.split()[0])
     assert sorted(set(seen)) == ["JPEG", "exposure", "rotated", "scale", "shift"]
+
+
+def import_compare_controls():
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import compare_controls
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    return compare_controls
+
+
+def test_a_laid_crack_takes_the_look_of_the_photos_own_crack():
+    """A ribbon read across a real crack and laid along another path darkens it as the crack darkens its surface,
+    and leaves the surface beyond its half width alone: the planted crack is the photo's crack, not a painted
+    line."""
+    from crackseg.synthetic import crack_ribbon, lay_ribbon
+
+    surface = np.full((80, 120, 3), 200, np.uint8)
+    photo = surface.copy()
+    photo[18:22, 10:110] = 100  # a crack 4 px wide, half as bright as its surface
+    ribbon = crack_ribbon(photo, np.array([[10.0, 20.0], [110.0, 20.0]]), 5)
+    assert ribbon.shape[1:] == (11, 3)
+    assert np.allclose(ribbon[10:-10, 5], 0.5, atol=0.02) and np.allclose(ribbon[10:-10, [0, -1]], 1.0, atol=0.02)
+    path = np.array([[20.0, 60.0], [60.0, 55.0], [100.0, 60.0]])  # longer than the ribbon's body: folded back
+    laid = lay_ribbon(surface, path, ribbon[10:30], start=3.0)
+    assert abs(int(laid[55, 60, 0]) - 100) <= 8 and abs(int(laid[59, 25, 0]) - 100) <= 8  # the crack's darkness
+    assert (laid[:45] == 200).all() and (laid[70:] == 200).all()  # beyond the half width: untouched
+    assert (laid[:, :15] == 200).all() and (laid[:, 106:] == 200).all()  # and beyond the path's ends
+
+
+def test_a_planted_change_is_matched_to_the_change_that_runs_along_it():
+    """The change found for a planted one is the change running along the planted path for longest (an extension's
+    added parts), not whichever change lies nearest one point of it: a crack segmented a few px beside the
+    planted tip is still its extension, and a nearby unchanged crack is not what it was found as."""
+    import shapely
+
+    compare_controls = import_compare_controls()
+    from crackseg.compare.changes import CrackChange
+
+    prob = np.zeros((100, 200), np.float32)
+    prob[48:53, 20:180] = 1.0
+    after = type("After", (), {"prob": prob, "threshold": 0.5})()
+    path = np.array([[100.0, 50.0], [140.0, 50.0]])
+    grown = CrackChange(1, "extended", shapely.MultiLineString([[(20, 50), (131, 51)]]), shapely.MultiLineString())
+    grown.added, grown.added_length_px = shapely.MultiLineString([[(100, 51), (131, 51)]]), 31.0
+    near = CrackChange(2, "unchanged", shapely.MultiLineString([[(141, 52), (180, 52)]]), shapely.MultiLineString())
+    changes = type("Changes", (), {"after": after, "cracks": [near, grown]})()
+    planted = compare_controls.Planted("extended", 40.0, path)
+    assert compare_controls.found(changes, planted) == ("extended", 31.0)
+    grown.change = "unchanged"
+    assert compare_controls.found(changes, planted) == ("unchanged", None)
+    changes.cracks = [near]
+    assert compare_controls.found(changes, planted) == ("missed", None)
+    after.prob = np.zeros_like(prob)
+    assert compare_controls.found(changes, planted) == ("not segmented", None)

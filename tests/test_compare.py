@@ -719,3 +719,26 @@ def test_compare_segments_with_the_eight_turns_unless_told(tmp_path, monkeypatch
     with pytest.raises(AssertionError, match="stop after"):
         main(["compare", photo, photo, "-o", str(tmp_path / "out"), *flags])
     assert seen == [turns]
+
+
+@pytest.mark.parametrize("gap_px, gap_prob, found", [(6, 0.3, "extended"), (6, 0.02, "new"), (40, 0.3, "new")])
+def test_a_crack_grown_on_past_a_faint_gap_is_an_extension(gap_px, gap_prob, found):
+    """AFTER's segmentation cuts a crack grown on from its tip a few px past the old tip (the model's probability
+    dips there under the threshold): where it stays over the low threshold across the gap, the grown part is the
+    old crack extended, not a new crack; where it falls under the low one, or the cut is longer than the length
+    floor, the two are separate cracks."""
+    before, after = np.zeros((200, 300), np.float32), np.zeros((200, 300), np.float32)
+    before[98:103, 40:140] = 1.0
+    after[98:103, 40:140] = 1.0
+    after[98:103, 140 : 140 + gap_px] = gap_prob
+    after[98:103, 140 + gap_px : 214 + gap_px] = 1.0
+    changes = compare(
+        Survey.from_arrays(prob=cv2.GaussianBlur(before, (0, 0), 0.7), name="before", threshold=0.5),
+        Survey.from_arrays(prob=cv2.GaussianBlur(after, (0, 0), 0.7), name="after", threshold=0.5),
+        assume_aligned=True,
+    )
+    grown = max(changes.cracks, key=lambda c: c.line.bounds[2])
+    assert grown.change == found and [c.change for c in changes.cracks].count("unchanged") == 1
+    if found == "extended":
+        assert grown.before_ids == (changes.cracks[0].id,) and grown.added_length_px == pytest.approx(74, abs=6)
+        assert grown.length_change_px == pytest.approx(grown.added_length_px) and grown.confidence > 0.5

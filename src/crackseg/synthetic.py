@@ -4,6 +4,9 @@ Each crack is a random walk drawn as a polyline of known width, darker than a sm
 Images come with exact masks, so tests run in seconds without downloading anything.
 Distractors (straight dark lines, road markings, stains) are drawn on real training crops to teach the model what
 is *not* a crack: the failures seen on held-out photos were formwork lines, lane markings, holes and stains.
+A real crack can also be copied along a new path (`crack_ribbon`, `lay_ribbon`): its look straightened into a
+ribbon (each pixel over the surface beside it) and laid on another surface, so a planted crack has the width,
+contrast and texture of the photo's own cracks, not those of a painted line the models learnt to leave alone.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from scipy.ndimage import gaussian_filter1d
+from scipy.spatial import cKDTree
 
 from crackseg.io.images import write_image
 
@@ -123,3 +128,79 @@ def add_distractor(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         )
         out *= 1 - rng.uniform(0.25, 0.6) * shape[:, :, None]
     return np.clip(out, 0, 255).astype(np.uint8)
+
+
+RIBBON_SMOOTH_PX = 2.0  # a skeleton's pixel steps smoothed away before its normals are taken
+RIBBON_FADE_PX = 2.0  # a ribbon's sides fade to the surface over this many px, so that it leaves no seam
+
+
+def smooth_path(points: np.ndarray, step: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A polyline (n, 2) resampled every `step` px of its length and smoothed: (points, unit tangents, arc length)."""
+    points = np.asarray(points, np.float64)
+    arc = np.concatenate([[0.0], np.cumsum(np.hypot(*np.diff(points, axis=0).T))])
+    at = np.arange(0.0, arc[-1] + 1e-9, step)
+    even = np.column_stack([np.interp(at, arc, points[:, 0]), np.interp(at, arc, points[:, 1])])
+    even = gaussian_filter1d(even, RIBBON_SMOOTH_PX / step, axis=0, mode="nearest")
+    tangents = np.gradient(even, axis=0)
+    tangents /= np.maximum(np.hypot(*tangents.T), 1e-9)[:, None]
+    return even, tangents, at
+
+
+def crack_ribbon(photo: np.ndarray, centreline: np.ndarray, half_width: int) -> np.ndarray:
+    """A real crack's look, straightened: float32 (steps, 2·half_width + 1, channels), one row per px along its
+    `centreline` (image coordinates: x right, y down, pixel centres at +0.5), one column per px across it, each the
+    photo's value over the surface's beside it there (1: surface, under 1: darker). `half_width` must reach past
+    the crack's edges: the outermost columns on both sides are read as the surface."""
+    points, tangents, _ = smooth_path(centreline)
+    normals = np.column_stack([-tangents[:, 1], tangents[:, 0]])
+    across = np.arange(-half_width, half_width + 1, dtype=np.float64)
+    xy = points[:, None, :] + across[None, :, None] * normals[:, None, :] - 0.5  # OpenCV puts centres at integers
+    image = photo.astype(np.float32).reshape(*photo.shape[:2], -1)
+    ribbon = cv2.remap(
+        image,
+        xy[..., 0].astype(np.float32),
+        xy[..., 1].astype(np.float32),
+        cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_REFLECT,
+    ).reshape(len(points), len(across), -1)
+    sides = np.concatenate([ribbon[:, :2], ribbon[:, -2:]], axis=1)
+    surface = gaussian_filter1d(np.median(sides, axis=1), 3.0, axis=0, mode="nearest")
+    ratio = ribbon / np.maximum(surface[:, None, :], 1.0)
+    fade = np.clip((half_width - np.abs(across)) / RIBBON_FADE_PX, 0.0, 1.0)[None, :, None]
+    return (1.0 + (ratio - 1.0) * fade).astype(np.float32)
+
+
+def ping_pong(position: np.ndarray, count: int) -> np.ndarray:
+    """Positions folded back and forth into [0, count − 1], so that a short ribbon covers a longer path unbroken."""
+    if count < 2:
+        return np.zeros_like(position)
+    period = 2.0 * (count - 1)
+    folded = np.mod(position, period)
+    return np.where(folded > count - 1, period - folded, folded)
+
+
+def lay_ribbon(photo: np.ndarray, path: np.ndarray, ribbon: np.ndarray, start: float = 0.0) -> np.ndarray:
+    """The photo with a crack ribbon (`crack_ribbon`) laid along `path` (image coordinates), from the ribbon's row
+    `start` on (folded back at its ends where the path is longer): each pixel within the ribbon's half width of the
+    path, and between its ends, multiplied by the ribbon's value there. RGB uint8 in, RGB uint8 out."""
+    half_width = (ribbon.shape[1] - 1) // 2
+    points, tangents, arc = smooth_path(path, 0.5)
+    height, width = photo.shape[:2]
+    low = np.clip(np.floor(points.min(axis=0)) - half_width - 1, 0, [width, height]).astype(int)
+    high = np.clip(np.ceil(points.max(axis=0)) + half_width + 2, 0, [width, height]).astype(int)
+    rows, cols = np.mgrid[low[1] : high[1], low[0] : high[0]]
+    centres = np.column_stack([cols.ravel() + 0.5, rows.ravel() + 0.5])
+    distance, nearest = cKDTree(points).query(centres, distance_upper_bound=half_width + 1.0)
+    near = np.isfinite(distance)
+    centres, nearest, rows, cols = centres[near], nearest[near], rows.ravel()[near], cols.ravel()[near]
+    offset = centres - points[nearest]
+    along = np.einsum("ij,ij->i", offset, tangents[nearest])
+    across = tangents[nearest, 0] * offset[:, 1] - tangents[nearest, 1] * offset[:, 0]
+    inside = (np.abs(along) <= 0.5) & (np.abs(across) <= half_width)
+    row = ping_pong(start + arc[nearest] + along, len(ribbon))[inside]
+    col = across[inside] + half_width
+    factor = cv2.remap(ribbon, col.astype(np.float32)[:, None], row.astype(np.float32)[:, None], cv2.INTER_LINEAR)
+    out = photo.astype(np.float32)
+    rows, cols = rows[inside], cols[inside]
+    out[rows, cols] *= factor.reshape(out[rows, cols].shape)
+    return np.clip(np.round(out), 0, 255).astype(np.uint8)

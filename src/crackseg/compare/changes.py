@@ -21,7 +21,8 @@ CHANGES = ("new", "extended", "widened", "unchanged", "closed", "out_of_view")
 EVIDENCE_RULE = (
     "new: AFTER's crack over the high threshold and BEFORE's probability within the tolerance under the low one along "
     "most of it; closed: the reverse on BEFORE's crack; extended: added parts where BEFORE shows no crack (under the "
-    "low threshold), and the crack grown by more than the length floor; widened: its local width grown by more than "
+    "low threshold), and the crack grown by more than the length floor, or a new crack grown out of a BEFORE "
+    "crack's end across a gap AFTER's map bridges over the low threshold; widened: its local width grown by more than "
     "the width floor (median along the part both surveys see); out of view: less than half of the crack where both "
     "surveys show the surface, away from their edges"
 )

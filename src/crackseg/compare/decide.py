@@ -11,6 +11,13 @@ therefore decided on each survey's probabilities (`evidence`) and held against t
 - An AFTER crack that continues none is `new` only where BEFORE's probability (the largest within the tolerance)
   stays under the low threshold along more than half of the length both surveys see, and that length is over the
   length floor; else `unchanged` (BEFORE shows it, too faint to have been cut out).
+- A new crack that grows out of a BEFORE crack is that crack `extended`: one end of it lies within the length floor
+  (plus half of each crack's p95 width: a centreline stops about that short of its crack's end) of a BEFORE centreline
+  it does not continue, and along the straight gap between, AFTER's own probability stays over the low threshold and
+  falls under the high one for no more than the length floor (hysteresis: a crack grown on from its tip that AFTER's
+  segmentation cut at a junction, or where it runs faint for a few px, is one crack, not a new one; a cut no longer
+  than the length floor cannot be told from noise). Only a crack already found new is relabelled so: it adds no change
+  an unchanged site could show.
 - A BEFORE crack no AFTER crack continues is `closed` (closed or repaired) only where AFTER's probability stays
   under the low threshold along more than half of it, over the length floor; else `unchanged`.
 - A crack continued is `extended` when its added parts (farther than the tolerance from every BEFORE centreline,
@@ -35,7 +42,7 @@ import numpy as np
 import shapely
 
 from crackseg.compare.changes import Changes, CrackChange
-from crackseg.compare.evidence import Reading, SeenWidths, SurveyView, seen_pieces, width_growth
+from crackseg.compare.evidence import Reading, SeenWidths, SurveyView, line_points, seen_pieces, width_growth
 from crackseg.compare.match import added_parts, assign_ids, carried_lines, match
 from crackseg.compare.noise import NoiseFloor, noise_floor
 from crackseg.compare.registration import Alignment, check_scales, local_scale, register
@@ -93,11 +100,50 @@ class Decider:
     def floors(self, change: CrackChange) -> None:
         change.length_floor_px, change.width_floor_px = self.noise.length_px, self.noise.width_px
 
-    def appeared(self, change: CrackChange) -> None:
-        """An AFTER crack that continues no BEFORE crack: new, unchanged or out of view."""
+    def appeared(self, change: CrackChange, before_lines, before_ids, before_widths) -> None:
+        """An AFTER crack that continues no BEFORE crack: new, extended (grown out of one), unchanged or out of
+        view."""
         reading = Reading.of(change.line, self.after_view, self.before_view)
         change.prob_after, change.prob_before = reading.mean("own"), reading.mean("other")
         self.one_sided(change, reading, "new")
+        if change.change != "new":
+            return
+        grown_from = self.grown_from(change, before_lines, before_widths)
+        if grown_from is not None:
+            added = self.additions(change, [before_lines[grown_from]])
+            if added.length > self.noise.length_px:
+                change.change, change.before_ids = "extended", (before_ids[grown_from],)
+                change.added, change.added_length_px = added, added.length
+                change.length_change_px = self.seen_length(added, self.after_view, self.before_view)
+
+    def grown_from(self, change: CrackChange, before_lines, before_widths) -> int | None:
+        """The index of the BEFORE centreline an AFTER crack grows out of (see the module notes), or None: the
+        nearest one in reach of one of its ends, across a gap AFTER's map bridges above the low threshold.
+        `before_widths`: the BEFORE cracks' p95 widths (AFTER px)."""
+        if self.after.prob is None:
+            return None
+        gaps = []
+        for part in shapely.get_parts(change.line):
+            for end in (shapely.Point(part.coords[0]), shapely.Point(part.coords[-1])):
+                for b, before_line in enumerate(before_lines):
+                    reach = self.noise.length_px + (change.width_p95_after_px + before_widths[b]) / 2
+                    gap = shapely.shortest_line(end, before_line)
+                    if gap is not None and gap.length <= reach and self.bridged(gap):
+                        gaps.append((gap.length, b))
+        return min(gaps)[1] if gaps else None
+
+    def bridged(self, gap) -> bool:
+        """Whether AFTER's own probability stays at or over the low threshold all along a gap (AFTER's frame), and
+        under the high one for no more than the length floor of it: a cut in its segmentation, not surface."""
+        if gap.length == 0:
+            return True
+        xy, length = line_points(gap)
+        height, width = self.after.prob.shape
+        cols = np.clip(np.floor(xy[:, 0]), 0, width - 1).astype(np.intp)
+        rows = np.clip(np.floor(xy[:, 1]), 0, height - 1).astype(np.intp)
+        prob = self.after.prob[rows, cols]
+        cut = float(length[prob < self.after.threshold].sum())
+        return bool((prob >= self.after_view.low).all()) and cut <= self.noise.length_px
 
     def gone(self, change: CrackChange) -> None:
         """A BEFORE crack no AFTER crack continues: closed, unchanged or out of view."""
@@ -223,7 +269,8 @@ def classify_changes(
             near = [before_lines[b] for b in tree.query(after_lines[a], predicate="dwithin", distance=tolerance)]
             decider.continued(change, [before_lines[b] for b in found], near)
         else:
-            decider.appeared(change)
+            widths = [c.width_p95_px * scale for c, scale in zip(cracks, scales, strict=True)]
+            decider.appeared(change, before_lines, before.ids, widths)
         out.append(change)
     matched = {b for found in matches.values() for b in found}
     for b, crack in enumerate(cracks):
