@@ -88,11 +88,14 @@ def main() -> int:
     p.add_argument("--model", help="a shipped model by name (default: the default model)")
     p.add_argument("--workers", type=int, default=2, help="Dask worker processes, one thread each")
     p.add_argument("--rounds", type=int, default=2, help="rounds of one local run then one cluster run")
+    p.add_argument("--backend", default="auto", help="the engine both sides run (default: auto's choice here)")
+    p.add_argument("--precision", default="auto")
     args = p.parse_args()
 
     torch.set_num_threads(1)  # the engines take torch's count: one thread here, as on each worker
     photos = validation_photos(args.data, args.photos)
-    load_s, segmenter = timed(CrackSegmenter.from_pretrained, Path(args.weights) if args.weights else args.model)
+    model = Path(args.weights) if args.weights else args.model
+    load_s, segmenter = timed(CrackSegmenter.from_pretrained, model, backend=args.backend, precision=args.precision)
     print(f"model {segmenter.config.name}; {segmenter.describe()}; loaded in {load_s:.1f} s")
     load = f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
     print(f"{len(photos)} validation photos of {args.data}; {load}")
