@@ -105,7 +105,7 @@ def to_rgb_uint8(array: np.ndarray) -> np.ndarray:
         raise InputError("the image holds NaN or infinite values; replace them (e.g. np.nan_to_num) first")
     if a.dtype == bool:
         a = a.astype(np.uint8) * 255
-    else:
+    elif a.dtype != np.uint8:  # uint8 is 0-255 already: a photo's pixels are not copied through float
         low, scale = value_range(a)
         a = ((a.astype(np.float32) - low) * scale).round().clip(0, 255).astype(np.uint8)
     if a.ndim == 2:
