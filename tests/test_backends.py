@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -553,5 +554,17 @@ def test_timing_runs_a_warm_up_then_a_few_batches_of_one_fixed_input():
     assert 1 + 2 <= len(seen) <= 1 + 5 and seen[0].shape == (3, 3, TILE, TILE) and seen[0].dtype == np.float32
     assert all(np.array_equal(seen[0], batch) for batch in seen)
     seen.clear()
-    engines.auto.measure_speed(engine, TILE, 3, to_beat=float("inf"))  # far slower than the best: warm-up only
-    assert len(seen) == 1
+    engines.auto.measure_speed(engine, TILE, 3, to_beat=float("inf"))  # far slower than the best: one timed batch
+    assert len(seen) == 2
+
+
+def test_a_slow_first_call_does_not_rule_an_engine_out():
+    calls = []
+
+    def engine(batch):  # compiles on its first call, then is the fastest
+        calls.append(None)
+        time.sleep(0.2 if len(calls) == 1 else 0.001)
+        return np.zeros((len(batch), TILE, TILE), np.float32)
+
+    assert engines.auto.measure_speed(engine, TILE, 3, to_beat=100.0) > 100.0
+    assert len(calls) > 2

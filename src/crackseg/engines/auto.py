@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 RUNTIMES = ("torch", "onnxruntime", "onnxruntime-gpu", "openvino")  # distributions whose version can change speed
 MAX_TIMED_BATCHES, MIN_TIMED_BATCHES = 5, 2
-FIRST_CALL_SLOWDOWN = 2  # a warm-up batch may take up to this many times a later one
+FAR_SLOWER = 2  # an engine this many times slower than the best so far after its warm-up is not timed further
 TIMING_SECONDS = 1.0  # per engine: enough batches for a steady median, few enough that slow engines cost little
 
 
@@ -123,19 +123,18 @@ def write_choice(key: dict[str, object], record: dict) -> None:
 
 def measure_speed(engine, tile: int, batch_size: int, to_beat: float | None = None) -> float:
     """Images per second of `engine` on batches of a fixed random input: the median of a few timed batches after
-    a warm-up. An engine whose warm-up alone shows it far slower than `to_beat` (the best so far) is not timed
-    further: its warm-up speed stands, as a slow engine's batches are what make measuring long."""
+    an untimed warm-up. An engine whose first timed batch shows it far slower than `to_beat` (the best so far) is
+    not timed further, as a slow engine's batches are what make measuring long. The warm-up alone cannot tell: an
+    engine's first call (OpenVINO compiling for bf16, say) can take several times a later one."""
     batch = np.random.default_rng(0).standard_normal((batch_size, 3, tile, tile), dtype=np.float32)
-    start = time.perf_counter()
     engine(batch)  # first calls allocate, pick kernels and compile lazily: not counted
-    warm_up_speed = batch_size / (time.perf_counter() - start)
-    if to_beat is not None and warm_up_speed * FIRST_CALL_SLOWDOWN < to_beat:
-        return warm_up_speed
     seconds: list[float] = []
     while len(seconds) < MAX_TIMED_BATCHES and (len(seconds) < MIN_TIMED_BATCHES or sum(seconds) < TIMING_SECONDS):
         start = time.perf_counter()
         engine(batch)
         seconds.append(time.perf_counter() - start)
+        if to_beat is not None and batch_size / seconds[0] * FAR_SLOWER < to_beat:
+            break
     return batch_size / statistics.median(seconds)
 
 
