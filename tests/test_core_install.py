@@ -86,6 +86,13 @@ def test_a_served_request_runs_without_torch(tmp_path):
     assert status == "200" and int(cracks) > 0
 
 
+def test_int8_calibrates_and_is_judged_without_torch(tmp_path):
+    args = ["export", "--model", "pspnet-r18", "--precision", "int8", "--calibration-crops", "8", "-o", "int8.onnx"]
+    export = crackseg_without_torch(args, tmp_path)
+    assert export.returncode == 0, export.stderr
+    assert "mask agreement F1" in export.stdout and (tmp_path / "int8.onnx").is_file()
+
+
 @pytest.mark.parametrize(
     "args",
     [
