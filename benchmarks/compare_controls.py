@@ -118,6 +118,10 @@ def controls(photo: np.ndarray):
     yield "shifted, registered", before, after, None, None, None
     yield "rotated 90°", photo, np.ascontiguousarray(np.rot90(photo)), None, None, None
     yield "JPEG q75", photo, jpeg(photo, 75), None, None, None
+    for factor in (0.9, 1.1):  # the camera a little farther or nearer: registered by features, scale and all
+        size = (round(width * factor), round(height * factor))
+        resized = cv2.resize(photo, size, interpolation=cv2.INTER_AREA if factor < 1 else cv2.INTER_CUBIC)
+        yield f"scale {factor - 1:+.0%}", photo, resized, None, None, None
     for gain in (1.2, 0.8):
         brighter = np.clip(photo.astype(np.float32) * gain, 0, 255).astype(np.uint8)
         yield f"exposure {gain - 1:+.0%}", photo, brighter, None, None, None
