@@ -199,12 +199,10 @@ def analyse(
         progress.stage_is("reading")
     upload = read_upload(stream, name, max_pixels, pixel_size_mm)
     start = time.perf_counter()
-    if progress:
-        prob = segmenter.predict_prob(upload.image, cancel, progress=progress.tiles)
-        progress.stage_is("measuring")
-    else:
-        prob = segmenter.predict_prob(upload.image, cancel)
+    prob = segmenter.predict_prob(upload.image, cancel, progress=progress.tiles if progress else None)
     seconds = time.perf_counter() - start
+    if progress:
+        progress.stage_is("measuring")
     check_cancel(cancel)
     result = Result(upload.image, prob, threshold, upload.pixel_size_mm, name, upload.georef, upload.pixel_size_from)
     options = (options or MeasureOptions()).replace(pixel_size_mm=upload.pixel_size_mm)
