@@ -103,8 +103,10 @@ def add_parsers(sub) -> None:
     )
     add_arguments(p, CompareOptions)
     p.add_argument("--overwrite", action="store_true", help="replace the outputs of an earlier comparison in -o")
-    add_model_arguments(p)
     # A change must not be the segmentation's own noise: compare averages the eight turns and flips by default.
+    add_model_arguments(
+        p, described={"tta_turns": "average the eight quarter turns and flips of each tile (compare's default)"}
+    )
     p.add_argument(
         "--no-tta-turns",
         dest="tta_turns",
