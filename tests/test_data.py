@@ -20,7 +20,7 @@ from crackseg.data import (
 )
 from crackseg.errors import InputError
 from crackseg.io.images import ImageReadError, read_image, read_mask, write_image
-from crackseg.synthetic import add_distractor, synthetic_crack, write_synthetic_dataset
+from crackseg.synthetic import DISTRACTOR_KINDS, add_distractor, synthetic_crack, write_synthetic_dataset
 
 from .conftest import SHARED_DATA
 
@@ -210,13 +210,37 @@ def test_distractors_change_the_photo_but_not_the_mask():
     assert np.abs(outputs[0]["image"].astype(int) - reference["image"]).max() > 30
 
 
-def test_a_crack_under_a_distractor_stays_darker_than_its_surroundings():
+@pytest.mark.parametrize("kind", DISTRACTOR_KINDS)
+def test_a_crack_under_a_distractor_stays_darker_than_its_surroundings(kind):
     rng = np.random.default_rng(0)
+    changed = 0
     for seed in range(10):
         image, mask = synthetic_crack((128, 128), seed=seed, color=False)
-        out = add_distractor(image, rng).mean(axis=2)
+        out = add_distractor(image, rng, (kind,)).mean(axis=2)
         ring = binary_dilation(mask, iterations=3) & ~mask  # the surface right beside the crack
         assert out.shape == mask.shape and out[mask].mean() < out[ring].mean()
+        changed += np.abs(out - image.mean(axis=2)).max() > 20
+    assert changed >= 8
+
+
+def test_padded_border_clears_mask_and_teacher_map_under_it():
+    image, mask = synthetic_crack((128, 128), seed=1, color=False)
+    soft = (mask * 200).astype(np.uint8)
+    transform = train_transform(128, strong=False, distractor_prob=1.0, distractors="all")
+    transform.add_targets({"soft": "mask"})
+    padded = 0
+    for seed in range(40):
+        transform.set_random_seed(seed)
+        out = transform(image=image, mask=mask.astype(np.uint8), soft=soft)
+        dark = (out["image"] < 12).all(axis=2)
+        rows, cols = dark.all(axis=1), dark.all(axis=0)
+        if rows[0] or rows[-1] or cols[0] or cols[-1]:  # a strip along one side
+            padded += 1
+            strip = np.zeros_like(dark)
+            strip[rows, :] = True
+            strip[:, cols] = True
+            assert not out["mask"][strip].any() and not out["soft"][strip].any()
+    assert padded >= 3
 
 
 def test_validation_items_keep_full_size(synthetic_root):

@@ -10,6 +10,7 @@ from crackseg.losses import (
     boundary_loss,
     build_loss,
     generalized_dice_loss,
+    skeleton_recall_loss,
     weighted_bce_loss,
 )
 from crackseg.models.networks import build_model
@@ -79,10 +80,24 @@ def test_alpha_schedule_caps_and_rejects_unknown():
         alpha_at("cosine", 0, 10)
 
 
-@pytest.mark.parametrize("name", ["bce", "dice", "bce+dice", "focal"])
+@pytest.mark.parametrize("name", ["bce", "dice", "bce+dice", "bce+dice+skel", "focal"])
 def test_comparison_losses_are_finite(name):
     loss = build_loss(name)(torch.randn(2, 1, 8, 8), (torch.rand(2, 1, 8, 8) > 0.7).float())
     assert torch.isfinite(loss) and loss > 0
+
+
+def test_skeleton_recall_counts_a_missed_thin_crack_by_its_length():
+    """Missing a 1 px crack beside a 9 px one as long costs Dice a tenth, the skeleton recall over twice that."""
+    mask = torch.zeros(1, 1, 64, 64)
+    mask[0, 0, 8:56, 10:19] = 1  # a wide crack
+    mask[0, 0, 8:56, 40] = 1  # a hairline as long
+    wide_only = _logit(torch.where(mask.bool(), 0.99, 0.01))
+    wide_only[0, 0, :, 40] = _logit(0.01)
+    dice = build_loss("dice")
+    missed = skeleton_recall_loss(wide_only, mask)
+    assert dice(wide_only, mask) < 0.15 and missed > 2 * dice(wide_only, mask)
+    assert skeleton_recall_loss(_logit(torch.where(mask.bool(), 0.99, 0.01)), mask) < 0.05
+    assert skeleton_recall_loss(torch.zeros(1, 1, 8, 8), torch.zeros(1, 1, 8, 8)) == 0  # no crack, nothing to miss
 
 
 def test_overfit_one_synthetic_image():

@@ -210,13 +210,19 @@ def signed_distance(mask: np.ndarray) -> np.ndarray:
 
 
 def train_transform(
-    size: int, strong: bool = True, distractor_prob: float = 0.0, scale_range: tuple[float, float] = (0.7, 1.3)
+    size: int,
+    strong: bool = True,
+    distractor_prob: float = 0.0,
+    scale_range: tuple[float, float] = (0.7, 1.3),
+    distractors: str = "classic",
 ) -> A.Compose:
     """Random scale (a factor in `scale_range`, for 70 % of crops) and crop to `size`, flips, 90° turns, and
     photometric changes seen on real surfaces.
 
-    With `distractor_prob` > 0, that share of crops also gets 1–2 generated non-cracks (lines, markings, stains)
-    before the photometric changes, so they are shadowed, blurred and compressed like the rest of the photo.
+    With `distractor_prob` > 0, that share of crops also gets 1–2 generated non-cracks before the photometric
+    changes, so they are shadowed, blurred and compressed like the rest of the photo: the classic lines, markings
+    and stains, or with `distractors="all"` also `synthetic.DISTRACTOR_KINDS`' hard negatives and, on a quarter of
+    that share, a padded black border that also clears the mask under it.
     """
     import albumentations as A  # here, not at the top: only training needs it, and it slows every start
 
@@ -229,7 +235,9 @@ def train_transform(
         A.RandomRotate90(),
     ]
     if distractor_prob > 0:
-        ops.append(_distractor_transform(A, distractor_prob))
+        ops.append(_distractor_transform(A, distractor_prob, distractors))
+        if distractors == "all":
+            ops.append(_padding_transform(A, distractor_prob / 4))
     if strong:
         ops += [
             A.RandomBrightnessContrast(0.25, 0.25, p=0.7),
@@ -243,17 +251,40 @@ def train_transform(
     return A.Compose(ops)
 
 
-def _distractor_transform(A, p: float):
+def _distractor_transform(A, p: float, distractors: str):
     """An albumentations transform around `synthetic.add_distractor`, drawing from the pipeline's seeded generator."""
-    from crackseg.synthetic import add_distractor
+    from crackseg.synthetic import CLASSIC_KINDS, DISTRACTOR_KINDS, add_distractor
+
+    kinds = DISTRACTOR_KINDS if distractors == "all" else CLASSIC_KINDS
 
     class Distractors(A.ImageOnlyTransform):
         def apply(self, img, **params):
             for _ in range(int(self.random_generator.integers(1, 3))):
-                img = add_distractor(img, self.random_generator)
+                img = add_distractor(img, self.random_generator, kinds)
             return img
 
     return Distractors(p=p)
+
+
+def _padding_transform(A, p: float):
+    """A padded border (`synthetic.pad_border`) on image, mask and teacher map alike: no crack under the padding."""
+    from crackseg.synthetic import pad_border
+
+    class PaddedBorder(A.DualTransform):
+        def get_params_dependent_on_data(self, params, data):
+            height, width = params["shape"][:2]
+            side = int(self.random_generator.integers(0, 4))
+            extent = height if side in (0, 2) else width
+            strip = int(self.random_generator.uniform(0.05, 0.4) * extent)
+            return {"side": side, "strip": max(strip, 1), "fill": int(self.random_generator.integers(0, 12))}
+
+        def apply(self, img, side=0, strip=1, fill=0, **params):
+            return pad_border(img, side, strip, fill)
+
+        def apply_to_mask(self, mask, side=0, strip=1, fill=0, **params):
+            return pad_border(mask, side, strip, 0)
+
+    return PaddedBorder(p=p)
 
 
 class CrackDataset:

@@ -2,8 +2,9 @@
 
 Each crack is a random walk drawn as a polyline of known width, darker than a smoothed-noise surface.
 Images come with exact masks, so tests run in seconds without downloading anything.
-Distractors (straight dark lines, road markings, stains) are drawn on real training crops to teach the model what
-is *not* a crack: the failures seen on held-out photos were formwork lines, lane markings, holes and stains.
+Distractors are drawn on real training crops to teach the model what is *not* a crack: the failures seen on
+held-out photos were formwork lines, lane markings, holes and stains, then cast-shadow edges, sealed joints, tined
+concrete, bolts and panel edges in tunnel linings, and the padded border of survey tiles.
 A real crack can also be copied along a new path (`crack_ribbon`, `lay_ribbon`): its look straightened into a
 ribbon (each pixel over the surface beside it) and laid on another surface, so a planted crack has the width,
 contrast and texture of the photo's own cracks, not those of a painted line the models learnt to leave alone.
@@ -109,25 +110,107 @@ def _blob(height: int, width: int, rng: np.random.Generator) -> np.ndarray:
     return cv2.GaussianBlur(blob, (0, 0), 1.0 + 0.3 * max(axes))
 
 
-def add_distractor(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Draw one thing that is not a crack on an RGB uint8 image: a straight dark line, a road marking or a stain.
+def _cast_shadow(height: int, width: int, rng: np.random.Generator) -> np.ndarray:
+    """A float mask in [0, 1] of a cast shadow: a half-plane or a wedge with a sharp, slightly soft edge."""
+    shadow = np.zeros((height, width), np.float32)
+    corners = rng.uniform([0, 0], [width, height], (int(rng.integers(3, 6)), 2))
+    edge = rng.integers(0, 4)  # pull the polygon onto one side, so its edge crosses the crop
+    corners[: len(corners) // 2, edge % 2] = 0 if edge < 2 else (width, height)[edge % 2]
+    cv2.fillPoly(shadow, [cv2.convexHull(corners.astype(np.int32))], 1.0)
+    return cv2.GaussianBlur(shadow, (0, 0), rng.uniform(0.6, 3.0))
 
-    Dark lines and stains darken by a factor and markings lighten towards white, so a crack underneath stays
-    darker than its surroundings and its mask stays true.
+
+def _grooves(height: int, width: int, rng: np.random.Generator) -> np.ndarray:
+    """A float mask in [0, 1] of parallel grooves at a regular spacing (tined or brushed concrete, grating)."""
+    grooves = np.zeros((height, width), np.float32)
+    spacing = rng.uniform(6, 24)
+    angle = rng.uniform(0, np.pi)
+    normal = np.array([np.cos(angle), np.sin(angle)])
+    reach = 2 * max(height, width)
+    thickness = int(rng.integers(1, 3))
+    for offset in np.arange(-reach, reach, spacing):
+        centre = np.array([width / 2, height / 2]) + offset * normal
+        along = reach * np.array([-normal[1], normal[0]])
+        start, end = np.round(centre - along).astype(int), np.round(centre + along).astype(int)
+        cv2.line(grooves, tuple(int(v) for v in start), tuple(int(v) for v in end), 1.0, thickness=thickness)
+    return cv2.GaussianBlur(grooves, (0, 0), 0.7)
+
+
+def _fixings(height: int, width: int, rng: np.random.Generator) -> np.ndarray:
+    """A float mask in [0, 1] of the outlines of bolts and panel edges, as on tunnel linings and cladding."""
+    outline = np.zeros((height, width), np.float32)
+    side = min(height, width)
+    for _ in range(int(rng.integers(1, 5))):
+        centre = tuple(int(v) for v in rng.uniform([0, 0], [width, height]))
+        if rng.random() < 0.6:
+            cv2.circle(outline, centre, int(rng.uniform(0.02, 0.08) * side + 2), 1.0, thickness=int(rng.integers(1, 3)))
+        else:
+            size = tuple(int(v) for v in rng.uniform(0.2, 0.9, 2) * side)
+            box = ((centre[0], centre[1]), size, float(rng.uniform(0, 90)))
+            cv2.drawContours(outline, [cv2.boxPoints(box).astype(np.int32)], 0, 1.0, thickness=int(rng.integers(1, 3)))
+    return cv2.GaussianBlur(outline, (0, 0), 0.6)
+
+
+# What each distractor looks like, and how much it darkens the surface under it (a crack there stays darker).
+DARKENING = {
+    "line": (0.25, 0.6),  # formwork lines, panel joints, scratches
+    "sealant": (0.35, 0.75),  # a sealed joint or crack: a wide, flat, dark band
+    "stain": (0.25, 0.6),
+    "shadow": (0.3, 0.65),  # a cast shadow's straight edge
+    "grooves": (0.12, 0.35),  # tining: many thin, regular lines
+    "fixings": (0.25, 0.55),  # bolt rings and panel edges
+}
+CLASSIC_KINDS = ("line", "marking", "stain")
+DISTRACTOR_KINDS = ("line", "marking", "stain", "sealant", "shadow", "grooves", "fixings")
+
+
+def distractor_shape(kind: str, height: int, width: int, rng: np.random.Generator) -> np.ndarray:
+    """The float mask in [0, 1] of one distractor of `kind` (one of DISTRACTOR_KINDS)."""
+    if kind == "line":
+        return _straight_band(height, width, rng, int(rng.integers(1, 5)))
+    if kind == "sealant":
+        return _straight_band(height, width, rng, int(rng.integers(5, max(7, height // 20))))
+    if kind == "marking":
+        return _straight_band(height, width, rng, int(rng.integers(max(4, height // 16), max(6, height // 5))))
+    if kind == "stain":
+        return _blob(height, width, rng)
+    if kind == "shadow":
+        return _cast_shadow(height, width, rng)
+    if kind == "grooves":
+        return _grooves(height, width, rng)
+    if kind == "fixings":
+        return _fixings(height, width, rng)
+    raise ValueError(f"unknown distractor {kind!r}; choose one of {', '.join(DISTRACTOR_KINDS)}")
+
+
+def add_distractor(image: np.ndarray, rng: np.random.Generator, kinds: tuple[str, ...] = CLASSIC_KINDS) -> np.ndarray:
+    """Draw one thing that is not a crack, of one of `kinds`, on an RGB uint8 image.
+
+    Everything but road markings darkens by a factor, and markings lighten towards white, so a crack underneath
+    stays darker than its surroundings and its mask stays true. The classic kinds (dark lines, markings, stains)
+    are drawn half, a quarter and a quarter of the time; the other kinds each as often as a stain.
     """
     height, width = image.shape[:2]
-    kind = rng.choice(["line", "marking", "stain"], p=[0.5, 0.25, 0.25])
+    weights = np.array([2.0 if k == "line" else 1.0 for k in kinds])
+    kind = kinds[rng.choice(len(kinds), p=weights / weights.sum())]
+    shape = distractor_shape(kind, height, width, rng)
     out = image.astype(np.float32)
     if kind == "marking":
-        shape = _straight_band(height, width, rng, int(rng.integers(max(4, height // 16), max(6, height // 5))))
         paint = np.array([255, 255, 255] if rng.random() < 0.7 else [235, 200, 60], np.float32)
         out += (paint - out) * (rng.uniform(0.5, 0.9) * shape)[:, :, None]
     else:
-        shape = (
-            _straight_band(height, width, rng, int(rng.integers(1, 5))) if kind == "line" else _blob(height, width, rng)
-        )
-        out *= 1 - rng.uniform(0.25, 0.6) * shape[:, :, None]
+        out *= 1 - rng.uniform(*DARKENING[kind]) * shape[:, :, None]
     return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def pad_border(image: np.ndarray, side: int, width: int, fill: int) -> np.ndarray:
+    """`image` with a strip `width` px wide on `side` (0 top, 1 right, 2 bottom, 3 left) set to `fill`: the
+    padding of a survey tile cut at the edge of its orthomosaic. Applied to masks with fill 0."""
+    out = image.copy()
+    strip = [slice(None), slice(None)]
+    strip[side % 2] = slice(None, width) if side in (0, 3) else slice(-width, None)
+    out[strip[0], strip[1]] = fill
+    return out
 
 
 RIBBON_SMOOTH_PX = 2.0  # a skeleton's pixel steps smoothed away before its normals are taken

@@ -211,6 +211,11 @@ class TrainConfig(BaseModel):
         0.0,
         description="share of training crops given generated non-cracks (straight dark lines, road markings, stains)",
     )
+    distractors: one_of("classic", "all") = Field(
+        "classic",
+        description="which non-cracks: classic (dark lines, road markings, stains) or all (also sealed joints, "
+        "cast-shadow edges, tined grooves, bolts and panel edges, and a padded black border)",
+    )
     source_balance: Number = Field(
         0.0,
         description="draw each source's pairs with weight 1/count^P: 0 keeps the data's mix, 0.5 gives each source a "

@@ -94,7 +94,9 @@ def make_datasets(config: TrainConfig) -> tuple[EpochSeededDataset, CrackDataset
             f"the validation split came out empty: the {len(pairs)} pairs come from too few photos to hold one out "
             "(crops of a photo stay on one side); add photos or pass val_data"
         )
-    transform = train_transform(config.size, not config.light_augment, config.distractor_prob, config.scale_range)
+    transform = train_transform(
+        config.size, not config.light_augment, config.distractor_prob, config.scale_range, config.distractors
+    )
     mean, std = input_normalization(config)
     extra = make_degradation(config.degrade_prob, config.degrade_scale)
     train_set = EpochSeededDataset(
