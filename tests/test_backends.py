@@ -336,6 +336,24 @@ def test_int8_weights_keep_clear_of_the_16_bit_overflow_on_cpus_without_vnni(
     assert ("overflow" in int8.int8_cache_path(tiny, TILE, "onnx").name) is not vnni
 
 
+@pytest.mark.parametrize(
+    ("cap", "vnni", "bf16"), [("AVX2", False, False), ("avx512_core_vnni", True, False), ("", True, True)]
+)
+def test_an_instruction_set_cap_for_onednn_holds_the_engine_choices_to_it(monkeypatch, cap, vnni, bf16):
+    from crackseg.engines import base
+    from crackseg.engines.auto import cpu_identity
+
+    monkeypatch.setattr(Path, "read_text", lambda self: "flags\t: avx2 avx512_vnni avx512_bf16 amx_int8 amx_bf16\n")
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+    base.cpu_flags.cache_clear()
+    try:
+        assert base.cpu_has_vnni() is vnni and base.cpu_has_bf16_matrix_engine() is bf16
+        assert cpu_identity().get("isa_cap") == (cap or None)  # auto's timings are kept apart per cap
+    finally:
+        monkeypatch.undo()
+        base.cpu_flags.cache_clear()
+
+
 def test_auto_never_calibrates_int8_by_itself(exported, tiny_model_dir, tmp_path, monkeypatch):
     (tmp_path / exported.name).write_bytes(exported.read_bytes())  # a cache with the fp32 export only
     monkeypatch.setenv("CRACKSEG_CACHE", str(tmp_path))

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from crackseg.engines.base import default_threads
+from crackseg.engines.base import ISA_CAP_VARIABLE, default_threads
 from crackseg.engines.cache import EXPORT_FORMAT, cache_dir
 from crackseg.engines.handle import ModelHandle
 from crackseg.engines.int8 import int8_cache_path
@@ -50,7 +50,10 @@ def cpu_identity() -> dict[str, object]:
     fields = {key.strip(): value.strip() for key, value in fields.items()}
     model = fields.get("model name") or platform.processor() or platform.machine()
     flags = fields.get("flags") or fields.get("Features") or ""  # x86 / Arm
-    return {"model": model, "flags": hashlib.sha256(flags.encode()).hexdigest()[:16], "cores": os.cpu_count()}
+    identity = {"model": model, "flags": hashlib.sha256(flags.encode()).hexdigest()[:16], "cores": os.cpu_count()}
+    if os.environ.get(ISA_CAP_VARIABLE):  # the engines' speeds change with the cap
+        identity["isa_cap"] = os.environ[ISA_CAP_VARIABLE]
+    return identity
 
 
 def runtime_versions() -> dict[str, str]:

@@ -50,12 +50,31 @@ def default_threads() -> int:
 
 @functools.cache
 def cpu_flags() -> set[str]:
-    """The CPU's feature flags (x86 `flags`, Arm `Features`), empty where /proc/cpuinfo cannot be read."""
+    """The CPU's feature flags (x86 `flags`, Arm `Features`), empty where /proc/cpuinfo cannot be read, less those
+    above the instruction set oneDNN is held to (`isa_capped_flags`)."""
     try:
         lines = Path("/proc/cpuinfo").read_text().splitlines()
     except OSError:
         return set()
-    return {flag for line in lines if line.startswith(("flags", "Features")) for flag in line.split(":", 1)[1].split()}
+    flags = {flag for line in lines if line.startswith(("flags", "Features")) for flag in line.split(":", 1)[1].split()}
+    return flags - isa_capped_flags(os.environ.get(ISA_CAP_VARIABLE, ""))
+
+
+# oneDNN, inside OpenVINO, runs only the instructions up to ONEDNN_MAX_CPU_ISA when it is set: the way to see how an
+# engine behaves on an older CPU (an AMX machine held to AVX2 runs the AVX2 kernels, int8's 16-bit saturation
+# included). Engine choices follow it, so that the int8 recipe is the one those kernels need.
+ISA_CAP_VARIABLE = "ONEDNN_MAX_CPU_ISA"
+_AMX, _BF16, _VNNI = {"amx_bf16", "amx_int8", "amx_tile"}, {"avx512_bf16"}, {"avx512_vnni", "avx_vnni"}
+_ISA_CAPS = {
+    **dict.fromkeys(("SSE41", "AVX", "AVX2", "AVX512_CORE"), _AMX | _BF16 | _VNNI),
+    **dict.fromkeys(("AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE_VNNI"), _AMX | _BF16),
+    **dict.fromkeys(("AVX512_CORE_BF16", "AVX10_1_512"), _AMX),
+}
+
+
+def isa_capped_flags(cap: str) -> set[str]:
+    """The matrix-engine, bf16 and VNNI flags that oneDNN held to `cap` does not use (none for no or unknown cap)."""
+    return _ISA_CAPS.get(cap.strip().upper(), set())
 
 
 def cpu_has_bf16_matrix_engine() -> bool:
