@@ -4,9 +4,10 @@
 
 For each model, on the validation split `crackseg train` carves (same --val-fraction / --split-seed), through the
 one inference path (`CrackSegmenter.from_pretrained`, backend auto): each source's dataset-level F1 at the model's
-stored threshold and at 0.3, 0.5 and 0.7; the pooled F1; the mean of the per-source F1s over all sources and over
-the first five (the sets of the earlier defaults); and the threshold where that mean peaks, with how flat the curve
-is around it (the mean within ±0.1 of the peak). `--tta` scores each model a second time with flip TTA.
+stored threshold (with its precision and recall) and at 0.3, 0.5 and 0.7; the pooled F1; the mean of the
+per-source F1s over all sources and over the first five (the sets of the earlier defaults); and the threshold where
+that mean peaks, with how flat the curve is around it (the mean within ±0.1 of the peak). `--tta` scores each
+model a second time with flip TTA.
 """
 
 from __future__ import annotations
@@ -43,20 +44,22 @@ def report(name: str, segmenter: CrackSegmenter, counts: dict[str, np.ndarray], 
     stored = segmenter.threshold
     columns = (stored, *REPORTED)
     print(f"\n{name}: {segmenter.describe()}; stored threshold {stored:g}")
-    print("| source | photos | " + " | ".join(f"F1 @ {t:g}" for t in columns) + " |")
-    print("|---|---|" + "---|" * len(columns))
-    for source, c in counts.items():
-        f1 = scores(*c.T)["f1"]
-        print(f"| {source} | {photos[source]} | " + " | ".join(f"{f1[at(t)]:.3f}" for t in columns) + " |")
-    pooled = scores(*sum(counts.values()).T)["f1"]
+    print("| source | photos | P | R | " + " | ".join(f"F1 @ {t:g}" for t in columns) + " |")
+    print("|---|---|---|---|" + "---|" * len(columns))
+    rows = {**counts, "pooled": sum(counts.values())}
+    for source, c in rows.items():
+        s = scores(*c.T)
+        cells = [f"{s['precision'][at(stored)]:.3f}", f"{s['recall'][at(stored)]:.3f}"]
+        cells += [f"{s['f1'][at(t)]:.3f}" for t in columns]
+        print(f"| {source} | {photos[source] or ''} | " + " | ".join(cells) + " |")
+    pooled = scores(*rows["pooled"].T)["f1"]
     curve = source_mean_f1_curve(counts)
     five = source_mean_f1_curve({s: c for s, c in counts.items() if s in FIRST_FIVE})
     for label, values in (
-        ("pooled", pooled),
         (f"mean of the {len(counts)} per-source F1s", curve),
         ("mean of the first five", five),
     ):
-        print(f"| {label} | | " + " | ".join(f"{values[at(t)]:.3f}" for t in columns) + " |")
+        print(f"| {label} | | | | " + " | ".join(f"{values[at(t)]:.3f}" for t in columns) + " |")
     peak = int(np.argmax(curve))
     near = curve[max(0, peak - 10) : peak + 11]
     print(
