@@ -29,12 +29,27 @@ tried, how many of those the model segments in AFTER (a planted crack it does no
 comparison), how many were found with the right class (the change running along the planted path for longest), what
 the others were found as, and the median error of the length reported (added length, new crack length) against the
 planted one.
+
+`--timing` also times each control's comparison (segmenting both photos, then comparing) with the segmenter of
+`--tta` and with one pass per tile, one after the other, and prints the two totals and their ratio. `--large WxH`
+times `crackseg compare` itself instead, on a large photo with sparse cracks (the first validation photo, brought
+to the background's brightness and feathered in, at the centre of a `synthetic.textured_background`), compared with
+its copy shifted by SHIFT (georeferenced GeoTIFFs): with `--tta`'s segmentation and with one pass per tile, in turn
+`--repeat` times; printed: the median time of each, their ratio, and the changes reported (all false: nothing
+changed).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import math
+import resource
+import subprocess
+import sys
+import tempfile
+import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,7 +66,7 @@ from crackseg.inference import CrackSegmenter
 from crackseg.io.georef import Georeference
 from crackseg.io.images import read_image
 from crackseg.options import CompareOptions
-from crackseg.synthetic import crack_ribbon, lay_ribbon, smooth_path
+from crackseg.synthetic import crack_ribbon, lay_ribbon, smooth_path, textured_background
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 MIN_SIDE = 300  # px: the (25, 40) px shift must leave most of a photo to compare
@@ -69,6 +84,8 @@ MIN_LOOK_PX = 12  # a crack with a shorter body gives no look
 CLEAR_PX = 3  # a planted extension keeps this far past its ribbon's half width from anything BEFORE half shows
 MAX_END_PX = 40  # a crack's map reaching farther past its centreline's tip is no place to lengthen it
 ALONG_PX = 4.0  # a change runs along a planted path within this distance of it
+FEATHER_PX = 16  # the large photo's inset fades into the background over this much
+TTA_FLAGS = {"none": ["--no-tta-turns"], "flips": ["--no-tta-turns", "--tta"], "turns": []}  # compare's own: turns
 
 
 def validation_photos(data: Path, limit: int | None) -> list[Path]:
@@ -372,6 +389,123 @@ def found(changes, planted: Planted) -> tuple[str, float | None]:
     return best.change, length[planted.kind] if best.change == planted.kind else None
 
 
+class Stopwatch:
+    """Total wall-clock and CPU seconds (this process's, every thread) spent under each name. On a shared machine
+    the CPU seconds are the steadier measure of the work done."""
+
+    def __init__(self):
+        self.wall, self.cpu = Counter(), Counter()
+
+    def time(self, name: str, work, *args, **kwargs):
+        wall, cpu = time.perf_counter(), time.process_time()
+        try:
+            return work(*args, **kwargs)
+        finally:
+            self.wall[name] += time.perf_counter() - wall
+            self.cpu[name] += time.process_time() - cpu
+
+    def ratio(self, name: str, to: str) -> str:
+        return (
+            f"{name} {self.wall[name]:.1f} s ({self.cpu[name]:.1f} s CPU), {to} {self.wall[to]:.1f} s "
+            f"({self.cpu[to]:.1f} s CPU): ratio {self.wall[name] / self.wall[to]:.2f} "
+            f"({self.cpu[name] / self.cpu[to]:.2f} CPU)"
+        )
+
+
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def compare_control(segmenter, before, after, place_b, place_a, valid, as_mask: bool = False):
+    return compare(
+        survey(segmenter, before, "before", place_b, as_mask=as_mask),
+        survey(segmenter, after, "after", place_a, valid, as_mask=as_mask),
+    )
+
+
+def large_sparse_photo(photo: np.ndarray, width: int, height: int, rng: np.random.Generator) -> np.ndarray:
+    """`photo` at the centre of a generated surface `width`×`height` px, brought to its brightness and feathered
+    in, so that its cracks are the only ones and its border is none."""
+    background = textured_background(height, width, rng)
+    inset_height, inset_width = photo.shape[:2]
+    top, left = (height - inset_height) // 2, (width - inset_width) // 2
+    inside = np.zeros((height, width), np.float32)
+    inside[top + FEATHER_PX : top + inset_height - FEATHER_PX, left + FEATHER_PX : left + inset_width - FEATHER_PX] = 1
+    inside = cv2.blur(inside, (2 * FEATHER_PX + 1, 2 * FEATHER_PX + 1))[:, :, None]
+    placed = np.repeat(background[:, :, None], 3, axis=2)
+    region = (slice(top, top + inset_height), slice(left, left + inset_width))
+    placed[region] = photo.astype(np.float32) - photo.mean() + background[region].mean()
+    surface = np.repeat(background[:, :, None], 3, axis=2)
+    return np.clip(inside * placed + (1 - inside) * surface, 0, 255).astype(np.uint8)
+
+
+def write_geotiff(path: Path, photo: np.ndarray, where: tuple[int, int]) -> None:
+    """`photo` as an RGB GeoTIFF placed as `georef` places it."""
+    import rasterio
+    from rasterio.transform import Affine
+
+    place = georef(*where, photo.shape[:2])
+    height, width = photo.shape[:2]
+    profile = {"driver": "GTiff", "height": height, "width": width, "count": 3, "dtype": "uint8"}
+    with rasterio.open(path, "w", **profile, crs=place.crs_wkt, transform=Affine(*place.transform)) as out:
+        out.write(photo.transpose(2, 0, 1))
+
+
+def large_size(text: str) -> tuple[int, int]:
+    """--large's WIDTHxHEIGHT."""
+    try:
+        width, height = (int(side) for side in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give WIDTHxHEIGHT in px, e.g. 3000x2000") from None
+    return width, height
+
+
+def time_large(args, photo: np.ndarray) -> None:
+    """`crackseg compare` on a large photo with sparse cracks and its shifted copy: `--tta` against one pass."""
+    width, height = args.large
+    if width < photo.shape[1] + 2 * FEATHER_PX or height < photo.shape[0] + 2 * FEATHER_PX:
+        raise SystemExit(
+            f"--large {width}x{height}: smaller than the photo it holds ({photo.shape[1]}×{photo.shape[0]})"
+        )
+    big = large_sparse_photo(photo, width, height, np.random.default_rng(args.seed))
+    dy, dx = SHIFT
+    model = ["--model", args.model] if args.model else []
+    chosen = [
+        flag
+        for name in ("overlap", "precision")
+        for flag in ((f"--{name}", str(getattr(args, name))) if getattr(args, name) is not None else ())
+    ]
+    print(f"a {width}×{height} photo with the cracks of one validation photo, against its copy shifted {dy}, {dx} px")
+    seconds, cpu, changes = defaultdict(list), defaultdict(list), {}
+    with tempfile.TemporaryDirectory() as folder:
+        before, after = Path(folder) / "before.tif", Path(folder) / "after.tif"
+        write_geotiff(before, big[: height - dy, : width - dx], (0, 0))
+        write_geotiff(after, big[dy:, dx:], (dy, dx))
+        runs = {args.tta: TTA_FLAGS[args.tta], "none": TTA_FLAGS["none"]}
+        for repeat in range(args.repeat):
+            for name, flags in runs.items():
+                out = Path(folder) / f"{name}-{repeat}"
+                command = [sys.executable, "-m", "crackseg", "compare", str(before), str(after), "-o", str(out)]
+                start, start_cpu = time.perf_counter(), children_cpu()
+                done = subprocess.run(command + model + chosen + flags, capture_output=True, text=True)
+                if done.returncode:
+                    raise SystemExit(f"{' '.join(done.args)} failed:\n{done.stderr}")
+                seconds[name].append(time.perf_counter() - start)
+                cpu[name].append(children_cpu() - start_cpu)
+                counts = json.loads((out / "summary.json").read_text())["counts"]
+                changes[name] = {kind: counts.get(kind, 0) for kind in CHANGED}
+    for name in runs:
+        each = ", ".join(f"{t:.1f}" for t in seconds[name])
+        print(
+            f"  --tta {name:<6} {np.median(seconds[name]):>6.1f} s ({np.median(cpu[name]):.1f} s CPU; runs: {each}); "
+            f"changes: {changes[name]}"
+        )
+    if args.tta != "none":
+        wall, work = (np.median(times[args.tta]) / np.median(times["none"]) for times in (seconds, cpu))
+        print(f"  ratio {args.tta} / one pass: {wall:.2f} ({work:.2f} CPU)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
@@ -387,6 +521,16 @@ def main() -> None:
     )
     parser.add_argument("--precision", default=None, help="the engine's precision (default: auto)")
     parser.add_argument("--overlap", type=float, default=None, help="the tiles' overlap (default: the segmenter's)")
+    parser.add_argument(
+        "--timing", action="store_true", help="also time each control's comparison against one pass per tile"
+    )
+    parser.add_argument(
+        "--large",
+        metavar="WxH",
+        type=large_size,
+        help="time `crackseg compare` on a photo this large with sparse cracks instead",
+    )
+    parser.add_argument("--repeat", type=int, default=2, help="--large: runs of each segmentation, in turn")
     args = parser.parse_args()
     chosen = {"overlap": args.overlap, "precision": args.precision}
     chosen = {k: v for k, v in chosen.items() if v is not None}
@@ -396,6 +540,8 @@ def main() -> None:
     print(f"model: {segmenter.config.name} ({segmenter.describe()}), threshold {segmenter.threshold}")
     photos = validation_photos(args.data, args.limit)
     print(f"{len(photos)} validation photos of at least {MIN_SIDE} px a side\n")
+    if args.large:
+        return time_large(args, read_image(photos[0]))
     if args.agreement:
         return agreement(segmenter, photos)
     modes = [False, True] if args.masks_too else [False]
@@ -403,16 +549,19 @@ def main() -> None:
     floors = defaultdict(list)
     planted_tally, errors = defaultdict(Counter), defaultdict(list)
     rng = np.random.default_rng(args.seed)
+    one_pass = CrackSegmenter.from_pretrained(args.model, **chosen) if args.timing else None
+    stopwatch = Stopwatch()
     for path in photos:
         photo = read_image(path)
-        for name, before, after, place_b, place_a, valid in controls(photo):
+        for name, *pair in controls(photo):
+            if one_pass is not None:  # the same comparison with one pass per tile, only timed
+                with contextlib.suppress(AlignmentError):
+                    stopwatch.time("one pass", compare_control, one_pass, *pair)
             for as_mask in modes:
                 key = f"{name}{' (masks)' if as_mask else ''}"
                 try:
-                    changes = compare(
-                        survey(segmenter, before, "before", place_b, as_mask=as_mask),
-                        survey(segmenter, after, "after", place_a, valid, as_mask=as_mask),
-                    )
+                    timed = "masks" if as_mask else args.tta
+                    changes = stopwatch.time(timed, compare_control, segmenter, *pair, as_mask=as_mask)
                 except AlignmentError:
                     tally[key]["not aligned"] += 1
                     continue
@@ -433,6 +582,10 @@ def main() -> None:
                 errors[change.kind].append(abs(length / change.length - 1))
     print_controls(tally, floors)
     print_planted(planted_tally, errors)
+    if one_pass is not None:
+        print(
+            "\ncomparing the controls (segmenting both photos, then comparing):", stopwatch.ratio(args.tta, "one pass")
+        )
 
 
 def print_controls(tally, floors) -> None:

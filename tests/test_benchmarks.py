@@ -157,3 +157,51 @@ def test_a_planted_change_is_matched_to_the_change_that_runs_along_it():
     assert compare_controls.found(changes, planted) == ("missed", None)
     after.prob = np.zeros_like(prob)
     assert compare_controls.found(changes, planted) == ("not segmented", None)
+
+
+def test_the_timed_comparisons_report_wall_and_cpu_time_and_their_ratios(monkeypatch):
+    """Each comparison is charged to its segmentation, on the wall clock and in CPU time (a shared machine's
+    steadier measure), even when it fails to align."""
+    compare_controls = import_compare_controls()
+    clocks = {"wall": 0.0, "cpu": 0.0}
+    monkeypatch.setattr(compare_controls.time, "perf_counter", lambda: clocks["wall"])
+    monkeypatch.setattr(compare_controls.time, "process_time", lambda: clocks["cpu"])
+
+    def work(wall, cpu, fail=False):
+        clocks["wall"] += wall
+        clocks["cpu"] += cpu
+        if fail:
+            raise compare_controls.AlignmentError("not aligned")
+        return "done"
+
+    stopwatch = compare_controls.Stopwatch()
+    assert stopwatch.time("turns", work, 6.0, 9.0) == "done"
+    try:
+        stopwatch.time("turns", work, 2.0, 3.0, fail=True)
+    except compare_controls.AlignmentError:
+        pass
+    stopwatch.time("one pass", work, 4.0, 4.0)
+    assert stopwatch.ratio("turns", "one pass") == (
+        "turns 8.0 s (12.0 s CPU), one pass 4.0 s (4.0 s CPU): ratio 2.00 (3.00 CPU)"
+    )
+
+
+def test_the_large_sparse_photo_holds_the_photo_at_its_centre_on_a_generated_surface():
+    """The photo's own contrast at the surface's brightness in the middle, feathered in (no border a model could
+    take for a crack), and generated surface everywhere else."""
+    compare_controls = import_compare_controls()
+    photo = np.full((100, 120, 3), 60, np.uint8)
+    photo[50, 20:100] = 0  # a dark line
+    big = compare_controls.large_sparse_photo(photo, 600, 400, np.random.default_rng(0)).astype(int)
+    assert big.shape == (400, 600, 3)
+    inset = big[150:250, 240:360]
+    flat = inset[40, 40]  # two feathers in from the inset's edge: the photo alone
+    assert (inset[33:45, 33:87] == flat).all()  # the photo, flat as it is
+    assert np.abs(inset[50, 33:87] - flat + 60).max() <= 1  # its line as dark against it
+    assert abs(flat[0] - big[150:250, 240:360].mean()) < 10  # at the surface's brightness
+    from crackseg.synthetic import textured_background
+
+    surface = np.clip(textured_background(400, 600, np.random.default_rng(0)), 0, 255).astype(np.uint8)
+    beyond = np.ones((400, 600), bool)
+    beyond[150:250, 240:360] = False  # outside the inset, the surface: the photo fades in within its own frame
+    assert (np.abs(big[beyond] - surface[beyond][:, None]) <= 1).all()
