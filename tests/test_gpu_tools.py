@@ -143,6 +143,18 @@ def test_train_commands_distil_only_where_asked_and_resume_carried_states(tmp_pa
     assert gpu_designs.train_command(plan, labels, data, maps, run_dir, 6, resume=True)[-1] == "--resume"
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
+def test_preflight_stops_at_once_without_a_gpu_or_a_decodable_photo(tmp_path):
+    data = make_data(tmp_path / "data")
+    gpu_pack.pack(data, tmp_path / "pack", 64 * MIB, reserve=0, wheels=False, say=lambda _: None)
+    plan = gpu_designs.Plan(pack=tmp_path / "pack", out=tmp_path / "out", install=False)
+    lines = []
+    assert not gpu_designs.preflight(plan, lines.append)
+    assert lines == ["error: no CUDA device here: use --smoke for a CPU check"]
+    with pytest.raises(gpu_pack.PackError, match="--codec jpeg"):
+        gpu_pack.decode(b"not a photo")
+
+
 def run_smoke(work: Path, *extra: str) -> subprocess.CompletedProcess:
     command = [sys.executable, str(TOOLS / "gpu_designs.py"), "--smoke", "--work", str(work), *extra]
     return subprocess.run(command, capture_output=True, text=True, timeout=600)

@@ -48,6 +48,7 @@ import sys
 import tarfile
 import threading
 import time
+import zipfile
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -374,60 +375,98 @@ def collect(plan: Plan, runs: dict, summary: dict, log: Log) -> None:
 # --- the call -------------------------------------------------------------------------------------------------
 
 
+class Clock:
+    """The call's time: when it must end, and how long each step took."""
+
+    def __init__(self, minutes: float):
+        self.started = self.mark = time.time()
+        self.end = self.started + minutes * 60
+        self.steps: dict[str, float] = {}
+
+    def lap(self, step: str) -> None:
+        now = time.time()
+        self.steps[step], self.mark = round(now - self.mark, 1), now
+
+    def minutes_left(self) -> float:
+        return (self.end - time.time()) / 60
+
+
+def preflight(plan: Plan, log: Log) -> bool:
+    """Fail in seconds, not after the unpacking: the wheels import, the GPU is there, the photos decode."""
+    problems = []
+    try:
+        import albumentations  # noqa: F401
+        import segmentation_models_pytorch  # noqa: F401
+        import torch
+
+        import crackseg.train  # noqa: F401
+    except ImportError as err:
+        problems.append(f"{err}: a wheel is missing from the pack (tools/gpu_pack.py WHEELS)")
+    else:
+        if plan.device.startswith("cuda") and not torch.cuda.is_available():
+            problems.append("no CUDA device here: use --smoke for a CPU check")
+    manifest = gpu_pack.read_manifest(plan.pack)
+    image, _ = manifest["pairs"][0]
+    try:
+        with zipfile.ZipFile(plan.pack / "data.zip") as archive:
+            gpu_pack.decode(archive.read(gpu_pack.packed_name(image, "image", manifest["codec"])))
+    except gpu_pack.PackError as err:
+        problems.append(str(err))
+    for problem in problems:
+        log(f"error: {problem}")
+    return not problems
+
+
+def train_runs(plan: Plan, designs: list[Design], data: Path, maps: Path, env: dict, clock: Clock, log: Log):
+    """Each design's run, side by side for the minutes left; per run: resumed, command, exit code."""
+    minutes = clock.minutes_left() - plan.finish_minutes
+    runs = {d.name: {"resumed": restore_run(plan, plan.work / "runs" / d.name)} for d in designs}
+    if minutes < 0.5:
+        log(f"only {clock.minutes_left():.1f} min left after the teacher: no training in this call")
+        return runs
+    commands = {}
+    for d in designs:
+        run_dir = plan.work / "runs" / d.name
+        commands[d.name] = train_command(plan, d, data, maps, run_dir, minutes, runs[d.name]["resumed"])
+        runs[d.name]["command"] = commands[d.name]
+    log(f"training {', '.join(commands)} side by side for {minutes:.1f} min each")
+    for name, code in run_side_by_side(commands, env, clock.end - 30, log).items():
+        runs[name]["exit"] = code
+    return runs
+
+
 def run_plan(plan: Plan) -> int:
-    started = time.time()
-    end = started + plan.minutes * 60
+    clock = Clock(plan.minutes)
     plan.out.mkdir(parents=True, exist_ok=True)
     log = Log(plan.out / "log.txt")
-    unknown = [name for name in plan.runs if name not in DESIGNS]
-    if unknown or not plan.runs or len(plan.runs) > OUT_FILES - 2:
+    if not plan.runs or len(plan.runs) > OUT_FILES - 2 or any(name not in DESIGNS for name in plan.runs):
         log(f"error: --runs: expected 1 to {OUT_FILES - 2} of {', '.join(DESIGNS)}, not {' '.join(plan.runs)}")
         return 2
-    steps: dict[str, float] = {}
-
-    def lap(step: str, since: float) -> None:
-        steps[step] = round(time.time() - since, 1)
-
     if plan.install:
         install_wheels(plan, log)
-    lap("install", started)
-    env = child_env(plan)
-    mark = time.time()
+    clock.lap("install")
+    if not preflight(plan, log):
+        return 2
     data, manifest = prepare_data(plan, log)
-    lap("unpack", mark)
-    designs = [DESIGNS[name] for name in plan.runs]
-    maps = plan.work / "teacher-maps"
-    mark = time.time()
-    if any(d.distilled for d in designs) and not teach(plan, data, maps, env, end - 60 * plan.finish_minutes, log):
+    clock.lap("unpack")
+    designs, maps, env = [DESIGNS[name] for name in plan.runs], plan.work / "teacher-maps", child_env(plan)
+    teach_until = clock.end - 60 * plan.finish_minutes
+    if any(d.distilled for d in designs) and not teach(plan, data, maps, env, teach_until, log):
         log("the teacher's maps are incomplete: the distilled runs are left out of this call")
         designs = [d for d in designs if not d.distilled]
-    lap("teach", mark)
-    minutes = (end - time.time()) / 60 - plan.finish_minutes
-    runs = {d.name: {"resumed": restore_run(plan, plan.work / "runs" / d.name)} for d in designs}
-    commands = {}
-    if minutes >= 0.5:
-        for d in designs:
-            commands[d.name] = train_command(plan, d, data, maps, plan.work / "runs" / d.name, minutes,
-                                             runs[d.name]["resumed"])  # fmt: skip
-            runs[d.name]["command"] = commands[d.name]
-        log(f"training {', '.join(commands)} side by side for {minutes:.1f} min each")
-        mark = time.time()
-        codes = run_side_by_side(commands, env, end - 30, log)
-        lap("train", mark)
-        for name, code in codes.items():
-            runs[name]["exit"] = code
-    else:
-        log(f"only {minutes + plan.finish_minutes:.1f} min left after the teacher: no training in this call")
+    clock.lap("teach")
+    runs = train_runs(plan, designs, data, maps, env, clock, log)
+    clock.lap("train")
     summary = {
         "device": device_name(plan.device),
         "plan": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(plan).items()},
         "loader_workers": plan.loader_workers(),
         "pack": {k: manifest[k] for k in ("made", "codec", "quality", "sources")},
-        "steps_seconds": steps,
+        "steps_seconds": clock.steps,
     }
     collect(plan, runs, summary, log)
-    log(f"done in {(time.time() - started) / 60:.1f} min")
-    return 0 if all(entry.get("exit") == 0 for entry in runs.values()) and commands else 1
+    log(f"done in {(time.time() - clock.started) / 60:.1f} min")
+    return 0 if runs and all(entry.get("exit") == 0 for entry in runs.values()) else 1
 
 
 def smoke_pack(work: Path) -> Path:
