@@ -3,8 +3,8 @@
 An optional path: the shipped default's recipe never depends on a GPU. The runs are the slim student of
 docs/designs-tried.md ("A slim student distilled from unet-lite0": U-Net, Lite0 encoder, decoder (64, 32, 16, 16, 8),
 its encoder copied from unet-lite0) trained side by side at the same budget, once on the labels plus the teacher's
-soft targets (`distilled`) and once on the labels alone (`labels`), now with every hard-negative distractor and the
-skeleton recall loss, at larger batches and crops than a CPU affords.
+soft targets (`distilled`) and once on the labels alone (`labels`), with every hard-negative distractor
+(`--distractors all`) and the skeleton recall loss, at larger batches and crops than a CPU affords.
 
 Here, before the call (the pack of data and wheels: tools/gpu_pack.py):
 
@@ -17,7 +17,8 @@ The call (the device tool's `run`):
     carry:     [".gpu"]
     timeout_s: 600
 
-After it, FILES_AT being the folder the reply names:
+then `give_back` (the session's device time is one such call). After it, FILES_AT being the folder the reply
+names:
 
     python tools/gpu_pack.py --take-back FILES_AT --out .gpu
 
@@ -42,6 +43,7 @@ import csv
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -104,7 +106,7 @@ class Plan:
     size: int = 384
     batch_size: int = 32
     epochs: int = 12
-    lr: float = 6e-4  # the CPU recipe's 3e-4 at batch 8, scaled by the square root of the batch (Adam's rule)
+    lr: float = 6e-4  # the CPU recipe's 3e-4 at batch 8, times the square root of the batch ratio (Adam's scaling)
     device: str = "cuda"
     workers: int | None = None  # data-loading processes per run; None: the cores shared out
     threads: int = 2
@@ -244,6 +246,8 @@ def prepare_data(plan: Plan, log: Log) -> tuple[Path, dict]:
     if stamp.is_file() and stamp.read_text() == manifest["made"]:
         log(f"data already unpacked in {data}")
         return data, manifest
+    for stale in (data, plan.work / "teacher-maps"):  # another pack's, on a machine still warm
+        shutil.rmtree(stale, ignore_errors=True)
     gpu_pack.unpack(plan.pack, data, workers=os.cpu_count() or 1)
     gpu_pack.check_split(manifest, data)
     stamp.write_text(manifest["made"])
@@ -478,7 +482,7 @@ def smoke_pack(work: Path) -> Path:
         return pack_dir
     for source, seed in (("alpha", 0), ("beta", 50)):
         write_synthetic_dataset(work / "smoke-data" / source, 6, size=(64, 96), seed=seed, prefix=source)
-    gpu_pack.pack(work / "smoke-data", pack_dir, 64 * MIB, codec=gpu_pack.default_codec(), reserve=0, wheels=False)
+    gpu_pack.pack(work / "smoke-data", pack_dir, 64 * MIB, reserve=0, wheels=False)
     return pack_dir
 
 

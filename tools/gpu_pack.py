@@ -246,7 +246,7 @@ def pack(
     out: Path,
     budget: int,
     *,
-    codec: str = "avif",
+    codec: str | None = None,
     reserve: int = int(DEFAULT_RESERVE_MIB * MIB),
     min_quality: int = 20,
     wheels: bool = True,
@@ -254,9 +254,11 @@ def pack(
     say=print,
 ) -> dict:
     """Write OUT (data.zip, wheels/, manifest.json) within `budget` bytes, `reserve` of them left free; the
-    manifest. PackError, naming the option to change, when it cannot fit; OUT appears whole or not at all."""
+    manifest. PackError, naming the option to change, when it cannot fit; OUT appears whole or not at all.
+    `codec`: default AVIF where this Pillow writes it."""
     from crackseg.io.atomic import atomic_path
 
+    codec = codec or default_codec()
     if out.exists() and any(out.iterdir()):
         raise PackError(f"--out {out}: not empty; remove it first (a pack is made whole)")
     pairs = find_training_pairs(data)
@@ -502,7 +504,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.data is None:
             parser.error("--data is required to make a pack")
         budget = int(args.budget_mib * MIB) if args.budget_mib else default_budget(args.out)
-        pack(args.data, args.out, budget, codec=args.codec or default_codec(), reserve=int(args.reserve_mib * MIB),
+        pack(args.data, args.out, budget, codec=args.codec, reserve=int(args.reserve_mib * MIB),
              min_quality=args.min_quality, wheels=not args.no_wheels, workers=args.workers)  # fmt: skip
     except PackError as err:
         print(f"error: {err}", file=sys.stderr)
