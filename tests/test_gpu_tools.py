@@ -96,6 +96,13 @@ def test_pack_refuses_a_budget_it_cannot_meet_in_one_line(tmp_path, capsys, room
     assert not (tmp_path / "pack").exists()  # nothing half made
 
 
+def test_pack_of_a_folder_without_pairs_is_one_line(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert gpu_pack.main(["--data", str(tmp_path / "empty"), "--out", str(tmp_path / "pack"), "--budget-mib", "9"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and "no image/mask pairs" in error and error.count("\n") == 1
+
+
 def test_budget_counts_what_the_device_tool_sends(tmp_path):
     repo = tmp_path / "repo"
     repo.mkdir()

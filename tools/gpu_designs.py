@@ -523,7 +523,11 @@ def main(argv: list[str] | None = None) -> int:
         plan = replace(plan.smoke(), pack=args.pack or smoke_pack(args.work), epochs=args.epochs or 1)
     elif not (plan.pack / "manifest.json").is_file():
         parser.error(f"--pack {plan.pack}: no manifest.json there; make it with tools/gpu_pack.py")
-    return run_plan(plan)
+    try:
+        return run_plan(plan)
+    except gpu_pack.PackError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -487,6 +487,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--take-back", type=Path, metavar="FILES_AT", help="keep what a call brought back")
     parser.add_argument("--keep", type=Path, help="where --take-back keeps it (default: runs/gpu-<UTC time>)")
     args = parser.parse_args(argv)
+    from crackseg.errors import CracksegError
+
     try:
         if args.take_back:
             stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
@@ -506,7 +508,7 @@ def main(argv: list[str] | None = None) -> int:
         budget = int(args.budget_mib * MIB) if args.budget_mib else default_budget(args.out)
         pack(args.data, args.out, budget, codec=args.codec, reserve=int(args.reserve_mib * MIB),
              min_quality=args.min_quality, wheels=not args.no_wheels, workers=args.workers)  # fmt: skip
-    except PackError as err:
+    except (PackError, CracksegError) as err:  # the data's own problems come from crackseg's reader
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0
