@@ -17,7 +17,7 @@ The call (the device tool's `run`):
     carry:     [".gpu"]
     timeout_s: 600
 
-then `give_back` (the session's device time is one such call). After it, FILES_AT being the folder the reply
+then `give_back` (the device time lent covers about one such call). After it, FILES_AT being the folder the reply
 names:
 
     python tools/gpu_pack.py --take-back FILES_AT --out .gpu
