@@ -168,20 +168,10 @@ def train_command(plan: Plan, design: Design, data: Path, maps: Path, run_dir: P
 
 
 def teach_command(plan: Plan, data: Path, maps: Path, index: int) -> list[str]:
-    command = [sys.executable, str(Path(__file__).resolve()), "--teach-shard", f"{index}/{plan.teach_shards}"]
-    command += ["--data", str(data), "--maps", str(maps), "--teacher", plan.teacher, "--device", plan.device]
-    return command + ["--teach-tiles", str(plan.teach_tiles)]
-
-
-def teach_shard(data: Path, maps: Path, index: int, count: int, teacher: str, device: str, tiles: int) -> int:
-    """`crackseg teach` on every `count`-th pair from `index`: the teacher's flip-TTA maps at 1× and 2×."""
-    from crackseg.data import find_all_pairs
-    from crackseg.inference import CrackSegmenter
-    from crackseg.train.distill import write_teacher_maps
-
-    pairs = find_all_pairs([data], exclude_splits=("test",))[index::count]
-    segmenter = CrackSegmenter.from_pretrained(teacher, backend="torch", device=device, tta=True, batch_size=tiles)
-    return write_teacher_maps(segmenter, pairs, maps)
+    """`crackseg teach` on the index-th slice of the pairs, in one of plan.teach_shards processes."""
+    command = [sys.executable, "-m", "crackseg", "teach", "--data", str(data), "--out", str(maps)]
+    command += ["--model", plan.teacher, "--backend", "torch", "--device", plan.device]
+    return command + ["--batch-size", str(plan.teach_tiles), "--shard", f"{index}/{plan.teach_shards}"]
 
 
 # --- processes ------------------------------------------------------------------------------------------------
@@ -499,18 +489,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=Plan.lr)
     parser.add_argument("--workers", type=int, help="loader processes per run (default: the cores shared out)")
     parser.add_argument("--smoke", action="store_true", help="toy sizes on CPU, on generated data unless --pack")
-    parser.add_argument("--teach-shard", metavar="I/K", help=argparse.SUPPRESS)  # one teacher process
-    parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--maps", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--teacher", default=Plan.teacher, help="the model whose maps the distilled runs learn")
-    parser.add_argument("--device", default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--teach-tiles", type=int, default=Plan.teach_tiles, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     sys.path.insert(0, str(REPO / "src"))
-    if args.teach_shard:
-        index, count = map(int, args.teach_shard.split("/"))
-        teach_shard(args.data, args.maps, index, count, args.teacher, args.device or "cuda", args.teach_tiles)
-        return 0
     if args.pack is None and not args.smoke:
         parser.error("--pack is required (the folder tools/gpu_pack.py made)")
     out = args.out or (Path(os.environ["OUT"]) if os.environ.get("OUT") else args.work / "out")

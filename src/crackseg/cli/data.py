@@ -34,9 +34,10 @@ def cmd_train(args) -> int:
 def cmd_teach(args) -> int:
     from crackseg.cli.common import segmenter_from_args
     from crackseg.data import find_all_pairs
+    from crackseg.runs.plan import shard
     from crackseg.train.distill import write_teacher_maps
 
-    pairs = find_all_pairs(args.data, args.skip_unpaired, exclude_splits=("test",))
+    pairs = shard(find_all_pairs(args.data, args.skip_unpaired, exclude_splits=("test",)), args.shard)
     segmenter = segmenter_from_args(args, tta=True)
     made = write_teacher_maps(segmenter, pairs, args.out)
     print(f"{made} teacher maps written to {args.out} ({len(pairs) - made} were there already)")
@@ -66,5 +67,6 @@ def add_parsers(sub, command: str | None) -> None:
     p.add_argument("--data", nargs="+", required=True, help="data roots, as for train")
     p.add_argument("--out", required=True, help="folder of the maps (train --teacher-maps FOLDER)")
     p.add_argument("--skip-unpaired", action="store_true")
+    p.add_argument("--shard", help="only the i-th of n slices of the pairs, e.g. 0/4 (processes side by side)")
     add_model_arguments(p)
     p.set_defaults(func=cmd_teach)
