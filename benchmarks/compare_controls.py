@@ -30,13 +30,16 @@ comparison), how many were found with the right class (the change running along 
 the others were found as, and the median error of the length reported (added length, new crack length) against the
 planted one.
 
+Comparisons run as `crackseg compare` does (`--tta-where changes`: one pass per tile, the TTA around the changes
+found); `--tta-where everywhere` runs the TTA on every tile.
+
 `--timing` also times each control's comparison (segmenting both photos, then comparing) with the segmenter of
 `--tta` and with one pass per tile, one after the other, and prints the two totals and their ratio. `--large WxH`
 times `crackseg compare` itself instead, on a large photo with sparse cracks (the first validation photo, brought
 to the background's brightness and feathered in, at the centre of a `synthetic.textured_background`), compared with
-its copy shifted by SHIFT (georeferenced GeoTIFFs): with `--tta`'s segmentation and with one pass per tile, in turn
-`--repeat` times; printed: the median time of each, their ratio, and the changes reported (all false: nothing
-changed).
+its copy shifted by SHIFT (georeferenced GeoTIFFs): with one pass per tile, and with `--tta`'s segmentation around
+the changes and everywhere, in turn `--repeat` times; printed: the median time of each, its ratio to one pass, and
+the changes reported (all false: nothing changed).
 """
 
 from __future__ import annotations
@@ -61,6 +64,7 @@ import shapely
 from crackseg.compare import AlignmentError, Survey, compare
 from crackseg.compare.evidence import MODEL_EDGE_PX
 from crackseg.compare.survey import fill_no_data
+from crackseg.compare.verify import first_pass
 from crackseg.data import find_all_pairs, split_pairs
 from crackseg.inference import CrackSegmenter
 from crackseg.io.georef import Georeference
@@ -417,10 +421,15 @@ def children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def compare_control(segmenter, before, after, place_b, place_a, valid, as_mask: bool = False):
+def compare_control(segmenter, before, after, place_b, place_a, valid, as_mask: bool = False, tta_where="changes"):
+    """Two photos compared as `crackseg compare` does: with `tta_where="changes"` segmented one pass per tile,
+    the segmenter's TTA then only around the changes found."""
+    first = None if as_mask or tta_where != "changes" else first_pass(segmenter)
     return compare(
-        survey(segmenter, before, "before", place_b, as_mask=as_mask),
-        survey(segmenter, after, "after", place_a, valid, as_mask=as_mask),
+        survey(first or segmenter, before, "before", place_b, as_mask=as_mask),
+        survey(first or segmenter, after, "after", place_a, valid, as_mask=as_mask),
+        segmenter=None if first is None else segmenter,
+        tta_where=tta_where,
     )
 
 
@@ -482,7 +491,10 @@ def time_large(args, photo: np.ndarray) -> None:
         before, after = Path(folder) / "before.tif", Path(folder) / "after.tif"
         write_geotiff(before, big[: height - dy, : width - dx], (0, 0))
         write_geotiff(after, big[dy:, dx:], (dy, dx))
-        runs = {args.tta: TTA_FLAGS[args.tta], "none": TTA_FLAGS["none"]}
+        runs = {"one pass": TTA_FLAGS["none"]}
+        if args.tta != "none":
+            for where in ("changes", "everywhere"):
+                runs[f"{args.tta} at {where}"] = TTA_FLAGS[args.tta] + ["--tta-where", where]
         for repeat in range(args.repeat):
             for name, flags in runs.items():
                 out = Path(folder) / f"{name}-{repeat}"
@@ -497,13 +509,11 @@ def time_large(args, photo: np.ndarray) -> None:
                 changes[name] = {kind: counts.get(kind, 0) for kind in CHANGED}
     for name in runs:
         each = ", ".join(f"{t:.1f}" for t in seconds[name])
+        wall, work = (np.median(times[name]) / np.median(times["one pass"]) for times in (seconds, cpu))
         print(
-            f"  --tta {name:<6} {np.median(seconds[name]):>6.1f} s ({np.median(cpu[name]):.1f} s CPU; runs: {each}); "
-            f"changes: {changes[name]}"
+            f"  {name:<20} {np.median(seconds[name]):>6.1f} s ({np.median(cpu[name]):.1f} s CPU; runs: {each}); "
+            f"{wall:.2f}× one pass ({work:.2f}× CPU); changes: {changes[name]}"
         )
-    if args.tta != "none":
-        wall, work = (np.median(times[args.tta]) / np.median(times["none"]) for times in (seconds, cpu))
-        print(f"  ratio {args.tta} / one pass: {wall:.2f} ({work:.2f} CPU)")
 
 
 def main() -> None:
@@ -518,6 +528,12 @@ def main() -> None:
     parser.add_argument("--agreement", action="store_true", help="the segmentation's own repeatability instead")
     parser.add_argument(
         "--tta", choices=("none", "flips", "turns"), default="turns", help="the segmenter's TTA (compare's: turns)"
+    )
+    parser.add_argument(
+        "--tta-where",
+        choices=("changes", "everywhere"),
+        default="changes",
+        help="where the TTA runs: around the changes a first pass finds, or on every tile (compare's --tta-where)",
     )
     parser.add_argument("--precision", default=None, help="the engine's precision (default: auto)")
     parser.add_argument("--overlap", type=float, default=None, help="the tiles' overlap (default: the segmenter's)")
@@ -561,7 +577,9 @@ def main() -> None:
                 key = f"{name}{' (masks)' if as_mask else ''}"
                 try:
                     timed = "masks" if as_mask else args.tta
-                    changes = stopwatch.time(timed, compare_control, segmenter, *pair, as_mask=as_mask)
+                    changes = stopwatch.time(
+                        timed, compare_control, segmenter, *pair, as_mask=as_mask, tta_where=args.tta_where
+                    )
                 except AlignmentError:
                     tally[key]["not aligned"] += 1
                     continue
@@ -572,7 +590,7 @@ def main() -> None:
         base = survey(segmenter, photo, "before")
         changed, planted = plant(photo, base, rng)
         try:
-            changes = compare(base, survey(segmenter, changed, "after"))
+            changes = compare_control(segmenter, photo, changed, None, None, None, tta_where=args.tta_where)
         except AlignmentError:
             continue
         for change in planted:

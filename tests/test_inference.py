@@ -77,6 +77,21 @@ def test_turn_tta_gives_a_photo_turned_by_quarter_turns_the_same_probabilities_t
     assert "turn and flip TTA" in turns.describe()
 
 
+@pytest.mark.parametrize("scales", [(1.0,), (1.0, 0.5)])
+def test_a_region_gets_the_whole_calls_probabilities_from_the_tiles_over_it(scales):
+    image, _ = synthetic_crack((300, 410), seed=3, n_cracks=3)
+    turns = CrackSegmenter(LocalNet(), ModelConfig(), tile=96, precision="fp32", tta_turns=True, scales=scales)
+    where = np.zeros(image.shape[:2], bool)
+    where[120:150, 200:260] = True
+    where[5, 5] = True
+    seen = []
+    part = turns.predict_prob(image, progress=lambda done, total: seen.append(total), where=where)
+    seen_all = []
+    whole = turns.predict_prob(image, progress=lambda done, total: seen_all.append(total))
+    assert np.abs(part[where] - whole[where]).max() < 1e-6 and not part[~where].any()
+    assert seen[0] < seen_all[0] / 2  # the tiles it ran
+
+
 def test_normalize_image_is_the_per_channel_standardisation_for_every_byte():
     values = np.arange(256, dtype=np.uint8)
     image = np.stack([values, 255 - values, values // 2], -1)[:, None].repeat(4, 1)  # every byte in every channel

@@ -90,6 +90,15 @@ def blend_window(size: int) -> np.ndarray:
     return np.maximum(np.sin(np.pi * (np.arange(size) + 0.5) / size) ** 2, 1e-3).astype(np.float32)
 
 
+def scaled_region(where: np.ndarray | None, size: tuple[int, int]) -> np.ndarray | None:
+    """A region of an image (H×W bool) on the image resized to `size` (width, height): every pixel whose value the
+    resizing back draws on, i.e. the region grown by the reach of cubic interpolation."""
+    if where is None or (where.shape[1], where.shape[0]) == size:
+        return where
+    region = cv2.resize(where.astype(np.float32), size, interpolation=cv2.INTER_AREA) > 0
+    return cv2.dilate(region.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+
+
 def tile_starts(length: int, tile: int, overlap: float) -> list[int]:
     """Evenly spread tile origins covering [0, length) with at least `overlap` shared between neighbours."""
     if length <= tile:
@@ -201,6 +210,13 @@ class CrackSegmenter:
         )
         return cls(handle, handle.config, backend=engine, options=options.replace(tile=tile))
 
+    def with_options(self, **option_values) -> CrackSegmenter:
+        """This segmenter with some options changed (e.g. `tta_turns=False`), on the same engine: nothing is loaded
+        again, and the two take turns on it."""
+        sibling = CrackSegmenter(self.model, self.config, self.backend, self.options.replace(**option_values))
+        sibling._backend_lock = self._backend_lock
+        return sibling
+
     def describe(self) -> str:
         flips = (", turn and flip TTA" if self.tta_transforms is TURNS_AND_FLIPS else ", flip TTA") if self.tta else ""
         flips += f", scales {','.join(f'{s:g}' for s in self.options.scales)}" if self.options.scales != (1.0,) else ""
@@ -238,39 +254,60 @@ class CrackSegmenter:
         image: np.ndarray,
         cancel: threading.Event | None = None,
         progress: Callable[[int, int], None] | None = None,
+        where: np.ndarray | None = None,
     ) -> np.ndarray:
         """Crack probability (float32, the image's H×W) of an H×W×3 uint8 RGB image.
 
         With several `scales` in the options, the mean of the maps of the image resized by each factor, brought
         back to its size. `cancel`: when set (by another thread: a client that left, a Cancel), the work stops
         within one batch of tiles with `Cancelled`. `progress(done, total)`: called before the first batch and after
-        each with the tiles done and the tiles of the whole call (every scale)."""
+        each with the tiles done and the tiles of the whole call (every scale). `where` (H×W bool): only the tiles
+        that overlap it run; the map is then the whole call's inside `where`, 0 elsewhere."""
         height, width = image.shape[:2]
         check_pixels(width, height, self.max_pixels, "image")
         sizes = [(max(round(width * s), 1), max(round(height * s), 1)) for s in self.options.scales]
-        counter = TileProgress(progress, sum(self._tile_count(h, w) for w, h in sizes)) if progress else None
+        wheres = [scaled_region(where, size) for size in sizes]
+        tiles = sum(self._tile_count(h, w, part) for (w, h), part in zip(sizes, wheres, strict=True))
+        counter = TileProgress(progress, tiles) if progress else None
         if counter:
             counter.advance(0)  # the total, before the first batch
         if self.options.scales == (1.0,):
-            return self._predict_one_scale(image, cancel, counter)
-        total = np.zeros((height, width), np.float32)
-        for scale, size in zip(self.options.scales, sizes, strict=True):
-            resized = image if scale == 1 else cv2.resize(image, size, interpolation=resize_method(scale))
-            prob = self._predict_one_scale(resized, cancel, counter)
-            total += prob if scale == 1 else cv2.resize(prob, (width, height), interpolation=resize_method(1 / scale))
-        return total / len(self.options.scales)
+            total = self._predict_one_scale(image, cancel, counter, wheres[0])
+        else:
+            total = np.zeros((height, width), np.float32)
+            for scale, size, part in zip(self.options.scales, sizes, wheres, strict=True):
+                resized = image if scale == 1 else cv2.resize(image, size, interpolation=resize_method(scale))
+                prob = self._predict_one_scale(resized, cancel, counter, part)
+                back = resize_method(1 / scale)
+                total += prob if scale == 1 else cv2.resize(prob, (width, height), interpolation=back)
+            total /= len(self.options.scales)
+        if where is not None:
+            total[~where] = 0.0
+        return total
 
     def _single_pass(self, height: int, width: int) -> bool:
         return height <= self.tile and width <= self.tile and self.backend.fixed_size is None
 
-    def _tile_count(self, height: int, width: int) -> int:
+    def _tile_count(self, height: int, width: int, where: np.ndarray | None = None) -> int:
         if self._single_pass(height, width):
             return 1
-        rows = tile_starts(max(height, self.tile), self.tile, self.overlap)
-        return len(rows) * len(tile_starts(max(width, self.tile), self.tile, self.overlap))
+        return len(self._origins(max(height, self.tile), max(width, self.tile), where))
+
+    def _origins(self, height: int, width: int, where: np.ndarray | None = None) -> list[tuple[int, int]]:
+        """The tiles' top-left corners on an image at least a tile high and wide; with `where`, only the tiles that
+        overlap it (every tile covering a pixel of `where` is one of them, so the blend there is the whole grid's)."""
+        tile = self.tile
+        ys, xs = tile_starts(height, tile, self.overlap), tile_starts(width, tile, self.overlap)
+        if where is None:
+            return [(y, x) for y in ys for x in xs]
+        return [(y, x) for y in ys for x in xs if where[y : y + tile, x : x + tile].any()]
 
     def _predict_one_scale(
-        self, image: np.ndarray, cancel: threading.Event | None, counter: TileProgress | None = None
+        self,
+        image: np.ndarray,
+        cancel: threading.Event | None,
+        counter: TileProgress | None = None,
+        where: np.ndarray | None = None,
     ) -> np.ndarray:
         height, width = image.shape[:2]
         check_cancel(cancel)
@@ -281,7 +318,9 @@ class CrackSegmenter:
                 counter.advance(1)
             return prob
         padded = self._pad_to(image, max(height, tile), max(width, tile))
-        return self._tiled(padded, tile, cancel, counter)[:height, :width]
+        if where is not None:
+            where = np.pad(where, ((0, padded.shape[0] - height), (0, padded.shape[1] - width)))
+        return self._tiled(padded, tile, cancel, counter, where)[:height, :width]
 
     def _tiled(
         self,
@@ -289,6 +328,7 @@ class CrackSegmenter:
         tile: int,
         cancel: threading.Event | None = None,
         counter: TileProgress | None = None,
+        where: np.ndarray | None = None,
     ) -> np.ndarray:
         height, width = image.shape[:2]
         ys, xs = tile_starts(height, tile, self.overlap), tile_starts(width, tile, self.overlap)
@@ -301,7 +341,7 @@ class CrackSegmenter:
         for x in xs:
             col_weight[x : x + tile] += window
         out = np.zeros((height, width), np.float32)
-        origins = [(y, x) for y in ys for x in xs]
+        origins = self._origins(height, width, where)
         weight2d = np.outer(window, window)
         for i in range(0, len(origins), self.batch_size):
             check_cancel(cancel)

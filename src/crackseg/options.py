@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 import math
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -264,6 +264,13 @@ class CompareOptions(Options):
         lt=1,
         description="the low threshold as a share of the model's: a crack counts as absent from a survey only where "
         "its probability stays under it",
+    )
+    tta_where: Literal["changes", "everywhere"] = Field(
+        "changes",
+        description="where the model's test-time augmentation runs: 'changes': one pass per tile first, then "
+        "augmented on the tiles around each change found, decided again until every change stands on augmented "
+        "maps; 'everywhere': on every tile (slower; the cracks away from changes are then cut from augmented maps "
+        "too)",
     )
 
     @field_validator("pixel_size_mm", "tolerance_px")

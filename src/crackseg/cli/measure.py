@@ -103,15 +103,20 @@ def add_parsers(sub) -> None:
     )
     add_arguments(p, CompareOptions)
     p.add_argument("--overwrite", action="store_true", help="replace the outputs of an earlier comparison in -o")
-    # A change must not be the segmentation's own noise: compare averages the eight turns and flips by default.
+    # A change must not be the segmentation's own noise: compare averages the eight turns and flips by default,
+    # on the tiles around the changes a first pass finds (--tta-where).
     add_model_arguments(
-        p, described={"tta_turns": "average the eight quarter turns and flips of each tile (compare's default)"}
+        p,
+        described={
+            "tta_turns": "average the eight quarter turns and flips of each tile (compare's default; where: "
+            "--tta-where)"
+        },
     )
     p.add_argument(
         "--no-tta-turns",
         dest="tta_turns",
         action="store_false",
-        help="one pass per tile, 8x faster; masks then depend on the photos' orientation, and unchanged cracks "
-        "can be reported as changes",
+        help="one pass per tile and nothing more; changes then rest on maps that depend on the photos' orientation "
+        "and framing, and unchanged cracks can be reported as changes",
     )
     p.set_defaults(func=cmd_compare, tta_turns=True)

@@ -3,7 +3,8 @@
 `survey` loads each survey (photo, mask or NAME_measure.json, with its probability map), `registration` aligns
 BEFORE onto AFTER, `match` finds which AFTER crack continues which BEFORE crack, `evidence` reads each survey's
 probabilities along the other's cracks, `noise` sets the pair's noise floor, and `decide` decides each crack's
-change (`compare`) into `changes`. `outputs` (maps and table), `figure` (the picture) and `report` (summary and
+change (`compare`) into `changes`; `verify` runs the segmenter's test-time augmentation only around the changes a
+first pass finds. `outputs` (maps and table), `figure` (the picture) and `report` (summary and
 report) say what `runs.compare.write_changes` writes. A photo is segmented by the segmenter the caller passes;
 masks and measure files need none.
 """

@@ -47,6 +47,7 @@ from crackseg.compare.match import added_parts, assign_ids, carried_lines, match
 from crackseg.compare.noise import NoiseFloor, noise_floor
 from crackseg.compare.registration import Alignment, check_scales, local_scale, register
 from crackseg.compare.survey import Survey, load_survey
+from crackseg.compare.verify import checked_changes, first_pass
 from crackseg.measure import Crack
 from crackseg.options import CompareOptions
 
@@ -311,18 +312,21 @@ def compare(
 
     `before`, `after`: photos, masks (`masks=True`) or NAME_measure.json files (paths), or `Survey`s.
     `segmenter`: what segments a photo (a CrackSegmenter, or see `survey.probabilities`); needed only where a
-    survey is a photo (see `needs_segmenter`). `photos`: the photos masks or measure files came from, for
+    survey is a photo (see `needs_segmenter`). With test-time augmentation and `tta_where="changes"` (the default),
+    photos are segmented one pass per tile and augmented only around the changes found (`verify`); photo surveys
+    given as `Survey`s are then taken as one pass's. `photos`: the photos masks or measure files came from, for
     registration. `options` (`CompareOptions`, or its fields as keywords): `pixel_size_mm`: AFTER's;
     `tolerance_px`: at least the alignment error + 2 px; `assume_aligned`: a fixed camera, no registration;
     `min_length`: shorter cracks are ignored; `low_share`: the low threshold over the model's.
     """
     options = CompareOptions.of(options, **option_values)
     pixel_size_mm, min_length = options.pixel_size_mm, options.min_length
+    first = first_pass(segmenter) if options.tta_where == "changes" else None
     surveys = []
     for which, item, photo, scale in (("BEFORE", before, photos[0], None), ("AFTER", after, photos[1], pixel_size_mm)):
-        surveys.append(
-            item if isinstance(item, Survey) else load_survey(item, which, masks, photo, segmenter, scale, min_length)
-        )
+        if not isinstance(item, Survey):
+            item = load_survey(item, which, masks, photo, first or segmenter, scale, min_length)
+        surveys.append(item)
     before, after = surveys
     if before.measurement.count == 0:
         log.warning(
@@ -333,7 +337,14 @@ def compare(
     alignment = register(before, after, options.assume_aligned)
     check_scales(before, after, alignment)
     tolerance = max(options.tolerance_px or 0.0, alignment.error_px + EXTRA_TOLERANCE_PX)
-    cracks, noise = classify_changes(before, after, alignment, tolerance, options.low_share)
+
+    def decide(before: Survey, after: Survey):
+        return classify_changes(before, after, alignment, tolerance, options.low_share)
+
+    if first is None:
+        cracks, noise = decide(before, after)
+    else:
+        before, after, cracks, noise = checked_changes(before, after, alignment, tolerance, segmenter, decide)
     next_id = max([before.next_id, *(c.id + 1 for c in cracks)])
     scale, scale_from = reporting_scale(before, after, alignment, pixel_size_mm)
     return Changes(before, after, alignment, tolerance, cracks, next_id, scale, scale_from, noise, options.low_share)

@@ -1,0 +1,123 @@
+"""Changes checked where they are found: test-time augmentation on the tiles around each change, not everywhere.
+
+A comparison segments each photo with the eight turns and flips of every tile by default, because one pass per tile
+is not repeatable enough: on an unchanged site its knife-edge pixels become changes. That costs eight passes per
+tile, while most of a survey shows no change. So both photos are segmented one pass per tile first, the changes are
+decided, and then the segmenter's augmentation runs only on the tiles that overlap a reported change or a crack
+only one survey cuts out (in both surveys: its crack, grown by the tolerance and a margin, carried into BEFORE
+through the homography); the cracks are cut again, the changes decided again, and so on until every such crack
+stands on augmented maps on both sides.
+
+The map at a pixel is the blend of the tiles covering it, so where every such tile ran augmented it is exactly the
+map of an augmented run over the whole photo (`CrackSegmenter.predict_prob`'s `where`): a change is reported on the
+evidence augmentation everywhere would give it. What differs is the rest: cracks away from any change are cut from
+the one-pass map, and the noise floor is measured on those (one pass repeats less well, so the floor is, if
+anything, higher).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import cv2
+import numpy as np
+import shapely
+
+from crackseg.compare.changes import CrackChange
+from crackseg.compare.noise import NoiseFloor
+from crackseg.compare.registration import Alignment, apply_homography
+from crackseg.compare.survey import Survey, fill_no_data
+
+REPORTED = ("new", "extended", "widened", "closed")
+MARGIN_PX = 8  # past the tolerance: a crack's half width and its tips, where the evidence is read
+
+
+def first_pass(segmenter):
+    """The one-pass-per-tile sibling of a segmenter with test-time augmentation, or None when there is nothing to
+    spare (no augmentation, or a segmenter that cannot run part of a photo)."""
+    if not getattr(segmenter, "tta", False) or not hasattr(segmenter, "with_options"):
+        return None
+    return segmenter.with_options(tta=False, tta_turns=False)
+
+
+Decision = Callable[[Survey, Survey], tuple[list[CrackChange], NoiseFloor]]
+
+
+def checked_changes(
+    before: Survey, after: Survey, alignment: Alignment, tolerance: float, segmenter, decide: Decision
+) -> tuple[Survey, Survey, list[CrackChange], NoiseFloor]:
+    """The changes `decide` finds between two surveys whose photos were segmented one pass per tile, decided
+    again on `segmenter`'s augmented maps around every reported change until none is left unchecked; both surveys
+    as finally cut."""
+    surveys = [before, after]
+    checked = [np.zeros(s.shape, bool) if is_segmented_photo(s) else None for s in surveys]
+    cracks, noise = decide(before, after)
+    while True:
+        regions = changed_regions(cracks, alignment, before.shape, after.shape, tolerance)
+        todo = [None if done is None else region & ~done for region, done in zip(regions, checked, strict=True)]
+        if not any(part is not None and part.any() for part in todo):
+            return *surveys, cracks, noise
+        for i, part in enumerate(todo):
+            if part is not None and part.any():
+                surveys[i] = resegmented(surveys[i], segmenter, part)
+                checked[i] |= part
+        cracks, noise = decide(*surveys)
+
+
+def is_segmented_photo(survey: Survey) -> bool:
+    return survey.source == "photo" and survey.prob is not None and survey.photo is not None
+
+
+def changed_regions(
+    cracks: list[CrackChange], alignment: Alignment, before_shape, after_shape, tolerance: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Where the reported changes lie, in BEFORE's and in AFTER's pixels: each one's crack (AFTER's frame) grown by
+    the tolerance and MARGIN_PX."""
+    inverse = np.linalg.inv(alignment.homography)
+    reach = tolerance + MARGIN_PX
+    before, after = np.zeros(before_shape, np.uint8), np.zeros(after_shape, np.uint8)
+    for change in cracks:
+        if not worth_checking(change):
+            continue
+        for line in shapely.get_parts(change.line):
+            xy = np.asarray(line.coords)
+            if len(xy):
+                draw(after, xy, reach)
+                draw(before, apply_homography(inverse, xy), reach / alignment.scale)
+    return before > 0, after > 0
+
+
+def worth_checking(change: CrackChange) -> bool:
+    """A reported change, or a crack only one survey cuts out that was kept unchanged because the other shows it
+    faintly: with the turns, the faint side may fall under the low threshold (a crack painted over that one pass
+    still half sees)."""
+    one_sided = change.after_number is None or not change.before_ids
+    return change.change in REPORTED or change.widened or (change.change == "unchanged" and one_sided)
+
+
+def draw(region: np.ndarray, xy: np.ndarray, reach: float) -> None:
+    """Marks every pixel within `reach` of a polyline (x, y image coordinates, pixel centres at +0.5); OpenCV
+    draws a thick line with round ends."""
+    points = np.round((xy - 0.5) * 16).astype(np.int32).reshape(-1, 1, 2)  # 4 fractional bits
+    cv2.polylines(region, [points], False, 1, 2 * int(np.ceil(reach)) + 1, cv2.LINE_8, shift=4)
+
+
+def resegmented(survey: Survey, segmenter, where: np.ndarray) -> Survey:
+    """A photo survey with its map replaced by `segmenter`'s inside `where`, and its cracks cut again."""
+    prob = survey.prob.copy()
+    prob[where] = segmenter.predict_prob(fill_no_data(survey.photo, survey.valid), where=where)[where]
+    result = survey.measurement
+    again = Survey.from_arrays(
+        None,
+        survey.photo,
+        survey.name,
+        survey.georef,
+        survey.pixel_size_mm,
+        result.min_length_px,
+        prob=prob,
+        threshold=survey.threshold,
+        valid=survey.valid,
+    )
+    again.measurement.width_classes = result.width_classes
+    again.source, again.photo_path = survey.source, survey.photo_path
+    return again
