@@ -3,16 +3,16 @@
 A comparison segments each photo with the eight turns and flips of every tile by default, because one pass per tile
 is not repeatable enough: on an unchanged site its knife-edge pixels become changes. That costs eight passes per
 tile, while most of a survey shows no change. So both photos are segmented one pass per tile first, the changes are
-decided, and then the segmenter's augmentation runs only on the tiles that overlap a reported change or a crack
-only one survey cuts out (in both surveys: its crack, grown by the tolerance and a margin, carried into BEFORE
-through the homography); the cracks are cut again, the changes decided again, and so on until every such crack
-stands on augmented maps on both sides.
+decided, and then the segmenter's augmentation runs only on the tiles that overlap a reported change (in both
+surveys: its crack, grown by the tolerance and a margin, carried into BEFORE through the homography) and, once
+anything changed, every other crack (the noise floor is read from them); the cracks are cut again, the changes
+decided again, and so on until every such crack stands on augmented maps on both sides. An unchanged site whose
+first pass finds no change costs one pass per tile and the decision.
 
 The map at a pixel is the blend of the tiles covering it, so where every such tile ran augmented it is exactly the
 map of an augmented run over the whole photo (`CrackSegmenter.predict_prob`'s `where`): a change is reported on the
-evidence augmentation everywhere would give it. What differs is the rest: cracks away from any change are cut from
-the one-pass map, and the noise floor is measured on those (one pass repeats less well, so the floor is, if
-anything, higher).
+evidence augmentation everywhere would give it. What one pass decides alone: that nothing changed, and where a
+crack is that neither survey's first pass cuts out at all.
 """
 
 from __future__ import annotations
@@ -76,8 +76,9 @@ def changed_regions(
     inverse = np.linalg.inv(alignment.homography)
     reach = tolerance + MARGIN_PX
     before, after = np.zeros(before_shape, np.uint8), np.zeros(after_shape, np.uint8)
+    anything_changed = any(c.change in REPORTED or c.widened for c in cracks)
     for change in cracks:
-        if not worth_checking(change):
+        if not worth_checking(change, anything_changed):
             continue
         for line in shapely.get_parts(change.line):
             xy = np.asarray(line.coords)
@@ -87,12 +88,13 @@ def changed_regions(
     return before > 0, after > 0
 
 
-def worth_checking(change: CrackChange) -> bool:
-    """A reported change, or a crack only one survey cuts out that was kept unchanged because the other shows it
-    faintly: with the turns, the faint side may fall under the low threshold (a crack painted over that one pass
-    still half sees)."""
-    one_sided = change.after_number is None or not change.before_ids
-    return change.change in REPORTED or change.widened or (change.change == "unchanged" and one_sided)
+def worth_checking(change: CrackChange, anything_changed: bool) -> bool:
+    """A reported change; and once anything changed, every crack both surveys show too: the noise floor the changes
+    are held against is read from those, and must be read from the maps the changes are decided on (averaged maps
+    fade more slowly at a crack's tips than one pass's, so their floor is higher)."""
+    if change.change in REPORTED or change.widened:
+        return True
+    return anything_changed and change.change == "unchanged"
 
 
 def draw(region: np.ndarray, xy: np.ndarray, reach: float) -> None:
