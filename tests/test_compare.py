@@ -650,6 +650,8 @@ def test_turns_run_only_where_changes_are_and_decide_as_turns_everywhere(tmp_pat
         changes = compare(before, after, segmenter=bar_segmenter(strength=0.0, tile=64), tta_where=where)
         found[where] = [c.record(None) for c in changes.cracks]
         assert [changes.counts()[name] for name in ("new", "extended", "closed")] == [1, 1, 1]
+        read_from = changes.summary()["noise_floor"]["read_from"]
+        assert read_from == (None if where == "everywhere" else "the averaged maps around every crack")
     assert found["changes"] == found["everywhere"]
     tiles = {}
     for where in ("changes", "everywhere"):
@@ -657,6 +659,8 @@ def test_turns_run_only_where_changes_are_and_decide_as_turns_everywhere(tmp_pat
         changes = compare(*control_pair("shifted, registered", tmp_path), segmenter=segmenter, tta_where=where)
         assert changes.counts()["unchanged"] >= 5
         tiles[where] = segmenter.backend.tiles
+        if where == "changes":  # nothing changed, so nothing was averaged: the floor says so
+            assert "--tta-where everywhere" in changes.summary()["noise_floor"]["read_from"]
     assert tiles["changes"] * 8 == tiles["everywhere"]
 
 

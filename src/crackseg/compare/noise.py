@@ -55,6 +55,7 @@ class NoiseFloor:
     pairs: int = 0  # cracks matched one to one and seen whole by both surveys
     pair_length_change_px: float | None = None  # their median absolute change (None: under MIN_PAIRS of them)
     pair_width_change_px: float | None = None
+    maps: str | None = None  # what the bands were read from, where not the maps as segmented (`verify`)
 
     @property
     def position_px(self) -> float:
@@ -86,6 +87,7 @@ class NoiseFloor:
             "cracks_both_show_whole": self.pairs,
             "their_median_length_change_px": rounded(self.pair_length_change_px),
             "their_median_width_change_px": rounded(self.pair_width_change_px),
+            "read_from": self.maps,
             "rule": f"position = √(alignment² + BEFORE px² + AFTER px²); length = position + max(√2·√(tip bands²), "
             f"{PAIR_FACTOR:g} × their median length change); width = position + max(√(edge bands²), {PAIR_FACTOR:g} × "
             f"their median width change), the medians from {MIN_PAIRS} cracks on; no smaller change is reported",

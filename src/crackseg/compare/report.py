@@ -98,7 +98,8 @@ def noise_lines(changes: Changes, unit: str, factor: float) -> list[str]:
         f"- Noise floor: no change under {noise.length_px * factor:.2f} {unit} in length or "
         f"{noise.width_px * factor:.2f} {unit} in width is reported (alignment error {noise.alignment_px:.2f} px, "
         f"pixels {noise.pixel_px[0]:.2f} and {noise.pixel_px[1]:.2f} px, tip repeatability {tips[0]} and {tips[1]} "
-        f"px, edge repeatability {edges[0]} and {edges[1]} px, BEFORE and AFTER, in AFTER px)."
+        f"px, edge repeatability {edges[0]} and {edges[1]} px, BEFORE and AFTER, in AFTER px)"
+        + (f"; read from {noise.maps}." if noise.maps else ".")
     ]
 
 

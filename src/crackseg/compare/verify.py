@@ -30,6 +30,11 @@ from crackseg.compare.survey import Survey, fill_no_data
 
 REPORTED = ("new", "extended", "widened", "closed")
 MARGIN_PX = 8  # past the tolerance: a crack's half width and its tips, where the evidence is read
+AVERAGED = "the averaged maps around every crack"
+ONE_PASS = (
+    "one pass per tile, as no change was found to average around; averaged maps fade more slowly at tips, and give "
+    "a higher floor: compare with --tta-where everywhere to read a site's floor"
+)
 
 
 def first_pass(segmenter):
@@ -56,6 +61,7 @@ def checked_changes(
         regions = changed_regions(cracks, alignment, before.shape, after.shape, tolerance)
         todo = [None if done is None else region & ~done for region, done in zip(regions, checked, strict=True)]
         if not any(part is not None and part.any() for part in todo):
+            noise.maps = AVERAGED if any(is_reported(c) for c in cracks) else ONE_PASS
             return *surveys, cracks, noise
         for i, part in enumerate(todo):
             if part is not None and part.any():
@@ -76,7 +82,7 @@ def changed_regions(
     inverse = np.linalg.inv(alignment.homography)
     reach = tolerance + MARGIN_PX
     before, after = np.zeros(before_shape, np.uint8), np.zeros(after_shape, np.uint8)
-    anything_changed = any(c.change in REPORTED or c.widened for c in cracks)
+    anything_changed = any(is_reported(c) for c in cracks)
     for change in cracks:
         if not worth_checking(change, anything_changed):
             continue
@@ -92,9 +98,11 @@ def worth_checking(change: CrackChange, anything_changed: bool) -> bool:
     """A reported change; and once anything changed, every crack both surveys show too: the noise floor the changes
     are held against is read from those, and must be read from the maps the changes are decided on (averaged maps
     fade more slowly at a crack's tips than one pass's, so their floor is higher)."""
-    if change.change in REPORTED or change.widened:
-        return True
-    return anything_changed and change.change == "unchanged"
+    return is_reported(change) or (anything_changed and change.change == "unchanged")
+
+
+def is_reported(change: CrackChange) -> bool:
+    return change.change in REPORTED or change.widened
 
 
 def draw(region: np.ndarray, xy: np.ndarray, reach: float) -> None:
