@@ -4,8 +4,8 @@
     python benchmarks/design_speed.py --design 'unet:timm-tf_efficientnet_lite0:{"decoder_channels": [64, 32, 16, 8]}'
 
 Each design (ARCH:ENCODER:JSON keyword arguments, as `crackseg train --arch --encoder --arch-kwargs`) is built
-with its encoder's ImageNet weights and a random decoder (speed does not depend on the weights; a trained encoder
-keeps the logits in the range the export's check expects), saved as a model folder and run as `crackseg predict`
+with its encoder's ImageNet weights where they are installed and a random decoder (speed does not depend on the
+weights; a trained encoder keeps the logits in the range the export's check expects), saved as a model folder and run as `crackseg predict`
 runs it, at batch 1 on 448² tiles with `--threads`: ONNX Runtime fp32, OpenVINO fp32, and OpenVINO bf16 where the CPU
 has bf16 matrix engines. Printed per design: GFLOP, parameters, images/s per engine and the ratio to the first
 design (by default the default model's network) on the same engine, all measured in one run; and the ratio of the
@@ -44,12 +44,13 @@ def parse_design(text: str) -> tuple[str, str, dict]:
 
 
 def saved_design(text: str, folder: Path) -> Path:
-    from crackseg.models.networks import ModelConfig, build_model, save_model
+    from crackseg.models.networks import INSTALLED_WEIGHTS, ModelConfig, build_model, save_model
 
     arch, encoder, kwargs = parse_design(text)
     depth = kwargs.pop("encoder_depth", None)
     torch.manual_seed(0)
-    net = build_model(arch, encoder, "imagenet", encoder_depth=depth, **kwargs)
+    weights = "imagenet" if encoder in INSTALLED_WEIGHTS else None
+    net = build_model(arch, encoder, weights, encoder_depth=depth, **kwargs)
     config = ModelConfig(arch=arch, encoder=encoder, encoder_depth=depth, arch_kwargs=kwargs, train_size=TILE)
     return save_model(net, config, folder)
 

@@ -205,3 +205,22 @@ def test_the_large_sparse_photo_holds_the_photo_at_its_centre_on_a_generated_sur
     beyond = np.ones((400, 600), bool)
     beyond[150:250, 240:360] = False  # outside the inset, the surface: the photo fades in within its own frame
     assert (np.abs(big[beyond] - surface[beyond][:, None]) <= 1).all()
+
+
+def test_design_speed_times_each_design_on_the_engines_against_the_first():
+    designs = [
+        'unet:timm-tf_efficientnet_lite0:{"encoder_depth": 3, "decoder_channels": [32, 16, 8]}',
+        'unet:timm-tf_efficientnet_lite0:{"encoder_depth": 3, "decoder_channels": [8, 8, 4]}',
+    ]
+    command = [sys.executable, str(BENCHMARKS / "design_speed.py"), "--threads", "1", "--iterations", "2"]
+    done = subprocess.run([*command, "--design", *designs], capture_output=True, text=True, cwd=BENCHMARKS)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    first, second = (lines[lines.index(design) + 1] for design in designs)
+    gflop = [float(re.search(r"([\d.]+) GFLOP", line).group(1)) for line in (first, second)]
+    assert 0 < gflop[1] < gflop[0]
+    for engine in ("onnx fp32", "openvino fp32"):
+        assert re.search(rf"{engine} [\d.]+ \(1\.00×\)", first) and re.search(rf"{engine} [\d.]+ \(", second)
+    assert "fastest / fastest 1.00×" in first
+    bad = subprocess.run([*command, "--design", "unet:x:{oops"], capture_output=True, text=True, cwd=BENCHMARKS)
+    assert bad.returncode != 0 and "not JSON" in bad.stderr
