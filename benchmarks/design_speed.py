@@ -5,11 +5,11 @@
 
 Each design (ARCH:ENCODER:JSON keyword arguments, as `crackseg train --arch --encoder --arch-kwargs`) is built
 with its encoder's ImageNet weights where they are installed and a random decoder (speed does not depend on the
-weights; a trained encoder keeps the logits in the range the export's check expects), saved as a model folder and run as `crackseg predict`
-runs it, at batch 1 on 448² tiles with `--threads`: ONNX Runtime fp32, OpenVINO fp32, and OpenVINO bf16 where the CPU
-has bf16 matrix engines. Printed per design: GFLOP, parameters, images/s per engine and the ratio to the first
-design (by default the default model's network) on the same engine, all measured in one run; and the ratio of the
-fastest engines, which is what `auto` gives the one against the other.
+weights; a trained encoder keeps the logits in the range the export's check expects), saved as a model folder and
+run as `crackseg predict` runs it, at batch 1 on 448² tiles with `--threads`: ONNX Runtime fp32, OpenVINO fp32,
+and OpenVINO bf16 where the CPU has bf16 matrix engines. Printed per design: GFLOP, parameters, images/s per engine
+and the ratio to the first design (by default the default model's network) on the same engine, all measured in one
+run; and the ratio of the fastest engines, which is what `auto` gives the one against the other.
 """
 
 from __future__ import annotations
