@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 import math
-from typing import Any, Literal
+from typing import Any, Literal, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -306,4 +306,7 @@ def add_arguments(
         default = info.default
         if default is not None:
             help_text += f" (default: {default})"
-        parser.add_argument(options.flag_of(name), dest=name, type=kind, default=default, help=help_text)
+        choices = kinds if get_origin(annotation) is Literal else None
+        parser.add_argument(
+            options.flag_of(name), dest=name, type=kind, default=default, choices=choices, help=help_text
+        )
