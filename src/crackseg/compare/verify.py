@@ -77,8 +77,8 @@ def is_segmented_photo(survey: Survey) -> bool:
 def changed_regions(
     cracks: list[CrackChange], alignment: Alignment, before_shape, after_shape, tolerance: float
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Where the reported changes lie, in BEFORE's and in AFTER's pixels: each one's crack (AFTER's frame) grown by
-    the tolerance and MARGIN_PX."""
+    """Where to average, in BEFORE's and in AFTER's pixels: each crack `worth_checking` (its line in AFTER's frame)
+    grown by the tolerance and MARGIN_PX."""
     inverse = np.linalg.inv(alignment.homography)
     reach = tolerance + MARGIN_PX
     before, after = np.zeros(before_shape, np.uint8), np.zeros(after_shape, np.uint8)
