@@ -17,6 +17,7 @@ crack is that neither survey's first pass cuts out at all.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import cv2
@@ -113,9 +114,14 @@ def draw(region: np.ndarray, xy: np.ndarray, reach: float) -> None:
 
 
 def resegmented(survey: Survey, segmenter, where: np.ndarray) -> Survey:
-    """A photo survey with its map replaced by `segmenter`'s inside `where`, and its cracks cut again."""
+    """A photo survey with its map replaced by `segmenter`'s inside `where`, and its cracks cut again where that
+    moved its mask (measuring a large photo again takes a while, and its cracks depend on the mask alone)."""
     prob = survey.prob.copy()
     prob[where] = segmenter.predict_prob(fill_no_data(survey.photo, survey.valid), where=where)[where]
+    if survey.valid is not None:
+        prob[~survey.valid] = 0.0  # as `Survey.from_arrays` keeps it
+    if np.array_equal(prob[where] >= survey.threshold, survey.prob[where] >= survey.threshold):
+        return dataclasses.replace(survey, prob=prob)
     result = survey.measurement
     again = Survey.from_arrays(
         None,
