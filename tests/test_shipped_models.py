@@ -19,7 +19,8 @@ HELD_OUT = SAMPLES / "held_out"  # uav-crack photos of the validation split ever
 SHIPPED = sorted(p.name for p in WEIGHTS_DIR.iterdir() if (p / "model.onnx").is_file())
 
 # Crack F1 over the three held-out photos together (torch fp32, the model's own threshold), measured when they were
-# bundled: pspnet-r18 0.682, unet-lite0 0.712, unet-r18 0.693 (per photo 0.64-0.74, 0.66-0.83, 0.66-0.77).
+# bundled: pspnet-r18 0.682, unet-lite0 0.712, unet-r18 0.693 (per photo 0.64-0.74, 0.66-0.83, 0.66-0.77); unet-lite0
+# 0.3.0: 0.703 (0.66-0.79).
 # Each floor is about 0.1 below: a broken preprocessing step or damaged weights fall far below it.
 F1_FLOOR = {"pspnet-r18": 0.58, "unet-lite0": 0.61, "unet-r18": 0.59}
 
