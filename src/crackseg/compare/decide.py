@@ -6,8 +6,9 @@ therefore decided on each survey's probabilities (`evidence`) and held against t
 - Matching tolerance: max(`tolerance_px`, alignment error + 2 px): the skeleton's own placement is good to about a
   pixel in each survey. Matching (`match`) says which AFTER crack continues which BEFORE crack and keeps the ids.
 - Hysteresis: present means over the high threshold (the model's); absent means under the low one, `low_share` of
-  it (default a quarter: on validation photos shifted, re-encoded or re-exposed, the model's probability along a
-  crack it lost mostly stayed between 0.15 and 0.25, at threshold 0.45, while intact surface reads under 0.01).
+  it (default a quarter: on validation photos shifted, re-encoded or re-exposed, `unet-lite0` 0.2.0's probability
+  along a crack it lost mostly stayed between 0.15 and 0.25, at threshold 0.45, while intact surface reads under
+  0.01).
 - An AFTER crack that continues none is `new` only where BEFORE's probability (the largest within the tolerance)
   stays under the low threshold along more than half of the length both surveys see, and that length is over the
   length floor; else `unchanged` (BEFORE shows it, too faint to have been cut out).
