@@ -31,7 +31,7 @@ the others were found as, and the median error of the length reported (added len
 planted one.
 
 Comparisons run as `crackseg compare` does (`--tta-where changes`: one pass per tile, the TTA around the changes
-found); `--tta-where everywhere` runs the TTA on every tile.
+found); `--tta-where everywhere` runs the TTA on every tile, and `--low-share` sets compare's low threshold.
 
 `--timing` also times each control's comparison (segmenting both photos, then comparing) with the segmenter of
 `--tta` and with one pass per tile, one after the other, and prints the two totals and their ratio. `--large WxH`
@@ -421,15 +421,17 @@ def children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def compare_control(segmenter, before, after, place_b, place_a, valid, as_mask: bool = False, tta_where="changes"):
-    """Two photos compared as `crackseg compare` does: with `tta_where="changes"` segmented one pass per tile,
-    the segmenter's TTA then only around the changes found."""
-    first = None if as_mask or tta_where != "changes" else first_pass(segmenter)
+def compare_control(segmenter, before, after, place_b, place_a, valid, as_mask: bool = False, **options):
+    """Two photos compared as `crackseg compare` does (`options`: `CompareOptions` fields): with
+    `tta_where="changes"` (the default) segmented one pass per tile, the segmenter's TTA then only around the changes
+    found."""
+    options = CompareOptions.of(None, **options)
+    first = None if as_mask or options.tta_where != "changes" else first_pass(segmenter)
     return compare(
         survey(first or segmenter, before, "before", place_b, as_mask=as_mask),
         survey(first or segmenter, after, "after", place_a, valid, as_mask=as_mask),
         segmenter=None if first is None else segmenter,
-        tta_where=tta_where,
+        options=options,
     )
 
 
@@ -535,6 +537,7 @@ def main() -> None:
         default="changes",
         help="where the TTA runs: around the changes a first pass finds, or on every tile (compare's --tta-where)",
     )
+    parser.add_argument("--low-share", type=float, help="compare's --low-share (default: compare's)")
     parser.add_argument("--precision", default=None, help="the engine's precision (default: auto)")
     parser.add_argument("--overlap", type=float, default=None, help="the tiles' overlap (default: the segmenter's)")
     parser.add_argument(
@@ -566,6 +569,7 @@ def main() -> None:
     planted_tally, errors = defaultdict(Counter), defaultdict(list)
     rng = np.random.default_rng(args.seed)
     one_pass = CrackSegmenter.from_pretrained(args.model, **chosen) if args.timing else None
+    chosen_compare = {"tta_where": args.tta_where} | ({"low_share": args.low_share} if args.low_share else {})
     stopwatch = Stopwatch()
     for path in photos:
         photo = read_image(path)
@@ -578,7 +582,7 @@ def main() -> None:
                 try:
                     timed = "masks" if as_mask else args.tta
                     changes = stopwatch.time(
-                        timed, compare_control, segmenter, *pair, as_mask=as_mask, tta_where=args.tta_where
+                        timed, compare_control, segmenter, *pair, as_mask=as_mask, **chosen_compare
                     )
                 except AlignmentError:
                     tally[key]["not aligned"] += 1
@@ -590,7 +594,7 @@ def main() -> None:
         base = survey(segmenter, photo, "before")
         changed, planted = plant(photo, base, rng)
         try:
-            changes = compare_control(segmenter, photo, changed, None, None, None, tta_where=args.tta_where)
+            changes = compare_control(segmenter, photo, changed, None, None, None, **chosen_compare)
         except AlignmentError:
             continue
         for change in planted:
