@@ -484,8 +484,10 @@ def time_large(args, photo: np.ndarray) -> None:
     model = ["--model", args.model] if args.model else []
     chosen = [
         flag
-        for name in ("overlap", "precision")
-        for flag in ((f"--{name}", str(getattr(args, name))) if getattr(args, name) is not None else ())
+        for name in ("overlap", "precision", "low_share")
+        for flag in (
+            (f"--{name.replace('_', '-')}", str(getattr(args, name))) if getattr(args, name) is not None else ()
+        )
     ]
     print(f"a {width}×{height} photo with the cracks of one validation photo, against its copy shifted {dy}, {dx} px")
     seconds, cpu, changes = defaultdict(list), defaultdict(list), {}
