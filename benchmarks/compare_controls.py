@@ -62,6 +62,7 @@ import numpy as np
 import shapely
 
 from crackseg.compare import AlignmentError, Survey, compare
+from crackseg.compare.changes import REPORTED
 from crackseg.compare.evidence import MODEL_EDGE_PX
 from crackseg.compare.survey import fill_no_data
 from crackseg.compare.verify import first_pass
@@ -77,7 +78,6 @@ MIN_SIDE = 300  # px: the (25, 40) px shift must leave most of a photo to compar
 SHIFT = (25, 40)  # rows, columns: less than any model's tile
 PIXEL_M = 0.0005
 UTM = 'PROJCS["WGS 84 / UTM zone 33N",GEOGCS["WGS 84",DATUM["WGS_1984",SPHEROID["WGS 84",6378137,298.257223563]],PRIMEM["Greenwich",0],UNIT["degree",0.0174532925199433]],PROJECTION["Transverse_Mercator"],PARAMETER["latitude_of_origin",0],PARAMETER["central_meridian",15],PARAMETER["scale_factor",0.9996],PARAMETER["false_easting",500000],PARAMETER["false_northing",0],UNIT["metre",1],AUTHORITY["EPSG","32633"]]'  # noqa: E501
-CHANGED = ("new", "extended", "widened", "closed")
 GROWTH_PX = 40.0
 NEW_CRACK_PX = 100.0
 STEP_PX = 4.0  # of a planted crack's path
@@ -510,7 +510,7 @@ def time_large(args, photo: np.ndarray) -> None:
                 seconds[name].append(time.perf_counter() - start)
                 cpu[name].append(children_cpu() - start_cpu)
                 counts = json.loads((out / "summary.json").read_text())["counts"]
-                changes[name] = {kind: counts.get(kind, 0) for kind in CHANGED}
+                changes[name] = {kind: counts.get(kind, 0) for kind in REPORTED}
     for name in runs:
         each = ", ".join(f"{t:.1f}" for t in seconds[name])
         wall, work = (np.median(times[name]) / np.median(times["one pass"]) for times in (seconds, cpu))
@@ -590,8 +590,8 @@ def main() -> None:
                     tally[key]["not aligned"] += 1
                     continue
                 counts = changes.counts()
-                tally[key].update({k: counts[k] for k in CHANGED} | {"photos": 1})
-                tally[key]["with a change"] += any(counts[k] for k in CHANGED)
+                tally[key].update({k: counts[k] for k in REPORTED} | {"photos": 1})
+                tally[key]["with a change"] += any(counts[k] for k in REPORTED)
                 floors[key].append((changes.noise.length_px, changes.noise.width_px))
         base = survey(segmenter, photo, "before")
         changed, planted = plant(photo, base, rng)

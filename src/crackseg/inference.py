@@ -267,9 +267,10 @@ class CrackSegmenter:
         check_pixels(width, height, self.max_pixels, "image")
         sizes = [(max(round(width * s), 1), max(round(height * s), 1)) for s in self.options.scales]
         wheres = [scaled_region(where, size) for size in sizes]
-        tiles = sum(self._tile_count(h, w, part) for (w, h), part in zip(sizes, wheres, strict=True))
-        counter = TileProgress(progress, tiles) if progress else None
-        if counter:
+        counter = None
+        if progress:
+            tiles = sum(self._tile_count(h, w, part) for (w, h), part in zip(sizes, wheres, strict=True))
+            counter = TileProgress(progress, tiles)
             counter.advance(0)  # the total, before the first batch
         if self.options.scales == (1.0,):
             total = self._predict_one_scale(image, cancel, counter, wheres[0])

@@ -18,6 +18,7 @@ from crackseg.compare.survey import CHANGES_FORMAT, CHANGES_FORMAT_VERSION, Surv
 from crackseg.measure import Measurement
 
 CHANGES = ("new", "extended", "widened", "unchanged", "closed", "out_of_view")
+REPORTED = ("new", "extended", "widened", "closed")  # the classes that say something changed
 EVIDENCE_RULE = (
     "new: AFTER's crack over the high threshold and BEFORE's probability within the tolerance under the low one along "
     "most of it; closed: the reverse on BEFORE's crack; extended: added parts where BEFORE shows no crack (under the "

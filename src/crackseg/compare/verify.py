@@ -24,12 +24,11 @@ import cv2
 import numpy as np
 import shapely
 
-from crackseg.compare.changes import CrackChange
+from crackseg.compare.changes import REPORTED, CrackChange
 from crackseg.compare.noise import NoiseFloor
 from crackseg.compare.registration import Alignment, apply_homography
 from crackseg.compare.survey import Survey, fill_no_data
 
-REPORTED = ("new", "extended", "widened", "closed")
 MARGIN_PX = 8  # past the tolerance: a crack's half width and its tips, where the evidence is read
 AVERAGED = "the averaged maps around every crack"
 ONE_PASS = (
