@@ -325,18 +325,33 @@ def draw_new(photo, busy, found_looks, rng: np.random.Generator):
     return None
 
 
-def paint_over(photo, base: Survey, keep: int | None):
+def crack_ink(base: Survey, crack) -> np.ndarray:
+    """The pixels painting a crack over covers (uint8 0/1): its skeleton grown past its widest width."""
+    on = base.measurement.skeleton_id == crack.id
+    ink = np.zeros(base.shape, np.uint8)
+    ink[base.measurement.skeleton_rows[on], base.measurement.skeleton_cols[on]] = 1
+    return cv2.dilate(ink, np.ones((3, 3), np.uint8), iterations=int(crack.width_max_px) + 3)
+
+
+def paint_over(photo, base: Survey, keep: int | None, planted: list[Planted]):
     """A crack of fair length (not `keep`), away from the edges, inpainted with the surface around it: (photo,
-    Planted), or None."""
+    Planted), or None. Its paint keeps CLEAR_PX past the crack `keep` and the changes `planted` already (painting
+    over a crack that meets the lengthened one at a junction would also erase the tip it was lengthened from)."""
     anywhere = np.zeros(base.shape, bool)
+    kept = np.zeros(base.shape, np.uint8)
+    for crack in base.measurement.cracks:
+        if crack.id == keep:
+            kept |= crack_ink(base, crack)
+    for change in planted:
+        cv2.polylines(kept, [np.round(change.path).astype(np.int32)], False, 1, 2 * math.ceil(change.half_width) + 1)
+    kept = cv2.dilate(kept, np.ones((3, 3), np.uint8), iterations=CLEAR_PX)
     for crack, lines in zip(base.measurement.cracks, base.centrelines, strict=True):
         longest = max(lines, key=len)
         if crack.id == keep or not 40 <= crack.length_px <= 400 or not clear_of(anywhere, longest, 0):
             continue
-        on = base.measurement.skeleton_id == crack.id
-        ink = np.zeros(base.shape, np.uint8)
-        ink[base.measurement.skeleton_rows[on], base.measurement.skeleton_cols[on]] = 1
-        ink = cv2.dilate(ink, np.ones((3, 3), np.uint8), iterations=int(crack.width_max_px) + 3)
+        ink = crack_ink(base, crack)
+        if (ink & kept).any():
+            continue
         return cv2.inpaint(photo, ink, 5, cv2.INPAINT_TELEA), Planted(
             "closed", crack.length_px, longest, crack.width_p95_px / 2
         )
@@ -356,7 +371,7 @@ def plant(photo: np.ndarray, base: Survey, rng: np.random.Generator) -> tuple[np
     if drawn := draw_new(photo, busy, found_looks, rng):
         photo, change = drawn
         planted.append(change)
-    if painted := paint_over(photo, base, grown):
+    if painted := paint_over(photo, base, grown, planted):
         photo, change = painted
         planted.append(change)
     return photo, planted

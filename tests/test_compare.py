@@ -677,6 +677,52 @@ def test_changes_of_a_network_not_the_same_under_turns_are_checked_away(tmp_path
         assert [counts[name] for name in ("new", "extended", "widened", "closed")] == [0, 0, 0, 0], where
 
 
+class RegionRecorder:
+    """A segmenter stand-in for `verify.checked_changes`: its maps are all 0, and it keeps each region it ran."""
+
+    def __init__(self):
+        self.regions = []
+
+    def predict_prob(self, image, where):
+        self.regions.append(where.copy())
+        return np.zeros(where.shape, np.float32)
+
+
+@pytest.mark.parametrize("stands", [False, True])
+def test_a_change_is_checked_first_then_every_crack_where_changes_stand(stands):
+    """A change one pass finds is averaged around first; only if it stands are the other cracks averaged (the floor
+    is read from them): a change the averaging takes back costs the tiles around it alone."""
+    from crackseg.compare.changes import CrackChange
+    from crackseg.compare.noise import NoiseFloor
+    from crackseg.compare.registration import Alignment
+    from crackseg.compare.verify import AVERAGED, ONE_PASS, checked_changes
+
+    shape = (200, 200)
+    surveys = [
+        Survey.from_arrays(None, np.zeros((*shape, 3), np.uint8), name, prob=np.zeros(shape, np.float32))
+        for name in ("before", "after")
+    ]
+    candidate = shapely.MultiLineString([[(20, 20), (60, 20)]])
+    other = shapely.MultiLineString([[(20, 160), (60, 160)]])
+    recorder = RegionRecorder()
+
+    def decide(before, after):
+        checked = any(region[20, 40] for region in recorder.regions)
+        change = "new" if stands or not checked else "unchanged"
+        cracks = [
+            CrackChange(1, change, candidate, shapely.MultiLineString()),
+            CrackChange(2, "unchanged", other, shapely.MultiLineString()),
+        ]
+        return cracks, NoiseFloor(0.0, (1.0, 1.0), (None, None), (None, None))
+
+    alignment = Alignment("assumed", np.eye(3), 0.0)
+    *_, cracks, noise = checked_changes(*surveys, alignment, 2.0, recorder, decide)
+    assert cracks[0].change == ("new" if stands else "unchanged")
+    assert all(region[20, 40] for region in recorder.regions[:2])  # the candidate first, in both surveys
+    assert any(region[160, 40] for region in recorder.regions) == stands
+    assert noise.maps == (AVERAGED if stands else ONE_PASS)
+
+
 def polyline_length(points) -> float:
     return float(shapely.LineString(points).length)
 

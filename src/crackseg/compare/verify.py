@@ -4,10 +4,11 @@ A comparison segments each photo with the eight turns and flips of every tile by
 is not repeatable enough: on an unchanged site its knife-edge pixels become changes. That costs eight passes per
 tile, while most of a survey shows no change. So both photos are segmented one pass per tile first, the changes are
 decided, and then the segmenter's augmentation runs only on the tiles that overlap a reported change (in both
-surveys: its crack, grown by the tolerance and a margin, carried into BEFORE through the homography) and, once
-anything changed, every other crack (the noise floor is read from them); the cracks are cut again, the changes
-decided again, and so on until every such crack stands on augmented maps on both sides. An unchanged site whose
-first pass finds no change costs one pass per tile and the decision.
+surveys: its crack, grown by the tolerance and a margin, carried into BEFORE through the homography); the cracks
+are cut again, the changes decided again, and so on until every change stands on augmented maps on both sides.
+Where changes remain, the augmentation then runs around every other crack too (the noise floor the changes are held
+against is read from them), and the changes are decided again the same way. An unchanged site costs one pass per
+tile and the decision, and a change one pass calls that the augmentation takes back, the tiles around it.
 
 The map at a pixel is the blend of the tiles covering it, so where every such tile ran augmented it is exactly the
 map of an augmented run over the whole photo (`CrackSegmenter.predict_prob`'s `where`): a change is reported on the
@@ -32,7 +33,7 @@ from crackseg.compare.survey import Survey, fill_no_data
 MARGIN_PX = 8  # past the tolerance: a crack's half width and its tips, where the evidence is read
 AVERAGED = "the averaged maps around every crack"
 ONE_PASS = (
-    "one pass per tile, as no change was found to average around; averaged maps fade more slowly at tips, and give "
+    "one pass per tile, as no change stood to average around; averaged maps fade more slowly at tips, and give "
     "a higher floor: compare with --tta-where everywhere to read a site's floor"
 )
 
@@ -52,17 +53,21 @@ def checked_changes(
     before: Survey, after: Survey, alignment: Alignment, tolerance: float, segmenter, decide: Decision
 ) -> tuple[Survey, Survey, list[CrackChange], NoiseFloor]:
     """The changes `decide` finds between two surveys whose photos were segmented one pass per tile, decided
-    again on `segmenter`'s augmented maps around every reported change until none is left unchecked; both surveys
-    as finally cut."""
+    again on `segmenter`'s augmented maps around every reported change until none is left unchecked, then (where
+    changes remain) around every crack; both surveys as finally cut."""
     surveys = [before, after]
     checked = [np.zeros(s.shape, bool) if is_segmented_photo(s) else None for s in surveys]
     cracks, noise = decide(before, after)
+    every_crack = False
     while True:
-        regions = changed_regions(cracks, alignment, before.shape, after.shape, tolerance)
+        regions = changed_regions(cracks, alignment, before.shape, after.shape, tolerance, every_crack)
         todo = [None if done is None else region & ~done for region, done in zip(regions, checked, strict=True)]
         if not any(part is not None and part.any() for part in todo):
-            noise.maps = AVERAGED if any(is_reported(c) for c in cracks) else ONE_PASS
-            return *surveys, cracks, noise
+            if every_crack or not any(is_reported(c) for c in cracks):
+                noise.maps = AVERAGED if every_crack else ONE_PASS
+                return *surveys, cracks, noise
+            every_crack = True  # the changes stand: now the floor they are held against, from averaged maps too
+            continue
         for i, part in enumerate(todo):
             if part is not None and part.any():
                 surveys[i] = resegmented(surveys[i], segmenter, part)
@@ -75,16 +80,15 @@ def is_segmented_photo(survey: Survey) -> bool:
 
 
 def changed_regions(
-    cracks: list[CrackChange], alignment: Alignment, before_shape, after_shape, tolerance: float
+    cracks: list[CrackChange], alignment: Alignment, before_shape, after_shape, tolerance: float, every_crack: bool
 ) -> tuple[np.ndarray, np.ndarray]:
     """Where to average, in BEFORE's and in AFTER's pixels: each crack `worth_checking` (its line in AFTER's frame)
     grown by the tolerance and MARGIN_PX."""
     inverse = np.linalg.inv(alignment.homography)
     reach = tolerance + MARGIN_PX
     before, after = np.zeros(before_shape, np.uint8), np.zeros(after_shape, np.uint8)
-    anything_changed = any(is_reported(c) for c in cracks)
     for change in cracks:
-        if not worth_checking(change, anything_changed):
+        if not worth_checking(change, every_crack):
             continue
         for line in shapely.get_parts(change.line):
             xy = np.asarray(line.coords)
@@ -94,11 +98,11 @@ def changed_regions(
     return before > 0, after > 0
 
 
-def worth_checking(change: CrackChange, anything_changed: bool) -> bool:
-    """A reported change; and once anything changed, every crack both surveys show too: the noise floor the changes
-    are held against is read from those, and must be read from the maps the changes are decided on (averaged maps
-    fade more slowly at a crack's tips than one pass's, so their floor is higher)."""
-    return is_reported(change) or (anything_changed and change.change == "unchanged")
+def worth_checking(change: CrackChange, every_crack: bool) -> bool:
+    """A reported change; and, once changes stand on averaged maps, every crack both surveys show too: the noise
+    floor the changes are held against is read from those, and must be read from the maps the changes are decided
+    on (averaged maps fade more slowly at a crack's tips than one pass's, so their floor is higher)."""
+    return is_reported(change) or (every_crack and change.change == "unchanged")
 
 
 def is_reported(change: CrackChange) -> bool:
