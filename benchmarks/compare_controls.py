@@ -377,13 +377,21 @@ def plant(photo: np.ndarray, base: Survey, rng: np.random.Generator) -> tuple[np
     return photo, planted
 
 
+def path_pixels(shape, path: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The rows and columns of a path's points (x, y image coordinates), kept inside an image of `shape`."""
+    return np.clip(path[:, 1].astype(int), 0, shape[0] - 1), np.clip(path[:, 0].astype(int), 0, shape[1] - 1)
+
+
 def segmented(survey: Survey, path: np.ndarray) -> float:
     """The share of a path that a survey's own segmentation shows as crack (within 3 px)."""
     mask = survey.prob >= survey.threshold
     distance = cv2.distanceTransform((~mask).astype(np.uint8), cv2.DIST_L2, 5)
-    rows = np.clip(path[:, 1].astype(int), 0, mask.shape[0] - 1)
-    cols = np.clip(path[:, 0].astype(int), 0, mask.shape[1] - 1)
-    return float(np.mean(distance[rows, cols] <= 3))
+    return float(np.mean(distance[path_pixels(mask.shape, path)] <= 3))
+
+
+def probability_along(survey: Survey, path: np.ndarray) -> float:
+    """The median of a survey's probability along a path: how near its threshold a crack it does not cut out is."""
+    return float(np.median(survey.prob[path_pixels(survey.prob.shape, path)]))
 
 
 def found(changes, planted: Planted) -> tuple[str, float | None]:
@@ -583,7 +591,7 @@ def main() -> None:
     modes = [False, True] if args.masks_too else [False]
     tally = defaultdict(Counter)
     floors = defaultdict(list)
-    planted_tally, errors = defaultdict(Counter), defaultdict(list)
+    planted_tally, errors, unseen = defaultdict(Counter), defaultdict(list), []
     rng = np.random.default_rng(args.seed)
     one_pass = CrackSegmenter.from_pretrained(args.model, **chosen) if args.timing else None
     chosen_compare = {"tta_where": args.tta_where} | ({"low_share": args.low_share} if args.low_share else {})
@@ -619,8 +627,16 @@ def main() -> None:
             planted_tally[change.kind][what] += 1
             if length is not None:
                 errors[change.kind].append(abs(length / change.length - 1))
+            if what == "not segmented" and change.kind != "closed":
+                unseen.append(probability_along(changes.after, change.path))
     print_controls(tally, floors)
     print_planted(planted_tally, errors)
+    if unseen:
+        print(
+            f"laid cracks not segmented: AFTER's probability along them, median {np.median(unseen):.2f} "
+            f"(quartiles {np.percentile(unseen, 25):.2f}–{np.percentile(unseen, 75):.2f}), "
+            f"against the threshold {segmenter.threshold:g}"
+        )
     if one_pass is not None:
         print(
             "\ncomparing the controls (segmenting both photos, then comparing):", stopwatch.ratio(args.tta, "one pass")

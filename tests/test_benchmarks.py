@@ -159,6 +159,33 @@ def test_a_planted_change_is_matched_to_the_change_that_runs_along_it():
     assert compare_controls.found(changes, planted) == ("not segmented", None)
 
 
+def test_painting_over_spares_the_lengthened_crack_and_the_other_planted_changes():
+    """The crack painted over is never one whose paint would reach the crack lengthened (near its end, it would
+    erase the tip the extension grows from) or a planted crack: it is another one, or none."""
+    compare_controls = import_compare_controls()
+    from crackseg.compare import Survey
+
+    mask = np.zeros((240, 320), bool)
+    mask[60:63, 50:150] = True  # A, the crack lengthened
+    mask[66:140, 156:159] = True  # B, a few px past A's end
+    mask[180:183, 60:200] = True  # C, far from both
+    photo = np.full((*mask.shape, 3), 200, np.uint8)
+    photo[mask] = 90
+    base = Survey.from_arrays(mask, photo, "before")
+
+    def crack_at(x: float, y: float) -> int:
+        lines = [max(lines, key=len) for lines in base.centrelines]
+        nearest = min(range(len(lines)), key=lambda i: np.hypot(*(lines[i].mean(axis=0) - (x, y))))
+        return base.measurement.cracks[nearest].id
+
+    a, c = crack_at(100, 61), crack_at(130, 181)
+    painted = compare_controls.paint_over(photo, base, a, [])
+    assert painted is not None and painted[1].path[:, 1].min() > 170  # C: B's paint would reach A's end
+    new_crack = compare_controls.Planted("new", 60.0, np.array([[80.0, 191.0], [140.0, 191.0]]), 2.0)
+    assert compare_controls.paint_over(photo, base, a, [new_crack]) is None  # C's paint would reach it
+    assert compare_controls.paint_over(photo, base, c, [])[1].path[:, 1].max() < 150  # A or B, far from C
+
+
 def test_the_timed_comparisons_report_wall_and_cpu_time_and_their_ratios(monkeypatch):
     """Each comparison is charged to its segmentation, on the wall clock and in CPU time (a shared machine's
     steadier measure), even when it fails to align."""
