@@ -89,6 +89,24 @@ def test_export_refuses_a_model_that_differs_from_torch(exported, tiny, monkeypa
         export_onnx(tiny.network, tiny.config, TILE)
 
 
+def test_export_of_a_model_with_large_logits_passes_within_float_rounding(tiny):
+    """A well-trained model's logits reach 10-20, and float32 rounding grows with them: the check is relative to
+    the largest logit, so such a model exports, while a wrong graph (a share of the logits off) is still refused."""
+
+    class Sharp(torch.nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            return 1000.0 * self.net(x)
+
+    sharp = Sharp(tiny.network).eval()
+    data = export_onnx(sharp, tiny.config, TILE)
+    assert export.max_logit_difference(sharp, onnx_file.runnable(data, TILE), TILE) < export.MAX_EXPORT_DIFF
+    assert export.max_logit_difference(Sharp(Sharp(tiny.network)).eval(), onnx_file.runnable(data, TILE), TILE) > 0.5
+
+
 def test_second_run_reuses_the_cached_export(exported, tiny, monkeypatch):
     before = exported.stat().st_mtime_ns
 

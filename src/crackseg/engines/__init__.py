@@ -200,7 +200,7 @@ def export_model(
         data = portable_model(handle, tile)
         fixed = onnx_file.input_size(onnx_file.load(data))
         sizes = f"tiles of {fixed} px only" if fixed else "any tile that is a multiple of 32"
-        summary = f"fp32, {sizes}, max |Δlogit| vs PyTorch < {MAX_EXPORT_DIFF:g}"
+        summary = f"fp32, {sizes}, max |Δlogit| vs PyTorch < {MAX_EXPORT_DIFF:g} × the largest |logit|"
     elif precision == "int8":
         data = [calibration_data] if isinstance(calibration_data, (str, Path)) else calibration_data
         crops = CalibrationCrops(handle.config, tile, count=calibration_crops, data=list(data or []))

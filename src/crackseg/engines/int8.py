@@ -319,7 +319,7 @@ def verified_int8(
     if figures is None:
         count = max(HELD_OUT_CROPS, crops.count // 4)
         held_out = CalibrationCrops(config, tile, count=count, data=crops.data, seed=crops.seed, split="val")
-        fp32 = OnnxBackend(cached_onnx(handle, tile))  # PyTorch's logits within 1e-4, and needs no torch
+        fp32 = OnnxBackend(cached_onnx(handle, tile))  # PyTorch's logits to 1e-4 of their size; no torch
         figures = task_accuracy(engine, fp32, held_out, config.threshold)
         figures["held_out"], figures["held_out_crops"] = held_out.describe(), held_out.count
         atomic_write_bytes(record, json.dumps(figures).encode())
