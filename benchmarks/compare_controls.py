@@ -338,10 +338,8 @@ def paint_over(photo, base: Survey, keep: int | None, planted: list[Planted]):
     Planted), or None. Its paint keeps CLEAR_PX past the crack `keep` and the changes `planted` already (painting
     over a crack that meets the lengthened one at a junction would also erase the tip it was lengthened from)."""
     anywhere = np.zeros(base.shape, bool)
-    kept = np.zeros(base.shape, np.uint8)
-    for crack in base.measurement.cracks:
-        if crack.id == keep:
-            kept |= crack_ink(base, crack)
+    grown = next((crack for crack in base.measurement.cracks if crack.id == keep), None)
+    kept = np.zeros(base.shape, np.uint8) if grown is None else crack_ink(base, grown)
     for change in planted:
         cv2.polylines(kept, [np.round(change.path).astype(np.int32)], False, 1, 2 * math.ceil(change.half_width) + 1)
     kept = cv2.dilate(kept, np.ones((3, 3), np.uint8), iterations=CLEAR_PX)

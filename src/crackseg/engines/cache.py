@@ -116,9 +116,9 @@ def quiet():
     return stack
 
 
-def max_logit_difference(net: torch.nn.Module, model_bytes: bytes, tile: int, batch: int = 2) -> float:
-    """Max |logit difference| between PyTorch and ONNX Runtime on a random normal batch, over the largest |logit|
-    (at least 1)."""
+def relative_logit_difference(net: torch.nn.Module, model_bytes: bytes, tile: int, batch: int = 2) -> float:
+    """Max |logit difference| between PyTorch and ONNX Runtime on a random normal batch, over PyTorch's largest
+    |logit| (at least 1)."""
     import onnxruntime as ort
     import torch
 
@@ -136,9 +136,8 @@ def export_onnx(net: torch.nn.Module, config: ModelConfig, tile: int) -> bytes:
     """The crackseg ONNX file of `net` (`models.onnx_file`): any tile size where the network allows, else `tile`.
 
     Each export is checked: ONNX Runtime must reproduce PyTorch's logits within 1e-4 of their largest magnitude
-    (at least 1) at `tile` and, for a free
-    size, at a second size whose pooling bins fall differently (an export can bake in the example's bins). Raises
-    ExportError when neither passes.
+    (at least 1) at `tile` and, for a free size, at a second size whose pooling bins fall differently (an export can
+    bake in the example's bins). Raises ExportError when neither passes.
     """
     import torch
 
@@ -157,7 +156,7 @@ def export_onnx(net: torch.nn.Module, config: ModelConfig, tile: int) -> bytes:
         onnx_file.set_metadata(proto, {onnx_file.CONFIG_KEY: config.to_json(), "torch": torch.__version__})
         data = proto.SerializeToString()
         checked = (tile, tile + 3 * getattr(net, "stride", 32)) if free_size else (tile,)
-        diffs = {size: max_logit_difference(net, onnx_file.runnable(data, size), size) for size in checked}
+        diffs = {size: relative_logit_difference(net, onnx_file.runnable(data, size), size) for size in checked}
         worst = max(diffs, key=diffs.get)
         if diffs[worst] < MAX_EXPORT_DIFF:
             return data
