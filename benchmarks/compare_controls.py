@@ -356,11 +356,13 @@ def paint_over(photo, base: Survey, keep: int | None, planted: list[Planted]):
     return None
 
 
-def plant(photo: np.ndarray, base: Survey, rng: np.random.Generator) -> tuple[np.ndarray, list[Planted]]:
+def plant(
+    photo: np.ndarray, base: Survey, rng: np.random.Generator, low_share: float
+) -> tuple[np.ndarray, list[Planted]]:
     """The photo with up to three planted changes, and what was planted. Planted cracks take the look of the
     photo's own cracks, and only surface where BEFORE shows no crack, not even faintly (under the comparison's
     low threshold): there, a planted crack is a change the comparison must find."""
-    busy = base.prob >= CompareOptions().low_share * base.threshold
+    busy = base.prob >= low_share * base.threshold
     found_looks = looks(photo, base)
     planted, grown = [], None
     if grew := grow(photo, base, busy, found_looks, rng):
@@ -593,6 +595,7 @@ def main() -> None:
     rng = np.random.default_rng(args.seed)
     one_pass = CrackSegmenter.from_pretrained(args.model, **chosen) if args.timing else None
     chosen_compare = {"tta_where": args.tta_where} | ({"low_share": args.low_share} if args.low_share else {})
+    low_share = CompareOptions.of(None, **chosen_compare).low_share  # planted changes keep under it in BEFORE
     stopwatch = Stopwatch()
     for path in photos:
         photo = read_image(path)
@@ -615,7 +618,7 @@ def main() -> None:
                 tally[key]["with a change"] += any(counts[k] for k in REPORTED)
                 floors[key].append((changes.noise.length_px, changes.noise.width_px))
         base = survey(segmenter, photo, "before")
-        changed, planted = plant(photo, base, rng)
+        changed, planted = plant(photo, base, rng, low_share)
         try:
             changes = compare_control(segmenter, photo, changed, None, None, None, **chosen_compare)
         except AlignmentError:
