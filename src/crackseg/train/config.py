@@ -225,6 +225,11 @@ class TrainConfig(BaseModel):
         None, description="folder of a teacher's probability maps (crackseg teach): also learn them as soft targets"
     )
     distill_weight: Number = Field(0.5, description="weight of the soft-target term (BCE to the teacher's map)")
+    consistency_weight: Number = Field(
+        0.0,
+        description="weight of the disagreement between the maps of each crop and of a second view of it, moved by "
+        "up to 31 px and scaled by 0.88-1.12 (0: off): steadier maps where the tile grid or the scale differs",
+    )
     seed: Whole = Field(0)
     skip_unpaired: Flag = Field(False, description="go on without images that have no mask")
     resume: Flag = Field(
@@ -282,6 +287,7 @@ class TrainConfig(BaseModel):
             ("source_balance", 0 <= self.source_balance <= 1, "expected a power between 0 and 1, e.g. 0.5"),
             ("max_batches", self.max_batches >= 0, "expected 0 (all) or more"),
             ("distill_weight", self.distill_weight >= 0, "expected 0 (labels only) or more"),
+            ("consistency_weight", self.consistency_weight >= 0, "expected 0 (off) or more"),
             (
                 "teacher_maps",
                 self.teacher_maps is None or Path(self.teacher_maps).is_dir(),

@@ -23,6 +23,7 @@ from crackseg.losses import alpha_at
 from crackseg.metrics import THRESHOLDS, best_threshold, scores, source_mean_f1_curve, sweep_counts
 from crackseg.train.checkpoint import save_epoch
 from crackseg.train.config import TrainConfig, TrainingError
+from crackseg.train.consistency import consistency_loss
 from crackseg.train.setup import Run, distributed_rank, memory_format, say, set_up, step_scheduler
 
 # --- the two stages -----------------------------------------------------------------------------------------
@@ -48,9 +49,11 @@ def train_one_epoch(
     deadline: float = math.inf,
     quiet: bool = True,
     distill_weight: float = 0.0,
+    consistency_weight: float = 0.0,
 ) -> float:
     """One pass over `loader` (at most `max_batches` batches when above 0, or until the time.time() `deadline`);
-    returns the mean training loss over every process. `alpha` weighs the boundary term of the BC loss."""
+    returns the mean training loss over every process. `alpha` weighs the boundary term of the BC loss;
+    `consistency_weight` the disagreement with a shifted and scaled second view (`consistency_loss`)."""
     model.train()
     device = torch.device(device)
     total, count = 0.0, 0
@@ -61,7 +64,11 @@ def train_one_epoch(
         mask, sdf = batch["mask"].to(device), batch["sdf"].to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
             logits = model(image)
+            if consistency_weight > 0:
+                unsteady = consistency_loss(model, image, logits, memory_format=memory_format(precision))
         loss = loss_fn(logits.float(), mask, sdf, alpha)
+        if consistency_weight > 0:
+            loss = loss + consistency_weight * unsteady
         if "soft" in batch:
             soft = batch["soft"].to(device)
             loss = loss + distill_weight * F.binary_cross_entropy_with_logits(logits.float(), soft)
@@ -219,7 +226,7 @@ def run_epoch(run: Run, config: TrainConfig, epoch: int, deadline: float) -> dic
     train_loss = train_one_epoch(
         run.trained, run.train_loader, run.loss_fn, run.optimizer, **common, ema=run.ema, clip_grad=config.clip_grad,
         epoch=epoch, max_batches=config.max_batches, deadline=deadline, quiet=run.rank != 0,
-        distill_weight=config.distill_weight,
+        distill_weight=config.distill_weight, consistency_weight=config.consistency_weight,
     )  # fmt: skip
     val_loss, source_counts = validate(run.evaluated, run.val_loader, run.loss_fn, **common)
     lr = run.optimizer.param_groups[0]["lr"]  # the rate this epoch trained with
