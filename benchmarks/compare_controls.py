@@ -3,6 +3,7 @@
     python benchmarks/compare_controls.py                       # the default model, every validation photo
     python benchmarks/compare_controls.py --limit 2 --model unet-r18
     python benchmarks/compare_controls.py --limit 20 --tta turns --agreement    # the segmentation's repeatability
+    python benchmarks/compare_controls.py --limit 6 --tta none --agreement --mosaic   # ... on survey-sized photos
 
 Each validation photo of `--data` (`split_pairs(find_all_pairs([data]), 0.1, 0)[1]`, the photos at least MIN_SIDE
 px on each side, taken in turn from each source) is compared with itself captured another way, where nothing
@@ -18,6 +19,9 @@ is segmented again shifted by sub-tile offsets (the photo's map cropped against 
 crop's edges by MODEL_EDGE_PX), rotated 90°, 180° and 270°, rescaled ±10 %, re-encoded JPEG q75 and re-exposed
 ±20 %, each map brought back to the photo's frame; printed per transform: the pooled F1 of its mask against the
 photo's own (the agreement), and the mean |Δp|. `--tta flips|turns`, `--overlap` and `--precision` set the segmenter.
+The validation photos are small (133–640 px a side): their maps cross few tile borders. `--mosaic` measures the
+agreement on photos of a survey's size instead: 3×3 validation photos of one source and size laid edge to edge
+(about 1,000–1,900 px a side; `mosaics`).
 
 Then changes are planted in a copy of the photo (the same frame, aligned by features), in the look of the photo's
 own cracks (`synthetic.crack_ribbon`: a real crack straightened into a ribbon of its darkness over the surface
@@ -88,6 +92,7 @@ MIN_LOOK_PX = 12  # a crack with a shorter body gives no look
 CLEAR_PX = 3  # a planted extension keeps this far past its ribbon's half width from anything BEFORE half shows
 MAX_END_PX = 40  # a crack's map reaching farther past its centreline's tip is no place to lengthen it
 ALONG_PX = 4.0  # a change runs along a planted path within this distance of it
+MOSAIC_SIDE, MIN_MOSAIC_PX = 3, 900  # --mosaic: photos a mosaic's side, its shortest side at least
 FEATHER_PX = 16  # the large photo's inset fades into the background over this much
 TTA_FLAGS = {"none": ["--no-tta-turns"], "flips": ["--no-tta-turns", "--tta"], "turns": []}  # compare's own: turns
 
@@ -176,11 +181,34 @@ def agreement_transforms(photo: np.ndarray, tile: int):
         yield f"exposure {gain - 1:+.0%}", brighter, lambda p, r=same: (r, p)
 
 
-def agreement(segmenter, photos: list[Path]) -> None:
-    """Pooled mask agreement F1 and mean |Δp| of each transform against the photo's own map."""
+def mosaics(data: Path, limit: int | None) -> list[np.ndarray]:
+    """Validation photos of one source and size laid MOSAIC_SIDE × MOSAIC_SIDE edge to edge, those at least
+    MIN_MOSAIC_PX a side, one source after another: photos of a survey's size, whose maps cross many tile borders
+    where a validation photo's cross a few."""
+    groups = defaultdict(list)
+    for pair in split_pairs(find_all_pairs([data]), 0.1, 0)[1]:
+        photo = read_image(pair.image)
+        groups[pair.source, photo.shape].append(photo)
+    by_source, cells = defaultdict(list), MOSAIC_SIDE**2
+    for (source, shape), photos in sorted(groups.items()):
+        if min(shape[:2]) * MOSAIC_SIDE < MIN_MOSAIC_PX:
+            continue
+        for start in range(0, len(photos) - cells + 1, cells):
+            group = photos[start : start + cells]
+            rows = [np.concatenate(group[r * MOSAIC_SIDE : (r + 1) * MOSAIC_SIDE], axis=1) for r in range(MOSAIC_SIDE)]
+            by_source[source].append(np.concatenate(rows, axis=0))
+    made = []
+    while any(by_source.values()) and (limit is None or len(made) < limit):
+        for source in sorted(by_source):
+            if by_source[source] and (limit is None or len(made) < limit):
+                made.append(by_source[source].pop(0))
+    return made
+
+
+def agreement(segmenter, photos) -> None:
+    """Pooled mask agreement F1 and mean |Δp| of each transform against the photo's own map (`photos`: arrays)."""
     counts, deltas = defaultdict(Counter), defaultdict(list)
-    for path in photos:
-        photo = read_image(path)
+    for photo in photos:
         base = segmenter.predict_prob(photo)
         for name, changed, back in agreement_transforms(photo, segmenter.tile):
             region, prob = back(segmenter.predict_prob(changed))
@@ -554,6 +582,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--agreement", action="store_true", help="the segmentation's own repeatability instead")
     parser.add_argument(
+        "--mosaic",
+        action="store_true",
+        help="--agreement on survey-sized mosaics of validation photos (--limit: of them)",
+    )
+    parser.add_argument(
         "--tta", choices=("none", "flips", "turns"), default="turns", help="the segmenter's TTA (compare's: turns)"
     )
     parser.add_argument(
@@ -586,8 +619,15 @@ def main() -> None:
     print(f"{len(photos)} validation photos of at least {MIN_SIDE} px a side\n")
     if args.large:
         return time_large(args, read_image(photos[0]))
+    if args.agreement and args.mosaic:
+        made = mosaics(args.data, args.limit)
+        print(
+            f"{len(made)} mosaics of {MOSAIC_SIDE}×{MOSAIC_SIDE} validation photos instead, "
+            f"{MIN_MOSAIC_PX}+ px a side\n"
+        )
+        return agreement(segmenter, made)
     if args.agreement:
-        return agreement(segmenter, photos)
+        return agreement(segmenter, (read_image(path) for path in photos))
     modes = [False, True] if args.masks_too else [False]
     tally = defaultdict(Counter)
     floors = defaultdict(list)

@@ -113,6 +113,23 @@ def import_compare_controls():
     return compare_controls
 
 
+def test_a_mosaic_lays_validation_photos_of_one_source_edge_to_edge(tmp_path, monkeypatch):
+    from crackseg.data import find_all_pairs, split_pairs
+    from crackseg.io.images import read_image
+    from crackseg.synthetic import write_synthetic_dataset
+
+    synthetic_root = write_synthetic_dataset(tmp_path, 50, size=(96, 128))  # 5 validation photos
+    compare_controls = import_compare_controls()
+    monkeypatch.setattr(compare_controls, "MOSAIC_SIDE", 2)
+    monkeypatch.setattr(compare_controls, "MIN_MOSAIC_PX", 150)  # the generated photos are 96×128
+    (made,) = compare_controls.mosaics(synthetic_root, None)
+    validation = [read_image(pair.image) for pair in split_pairs(find_all_pairs([synthetic_root]), 0.1, 0)[1]]
+    assert len(validation) >= 4 and made.shape == (192, 256, 3)
+    assert np.array_equal(made[:96, :128], validation[0]) and np.array_equal(made[96:, 128:], validation[3])
+    monkeypatch.setattr(compare_controls, "MIN_MOSAIC_PX", 250)  # too small a mosaic is left out
+    assert compare_controls.mosaics(synthetic_root, None) == []
+
+
 def test_a_laid_crack_takes_the_look_of_the_photos_own_crack():
     """A ribbon read across a real crack and laid along another path darkens it as the crack darkens its surface,
     and leaves the surface beyond its half width alone: the planted crack is the photo's crack, not a painted
