@@ -128,6 +128,27 @@ def dihedral(turns: int, mirrored: bool):
 FLIPS = [dihedral(0, False), dihedral(0, True), dihedral(2, True), dihedral(2, False)]
 TURNS_AND_FLIPS = [dihedral(turns, mirrored) for turns in range(4) for mirrored in (False, True)]
 
+# A stride-32 network's map of a photo depends on where the photo falls on its 32 px lattice, so a survey shifted by
+# a few pixels is segmented a little differently; the turns alone meet two positions per axis. With the turns, each
+# turn g sees the photo moved by g⁻¹·PHASE_SHIFT px (inside a symmetric margin of SHIFT_MARGIN px): in the network's
+# frame the eight passes then meet positions a quarter stride apart along each axis (4, 12, 20, 28 px), which
+# halves the disagreement of maps of shifted photos; and the mean stays equivariant: a photo turned by 90° still gets
+# the same map, turned.
+PHASE_SHIFT, SHIFT_MARGIN = (4, 12), 16
+
+
+def shift_under(inverse, shift: tuple[int, int]) -> tuple[int, int]:
+    """g⁻¹·shift, for the turn or flip g whose `inverse` acts on arrays: where a point `shift` from the centre of
+    a square lands when that square is turned back."""
+    side = 2 * max(map(abs, shift)) + 1
+    probe = np.zeros((side, side), np.uint8)
+    probe[side // 2 + shift[0], side // 2 + shift[1]] = 1
+    row, col = np.argwhere(inverse(probe))[0]
+    return int(row - side // 2), int(col - side // 2)
+
+
+TURNS_SHIFTED = [((forward, inverse), shift_under(inverse, PHASE_SHIFT)) for forward, inverse in TURNS_AND_FLIPS]
+
 
 def is_weights_path(name_or_path: str | os.PathLike | None) -> bool:
     """Whether a model argument names trained weights on disk rather than a shipped model (a Path always does)."""
@@ -218,7 +239,7 @@ class CrackSegmenter:
         return sibling
 
     def describe(self) -> str:
-        flips = (", turn and flip TTA" if self.tta_transforms is TURNS_AND_FLIPS else ", flip TTA") if self.tta else ""
+        flips = (", shifted turn and flip TTA" if self.options.tta_turns else ", flip TTA") if self.tta else ""
         flips += f", scales {','.join(f'{s:g}' for s in self.options.scales)}" if self.options.scales != (1.0,) else ""
         flips += f", hysteresis from {self.low_threshold:g}" if self.low_threshold is not None else ""
         choice = getattr(self.backend, "choice", "")
@@ -232,16 +253,16 @@ class CrackSegmenter:
         with self._backend_lock:
             return self.backend(batch)
 
-    def _run(self, tiles: list[np.ndarray]) -> np.ndarray:
+    def _run(self, tiles: list[np.ndarray], transforms: list | None = None) -> np.ndarray:
+        """Probabilities of a batch of tiles; with `transforms`, the mean over those turns or flips of each tile
+        (test-time augmentation). Tiles are square, so fixed-size backends accept every turn."""
         batch = np.stack([normalize_image(t, self.config.mean, self.config.std) for t in tiles])
-        if not self.tta:
+        if not transforms:
             return sigmoid(self._logits(batch))
-        # Test-time augmentation: the mean probability over the flips of each tile (4× the work), or its turns and
-        # flips (8×). Tiles are square, so fixed-size backends accept them all.
         total = np.zeros(batch.shape[:1] + batch.shape[2:], np.float32)
-        for forward, inverse in self.tta_transforms:
+        for forward, inverse in transforms:
             total += inverse(sigmoid(self._logits(np.ascontiguousarray(forward(batch)))))
-        return total / len(self.tta_transforms)
+        return total / len(transforms)
 
     def _pad_to(self, image: np.ndarray, height: int, width: int) -> np.ndarray:
         pad_h, pad_w = height - image.shape[0], width - image.shape[1]
@@ -290,9 +311,25 @@ class CrackSegmenter:
         return height <= self.tile and width <= self.tile and self.backend.fixed_size is None
 
     def _tile_count(self, height: int, width: int, where: np.ndarray | None = None) -> int:
-        if self._single_pass(height, width):
+        if not self.options.tta_turns:
+            return self._grid_count(height, width, where, self._single_pass(height, width))
+        single = self._single_pass(height, width)
+        return sum(
+            self._grid_count(*self._shifted(height, width, where, shift)[1:], single) for _, shift in TURNS_SHIFTED
+        )
+
+    def _grid_count(self, height: int, width: int, where: np.ndarray | None, single: bool) -> int:
+        if single:
             return 1
         return len(self._origins(max(height, self.tile), max(width, self.tile), where))
+
+    @staticmethod
+    def _shifted(height: int, width: int, where: np.ndarray | None, shift: tuple[int, int]):
+        """The padding that moves a photo by `shift` inside the margin, the padded size, and `where` padded."""
+        (dy, dx), margin = shift, SHIFT_MARGIN
+        pads = ((margin + dy, margin - dy), (margin + dx, margin - dx))
+        part = None if where is None else np.pad(where, pads)
+        return pads, height + 2 * margin, width + 2 * margin, part
 
     def _origins(self, height: int, width: int, where: np.ndarray | None = None) -> list[tuple[int, int]]:
         """The tiles' top-left corners on an image at least a tile high and wide; with `where`, only the tiles that
@@ -311,17 +348,32 @@ class CrackSegmenter:
         where: np.ndarray | None = None,
     ) -> np.ndarray:
         height, width = image.shape[:2]
+        single = self._single_pass(height, width)
+        if not self.options.tta_turns:
+            transforms = self.tta_transforms if self.tta else None
+            return self._one_grid(image, cancel, counter, where, transforms, single)
+        total = np.zeros((height, width), np.float32)
+        for transform, shift in TURNS_SHIFTED:  # each turn sees the photo moved by its own shift (PHASE_SHIFT)
+            pads, _, _, part = self._shifted(height, width, where, shift)
+            moved = np.pad(image, (*pads, (0, 0)), mode="symmetric")
+            prob = self._one_grid(moved, cancel, counter, part, [transform], single)
+            total += prob[pads[0][0] : pads[0][0] + height, pads[1][0] : pads[1][0] + width]
+        return total / len(TURNS_SHIFTED)
+
+    def _one_grid(self, image, cancel, counter, where, transforms, single: bool) -> np.ndarray:
+        """The map of `image` on one grid of tiles (`single`: in one pass), each tile under `transforms`."""
+        height, width = image.shape[:2]
         check_cancel(cancel)
         tile = self.tile
-        if self._single_pass(height, width):
-            prob = self._run([image])[0]  # one pass; the network pads to its stride itself
+        if single:
+            prob = self._run([image], transforms)[0]  # one pass; the network pads to its stride itself
             if counter:
                 counter.advance(1)
             return prob
         padded = self._pad_to(image, max(height, tile), max(width, tile))
         if where is not None:
             where = np.pad(where, ((0, padded.shape[0] - height), (0, padded.shape[1] - width)))
-        return self._tiled(padded, tile, cancel, counter, where)[:height, :width]
+        return self._tiled(padded, tile, cancel, counter, where, transforms)[:height, :width]
 
     def _tiled(
         self,
@@ -330,6 +382,7 @@ class CrackSegmenter:
         cancel: threading.Event | None = None,
         counter: TileProgress | None = None,
         where: np.ndarray | None = None,
+        transforms: list | None = None,
     ) -> np.ndarray:
         height, width = image.shape[:2]
         ys, xs = tile_starts(height, tile, self.overlap), tile_starts(width, tile, self.overlap)
@@ -347,7 +400,7 @@ class CrackSegmenter:
         for i in range(0, len(origins), self.batch_size):
             check_cancel(cancel)
             chunk = origins[i : i + self.batch_size]
-            probs = self._run([image[y : y + tile, x : x + tile] for y, x in chunk])
+            probs = self._run([image[y : y + tile, x : x + tile] for y, x in chunk], transforms)
             for (y, x), prob in zip(chunk, probs):
                 prob *= weight2d  # in place: no tile-sized temporary per tile
                 out[y : y + tile, x : x + tile] += prob
