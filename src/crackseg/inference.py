@@ -187,7 +187,6 @@ class CrackSegmenter:
         self.tile = self.options.tile or self.backend.fixed_size or self.config.train_size
         self.overlap, self.batch_size = self.options.overlap, self.options.batch_size
         self.tta = self.options.tta or self.options.tta_turns
-        self.tta_transforms = TURNS_AND_FLIPS if self.options.tta_turns else FLIPS
         # One limit when given; by default photos (held whole) and georeferenced rasters (in blocks) differ.
         self.max_pixels, self.max_raster_pixels = self.options.photo_limit, self.options.raster_limit
         self.threshold = resolve_threshold(self.options.threshold, self.config.threshold)
@@ -350,8 +349,7 @@ class CrackSegmenter:
         height, width = image.shape[:2]
         single = self._single_pass(height, width)
         if not self.options.tta_turns:
-            transforms = self.tta_transforms if self.tta else None
-            return self._one_grid(image, cancel, counter, where, transforms, single)
+            return self._one_grid(image, cancel, counter, where, FLIPS if self.tta else None, single)
         total = np.zeros((height, width), np.float32)
         for transform, shift in TURNS_SHIFTED:  # each turn sees the photo moved by its own shift (PHASE_SHIFT)
             pads, _, _, part = self._shifted(height, width, where, shift)
