@@ -131,8 +131,8 @@ TURNS_AND_FLIPS = [dihedral(turns, mirrored) for turns in range(4) for mirrored 
 # A stride-32 network's map of a photo depends on where the photo falls on its 32 px lattice, so a survey shifted by
 # a few pixels is segmented a little differently; the turns alone meet two positions per axis. With the turns, each
 # turn g sees the photo moved by g⁻¹·PHASE_SHIFT px (inside a symmetric margin of SHIFT_MARGIN px): in the network's
-# frame the eight passes then meet positions a quarter stride apart along each axis (4, 12, 20, 28 px), which
-# halves the disagreement of maps of shifted photos; and the mean stays equivariant: a photo turned by 90° still gets
+# frame the eight passes then meet positions a quarter stride apart along each axis (4, 12, 20, 28 px), at no extra
+# work (docs/performance.md has what that gains); and the mean stays equivariant: a photo turned by 90° still gets
 # the same map, turned.
 PHASE_SHIFT, SHIFT_MARGIN = (4, 12), 16
 
