@@ -97,20 +97,25 @@ FEATHER_PX = 16  # the large photo's inset fades into the background over this m
 TTA_FLAGS = {"none": ["--no-tta-turns"], "flips": ["--no-tta-turns", "--tta"], "turns": []}  # compare's own: turns
 
 
+def in_turn(by_source: dict[str, list], limit: int | None, keep=lambda item: True) -> list:
+    """Items taken one source after another (so a few cover several sources), those `keep` accepts, at most
+    `limit`; an item refused still takes its source's turn."""
+    taken = []
+    while any(by_source.values()) and (limit is None or len(taken) < limit):
+        for source in sorted(by_source):
+            if by_source[source] and (limit is None or len(taken) < limit):
+                item = by_source[source].pop(0)
+                if keep(item):
+                    taken.append(item)
+    return taken
+
+
 def validation_photos(data: Path, limit: int | None) -> list[Path]:
-    """The validation photos at least MIN_SIDE px a side, one source after another (so a few cover several)."""
+    """The validation photos at least MIN_SIDE px a side, one source after another."""
     by_source = defaultdict(list)
     for pair in split_pairs(find_all_pairs([data]), 0.1, 0)[1]:
         by_source[pair.source].append(pair.image)
-    photos = []
-    while any(by_source.values()) and (limit is None or len(photos) < limit):
-        for source in sorted(by_source):
-            if by_source[source] and (limit is None or len(photos) < limit):
-                path = by_source[source].pop(0)
-                height, width = read_image(path).shape[:2]
-                if min(height, width) >= MIN_SIDE:
-                    photos.append(path)
-    return photos
+    return in_turn(by_source, limit, keep=lambda path: min(read_image(path).shape[:2]) >= MIN_SIDE)
 
 
 def georef(row: int, col: int, shape) -> Georeference:
@@ -197,12 +202,7 @@ def mosaics(data: Path, limit: int | None) -> list[np.ndarray]:
             group = photos[start : start + cells]
             rows = [np.concatenate(group[r * MOSAIC_SIDE : (r + 1) * MOSAIC_SIDE], axis=1) for r in range(MOSAIC_SIDE)]
             by_source[source].append(np.concatenate(rows, axis=0))
-    made = []
-    while any(by_source.values()) and (limit is None or len(made) < limit):
-        for source in sorted(by_source):
-            if by_source[source] and (limit is None or len(made) < limit):
-                made.append(by_source[source].pop(0))
-    return made
+    return in_turn(by_source, limit)
 
 
 def agreement(segmenter, photos) -> None:
