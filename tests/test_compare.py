@@ -839,3 +839,31 @@ def test_a_crack_grown_on_past_a_faint_gap_is_an_extension(gap_px, gap_prob, fou
     if found == "extended":
         assert grown.before_ids == (changes.cracks[0].id,) and grown.added_length_px == pytest.approx(74, abs=6)
         assert grown.length_change_px == pytest.approx(grown.added_length_px) and grown.confidence > 0.5
+
+
+def test_a_crack_cut_in_two_and_grown_at_a_tip_is_extended_there():
+    """AFTER's segmentation cuts a crack in two (its probability falls under the low threshold for a few px) and
+    the crack grew on at one tip: the piece with the new tip is extended by what it added (the other piece still
+    shows the rest of the crack, and a cut a few px long is no loss); the other piece is unchanged. Without the
+    growth, neither piece is extended."""
+
+    def prob(cut: bool, grown: int) -> np.ndarray:
+        p = np.zeros((200, 360), np.float32)
+        p[98:103, 40 : 240 + grown] = 1.0
+        if cut:
+            p[98:103, 130:136] = 0.02
+        return cv2.GaussianBlur(p, (0, 0), 0.7)
+
+    def changed(grown: int) -> list:
+        changes = compare(
+            Survey.from_arrays(prob=prob(False, 0), name="before", threshold=0.5),
+            Survey.from_arrays(prob=prob(True, grown), name="after", threshold=0.5),
+            assume_aligned=True,
+        )
+        return sorted(changes.cracks, key=lambda c: c.line.bounds[0])
+
+    left, right = changed(60)
+    assert (left.change, right.change) == ("unchanged", "extended")
+    assert right.added_length_px == pytest.approx(60, abs=6)
+    assert right.length_change_px == pytest.approx(right.added_length_px, abs=4)
+    assert [c.change for c in changed(0)] == ["unchanged", "unchanged"]

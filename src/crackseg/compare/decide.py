@@ -25,8 +25,9 @@ therefore decided on each survey's probabilities (`evidence`) and held against t
   counted from BEFORE's tips, each longer than the tolerance plus half the crack's width: a tip's own uncertainty,
   and only where both surveys see the surface) show no crack in BEFORE along more than half of each, total more
   than the length floor, and the crack grew by more than the length floor where both see it (its parts beyond the
-  BEFORE cracks less theirs beyond it: a crack split in two, or shortened, is never extended); `widened` when its
-  width grew by more than the width floor (the median growth of its local width along the part both see,
+  BEFORE cracks less theirs beyond every AFTER crack where AFTER shows none: a shortened crack is never extended,
+  while of a crack AFTER's segmentation cuts in two, the piece that grew at a tip is, less the cut); `widened` when
+  its width grew by more than the width floor (the median growth of its local width along the part both see,
   `evidence.width_growth`); else `unchanged`.
 - Either way, a crack less than half of which both surveys see (their images and valid data, kept clear of their
   edges: `evidence.SurveyView`) is `out_of_view`: nothing is known of it there.
@@ -168,14 +169,18 @@ class Decider:
     def seen_length(self, geometry, own: SurveyView, other: SurveyView) -> float:
         return Reading.of(geometry, own, other).seen_length
 
-    def growth(self, line, continued, near) -> float:
+    def growth(self, line, continued, near, pieces) -> float:
         """How much longer a crack is where both surveys see it: its parts beyond every BEFORE centreline `near` it,
-        less the parts of the BEFORE cracks it `continued` beyond it (so a crack split in two, or shortened, comes
-        out shorter, and two joined ones longer by the gap they closed)."""
+        less the parts of the BEFORE cracks it `continued` beyond every AFTER centreline of their `pieces` where
+        AFTER shows no crack (under the low threshold; anywhere, without its map). So a shortened crack comes out
+        shorter, two joined ones longer by the gap they closed, and a crack AFTER's segmentation cuts in two, or
+        leaves a faint branch of, shorter by the cut only (by nothing where AFTER still shows the crack there)."""
         gained = added_parts(line, near, self.tolerance, 0.0)
-        lost = added_parts(shapely.union_all(continued), [line], self.tolerance, 0.0)
-        return self.seen_length(gained, self.after_view, self.before_view) - self.seen_length(
-            lost, self.before_view, self.after_view
+        lost = Reading.of(
+            added_parts(shapely.union_all(continued), pieces, self.tolerance, 0.0), self.before_view, self.after_view
+        )
+        return self.seen_length(gained, self.after_view, self.before_view) - (
+            lost.absent_length if lost.has_evidence else lost.seen_length
         )
 
     def additions(self, change: CrackChange, near) -> shapely.MultiLineString:
@@ -192,11 +197,12 @@ class Decider:
                     kept.append(run)
         return shapely.MultiLineString(kept)
 
-    def continued(self, change: CrackChange, found, near) -> None:
+    def continued(self, change: CrackChange, found, near, pieces) -> None:
         """An AFTER crack that continues the BEFORE cracks `found` (carried centrelines; `near`: every carried
-        BEFORE centreline within the tolerance of it): extended, widened or unchanged."""
+        BEFORE centreline within the tolerance of it; `pieces`: every AFTER centreline within the tolerance of
+        those, its own among them): extended, widened or unchanged."""
         added = self.additions(change, near)
-        growth = change.length_change_px = self.growth(change.line, found, near)
+        growth = change.length_change_px = self.growth(change.line, found, near, pieces)
         floor = self.noise.length_px
         change.widened = self.widened(change)
         if added.length > floor and growth > floor:
@@ -242,7 +248,7 @@ def classify_changes(
     before_lines, after_lines = carried_lines(before, h), after.lines()
     scales = [local_scale(h, c.bbox[0] + c.bbox[2] / 2, c.bbox[1] + c.bbox[3] / 2) for c in before.measurement.cracks]
     matches = match(after_lines, before_lines, tolerance)
-    tree = shapely.STRtree(before_lines)
+    tree, after_tree = shapely.STRtree(before_lines), shapely.STRtree(after_lines)
     first_free = max([before.next_id, *(i + 1 for i in before.ids)])
     ids = assign_ids(matches, before.ids, first_free)
     first_free = max([first_free, *(i + 1 for i in ids.values())])
@@ -269,7 +275,9 @@ def classify_changes(
             widths = decider.widths(crack, before_widths)
             change.width_p95_before_px, change.width_p95_after_px, change.width_growth_px = widths
             near = [before_lines[b] for b in tree.query(after_lines[a], predicate="dwithin", distance=tolerance)]
-            decider.continued(change, [before_lines[b] for b in found], near)
+            continued = [before_lines[b] for b in found]
+            pieces = after_tree.query(shapely.union_all(continued), predicate="dwithin", distance=tolerance)
+            decider.continued(change, continued, near, [after_lines[p] for p in pieces])
         else:
             widths = [c.width_p95_px * scale for c, scale in zip(cracks, scales, strict=True)]
             decider.appeared(change, before_lines, before.ids, widths)
