@@ -11,8 +11,8 @@ output is thresholded) in floating point: quantizing those two cost the Efficien
 agreement with fp32, and they are a small share of the work. On CPUs without VNNI (AVX2 only: `vpmaddubsw` adds
 pairs of u8×s8 products in 16 bits and saturates) both keep every product clear of that overflow, as the two
 libraries advise: ONNX Runtime with 7-bit weights (`reduce_range`), NNCF with its overflow fix on every layer. With
-VNNI that costs agreement (0.958 against 0.979 for the default model on an AMX CPU) and is not done; the cache keeps
-the two kinds apart.
+VNNI there is no such overflow and the coarser weights would only cost agreement, so it is not done there; the
+cache keeps the two kinds apart.
 """
 
 from __future__ import annotations
