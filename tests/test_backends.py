@@ -213,6 +213,19 @@ def test_fp32_backends_agree_with_torch(exported, tiny_model_dir, image, referen
     assert np.abs(prob - reference).max() < 1e-4
 
 
+def test_openvino_runs_each_batch_size_on_a_model_compiled_for_it(exported):
+    """OpenVINO compiles the model once per batch size it is given (every dimension fixed); any size gives each tile
+    the map it gets alone, and a size runs again without compiling again."""
+    from crackseg.engines.openvino_engine import OpenVinoBackend
+
+    engine = OpenVinoBackend(exported)
+    batch = np.random.default_rng(0).standard_normal((3, 3, TILE, TILE), dtype=np.float32)
+    alone = np.concatenate([engine(batch[i : i + 1]) for i in range(3)])
+    assert np.abs(engine(batch) - alone).max() < 1e-4 and engine(batch[:2]).shape == (2, TILE, TILE)
+    compiled = engine.compiled(3)
+    assert engine.compiled(3) is compiled and engine.compiled(1) is not compiled
+
+
 def test_small_image_is_padded_to_the_fixed_tile(exported, tiny_model_dir):
     small = synthetic_crack((40, 50), seed=2)[0]
     torch_prob = CrackSegmenter.from_pretrained(

@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 # least 1): float32 rounding grows with the logits, and a well-trained model's reach 10–20, while a wrongly
 # exported graph (pooling bins baked in) is off by a large share of them.
 MAX_EXPORT_DIFF = 1e-4
-EXPORT_FORMAT = 4  # part of every cache key: bump it when the export or quantization recipe changes
+EXPORT_FORMAT = 5  # part of every cache key: bump it when the export or quantization recipe changes
 
 
 class ExportError(CracksegError):

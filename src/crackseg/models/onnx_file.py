@@ -117,6 +117,32 @@ def upcast_weights(model) -> None:
     model.graph.node.extend(kept)
 
 
+def free_batch_norms(model) -> int:
+    """Let every batch norm be fused into its convolution: a `Shape` that reads a batch norm's input reads its output
+    instead (the same shape); returns how many moved.
+
+    The exporter reads the shapes of some convolutions' outputs, and ONNX Runtime fuses a batch norm only into a
+    convolution whose output nothing else reads; left unfused, its int8 quantizer rounds those convolutions' outputs
+    before their batch norms. Each such batch norm moves up to just after its input's producer (its other inputs are
+    weights), so the shapes read from its output are still read after it is computed."""
+    nodes = list(model.graph.node)
+    shape_reads = {node.input[0] for node in nodes if node.op_type == "Shape"}
+    moving = [node for node in nodes if node.op_type == "BatchNormalization" and node.input[0] in shape_reads]
+    for norm in moving:
+        nodes.remove(norm)
+        producer = next((i for i, node in enumerate(nodes) if norm.input[0] in node.output), -1)
+        nodes.insert(producer + 1, norm)
+    output_of = {norm.input[0]: norm.output[0] for norm in moving}
+    moved = 0
+    for node in nodes:
+        if node.op_type == "Shape" and node.input[0] in output_of:
+            node.input[0] = output_of[node.input[0]]
+            moved += 1
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    return moved
+
+
 def runnable(source: str | os.PathLike | bytes, tile: int) -> bytes:
     """The model of a crackseg ONNX file (path or bytes) as the engines run it: float32 weights, `tile`×`tile`
     inputs of any batch size."""
@@ -130,6 +156,7 @@ def runnable(source: str | os.PathLike | bytes, tile: int) -> bytes:
         raise ModelError(f"{name} runs tiles of {fixed} px only; pass --tile {fixed}, or export it again at {tile}")
     props = metadata(model)
     upcast_weights(model)
+    free_batch_norms(model)
     model = update_inputs_outputs_dims(
         model,
         {model.graph.input[0].name: ["batch", 3, tile, tile]},
