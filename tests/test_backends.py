@@ -213,17 +213,18 @@ def test_fp32_backends_agree_with_torch(exported, tiny_model_dir, image, referen
     assert np.abs(prob - reference).max() < 1e-4
 
 
-def test_openvino_runs_each_batch_size_on_a_model_compiled_for_it(exported):
-    """OpenVINO compiles the model once per batch size it is given (every dimension fixed); any size gives each tile
-    the map it gets alone, and a size runs again without compiling again."""
+def test_openvino_runs_batches_on_models_compiled_for_their_size(exported):
+    """OpenVINO compiles the model per batch size, every dimension fixed; a smaller batch runs padded on a size
+    compiled already. Whichever way it runs, each tile gets the map it gets alone."""
     from crackseg.engines.openvino_engine import OpenVinoBackend
 
     engine = OpenVinoBackend(exported)
     batch = np.random.default_rng(0).standard_normal((3, 3, TILE, TILE), dtype=np.float32)
     alone = np.concatenate([engine(batch[i : i + 1]) for i in range(3)])
-    assert np.abs(engine(batch) - alone).max() < 1e-4 and engine(batch[:2]).shape == (2, TILE, TILE)
-    compiled = engine.compiled(3)
-    assert engine.compiled(3) is compiled and engine.compiled(1) is not compiled
+    together, padded = engine(batch), engine(batch[1:])
+    assert np.abs(together - alone).max() < 1e-4 and np.abs(padded - alone[1:]).max() < 1e-4
+    assert padded.shape == (2, TILE, TILE) and sorted(engine._compiled) == [1, 3]
+    assert engine.size_for(2) == 3 and engine.size_for(4) == 4
 
 
 def test_small_image_is_padded_to_the_fixed_tile(exported, tiny_model_dir):

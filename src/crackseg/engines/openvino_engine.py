@@ -39,14 +39,13 @@ class OpenVinoBackend:
         self._model = self._core.read_model(str(path / "model.xml" if path.is_dir() else path))
         self._compiled = {}  # batch size -> the model compiled for it
         self._lock = threading.Lock()
-        self._local = threading.local()  # an infer request serves one call at a time: one per thread and batch size
+        self._local = threading.local()  # an infer request serves one call at a time: one per thread and size
         self.precision, self.path = precision, path
         self.fixed_size = int(self._model.input(0).get_partial_shape()[3].get_length())
 
     def compiled(self, batch: int):
         """The model compiled for batches of `batch` tiles. With every dimension fixed, OpenVINO folds the graph's
-        shape arithmetic away and picks faster kernels than for a free batch size; a segmenter runs one or two
-        sizes (its batch, and a photo's last, smaller one), each compiled once."""
+        shape arithmetic away and picks faster kernels than for a free batch size."""
         with self._lock:
             if batch not in self._compiled:
                 model = self._model.clone()
@@ -54,12 +53,23 @@ class OpenVinoBackend:
                 self._compiled[batch] = self._core.compile_model(model, "CPU", self._config)
             return self._compiled[batch]
 
+    def size_for(self, count: int) -> int:
+        """The batch size `count` tiles run at: the smallest compiled already that holds them, else `count`. A
+        photo's last, smaller batch is padded with a few blank tiles rather than compiling another size, which
+        takes longer than running them."""
+        with self._lock:
+            return min((size for size in self._compiled if size >= count), default=count)
+
     def __call__(self, batch: np.ndarray) -> np.ndarray:
+        count = len(batch)
+        size = self.size_for(count)
         requests = self._local.__dict__.setdefault("requests", {})
-        if len(batch) not in requests:
-            requests[len(batch)] = self.compiled(len(batch)).create_infer_request()
-        out = requests[len(batch)].infer({0: np.ascontiguousarray(batch, np.float32)})[0]
-        return out[:, 0].copy()  # the request reuses its output buffer on the next call
+        if size not in requests:
+            requests[size] = self.compiled(size).create_infer_request()
+        if size > count:
+            batch = np.concatenate([batch, np.zeros((size - count, *batch.shape[1:]), batch.dtype)])
+        out = requests[size].infer({0: np.ascontiguousarray(batch, np.float32)})[0]
+        return out[:count, 0].copy()  # the request reuses its output buffer on the next call
 
 
 def open_int8(path: Path) -> OpenVinoBackend:
