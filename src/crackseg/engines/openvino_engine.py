@@ -38,6 +38,7 @@ class OpenVinoBackend:
         path = Path(path)
         self._model = self._core.read_model(str(path / "model.xml" if path.is_dir() else path))
         self._compiled = {}  # batch size -> the model compiled for it
+        self._asked = set()  # batch sizes asked for
         self._lock = threading.Lock()
         self._local = threading.local()  # an infer request serves one call at a time: one per thread and size
         self.precision, self.path = precision, path
@@ -54,10 +55,13 @@ class OpenVinoBackend:
             return self._compiled[batch]
 
     def size_for(self, count: int) -> int:
-        """The batch size `count` tiles run at: the smallest compiled already that holds them, else `count`. A
-        photo's last, smaller batch is padded with a few blank tiles rather than compiling another size, which
-        takes longer than running them."""
+        """The batch size `count` tiles run at. A size asked for the first time runs padded with blank tiles on the
+        smallest size compiled already that holds it (a photo's last, smaller batch: compiling takes longer than the
+        blank tiles); asked again, it is compiled, so a caller that keeps to one size never pays for padding."""
         with self._lock:
+            if count in self._compiled or count in self._asked:
+                return count
+            self._asked.add(count)
             return min((size for size in self._compiled if size >= count), default=count)
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
