@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from crackseg.engines.base import BackendError, cpu_has_bf16_matrix_engine, default_threads
-from crackseg.engines.cache import cache_dir, cached_onnx
+from crackseg.engines.cache import atomic_write_dir, cache_dir, cached_onnx
 
 if TYPE_CHECKING:
     from crackseg.engines.handle import ModelHandle
@@ -36,7 +36,8 @@ class OpenVinoBackend:
             "INFERENCE_NUM_THREADS": threads or default_threads(),
         }
         path = Path(path)
-        self._model = self._core.read_model(str(path / "model.xml" if path.is_dir() else path))
+        self._source = path / "model.xml" if path.is_dir() else path
+        self._model = self._core.read_model(str(self._source))
         self._compiled = {}  # batch size -> the model compiled for it
         self._asked = set()  # batch sizes asked for
         self._lock = threading.Lock()
@@ -46,13 +47,33 @@ class OpenVinoBackend:
 
     def compiled(self, batch: int):
         """The model compiled for batches of `batch` tiles. With every dimension fixed, OpenVINO folds the graph's
-        shape arithmetic away and picks faster kernels than for a free batch size."""
+        shape arithmetic away and picks faster kernels than for a free batch size. Each size is saved once as its
+        own model beside the source (`static_path`): OpenVINO's cache finds a compiled model from a file by its
+        path, while a model in memory must be hashed whole first, which took longer than the compiling saved."""
         with self._lock:
             if batch not in self._compiled:
-                model = self._model.clone()
-                model.reshape([batch, 3, self.fixed_size, self.fixed_size])
-                self._compiled[batch] = self._core.compile_model(model, "CPU", self._config)
+                static = self.static_path(batch)
+                if not static.is_file():
+                    self._save_static(batch, static)
+                self._compiled[batch] = self._core.compile_model(str(static), "CPU", self._config)
             return self._compiled[batch]
+
+    def static_path(self, batch: int) -> Path:
+        """Where the model with a fixed batch size lives: beside the source, named by the source's modification
+        time as well, so a source made again (an int8 model calibrated again) never runs an older fixed copy."""
+        stamp = self._source.stat().st_mtime_ns
+        return self.path.parent / f"{self.path.name}.batch{batch}-{stamp}" / "model.xml"
+
+    def _save_static(self, batch: int, static: Path) -> None:
+        import openvino as ov
+
+        model = self._model.clone()
+        model.reshape([batch, 3, self.fixed_size, self.fixed_size])
+
+        def write(folder: Path) -> None:
+            ov.save_model(model, str(folder / static.name), compress_to_fp16=False)
+
+        atomic_write_dir(static.parent, write)
 
     def size_for(self, count: int) -> int:
         """The batch size `count` tiles run at. A size asked for the first time runs padded with blank tiles on the
