@@ -227,6 +227,10 @@ def test_openvino_runs_batches_on_models_compiled_for_their_size(exported):
     assert padded.shape == (2, TILE, TILE) and sorted(engine._compiled) == [1, 3]
     again = engine(batch[1:])
     assert np.abs(again - alone[1:]).max() < 1e-4 and sorted(engine._compiled) == [1, 2, 3]
+    assert engine.static_path(3).is_file()  # saved beside the source, found by path next time
+    stat = exported.stat()
+    os.utime(exported, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))  # the source made again
+    assert OpenVinoBackend(exported).static_path(3) != engine.static_path(3)
 
 
 def test_small_image_is_padded_to_the_fixed_tile(exported, tiny_model_dir):
