@@ -36,8 +36,9 @@ class OpenVinoBackend:
             "INFERENCE_NUM_THREADS": threads or default_threads(),
         }
         path = Path(path)
-        self._source = path / "model.xml" if path.is_dir() else path
-        self._model = self._core.read_model(str(self._source))
+        source = path / "model.xml" if path.is_dir() else path
+        self._stamp = source.stat().st_mtime_ns  # of the source as read
+        self._model = self._core.read_model(str(source))
         self._compiled = {}  # batch size -> the model compiled for it
         self._asked = set()  # batch sizes asked for
         self._lock = threading.Lock()
@@ -61,8 +62,7 @@ class OpenVinoBackend:
     def static_path(self, batch: int) -> Path:
         """Where the model with a fixed batch size lives: beside the source, named by the source's modification
         time as well, so a source made again (an int8 model calibrated again) never runs an older fixed copy."""
-        stamp = self._source.stat().st_mtime_ns
-        return self.path.parent / f"{self.path.name}.batch{batch}-{stamp}" / "model.xml"
+        return self.path.parent / f"{self.path.name}.batch{batch}-{self._stamp}" / "model.xml"
 
     def _save_static(self, batch: int, static: Path) -> None:
         import openvino as ov
