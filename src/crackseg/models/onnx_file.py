@@ -117,9 +117,9 @@ def upcast_weights(model) -> None:
     model.graph.node.extend(kept)
 
 
-def free_batch_norms(model) -> int:
+def free_batch_norms(model) -> None:
     """Let every batch norm be fused into its convolution: a `Shape` that reads a batch norm's input reads its output
-    instead (the same shape); returns how many moved.
+    instead (the same shape).
 
     The exporter reads the shapes of some convolutions' outputs, and ONNX Runtime fuses a batch norm only into a
     convolution whose output nothing else reads; left unfused, its int8 quantizer rounds those convolutions' outputs
@@ -133,14 +133,11 @@ def free_batch_norms(model) -> int:
         producer = next((i for i, node in enumerate(nodes) if norm.input[0] in node.output), -1)
         nodes.insert(producer + 1, norm)
     output_of = {norm.input[0]: norm.output[0] for norm in moving}
-    moved = 0
     for node in nodes:
         if node.op_type == "Shape" and node.input[0] in output_of:
             node.input[0] = output_of[node.input[0]]
-            moved += 1
     del model.graph.node[:]
     model.graph.node.extend(nodes)
-    return moved
 
 
 def runnable(source: str | os.PathLike | bytes, tile: int) -> bytes:
