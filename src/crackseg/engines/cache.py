@@ -75,6 +75,17 @@ def atomic_write_dir(final: Path, write) -> Path:
     return final
 
 
+def save_openvino_model(model, folder: Path) -> Path:
+    """An OpenVINO model written as IR (``model.xml``, ``model.bin``, weights as they are) into `folder`, atomically
+    (`atomic_write_dir`)."""
+    import openvino as ov
+
+    def write(tmp: Path) -> None:
+        ov.save_model(model, str(tmp / "model.xml"), compress_to_fp16=False)
+
+    return atomic_write_dir(folder, write)
+
+
 # --- export -------------------------------------------------------------------------------------------------
 
 

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from crackseg.engines.base import INPUT_NAME, BackendError, cpu_has_vnni, sigmoid
-from crackseg.engines.cache import atomic_write_dir, cache_path, cached_onnx, quiet
+from crackseg.engines.cache import cache_path, cached_onnx, quiet, save_openvino_model
 from crackseg.engines.handle import ModelHandle
 from crackseg.engines.onnxruntime_engine import OnnxBackend
 from crackseg.io.atomic import atomic_write_bytes
@@ -215,11 +215,7 @@ def quantize_openvino_int8(fp32_path: str | os.PathLike, out_dir: str | os.PathL
         )
     for key, value in {**onnx_file.read_metadata(fp32_path), "int8_calibration": crops.describe()}.items():
         quantized.set_rt_info(value, ["crackseg", key])
-
-    def write(folder: Path) -> None:
-        ov.save_model(quantized, str(folder / "model.xml"), compress_to_fp16=False)
-
-    return atomic_write_dir(Path(out_dir), write)
+    return save_openvino_model(quantized, Path(out_dir))
 
 
 def nncf_available() -> bool:

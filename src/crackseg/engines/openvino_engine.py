@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from crackseg.engines.base import BackendError, cpu_has_bf16_matrix_engine, default_threads
-from crackseg.engines.cache import atomic_write_dir, cache_dir, cached_onnx
+from crackseg.engines.cache import cache_dir, cached_onnx, save_openvino_model
 
 if TYPE_CHECKING:
     from crackseg.engines.handle import ModelHandle
@@ -65,15 +65,9 @@ class OpenVinoBackend:
         return self.path.parent / f"{self.path.name}.batch{batch}-{self._stamp}" / "model.xml"
 
     def _save_static(self, batch: int, static: Path) -> None:
-        import openvino as ov
-
         model = self._model.clone()
         model.reshape([batch, 3, self.fixed_size, self.fixed_size])
-
-        def write(folder: Path) -> None:
-            ov.save_model(model, str(folder / static.name), compress_to_fp16=False)
-
-        atomic_write_dir(static.parent, write)
+        save_openvino_model(model, static.parent)
 
     def size_for(self, count: int) -> int:
         """The batch size `count` tiles run at. A size asked for the first time runs padded with blank tiles on the
