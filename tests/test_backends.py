@@ -230,7 +230,11 @@ def test_openvino_runs_batches_on_models_compiled_for_their_size(exported):
     assert engine.static_path(3).is_file()  # saved beside the source, found by path next time
     stat = exported.stat()
     os.utime(exported, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))  # the source made again
-    assert OpenVinoBackend(exported).static_path(3) != engine.static_path(3)
+    remade = OpenVinoBackend(exported)
+    assert remade.static_path(3) != engine.static_path(3)
+    remade(batch)
+    assert remade.static_path(3).is_file() and not engine.static_path(3).parent.exists()  # the older copy removed
+    assert engine.static_path(1).is_file()  # a size the remade source has not run yet keeps its copy until it does
 
 
 def test_small_image_is_padded_to_the_fixed_tile(exported, tiny_model_dir):
@@ -296,6 +300,23 @@ def test_int8_calibration_runs_and_auto_uses_it_only_if_accurate(
         assert auto_choice(tiny_model_dir) == ("torch", "fp32")
     finally:
         record.write_text(measured)  # the other tests see the verdict this model really earned
+
+
+def test_openvino_int8_runs_without_nncf_once_calibrated(exported, tiny, monkeypatch):
+    """Calibrating needs NNCF, running does not: the core install runs the int8 model that an install with NNCF
+    calibrated into the same cache, and says which extra calibrating needs where there is none."""
+    from crackseg.engines import openvino_engine
+
+    if not int8.nncf_available():
+        pytest.skip("NNCF is not installed")
+    crops = CalibrationCrops(tiny.config, TILE, count=4)
+    int8.verified_int8(tiny, TILE, "openvino", crops, engines.INT8_OPENERS["openvino"])
+    monkeypatch.setattr(int8, "nncf_available", lambda: False)
+    assert ("openvino", "int8") in auto_candidates()
+    engine = openvino_engine.build(tiny, "int8", TILE, "cpu", crops, calibrate=False)
+    assert (engine.name, engine.precision, engine.fixed_size) == ("openvino", "int8", TILE)
+    with pytest.raises(BackendError, match=r"calibrating needs NNCF: pip install 'crackseg\[int8\]'"):
+        openvino_engine.build(tiny, "int8", TILE + 32, "cpu", crops)
 
 
 def test_auto_picks_an_accurate_backend_quietly_and_describes_it(exported, tiny_model_dir, image, reference, capsys):

@@ -40,7 +40,8 @@ def auto_candidates(device: str = "cpu") -> list[tuple[str, str]]:
 
     fp32 engines always qualify; bf16 where it is accurate and fast (CUDA, CPUs with bf16 matrix engines: AMX,
     AVX-512 BF16); int8 only if an int8 model of these weights was calibrated earlier (`crackseg export
-    --precision int8`, or an explicit `--precision int8` run) and passed the task-accuracy rule (`engines.int8`).
+    --precision int8`, or an explicit `--precision int8` run, in any install sharing the engine cache) and passed
+    the task-accuracy rule (`engines.int8`).
     The fallback order is that of benchmarks/predict_speed.py (448², 2 threads) on each kind of CPU.
     """
     if device.startswith("cuda"):
@@ -50,8 +51,6 @@ def auto_candidates(device: str = "cpu") -> list[tuple[str, str]]:
         order += [("openvino", "fp32"), ("onnx", "fp32")]
     else:
         order = [("openvino", "int8"), ("onnx", "int8"), ("onnx", "fp32"), ("openvino", "fp32")]
-    if not nncf_available():
-        order = [c for c in order if c != ("openvino", "int8")]
     if not has_torch():
         return [c for c in order if c[0] != "torch"]
     return order + [("torch", "fp32")]

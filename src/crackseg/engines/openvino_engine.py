@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -68,6 +69,9 @@ class OpenVinoBackend:
         model = self._model.clone()
         model.reshape([batch, 3, self.fixed_size, self.fixed_size])
         save_openvino_model(model, static.parent)
+        for stale in static.parent.parent.glob(f"{self.path.name}.batch{batch}-*"):
+            if stale != static.parent:  # the copy of a source made before this one: nothing runs it any more
+                shutil.rmtree(stale, ignore_errors=True)
 
     def size_for(self, count: int) -> int:
         """The batch size `count` tiles run at. A size asked for the first time runs padded with blank tiles on the
@@ -99,9 +103,14 @@ def build(handle: ModelHandle, precision: str, tile: int, device: str, crops=Non
     if device.startswith("cuda"):
         raise BackendError("the openvino backend runs on the CPU only; use --device cpu or --backend onnx/torch")
     if precision == "int8":
-        from crackseg.engines.int8 import nncf_available, verified_int8
+        from crackseg.engines.int8 import int8_cache_path, nncf_available, verified_int8
 
-        if not nncf_available():
-            raise BackendError("openvino int8 needs NNCF: pip install nncf (or use --backend onnx)")
+        # Running an int8 model needs OpenVINO only; NNCF is needed to calibrate one, which happens once per
+        # machine and model (the core install runs one that the full install calibrated into the shared cache).
+        if not nncf_available() and not int8_cache_path(handle, tile, "openvino").exists():
+            raise BackendError(
+                "openvino int8: not calibrated here yet, and calibrating needs NNCF: pip install 'crackseg[int8]' "
+                "(or use --backend onnx)"
+            )
         return verified_int8(handle, tile, "openvino", crops, open_int8, **int8_options)[0]
     return OpenVinoBackend(cached_onnx(handle, tile), precision)
