@@ -31,6 +31,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# A network's map is least sure within a few tens of px of a tile's edge, whatever the tile's size, so tiles overlap
+# by a number of px, not by a share of themselves: larger tiles then cost less per photo.
+OVERLAP_PX = 64
+
 
 def resize_method(scale: float) -> int:
     """Area averaging to shrink (no aliasing of thin cracks), cubic to enlarge."""
@@ -97,6 +101,12 @@ def scaled_region(where: np.ndarray | None, size: tuple[int, int]) -> np.ndarray
         return where
     region = cv2.resize(where.astype(np.float32), size, interpolation=cv2.INTER_AREA) > 0
     return cv2.dilate(region.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+
+
+def default_overlap(tile: int) -> float:
+    """The overlap of tiles when none is asked for: a quarter of the tile, and OVERLAP_PX on tiles over 256 px
+    (1/6 at 384)."""
+    return min(0.25, OVERLAP_PX / tile)
 
 
 def tile_starts(length: int, tile: int, overlap: float) -> list[int]:
@@ -184,8 +194,9 @@ class CrackSegmenter:
         self.model = model  # a network, or the ModelHandle of from_pretrained
         self.backend = backend or TorchBackend(model, self.options.precision, self.options.device)
         self._backend_lock = threading.Lock()
-        self.tile = self.options.tile or self.backend.fixed_size or self.config.train_size
-        self.overlap, self.batch_size = self.options.overlap, self.options.batch_size
+        self.tile = self.options.tile or self.backend.fixed_size or self.config.inference_tile
+        self.overlap = default_overlap(self.tile) if self.options.overlap is None else self.options.overlap
+        self.batch_size = self.options.batch_size
         self.tta = self.options.tta or self.options.tta_turns
         # One limit when given; by default photos (held whole) and georeferenced rasters (in blocks) differ.
         self.max_pixels, self.max_raster_pixels = self.options.photo_limit, self.options.raster_limit
@@ -217,7 +228,7 @@ class CrackSegmenter:
         options = options.replace(**option_values) if option_values else options
         is_path = is_weights_path(name_or_path)
         handle = ModelHandle.find(name_or_path if is_path else None, None if is_path else name_or_path)
-        tile = options.tile or handle.config.train_size
+        tile = options.tile or handle.config.inference_tile
         engine = build_engine(
             handle,
             tile,
@@ -243,7 +254,7 @@ class CrackSegmenter:
         flips += f", hysteresis from {self.low_threshold:g}" if self.low_threshold is not None else ""
         choice = getattr(self.backend, "choice", "")
         engine = f"{self.backend.name} {self.backend.precision}" + (f" ({choice})" if choice else "")
-        return f"{engine}, tile {self.tile}, overlap {self.overlap}{flips}"
+        return f"{engine}, tile {self.tile}, overlap {self.overlap:.3g}{flips}"
 
     def _logits(self, batch: np.ndarray) -> np.ndarray:
         # One engine call at a time, whichever thread calls: some engines must not be entered by two threads at

@@ -194,7 +194,7 @@ def export_model(
 
     handle = ModelHandle.find(weights, model)
     check_export_target(Path(out), overwrite, handle.path)
-    tile = int(tile or handle.config.train_size)
+    tile = int(tile or handle.config.inference_tile)
     if precision == "fp32":
         data = portable_model(handle, tile)
         fixed = onnx_file.input_size(onnx_file.load(data))

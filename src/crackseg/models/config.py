@@ -33,10 +33,16 @@ class ModelConfig:
     mean: tuple = IMAGENET_MEAN
     std: tuple = IMAGENET_STD
     train_size: int = 448
+    tile: int | None = None  # the tile inference cuts photos into by default (`inference_tile`)
     threshold: float = 0.5
     name: str = ""
     version: str = __version__
     notes: dict = field(default_factory=dict)
+
+    @property
+    def inference_tile(self) -> int:
+        """The tile size a photo is cut into unless one is asked for: the model's own, else its training size."""
+        return self.tile or self.train_size
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)
