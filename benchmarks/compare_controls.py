@@ -73,7 +73,7 @@ from crackseg.compare.verify import first_pass
 from crackseg.data import find_all_pairs, split_pairs
 from crackseg.inference import CrackSegmenter
 from crackseg.io.georef import Georeference
-from crackseg.io.images import read_image
+from crackseg.io.images import read_image, read_mask
 from crackseg.options import CompareOptions
 from crackseg.synthetic import crack_ribbon, lay_ribbon, smooth_path, textured_background
 
@@ -186,23 +186,28 @@ def agreement_transforms(photo: np.ndarray, tile: int):
         yield f"exposure {gain - 1:+.0%}", brighter, lambda p, r=same: (r, p)
 
 
-def mosaics(data: Path, limit: int | None) -> list[np.ndarray]:
-    """Validation photos of one source and size laid MOSAIC_SIDE × MOSAIC_SIDE edge to edge, those at least
-    MIN_MOSAIC_PX a side, one source after another: photos of a survey's size, whose maps cross many tile borders
-    where a validation photo's cross a few."""
+def mosaics(data: Path, limit: int | None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Validation photos of one source and size laid MOSAIC_SIDE × MOSAIC_SIDE edge to edge, with their crack masks
+    laid alike, those at least MIN_MOSAIC_PX a side, one source after another: photos of a survey's size, whose maps
+    cross many tile borders where a validation photo's cross a few."""
     groups = defaultdict(list)
     for pair in split_pairs(find_all_pairs([data]), 0.1, 0)[1]:
         photo = read_image(pair.image)
-        groups[pair.source, photo.shape].append(photo)
+        groups[pair.source, photo.shape].append((photo, read_mask(pair.mask).astype(bool)))
     by_source, cells = defaultdict(list), MOSAIC_SIDE**2
-    for (source, shape), photos in sorted(groups.items()):
+    for (source, shape), pairs in sorted(groups.items()):
         if min(shape[:2]) * MOSAIC_SIDE < MIN_MOSAIC_PX:
             continue
-        for start in range(0, len(photos) - cells + 1, cells):
-            group = photos[start : start + cells]
-            rows = [np.concatenate(group[r * MOSAIC_SIDE : (r + 1) * MOSAIC_SIDE], axis=1) for r in range(MOSAIC_SIDE)]
-            by_source[source].append(np.concatenate(rows, axis=0))
+        for start in range(0, len(pairs) - cells + 1, cells):
+            group = pairs[start : start + cells]
+            by_source[source].append(tuple(lay_out([pair[k] for pair in group]) for k in (0, 1)))
     return in_turn(by_source, limit)
+
+
+def lay_out(cells: list[np.ndarray]) -> np.ndarray:
+    """MOSAIC_SIDE² equal arrays laid edge to edge, row by row."""
+    rows = [np.concatenate(cells[r * MOSAIC_SIDE : (r + 1) * MOSAIC_SIDE], axis=1) for r in range(MOSAIC_SIDE)]
+    return np.concatenate(rows, axis=0)
 
 
 def agreement(segmenter, photos) -> None:
@@ -625,7 +630,7 @@ def main() -> None:
             f"{len(made)} mosaics of {MOSAIC_SIDE}×{MOSAIC_SIDE} validation photos instead, "
             f"{MIN_MOSAIC_PX}+ px a side\n"
         )
-        return agreement(segmenter, made)
+        return agreement(segmenter, [photo for photo, _ in made])
     if args.agreement:
         return agreement(segmenter, (read_image(path) for path in photos))
     modes = [False, True] if args.masks_too else [False]

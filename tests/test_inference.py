@@ -144,6 +144,19 @@ def test_tile_grid_covers_the_image():
     assert blend_window(8).min() > 0
 
 
+def test_tiles_are_the_models_own_size_and_overlap_by_64_px_past_256():
+    """Without --tile a photo is cut into the model's tile (its training size unless its config names one); without
+    --overlap, tiles share a quarter of themselves, and 64 px on tiles over 256 px."""
+    trained = CrackSegmenter(LocalNet(), ModelConfig(train_size=96), precision="fp32")
+    assert (trained.tile, trained.overlap) == (96, 0.25)
+    own = CrackSegmenter(LocalNet(), ModelConfig(train_size=256, tile=384), precision="fp32")
+    assert own.tile == 384 and own.overlap * 384 == pytest.approx(64) and "overlap 0.167" in own.describe()
+    asked = CrackSegmenter(LocalNet(), ModelConfig(train_size=256, tile=384), tile=512, overlap=0.3, precision="fp32")
+    assert (asked.tile, asked.overlap) == (512, 0.3)
+    starts = tile_starts(4000, own.tile, own.overlap)
+    assert min(b - a for a, b in zip(starts, starts[1:])) <= 384 - 64  # neighbours share at least 64 px
+
+
 @pytest.mark.parametrize("size", [(37, 53), (64, 64), (130, 250)])
 def test_any_size_gives_same_size_output(tiny_model_dir, size):
     net, config = load_model(tiny_model_dir)

@@ -127,7 +127,7 @@ class SegmentOptions(Options):
 
     tile: int | None = Field(None, description="tile size, a multiple of 32 (default: the model's)")
     overlap: float | None = Field(
-        None, ge=0, lt=1, description="overlap between tiles, as a fraction (default: 0.25, and 64 px on tiles over 256 px)"
+        None, ge=0, lt=1, description="overlap between tiles, as a fraction (default: 0.25; 64 px on tiles over 256 px)"
     )
     batch_size: int = Field(4, ge=1, description="tiles per forward pass")
     threshold: float | None = Field(None, description="probability threshold, 0 < t < 1 (default: the model's)")
