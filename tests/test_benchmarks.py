@@ -11,6 +11,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 
 from crackseg.engines.base import cpu_has_bf16_matrix_engine
 
@@ -115,19 +116,49 @@ def import_compare_controls():
 
 def test_a_mosaic_lays_validation_photos_of_one_source_edge_to_edge(tmp_path, monkeypatch):
     from crackseg.data import find_all_pairs, split_pairs
-    from crackseg.io.images import read_image
+    from crackseg.io.images import read_image, read_mask
     from crackseg.synthetic import write_synthetic_dataset
 
     synthetic_root = write_synthetic_dataset(tmp_path, 50, size=(96, 128))  # 5 validation photos
     compare_controls = import_compare_controls()
     monkeypatch.setattr(compare_controls, "MOSAIC_SIDE", 2)
     monkeypatch.setattr(compare_controls, "MIN_MOSAIC_PX", 150)  # the generated photos are 96×128
-    (made,) = compare_controls.mosaics(synthetic_root, None)
-    validation = [read_image(pair.image) for pair in split_pairs(find_all_pairs([synthetic_root]), 0.1, 0)[1]]
-    assert len(validation) >= 4 and made.shape == (192, 256, 3)
+    ((made, labels),) = compare_controls.mosaics(synthetic_root, None)
+    pairs = split_pairs(find_all_pairs([synthetic_root]), 0.1, 0)[1]
+    validation = [read_image(pair.image) for pair in pairs]
+    assert len(validation) >= 4 and made.shape == (192, 256, 3) and labels.shape == (192, 256)
     assert np.array_equal(made[:96, :128], validation[0]) and np.array_equal(made[96:, 128:], validation[3])
+    assert np.array_equal(labels[96:, 128:], read_mask(pairs[3].mask).astype(bool))  # each mask under its photo
     monkeypatch.setattr(compare_controls, "MIN_MOSAIC_PX", 250)  # too small a mosaic is left out
     assert compare_controls.mosaics(synthetic_root, None) == []
+
+
+def test_tile_sizes_scores_a_segmenter_against_the_labels_and_its_shifted_self():
+    """Drawn dark lines on a light surface, segmented by the darkness stand-in: found exactly, wherever the tiles
+    fall, and every tile of both calls counted."""
+    from crackseg.inference import tile_starts
+    from tests.fakes import darkness_segmenter
+
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import tile_sizes
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    photo = np.full((300, 400, 3), 230, np.uint8)
+    cv2.line(photo, (10, 150), (390, 120), (20, 20, 20), 3)
+    truth = photo[:, :, 0] < 128
+    segmenter = darkness_segmenter().with_options(tile=128)
+    figures = tile_sizes.score(segmenter, [(photo, truth)])
+    assert figures["f1"] == 1.0 and figures["precision"] == 1.0 and figures["shift"] == 1.0
+    dy, dx = tile_sizes.SHIFT
+
+    def grid(height, width):
+        return len(tile_starts(height, 128, 0.25)) * len(tile_starts(width, 128, 0.25))
+
+    assert figures["tiles"] == grid(300, 400) + grid(300 - dy, 400 - dx)
+    missed = truth.copy()
+    missed[:, :200] = False  # labels the stand-in does not see: half its finds are false
+    assert tile_sizes.score(segmenter, [(photo, missed)])["precision"] == pytest.approx(0.5, abs=0.05)
 
 
 def test_a_laid_crack_takes_the_look_of_the_photos_own_crack():
