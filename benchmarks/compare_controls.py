@@ -18,7 +18,8 @@ thresholded masks as masks (0/1 probabilities), which shows what the probability
 is segmented again shifted by sub-tile offsets (the photo's map cropped against the crop's map, away from the
 crop's edges by MODEL_EDGE_PX), rotated 90°, 180° and 270°, rescaled ±10 %, re-encoded JPEG q75 and re-exposed
 ±20 %, each map brought back to the photo's frame; printed per transform: the pooled F1 of its mask against the
-photo's own (the agreement), and the mean |Δp|. `--tta flips|turns`, `--overlap` and `--precision` set the segmenter.
+photo's own (the agreement), and the mean |Δp|. `--tta flips|turns`, `--tile`, `--overlap` and `--precision` set
+the segmenter.
 The validation photos are small (133–640 px a side): their maps cross few tile borders. `--mosaic` measures the
 agreement on photos of a survey's size instead: 3×3 validation photos of one source and size laid edge to edge
 (about 1,000–1,900 px a side; `mosaics`).
@@ -540,7 +541,7 @@ def time_large(args, photo: np.ndarray) -> None:
     model = ["--model", args.model] if args.model else []
     chosen = [
         flag
-        for name in ("overlap", "precision", "low_share")
+        for name in ("tile", "overlap", "precision", "low_share")
         for flag in (
             (f"--{name.replace('_', '-')}", str(getattr(args, name))) if getattr(args, name) is not None else ()
         )
@@ -602,6 +603,7 @@ def main() -> None:
     )
     parser.add_argument("--low-share", type=float, help="compare's --low-share (default: compare's)")
     parser.add_argument("--precision", default=None, help="the engine's precision (default: auto)")
+    parser.add_argument("--tile", type=int, default=None, help="the tile size (default: the model's)")
     parser.add_argument("--overlap", type=float, default=None, help="the tiles' overlap (default: the segmenter's)")
     parser.add_argument(
         "--timing", action="store_true", help="also time each control's comparison against one pass per tile"
@@ -614,7 +616,7 @@ def main() -> None:
     )
     parser.add_argument("--repeat", type=int, default=2, help="--large: runs of each segmentation, in turn")
     args = parser.parse_args()
-    chosen = {"overlap": args.overlap, "precision": args.precision}
+    chosen = {"tile": args.tile, "overlap": args.overlap, "precision": args.precision}
     chosen = {k: v for k, v in chosen.items() if v is not None}
     segmenter = CrackSegmenter.from_pretrained(
         args.model, tta=args.tta == "flips", tta_turns=args.tta == "turns", **chosen

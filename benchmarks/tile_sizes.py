@@ -8,7 +8,9 @@ figures. Here every tile size runs on mosaics of them instead (`compare_controls
 one source and size laid edge to edge, 900+ px a side, their masks laid alike), with one engine for all (default
 OpenVINO fp32, so that no int8 calibration per tile size enters the figures). Printed per TILE:OVERLAP: the tiles
 run, crack F1, precision and recall pooled over the mosaics against their labels, the agreement (pooled F1) of the
-masks of each mosaic and of its copy shifted by SHIFT px (compared where both are), and the seconds taken.
+masks of each mosaic and of its copy shifted by SHIFT px (compared where both are), the seconds taken, and the
+false cracks on surfaces with no crack: crack pixels per megapixel of generated textured surface
+(`synthetic.textured_background`, TEXTURE_PX² each, TEXTURE_SEEDS), at the model's threshold.
 """
 
 from __future__ import annotations
@@ -22,8 +24,10 @@ import numpy as np
 from compare_controls import DEFAULT_DATA, mosaics
 
 from crackseg.inference import CrackSegmenter
+from crackseg.synthetic import textured_background
 
 SHIFT = (25, 40)  # px down and right: less than any tile, off the network's 32 px lattice
+TEXTURE_PX, TEXTURE_SEEDS = 2000, (0, 1)
 
 
 def f1(counts: Counter) -> float:
@@ -31,7 +35,8 @@ def f1(counts: Counter) -> float:
 
 
 def score(segmenter: CrackSegmenter, made: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
-    """Label figures, shift agreement, tiles and seconds of one segmenter over the mosaics."""
+    """Label figures, shift agreement, tiles and seconds of one segmenter over the mosaics, and its false cracks on
+    generated surfaces (`false_cracks`)."""
     labels, shifted, tiles = Counter(), Counter(), []
 
     def mask_of(photo: np.ndarray) -> np.ndarray:
@@ -48,14 +53,25 @@ def score(segmenter: CrackSegmenter, made: list[tuple[np.ndarray, np.ndarray]]) 
         moved = mask_of(np.ascontiguousarray(photo[dy:, dx:]))
         ours = mask[dy:, dx:]
         shifted.update(tp=int((ours & moved).sum()), fp=int((moved & ~ours).sum()), fn=int((ours & ~moved).sum()))
+    seconds = time.perf_counter() - start
     return {
+        "texture": false_cracks(segmenter),
         "tiles": sum(tiles),
         "f1": f1(labels),
         "precision": labels["tp"] / max(labels["tp"] + labels["fp"], 1),
         "recall": labels["tp"] / max(labels["tp"] + labels["fn"], 1),
         "shift": f1(shifted),
-        "seconds": time.perf_counter() - start,
+        "seconds": seconds,
     }
+
+
+def false_cracks(segmenter: CrackSegmenter) -> float:
+    """Crack pixels per megapixel the segmenter finds on generated surfaces without a crack."""
+    found = 0
+    for seed in TEXTURE_SEEDS:
+        grey = textured_background(TEXTURE_PX, TEXTURE_PX, np.random.default_rng(seed)).astype(np.uint8)
+        found += int((segmenter.predict_prob(np.repeat(grey[:, :, None], 3, axis=2)) >= segmenter.threshold).sum())
+    return found / (len(TEXTURE_SEEDS) * TEXTURE_PX**2 / 1e6)
 
 
 def main() -> None:
@@ -69,7 +85,8 @@ def main() -> None:
     args = parser.parse_args()
     made = mosaics(args.data, args.limit)
     print(f"{len(made)} mosaics, {min(min(p.shape[:2]) for p, _ in made)}+ px a side; shift {SHIFT} px")
-    print(f"{'tile:overlap':<14} {'tiles':>6} {'F1':>7} {'P':>7} {'R':>7} {'shift F1':>9} {'seconds':>8}")
+    columns = ("tiles", 6), ("F1", 7), ("P", 7), ("R", 7), ("shift F1", 9), ("seconds", 8), ("texture", 8)
+    print(f"{'tile:overlap':<14} " + " ".join(f"{name:>{width}}" for name, width in columns))
     for pair in args.tiles.split(","):
         tile, overlap = pair.split(":")
         segmenter = CrackSegmenter.from_pretrained(
@@ -78,7 +95,7 @@ def main() -> None:
         r = score(segmenter, made)
         print(
             f"{pair:<14} {r['tiles']:>6} {r['f1']:>7.4f} {r['precision']:>7.4f} {r['recall']:>7.4f} "
-            f"{r['shift']:>9.4f} {r['seconds']:>8.1f}",
+            f"{r['shift']:>9.4f} {r['seconds']:>8.1f} {r['texture']:>8.0f}",
             flush=True,
         )
 

@@ -368,6 +368,16 @@ def test_export_command_writes_a_checked_onnx_file(exported, tiny_model_dir, tmp
     assert str(out) in capsys.readouterr().out
 
 
+def test_an_exported_shipped_model_keeps_its_folders_config(tmp_path):
+    """The default model's folder pins the tile its threshold was chosen at (its file's own config does not); the
+    file `crackseg export` writes carries the folder's config, so it runs the same way alone."""
+    out = tmp_path / "default.onnx"
+    assert main(["export", "--model", "unet-lite0", "-o", str(out)]) == 0
+    shipped = ModelHandle.find(None, "unet-lite0").config
+    assert shipped.tile == 256 and onnx_file.read_config(out) == shipped
+    assert onnx_file.read_config(ModelHandle.find(None, "unet-lite0").path).tile is None
+
+
 def test_int8_keeps_the_stem_and_head_convolutions_in_float(exported, tiny, tmp_path):
     import onnx
 

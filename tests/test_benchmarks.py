@@ -133,10 +133,11 @@ def test_a_mosaic_lays_validation_photos_of_one_source_edge_to_edge(tmp_path, mo
     assert compare_controls.mosaics(synthetic_root, None) == []
 
 
-def test_tile_sizes_scores_a_segmenter_against_the_labels_and_its_shifted_self():
+def test_tile_sizes_scores_a_segmenter_against_the_labels_and_its_shifted_self(monkeypatch):
     """Drawn dark lines on a light surface, segmented by the darkness stand-in: found exactly, wherever the tiles
     fall, and every tile of both calls counted."""
     from crackseg.inference import tile_starts
+    from crackseg.synthetic import textured_background
     from tests.fakes import darkness_segmenter
 
     sys.path.insert(0, str(BENCHMARKS))
@@ -159,6 +160,11 @@ def test_tile_sizes_scores_a_segmenter_against_the_labels_and_its_shifted_self()
     missed = truth.copy()
     missed[:, :200] = False  # labels the stand-in does not see: half its finds are false
     assert tile_sizes.score(segmenter, [(photo, missed)])["precision"] == pytest.approx(0.5, abs=0.05)
+    # on the generated surfaces the stand-in's cracks are their pixels darker than mid-grey, per megapixel
+    monkeypatch.setattr(tile_sizes, "TEXTURE_PX", 200)
+    surfaces = [textured_background(200, 200, np.random.default_rng(seed)) for seed in tile_sizes.TEXTURE_SEEDS]
+    dark = sum(int((surface.astype(np.uint8) <= 127).sum()) for surface in surfaces)
+    assert dark > 0 and tile_sizes.false_cracks(segmenter) == pytest.approx(dark / (len(surfaces) * 0.04))
 
 
 def test_a_laid_crack_takes_the_look_of_the_photos_own_crack():

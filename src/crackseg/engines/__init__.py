@@ -221,10 +221,13 @@ def export_model(
 
 
 def portable_model(handle: ModelHandle, tile: int) -> bytes:
-    """The crackseg ONNX file of a model: its own when it is one, else exported from its PyTorch weights."""
-    if onnx_file.is_onnx(handle.path):
-        return handle.path.read_bytes()
-    return export_onnx(handle.network, handle.config, tile)
+    """The crackseg ONNX file of a model: its own when it is one, else exported from its PyTorch weights; either way
+    with the config its folder gives (threshold, tile), so the file alone runs as the model did."""
+    if not onnx_file.is_onnx(handle.path):
+        return export_onnx(handle.network, handle.config, tile)
+    model = onnx_file.load(handle.path)
+    onnx_file.set_metadata(model, {onnx_file.CONFIG_KEY: handle.config.to_json()})
+    return model.SerializeToString()
 
 
 def check_export_target(out: Path, overwrite: bool, model_path: Path) -> None:
