@@ -41,7 +41,8 @@ class ModelConfig:
 
     @property
     def inference_tile(self) -> int:
-        """The tile size a photo is cut into unless one is asked for: the model's own, else its training size."""
+        """The tile size a photo is cut into unless one is asked for: the model's own (the map moves with the tile,
+        so a model pins the one its threshold was chosen in), else its training size."""
         return self.tile or self.train_size
 
     def to_json(self) -> str:
