@@ -24,14 +24,11 @@ import numpy as np
 from compare_controls import DEFAULT_DATA, mosaics
 
 from crackseg.inference import CrackSegmenter
+from crackseg.metrics import confusion, scores
 from crackseg.synthetic import textured_background
 
 SHIFT = (25, 40)  # px down and right: less than any tile, off the network's 32 px lattice
 TEXTURE_PX, TEXTURE_SEEDS = 2000, (0, 1)
-
-
-def f1(counts: Counter) -> float:
-    return 2 * counts["tp"] / max(2 * counts["tp"] + counts["fp"] + counts["fn"], 1)
 
 
 def score(segmenter: CrackSegmenter, made: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
@@ -48,19 +45,19 @@ def score(segmenter: CrackSegmenter, made: list[tuple[np.ndarray, np.ndarray]]) 
     start = time.perf_counter()
     for photo, truth in made:
         mask = mask_of(photo)
-        labels.update(tp=int((mask & truth).sum()), fp=int((mask & ~truth).sum()), fn=int((~mask & truth).sum()))
+        labels.update(confusion(mask, truth))
         dy, dx = SHIFT
         moved = mask_of(np.ascontiguousarray(photo[dy:, dx:]))
-        ours = mask[dy:, dx:]
-        shifted.update(tp=int((ours & moved).sum()), fp=int((moved & ~ours).sum()), fn=int((ours & ~moved).sum()))
+        shifted.update(confusion(moved, mask[dy:, dx:]))
     seconds = time.perf_counter() - start
+    found = scores(labels["tp"], labels["fp"], labels["fn"])
     return {
         "texture": false_cracks(segmenter),
         "tiles": sum(tiles),
-        "f1": f1(labels),
-        "precision": labels["tp"] / max(labels["tp"] + labels["fp"], 1),
-        "recall": labels["tp"] / max(labels["tp"] + labels["fn"], 1),
-        "shift": f1(shifted),
+        "f1": found["f1"],
+        "precision": found["precision"],
+        "recall": found["recall"],
+        "shift": scores(shifted["tp"], shifted["fp"], shifted["fn"])["f1"],
         "seconds": seconds,
     }
 
