@@ -252,6 +252,24 @@ def test_init_from_a_model_of_another_decoder_width_copies_the_encoder(tmp_path)
     assert encoder and all(torch.equal(target[k], source[k].to(target[k].dtype)) for k in encoder)
 
 
+def test_init_from_a_wider_unet_keeps_its_live_decoder_channels(tmp_path):
+    torch.manual_seed(0)
+    wide = build_model("unet", "resnet18", encoder_depth=3, decoder_channels=[32, 16, 8]).eval()
+    for name, module in wide.named_modules():
+        if name.startswith("net.decoder") and isinstance(module, torch.nn.BatchNorm2d):
+            dead = torch.randperm(module.num_features)[: module.num_features // 2]
+            module.weight.data[dead], module.bias.data[dead] = 0.0, 0.0  # always 0 after the ReLU
+    config = ModelConfig(arch="unet", encoder="resnet18", encoder_depth=3, arch_kwargs={"decoder_channels": [32, 16, 8]})
+    wide_dir = save_model(wide, config, tmp_path / "wide")
+    narrow = build_model("unet", "resnet18", encoder_depth=3, decoder_channels=[16, 8, 4]).eval()
+
+    assert init_from(narrow, str(wide_dir)) == []
+    photo = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        # The channels dropped carried nothing, so the narrow network computes exactly what the wide one does.
+        torch.testing.assert_close(narrow(photo), wide(photo))
+
+
 def test_source_balance_evens_out_the_sources():
     sources = ["big"] * 90 + ["small"] * 10
     drawn = BatchBlockSampler(100, 10, seed=0, weights=source_weights(sources, 1.0))

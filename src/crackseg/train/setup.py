@@ -157,12 +157,16 @@ def make_model(config: TrainConfig, device: torch.device, precision: str, rank: 
 def init_from(model: torch.nn.Module, path: str) -> list[str]:
     """Copy the weights of a trained model whose names and shapes match; return the names left as they were.
 
-    A model of another decoder width (or head) still starts from the trained encoder this way. Nothing matching
-    at all is an error: it means the wrong model was named.
+    A U-Net with a narrower decoder starts from the trained decoder's strongest channels (`narrow_unet_decoder`);
+    a model of another head or family still starts from the trained encoder this way. Nothing matching at all is
+    an error: it means the wrong model was named.
     """
+    from crackseg.models.narrow import narrow_unet_decoder
     from crackseg.models.networks import load_model
 
-    matching, skipped = matching_tensors(load_model(path)[0].state_dict(), model.state_dict())
+    target = model.state_dict()
+    source = narrow_unet_decoder(load_model(path)[0].state_dict(), target)
+    matching, skipped = matching_tensors(source, target)
     if not matching:
         raise TrainingError(f"init_from {path}: no tensor matches this architecture; pass a model of the same family")
     model.load_state_dict(matching, strict=False)

@@ -1,0 +1,67 @@
+"""Narrowing a trained U-Net decoder to fewer channels, keeping the channels that carry the most.
+
+A student with a slimmer decoder (`--arch-kwargs '{"decoder_channels": [...]}'`) fine-tuned from a trained model
+starts far closer to it from the trained decoder's strongest channels than from a random decoder. A channel's
+weight is the size of its batch-norm scale (what reaches the ReLU) times the size of the weights that read it in
+the next layer (what the network makes of it): network slimming's criterion, corrected for the consumer.
+"""
+
+from __future__ import annotations
+
+import torch
+
+BLOCKS = "net.decoder.blocks"
+HEAD = "net.segmentation_head.0"
+
+
+def narrow_unet_decoder(source: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`source` with each U-Net decoder tensor cut to `target`'s width where `target` is narrower.
+
+    Tensors outside the decoder, and decoders of the same width, are returned unchanged; a source that is not a
+    U-Net of the same depth is returned as it is (the caller then copies what matches by name and shape).
+    """
+    convs = decoder_convs(source)
+    if not convs or convs != decoder_convs(target) or f"{HEAD}.weight" not in source:
+        return source
+    if any(target[f"{c}.0.weight"].shape[0] > source[f"{c}.0.weight"].shape[0] for c in convs):
+        return source  # a wider decoder has nothing to keep channels from
+    narrowed = dict(source)
+    kept_inputs = None  # the previous conv's kept output channels: the first inputs of the next conv
+    for index, prefix in enumerate(convs):
+        weight = source[f"{prefix}.0.weight"]
+        reader = source[f"{convs[index + 1]}.0.weight" if index + 1 < len(convs) else f"{HEAD}.weight"]
+        inputs = input_channels(weight.shape[1], kept_inputs, source_width(source, convs, index))
+        keep = strongest_channels(source[f"{prefix}.1.weight"], reader, target[f"{prefix}.0.weight"].shape[0])
+        narrowed[f"{prefix}.0.weight"] = weight[keep][:, inputs]
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            narrowed[f"{prefix}.1.{name}"] = source[f"{prefix}.1.{name}"][keep]
+        kept_inputs = keep
+    narrowed[f"{HEAD}.weight"] = source[f"{HEAD}.weight"][:, kept_inputs]
+    return narrowed
+
+
+def decoder_convs(state: dict[str, torch.Tensor]) -> list[str]:
+    """The decoder's convolutions in the order they run: ``BLOCKS.i.conv1`` and ``BLOCKS.i.conv2`` per block."""
+    convs, block = [], 0
+    while f"{BLOCKS}.{block}.conv1.0.weight" in state:
+        convs += [f"{BLOCKS}.{block}.conv1", f"{BLOCKS}.{block}.conv2"]
+        block += 1
+    return convs
+
+
+def source_width(state: dict[str, torch.Tensor], convs: list[str], index: int) -> int | None:
+    """How many of conv `index`'s inputs come from the previous conv (the rest are the encoder's skip)."""
+    return state[f"{convs[index - 1]}.0.weight"].shape[0] if index else None
+
+
+def input_channels(count: int, kept_previous: torch.Tensor | None, previous_width: int | None) -> torch.Tensor:
+    """A conv's inputs to keep: the previous conv's kept channels, then every skip channel from the encoder."""
+    if kept_previous is None:
+        return torch.arange(count)
+    return torch.cat([kept_previous, torch.arange(previous_width, count)])
+
+
+def strongest_channels(scale: torch.Tensor, reader: torch.Tensor, count: int) -> torch.Tensor:
+    """The indices, in order, of the `count` channels with the largest |scale| × norm of the weights reading them."""
+    reading = reader[:, : scale.numel()].transpose(0, 1).flatten(1).norm(dim=1)
+    return torch.sort(torch.topk(scale.abs() * reading, count).indices).values
