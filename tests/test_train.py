@@ -259,7 +259,9 @@ def test_init_from_a_wider_unet_keeps_its_live_decoder_channels(tmp_path):
         if name.startswith("net.decoder") and isinstance(module, torch.nn.BatchNorm2d):
             dead = torch.randperm(module.num_features)[: module.num_features // 2]
             module.weight.data[dead], module.bias.data[dead] = 0.0, 0.0  # always 0 after the ReLU
-    config = ModelConfig(arch="unet", encoder="resnet18", encoder_depth=3, arch_kwargs={"decoder_channels": [32, 16, 8]})
+    config = ModelConfig(
+        arch="unet", encoder="resnet18", encoder_depth=3, arch_kwargs={"decoder_channels": [32, 16, 8]}
+    )
     wide_dir = save_model(wide, config, tmp_path / "wide")
     narrow = build_model("unet", "resnet18", encoder_depth=3, decoder_channels=[16, 8, 4]).eval()
 
