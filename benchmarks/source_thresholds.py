@@ -75,6 +75,7 @@ def main() -> None:
     parser.add_argument("--val-fraction", type=float, default=0.1)
     parser.add_argument("--split-seed", type=int, default=0)
     parser.add_argument("--backend", default="auto")
+    parser.add_argument("--precision", default="auto", help="auto, fp32, bf16 or int8: one for every model compared")
     parser.add_argument("--tta", action="store_true", help="also score each model with flip TTA (predict --tta)")
     args = parser.parse_args()
     pairs = split_pairs(find_all_pairs(args.data, exclude_splits=("test",)), args.val_fraction, args.split_seed)[1]
@@ -82,7 +83,7 @@ def main() -> None:
     for name in args.models:
         model = Path(name) if Path(name).exists() else name
         for tta in (False, True) if args.tta else (False,):
-            segmenter = CrackSegmenter.from_pretrained(model, backend=args.backend, tta=tta)
+            segmenter = CrackSegmenter.from_pretrained(model, backend=args.backend, precision=args.precision, tta=tta)
             label = f"{name} with --tta" if tta else str(name)
             report(label, segmenter, source_counts(segmenter, pairs), Counter(p.source for p in pairs))
 

@@ -272,6 +272,18 @@ def test_init_from_a_wider_unet_keeps_its_live_decoder_channels(tmp_path):
         torch.testing.assert_close(narrow(photo), wide(photo))
 
 
+def test_a_narrower_head_keeps_channels_that_say_crack_as_well_as_background():
+    from crackseg.models.narrow import narrow_unet_decoder
+
+    wide = build_model("unet", "resnet18", encoder_depth=3, decoder_channels=[32, 16, 8]).state_dict()
+    head = wide["net.segmentation_head.0.weight"]
+    head[:, :6], head[:, 6:] = -1.0, 0.1  # six strong background channels, two weak crack channels
+    narrow = build_model("unet", "resnet18", encoder_depth=3, decoder_channels=[16, 8, 4]).state_dict()
+
+    kept = narrow_unet_decoder(wide, narrow)["net.segmentation_head.0.weight"].sum(dim=(0, 2, 3))
+    assert (kept > 0).sum() == 1 and (kept < 0).sum() == 3  # in their share of eight, not the four strongest
+
+
 def test_source_balance_evens_out_the_sources():
     sources = ["big"] * 90 + ["small"] * 10
     drawn = BatchBlockSampler(100, 10, seed=0, weights=source_weights(sources, 1.0))
