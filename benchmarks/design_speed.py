@@ -7,7 +7,9 @@ Each design (ARCH:ENCODER:JSON keyword arguments, as `crackseg train --arch --en
 with its encoder's ImageNet weights where they are installed and a random decoder (speed does not depend on the
 weights; a trained encoder keeps the logits in the range the export's check expects), saved as a model folder and
 run as `crackseg predict` runs it, at batch 1 on 448² tiles with `--threads`: ONNX Runtime fp32, OpenVINO fp32,
-and OpenVINO bf16 where the CPU has bf16 matrix engines. Printed per design: GFLOP, parameters, images/s per engine
+OpenVINO bf16 where the CPU has bf16 matrix engines, and OpenVINO int8 where NNCF is installed (calibrated on
+`--calibration-crops` generated crops: enough for its speed, which is what `auto` takes where a trained model's int8
+passes the accuracy rule). Printed per design: GFLOP, parameters, images/s per engine
 and the ratio to the first design (by default the default model's network) on the same engine, all measured in one
 run; and the ratio of the fastest engines, which is what `auto` gives the one against the other.
 """
@@ -32,7 +34,7 @@ DESIGNS = [
     'unet:timm-tf_efficientnet_lite0:{"encoder_depth": 3, "decoder_channels": [32, 16, 8]}',
     'unetplusplus:timm-tf_efficientnet_lite0:{"decoder_channels": [64, 32, 16, 16, 8]}',
 ]
-ENGINES = [("onnx", "fp32"), ("openvino", "fp32"), ("openvino", "bf16")]
+ENGINES = [("onnx", "fp32"), ("openvino", "fp32"), ("openvino", "bf16"), ("openvino", "int8")]
 
 
 def parse_design(text: str) -> tuple[str, str, dict]:
@@ -55,7 +57,7 @@ def saved_design(text: str, folder: Path) -> Path:
     return save_model(net, config, folder)
 
 
-def engine_speeds(handle, iterations: int) -> dict[str, float]:
+def engine_speeds(handle, iterations: int, calibration_crops: int) -> dict[str, float]:
     from crackseg.engines import build_engine
     from crackseg.engines.base import BackendError
 
@@ -63,8 +65,8 @@ def engine_speeds(handle, iterations: int) -> dict[str, float]:
     speeds = {}
     for backend, precision in ENGINES:
         try:
-            engine = build_engine(handle, TILE, backend, precision, batch_size=1)
-        except BackendError:  # no bf16 matrix engine here, or the runtime is missing
+            engine = build_engine(handle, TILE, backend, precision, calibration_crops=calibration_crops, batch_size=1)
+        except BackendError:  # no bf16 matrix engine here, or the runtime or NNCF is missing
             continue
         speeds[f"{backend} {precision}"] = images_per_second(engine, batch, iterations)
     return speeds
@@ -75,6 +77,7 @@ def main() -> None:
     parser.add_argument("--design", nargs="+", default=DESIGNS, help="ARCH:ENCODER:JSON (default: a few U-Nets)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--iterations", type=int, default=20)
+    parser.add_argument("--calibration-crops", type=int, default=16, help="generated crops that calibrate int8")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     from crackseg.engines import ModelHandle
@@ -85,7 +88,8 @@ def main() -> None:
         for i, design in enumerate(args.design):
             handle = ModelHandle.find(saved_design(design, Path(tmp) / str(i)))
             params = sum(p.numel() for p in handle.network.parameters()) / 1e6
-            rows.append((design, model_gflop(handle.network), params, engine_speeds(handle, args.iterations)))
+            speeds = engine_speeds(handle, args.iterations, args.calibration_crops)
+            rows.append((design, model_gflop(handle.network), params, speeds))
     first = rows[0][3]
     print(f"448², batch 1, {args.threads} thread(s); images/s (× the first design on the same engine)")
     for design, gflop, params, speeds in rows:
