@@ -282,6 +282,17 @@ def test_a_narrower_head_keeps_channels_that_say_crack_as_well_as_background():
 
     kept = narrow_unet_decoder(wide, narrow)["net.segmentation_head.0.weight"].sum(dim=(0, 2, 3))
     assert (kept > 0).sum() == 1 and (kept < 0).sum() == 3  # in their share of eight, not the four strongest
+    assert narrow_unet_decoder(wide, wide) is wide  # as wide: nothing to choose
+
+
+def test_a_narrower_head_takes_no_more_of_a_kind_than_there_are():
+    from crackseg.models.narrow import head_channels
+
+    scale = torch.tensor([1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0])  # four dead channels, all read as background
+    head = torch.tensor([1.0, 1.0, -1.0, -1.0, -1.0, -1.0, 1.0, 1.0]).reshape(1, 8, 1, 1)
+    # The live channels all say crack, but there are only four of them for six places: two background ones join.
+    kept = head_channels(scale, head, 6).tolist()
+    assert len(set(kept)) == 6 and {0, 1, 6, 7} <= set(kept)
 
 
 def test_source_balance_evens_out_the_sources():

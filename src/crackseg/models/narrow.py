@@ -26,8 +26,9 @@ def narrow_unet_decoder(source: dict[str, torch.Tensor], target: dict[str, torch
     convs = decoder_convs(source)
     if not convs or convs != decoder_convs(target) or f"{HEAD}.weight" not in source:
         return source
-    if any(target[f"{c}.0.weight"].shape[0] > source[f"{c}.0.weight"].shape[0] for c in convs):
-        return source  # a wider decoder has nothing to keep channels from
+    widths = [(target[f"{c}.0.weight"].shape[0], source[f"{c}.0.weight"].shape[0]) for c in convs]
+    if any(wanted > there for wanted, there in widths) or all(wanted == there for wanted, there in widths):
+        return source  # a wider decoder has nothing to keep channels from; one as wide keeps them all
     narrowed = dict(source)
     kept_inputs = None  # the previous conv's kept output channels: the first inputs of the next conv
     for index, prefix in enumerate(convs):
@@ -76,6 +77,7 @@ def head_channels(scale: torch.Tensor, head: torch.Tensor, count: int) -> torch.
     live = strongest_importance(scale, head) > 0
     crack = int(round(count * int((live & sign).sum()) / max(int(live.sum()), 1)))
     crack = min(max(crack, int((live & sign).any())), count - int((live & ~sign).any()))
+    crack = min(max(crack, count - int((~sign).sum())), int(sign.sum()))  # no more of a kind than there are
     kinds = [(sign, crack), (~sign, count - crack)]
     picked = [torch.nonzero(kind).flatten()[strongest_channels(scale[kind], head[:, kind], n)] for kind, n in kinds]
     return torch.sort(torch.cat(picked)).values
