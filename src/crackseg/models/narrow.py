@@ -1,7 +1,7 @@
 """Narrowing a trained U-Net decoder to fewer channels, keeping the channels that carry the most.
 
 A student with a slimmer decoder (`--arch-kwargs '{"decoder_channels": [...]}'`) fine-tuned from a trained model
-starts far closer to it from the trained decoder's strongest channels than from a random decoder. A channel's
+starts closer to it from the trained decoder's strongest channels than from a random decoder. A channel's
 weight is the size of its batch-norm scale (what reaches the ReLU) times the size of the weights that read it in
 the next layer (what the network makes of it): network slimming's criterion, corrected for the consumer. The head
 scores crack with some channels and background with others (the signs of its weights): both kinds are kept, in the
@@ -36,9 +36,8 @@ def narrow_unet_decoder(source: dict[str, torch.Tensor], target: dict[str, torch
         reader = source[f"{convs[index + 1]}.0.weight" if index + 1 < len(convs) else f"{HEAD}.weight"]
         inputs = input_channels(weight.shape[1], kept_inputs, source_width(source, convs, index))
         scale, count = source[f"{prefix}.1.weight"], target[f"{prefix}.0.weight"].shape[0]
-        keep = (
-            strongest_channels(scale, reader, count) if index + 1 < len(convs) else head_channels(scale, reader, count)
-        )
+        pick = strongest_channels if index + 1 < len(convs) else head_channels
+        keep = pick(scale, reader, count)
         narrowed[f"{prefix}.0.weight"] = weight[keep][:, inputs]
         for name in ("weight", "bias", "running_mean", "running_var"):
             narrowed[f"{prefix}.1.{name}"] = source[f"{prefix}.1.{name}"][keep]
@@ -74,7 +73,7 @@ def head_channels(scale: torch.Tensor, head: torch.Tensor, count: int) -> torch.
     """`count` channels for a one-class head: the strongest of those it reads as crack (positive weights) and of
     those it reads as background, each kind in its share of the live channels (at least one of each there is)."""
     sign = head.sum(dim=(2, 3))[0] > 0
-    live = strongest_importance(scale, head) > 0
+    live = channel_importance(scale, head) > 0
     crack = int(round(count * int((live & sign).sum()) / max(int(live.sum()), 1)))
     crack = min(max(crack, int((live & sign).any())), count - int((live & ~sign).any()))
     crack = min(max(crack, count - int((~sign).sum())), int(sign.sum()))  # no more of a kind than there are
@@ -95,7 +94,7 @@ def dropped_mean(source: dict[str, torch.Tensor], last: str, kept: torch.Tensor)
     return (weight[:, dropped] * mean[dropped]).sum(dim=1)
 
 
-def strongest_importance(scale: torch.Tensor, reader: torch.Tensor) -> torch.Tensor:
+def channel_importance(scale: torch.Tensor, reader: torch.Tensor) -> torch.Tensor:
     """|scale| × the norm of the weights reading each channel."""
     reading = reader[:, : scale.numel()].transpose(0, 1).flatten(1).norm(dim=1)
     return scale.abs() * reading
@@ -103,4 +102,4 @@ def strongest_importance(scale: torch.Tensor, reader: torch.Tensor) -> torch.Ten
 
 def strongest_channels(scale: torch.Tensor, reader: torch.Tensor, count: int) -> torch.Tensor:
     """The indices, in order, of the `count` channels with the largest |scale| × norm of the weights reading them."""
-    return torch.sort(torch.topk(strongest_importance(scale, reader), count).indices).values
+    return torch.sort(torch.topk(channel_importance(scale, reader), count).indices).values
