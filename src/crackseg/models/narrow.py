@@ -74,9 +74,11 @@ def head_channels(scale: torch.Tensor, head: torch.Tensor, count: int) -> torch.
     those it reads as background, each kind in its share of the live channels (at least one of each there is)."""
     sign = head.sum(dim=(2, 3))[0] > 0
     live = channel_importance(scale, head) > 0
-    crack = int(round(count * int((live & sign).sum()) / max(int(live.sum()), 1)))
-    crack = min(max(crack, int((live & sign).any())), count - int((live & ~sign).any()))
-    crack = min(max(crack, count - int((~sign).sum())), int(sign.sum()))  # no more of a kind than there are
+    share = int(round(count * int((live & sign).sum()) / max(int(live.sum()), 1)))
+    # At least one of each kind that is alive, and no more of a kind than there are.
+    fewest = max(int((live & sign).any()), count - int((~sign).sum()))
+    most = min(count - int((live & ~sign).any()), int(sign.sum()))
+    crack = min(max(share, fewest), most)
     kinds = [(sign, crack), (~sign, count - crack)]
     picked = [torch.nonzero(kind).flatten()[strongest_channels(scale[kind], head[:, kind], n)] for kind, n in kinds]
     return torch.sort(torch.cat(picked)).values
