@@ -447,6 +447,7 @@ def found(changes, planted: Planted) -> tuple[str, float | None, float]:
         line = change.added if change.change == "extended" else change.line
         return shapely.intersection(line, along).length
 
+    # Flat ends: a laid crack ends where its path does, as its planted length does.
     lengthwise = shapely.LineString(planted.path).buffer(reach, cap_style="flat")
     in_after = [c.line for c in changes.cracks if c.change != "closed"]
     shown_length = sum(shapely.intersection(line, lengthwise).length for line in in_after)
