@@ -430,32 +430,39 @@ def probability_along(survey: Survey, path: np.ndarray) -> float:
     return float(np.median(survey.prob[path_pixels(survey.prob.shape, path)]))
 
 
-def found(changes, planted: Planted) -> tuple[str, float | None, float]:
-    """What a planted change was found as, the length reported for it, and the length of AFTER's centrelines along
-    its path (what AFTER's own segmentation shows of a laid crack: what a comparison can report of it). It is
-    the change whose centreline (an extension's: its added parts) runs along the planted path (within ALONG_PX, or
-    its half width) for the longest, at least a third of the path's length; none: "missed". A change the model
-    itself does not show in AFTER (a laid crack it does not segment, a painted-over one it still does) is "not
-    segmented": the model's miss, not the comparison's."""
+def along(planted: Planted, cap_style: str = "round"):
+    """The planted path grown by ALONG_PX, or its half width: where a change runs along it."""
+    return shapely.LineString(planted.path).buffer(max(ALONG_PX, planted.half_width), cap_style=cap_style)
+
+
+def found(changes, planted: Planted) -> tuple[str, float | None]:
+    """What a planted change was found as, and the length reported for it. It is the change whose centreline (an
+    extension's: its added parts) runs along the planted path (within ALONG_PX, or its half width) for the
+    longest, at least a third of the path's length; none: "missed". A change the model itself does not show in
+    AFTER (a laid crack it does not segment, a painted-over one it still does) is "not segmented": the model's
+    miss, not the comparison's."""
     shown = segmented(changes.after, planted.path)
     if (planted.kind == "closed" and shown > 0.4) or (planted.kind != "closed" and shown < 0.6):
-        return "not segmented", None, math.nan
-    reach = max(ALONG_PX, planted.half_width)
-    along = shapely.LineString(planted.path).buffer(reach)
+        return "not segmented", None
+    near = along(planted)
 
     def share(change) -> float:
         line = change.added if change.change == "extended" else change.line
-        return shapely.intersection(line, along).length
+        return shapely.intersection(line, near).length
 
-    # Flat ends: a laid crack ends where its path does, as its planted length does.
-    lengthwise = shapely.LineString(planted.path).buffer(reach, cap_style="flat")
-    in_after = [c.line for c in changes.cracks if c.change != "closed"]
-    shown_length = sum(shapely.intersection(line, lengthwise).length for line in in_after)
     best = max(changes.cracks, key=share, default=None)
     if best is None or share(best) < planted.length / 3:
-        return "missed", None, shown_length
+        return "missed", None
     length = {"extended": best.added_length_px, "new": best.length_after_px, "closed": best.length_before_px}
-    return best.change, length[planted.kind] if best.change == planted.kind else None, shown_length
+    return best.change, length[planted.kind] if best.change == planted.kind else None
+
+
+def shown_length(changes, planted: Planted) -> float:
+    """The length of AFTER's centrelines along a laid crack's path: what AFTER's own segmentation shows of it, and
+    so what a comparison can report of it. Flat ends: a laid crack ends where its path does, as its planted length
+    does."""
+    lengthwise = along(planted, cap_style="flat")
+    return sum(shapely.intersection(c.line, lengthwise).length for c in changes.cracks if c.change != "closed")
 
 
 class Stopwatch:
@@ -679,12 +686,13 @@ def main() -> None:
         except AlignmentError:
             continue
         for change in planted:
-            what, length, shown_length = found(changes, change)
+            what, length = found(changes, change)
             planted_tally[change.kind][what] += 1
             if length is not None:
                 errors[change.kind].append(abs(length / change.length - 1))
-                if change.kind == "new" and shown_length > 0:  # an extension's start is where the old crack's ends
-                    shown_errors[change.kind].append(abs(length / shown_length - 1))
+            shown = shown_length(changes, change) if length is not None and change.kind == "new" else 0.0
+            if shown > 0:  # new cracks only: an extension starts where the old crack's line ends
+                shown_errors[change.kind].append(abs(length / shown - 1))
             if what == "not segmented" and change.kind != "closed":
                 unseen.append(probability_along(changes.after, change.path))
     print_controls(tally, floors)

@@ -204,13 +204,13 @@ def test_a_planted_change_is_matched_to_the_change_that_runs_along_it():
     near = CrackChange(2, "unchanged", shapely.MultiLineString([[(141, 52), (180, 52)]]), shapely.MultiLineString())
     changes = type("Changes", (), {"after": after, "cracks": [near, grown]})()
     planted = compare_controls.Planted("extended", 40.0, path)
-    assert compare_controls.found(changes, planted)[:2] == ("extended", 31.0)
+    assert compare_controls.found(changes, planted) == ("extended", 31.0)
     grown.change = "unchanged"
-    assert compare_controls.found(changes, planted)[:2] == ("unchanged", None)
+    assert compare_controls.found(changes, planted) == ("unchanged", None)
     changes.cracks = [near]
-    assert compare_controls.found(changes, planted)[:2] == ("missed", None)
+    assert compare_controls.found(changes, planted) == ("missed", None)
     after.prob = np.zeros_like(prob)
-    assert compare_controls.found(changes, planted)[:2] == ("not segmented", None)
+    assert compare_controls.found(changes, planted) == ("not segmented", None)
 
 
 def test_a_new_crack_cut_in_two_is_found_as_its_longer_piece_against_all_that_shows():
@@ -230,8 +230,8 @@ def test_a_new_crack_cut_in_two_is_found_as_its_longer_piece_against_all_that_sh
     elsewhere = CrackChange(3, "new", shapely.MultiLineString([[(40, 90), (140, 90)]]), shapely.MultiLineString())
     changes = type("Changes", (), {"after": after, "cracks": [shorter, elsewhere, longer]})()
     planted = compare_controls.Planted("new", 100.0, np.array([[35.0, 50.0], [135.0, 50.0]]))
-    what, length, shown = compare_controls.found(changes, planted)
-    assert (what, length) == ("new", 60.0) and shown == pytest.approx(80.0)
+    assert compare_controls.found(changes, planted) == ("new", 60.0)
+    assert compare_controls.shown_length(changes, planted) == pytest.approx(80.0)
 
 
 def test_painting_over_spares_the_lengthened_crack_and_the_other_planted_changes():
