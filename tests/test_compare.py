@@ -662,21 +662,49 @@ def test_turns_run_only_where_changes_are_and_decide_as_turns_everywhere(tmp_pat
         tiles[where] = segmenter.backend.tiles
         if where == "changes":  # nothing changed, so nothing was averaged: the floor says so
             assert "--tta-where everywhere" in changes.summary()["noise_floor"]["read_from"]
-    shapes = [read_image(path).shape[:2] for path in pair]
-    segmenter = bar_segmenter(strength=0.0, tile=64)
-    assert tiles["changes"] == sum(segmenter.with_options(tta_turns=False)._tile_count(*s) for s in shapes)
+    single = bar_segmenter(strength=0.0, tile=64).with_options(tta_turns=False)
+    compare(*pair, segmenter=single)
+    assert tiles["changes"] == single.backend.tiles
     # the turns everywhere: eight passes, each over the photo moved inside its margin (a few more tiles)
-    assert tiles["everywhere"] == sum(segmenter._tile_count(*s) for s in shapes) >= 8 * tiles["changes"]
+    assert tiles["everywhere"] >= 8 * tiles["changes"]
+
+
+@pytest.mark.parametrize("kind", ["shifted, registered", "shifted, georeferenced"])
+def test_photos_a_shift_apart_are_tiled_on_one_grid(tmp_path, kind):
+    """A network that sees a bar in every tile (where the tile grid falls, not on the surface) reports bars as new
+    cracks between two photos a shift apart, each segmented on its own grid; compared as photos, both are tiled on
+    one grid, the bars fall on the same surface, and one pass per tile reports nothing."""
+    from tests.fakes import bar_segmenter
+
+    pair = control_pair(kind, tmp_path)
+    one_pass = bar_segmenter(strength=16.0).with_options(tta_turns=False)
+    own_grids = [load_survey(path, which, segmenter=one_pass) for path, which in zip(pair, ("BEFORE", "AFTER"))]
+    assert compare(*own_grids).counts()["new"] >= 2
+    changes = compare(*pair, segmenter=one_pass)
+    assert [changes.counts()[name] for name in ("new", "extended", "widened", "closed")] == [0, 0, 0, 0]
+    assert changes.before.place is not None and changes.after.place.height == changes.before.place.height
+
+
+def test_a_grid_is_shared_only_where_a_whole_shift_holds_across_the_frame():
+    from crackseg.compare.grid import shared_grid
+
+    shift = np.array([[1, 0, -72.2], [0, 1, -40.4], [0, 0, 1]])  # BEFORE px → AFTER px: AFTER starts 40, 72 in
+    before, after = shared_grid((384, 512), (384, 512), shift)
+    assert (before.top, before.left, after.top, after.left) == (0, 0, 40, 72)
+    assert (before.height, before.width) == (after.height, after.width) == (424, 584)
+    turned = np.vstack([cv2.getRotationMatrix2D((256, 192), 0.5, 1.0), [0, 0, 1]])  # corners drift 2 px
+    assert shared_grid((384, 512), (384, 512), turned) == (None, None)
+    assert shared_grid((384, 512), (384, 512), shift, max_pixels=200_000) == (None, None)
 
 
 def test_changes_of_a_network_not_the_same_under_turns_are_checked_away(tmp_path):
     """A network that sees a bar in every tile (where the tile grid falls, not on the surface) reports bars as new
-    cracks after a shift with one pass per tile; checked with the turns where found, nothing changed."""
+    cracks on a photo turned by 90° with one pass per tile; checked with the turns where found, nothing changed."""
     from tests.fakes import bar_segmenter
 
-    pair = control_pair("shifted, registered", tmp_path)
-    one_pass = compare(*pair, segmenter=bar_segmenter(strength=16.0).with_options(tta_turns=False)).counts()
-    assert one_pass["new"] >= 2
+    pair = control_pair("rotated 90°", tmp_path)
+    one_pass = compare(*pair, segmenter=bar_segmenter(strength=16.0).with_options(tta_turns=False))
+    assert one_pass.counts()["new"] >= 2 and one_pass.after.place is None  # a turn: each photo on its own grid
     for where in ("changes", "everywhere"):
         counts = compare(*pair, segmenter=bar_segmenter(strength=16.0), tta_where=where).counts()
         assert [counts[name] for name in ("new", "extended", "widened", "closed")] == [0, 0, 0, 0], where

@@ -45,10 +45,11 @@ import shapely
 
 from crackseg.compare.changes import Changes, CrackChange
 from crackseg.compare.evidence import Reading, SeenWidths, SurveyView, line_points, seen_pieces, width_growth
+from crackseg.compare.grid import shared_grid
 from crackseg.compare.match import added_parts, assign_ids, carried_lines, match
 from crackseg.compare.noise import NoiseFloor, noise_floor
 from crackseg.compare.registration import Alignment, check_scales, local_scale, register
-from crackseg.compare.survey import Survey, load_survey
+from crackseg.compare.survey import Capture, Survey, is_measure_file, load_survey, photo_capture, segmented
 from crackseg.compare.verify import checked_changes, first_pass
 from crackseg.measure import Crack
 from crackseg.options import CompareOptions
@@ -307,6 +308,19 @@ def reporting_scale(
     return None, None
 
 
+def segmented_inputs(inputs: list, alignment: Alignment, segmenter, min_length: float) -> list[Survey]:
+    """Each input as a survey, photos (`Capture`s) segmented: two photos that the registration moves by a shift
+    alone on one grid (`grid`), any other on its own."""
+    places = [None, None]
+    if hasattr(segmenter, "predict_prob") and all(isinstance(item, Capture) for item in inputs):
+        shapes = [item.shape for item in inputs]
+        places = shared_grid(*shapes, alignment.homography, getattr(segmenter, "max_pixels", None))
+    return [
+        segmented(item, segmenter, min_length, place) if isinstance(item, Capture) else item
+        for item, place in zip(inputs, places, strict=True)
+    ]
+
+
 def compare(
     before,
     after,
@@ -319,7 +333,8 @@ def compare(
 ) -> Changes:
     """Compare two surveys of one structure crack by crack; see the module notes.
 
-    `before`, `after`: photos, masks (`masks=True`) or NAME_measure.json files (paths), or `Survey`s.
+    `before`, `after`: photos, masks (`masks=True`) or NAME_measure.json files (paths), `Survey`s, or photos read
+    as `Capture`s (segmented here, like photos given by path).
     `segmenter`: what segments a photo (a CrackSegmenter, or see `survey.probabilities`); needed only where a
     survey is a photo (see `needs_segmenter`). With test-time augmentation and `tta_where="changes"` (the default),
     photos are segmented one pass per tile and augmented only around the changes found (`verify`); photo surveys
@@ -331,19 +346,22 @@ def compare(
     options = CompareOptions.of(options, **option_values)
     pixel_size_mm, min_length = options.pixel_size_mm, options.min_length
     first = first_pass(segmenter) if options.tta_where == "changes" else None
-    surveys = []
+    inputs = []
     for which, item, photo, scale in (("BEFORE", before, photos[0], None), ("AFTER", after, photos[1], pixel_size_mm)):
-        if not isinstance(item, Survey):
-            item = load_survey(item, which, masks, photo, first or segmenter, scale, min_length)
-        surveys.append(item)
-    before, after = surveys
+        if isinstance(item, (Survey, Capture)):
+            inputs.append(item)
+        elif masks or is_measure_file(item):
+            inputs.append(load_survey(item, which, masks, photo, None, scale, min_length))
+        else:
+            inputs.append(photo_capture(item, which, photo, segmenter, scale))
+    alignment = register(*inputs, options.assume_aligned)
+    before, after = segmented_inputs(inputs, alignment, first or segmenter, min_length)
     if before.measurement.count == 0:
         log.warning(
             "BEFORE %s has no crack: every crack of AFTER is new (or out of view, or faint in BEFORE)", before.name
         )
     if after.measurement.count == 0:
         log.warning("AFTER %s has no crack: every crack of BEFORE is closed (or out of view)", after.name)
-    alignment = register(before, after, options.assume_aligned)
     check_scales(before, after, alignment)
     tolerance = max(options.tolerance_px or 0.0, alignment.error_px + EXTRA_TOLERANCE_PX)
 

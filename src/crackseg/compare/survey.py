@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import shapely
 
+from crackseg.compare.grid import Placement, segment_placed
 from crackseg.errors import CracksegError, InputError, read_json
 from crackseg.io.georef import Georeference, GeoreferenceError, check_shape, read_georeference
 from crackseg.io.images import read_image, read_mask, to_rgb_uint8
@@ -50,6 +51,7 @@ class Survey:
     prob: np.ndarray | None = field(default=None, repr=False)  # float32 crack probability; None: a measure file
     threshold: float = MASK_THRESHOLD  # the probability its cracks were cut at (a model's own threshold)
     valid: np.ndarray | None = field(default=None, repr=False)  # bool: where it shows the surface; None: everywhere
+    place: Placement | None = None  # where its photo was tiled on a grid shared with the other survey (`grid`)
 
     @classmethod
     def from_arrays(
@@ -124,6 +126,54 @@ def needs_segmenter(inputs, masks: bool) -> bool:
     return not masks and not all(is_measure_file(path) for path in inputs)
 
 
+@dataclass
+class Capture:
+    """A photo to be segmented into a survey: what registration looks at (the photo, its georeference, its size,
+    its pixel size) before any segmentation, so that both photos can be tiled on one grid (`grid`)."""
+
+    name: str
+    photo: np.ndarray = field(repr=False)  # RGB uint8
+    georef: Georeference | None = None
+    pixel_size_mm: float | None = None
+    valid: np.ndarray | None = field(default=None, repr=False)  # bool: where it shows the surface; None: everywhere
+    photo_path: str | None = None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.photo.shape[:2]
+
+
+def read_capture(path, which: str, pixel_size_mm: float | None = None) -> Capture:
+    """BEFORE or AFTER (`which`, for messages) as a photo to segment. `pixel_size_mm` overrides its georeference."""
+    path = Path(path)
+    if not path.is_file():
+        raise CompareError(f"{which} {path}: no such file")
+    georef, image = read_georeference(path), read_image(path)
+    check_shape(str(path), georef, image.shape[:2])
+    valid = valid_data([path], image.shape[:2], which)
+    scale = pixel_size_mm if pixel_size_mm is not None else own_pixel_size(str(path), georef)
+    return Capture(str(path), image, georef, scale, valid, str(path))
+
+
+def segmented(capture: Capture, segmenter, min_length: float = DEFAULT_MIN_LENGTH, place=None) -> Survey:
+    """The survey a capture gives once `segmenter` cuts its cracks (see `probabilities`), tiled on `place`'s canvas
+    (None: on its own grid); its no-data is filled first, so that the network sees no edge there."""
+    prob, threshold = probabilities(segmenter, fill_no_data(capture.photo, capture.valid), place)
+    survey = Survey.from_arrays(
+        None,
+        capture.photo,
+        capture.name,
+        capture.georef,
+        capture.pixel_size_mm,
+        min_length,
+        prob=prob,
+        threshold=threshold,
+        valid=capture.valid,
+    )
+    survey.photo_path, survey.place = capture.photo_path, place
+    return survey
+
+
 def load_survey(
     path,
     which: str,
@@ -142,35 +192,35 @@ def load_survey(
     path = Path(path)
     if is_measure_file(path):
         return survey_from_measure_file(path, which, photo)
+    if not masks:
+        return segmented(photo_capture(path, which, photo, segmenter, pixel_size_mm), segmenter, min_length)
     if not path.is_file():
         raise CompareError(f"{which} {path}: no such file")
-    if not masks and photo is not None:
-        raise CompareError(f"{which} {path} is a photo itself: --photos is for --masks and measure files")
-    if not masks and segmenter is None:
-        raise CompareError(
-            f"{which} {path} is a photo and no segmenter was given: pass one (CrackSegmenter.from_pretrained()), "
-            "or compare masks or measure files"
-        )
-    georef = read_georeference(path)
-    image = None if masks else read_image(path)
-    mask = read_mask(path) if masks else None
-    shape = mask.shape if masks else image.shape[:2]
-    check_shape(str(path), georef, shape)
-    valid = valid_data([path] if photo is None else [path, photo], shape, which)
-    if masks:
-        prob, threshold = mask.astype(np.float32), MASK_THRESHOLD
-    else:  # segmented with its no-data filled, so that the network sees no edge there
-        prob, threshold = probabilities(segmenter, fill_no_data(image, valid))
+    georef, mask = read_georeference(path), read_mask(path)
+    check_shape(str(path), georef, mask.shape)
+    valid = valid_data([path] if photo is None else [path, photo], mask.shape, which)
+    image = None
     if photo is not None:
         image = read_image(photo)
         georef = georef or read_georeference(photo)
     scale = pixel_size_mm if pixel_size_mm is not None else own_pixel_size(str(path), georef)
     survey = Survey.from_arrays(
-        None, image, str(path), georef, scale, min_length, prob=prob, threshold=threshold, valid=valid
+        None, image, str(path), georef, scale, min_length, prob=mask.astype(np.float32), valid=valid
     )
-    survey.source = "mask" if masks else "photo"
-    survey.photo_path = str(photo) if photo is not None else (None if masks else str(path))
+    survey.source, survey.photo_path = "mask", None if photo is None else str(photo)
     return survey
+
+
+def photo_capture(path, which: str, photo=None, segmenter=None, pixel_size_mm: float | None = None) -> Capture:
+    """A photo input read to be segmented, refused where no segmenter is given or `--photos` names another."""
+    if photo is not None:
+        raise CompareError(f"{which} {path} is a photo itself: --photos is for --masks and measure files")
+    if segmenter is None:
+        raise CompareError(
+            f"{which} {path} is a photo and no segmenter was given: pass one (CrackSegmenter.from_pretrained()), "
+            "or compare masks or measure files"
+        )
+    return read_capture(path, which, pixel_size_mm)
 
 
 def fill_no_data(photo: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
@@ -181,12 +231,12 @@ def fill_no_data(photo: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
     return np.where(valid[:, :, None], photo, np.median(photo[valid], axis=0).astype(photo.dtype))
 
 
-def probabilities(segmenter, photo: np.ndarray) -> tuple[np.ndarray, float]:
+def probabilities(segmenter, photo: np.ndarray, place: Placement | None = None) -> tuple[np.ndarray, float]:
     """The photo's crack probability map and the threshold its cracks are cut at: from a CrackSegmenter (its
-    `predict_prob` and `threshold`), from anything whose `.predict(photo)` gives `.prob` and `.threshold` or only
-    a `.mask`, or from a callable photo → mask (a mask's 0/1 is its probability)."""
+    `predict_prob` and `threshold`; tiled on `place`'s canvas), from anything whose `.predict(photo)` gives `.prob`
+    and `.threshold` or only a `.mask`, or from a callable photo → mask (a mask's 0/1 is its probability)."""
     if hasattr(segmenter, "predict_prob") and hasattr(segmenter, "threshold"):
-        prob, threshold = segmenter.predict_prob(photo), segmenter.threshold
+        prob, threshold = segment_placed(segmenter, photo, place), segmenter.threshold
     elif hasattr(segmenter, "predict"):
         result = segmenter.predict(photo)
         if getattr(result, "prob", None) is not None:

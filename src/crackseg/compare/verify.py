@@ -26,6 +26,7 @@ import numpy as np
 import shapely
 
 from crackseg.compare.changes import REPORTED, CrackChange
+from crackseg.compare.grid import segment_placed
 from crackseg.compare.noise import NoiseFloor
 from crackseg.compare.registration import Alignment, apply_homography
 from crackseg.compare.survey import Survey, fill_no_data
@@ -120,7 +121,7 @@ def resegmented(survey: Survey, segmenter, where: np.ndarray) -> Survey:
     """A photo survey with its map replaced by `segmenter`'s inside `where`, and its cracks cut again where that
     moved its mask (measuring a large photo again takes a while, and its cracks depend on the mask alone)."""
     prob = survey.prob.copy()
-    prob[where] = segmenter.predict_prob(fill_no_data(survey.photo, survey.valid), where=where)[where]
+    prob[where] = segment_placed(segmenter, fill_no_data(survey.photo, survey.valid), survey.place, where)[where]
     if survey.valid is not None:
         prob[~survey.valid] = 0.0  # as `Survey.from_arrays` keeps it
     if np.array_equal(prob[where] >= survey.threshold, survey.prob[where] >= survey.threshold):
@@ -138,5 +139,5 @@ def resegmented(survey: Survey, segmenter, where: np.ndarray) -> Survey:
         valid=survey.valid,
     )
     again.measurement.width_classes = result.width_classes
-    again.source, again.photo_path = survey.source, survey.photo_path
+    again.source, again.photo_path, again.place = survey.source, survey.photo_path, survey.place
     return again
