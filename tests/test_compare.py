@@ -23,7 +23,7 @@ from crackseg.compare import AlignmentError, CompareError, Survey, apply_homogra
 from crackseg.compare.changes import RECORD_FIELDS
 from crackseg.inference import CrackSegmenter
 from crackseg.io.georef import Georeference
-from crackseg.io.images import read_image, to_rgb_uint8, write_image
+from crackseg.io.images import to_rgb_uint8, write_image
 from crackseg.measure.result import FIELD_NAMES
 from crackseg.runs.compare import write_changes
 
