@@ -44,9 +44,10 @@ found); `--tta-where everywhere` runs the TTA on every tile, and `--low-share` s
 `--tta` and with one pass per tile, one after the other, and prints the two totals and their ratio. `--large WxH`
 times `crackseg compare` itself instead, on a large photo with sparse cracks (the first validation photo, brought
 to the background's brightness and feathered in, at the centre of a `synthetic.textured_background`), compared with
-its copy shifted by SHIFT (georeferenced GeoTIFFs): with one pass per tile, and with `--tta`'s segmentation around
-the changes and everywhere, in turn `--repeat` times; printed: the median time of each, its ratio to one pass, and
-the changes reported (all false: nothing changed).
+a second capture of it (georeferenced GeoTIFFs; `--capture second`: shifted by SECOND_SHIFT, which is no whole
+number of pixels, so resampled, and saved again as a JPEG; `--capture same`: the same pixels shifted by SHIFT): with
+one pass per tile, and with `--tta`'s segmentation around the changes and everywhere, in turn `--repeat` times;
+printed: the median time of each, its ratio to one pass, and the changes reported (all false: nothing changed).
 """
 
 from __future__ import annotations
@@ -68,11 +69,10 @@ import cv2
 import numpy as np
 import shapely
 
-from crackseg.compare import AlignmentError, Survey, compare
+from crackseg.compare import AlignmentError, Capture, Survey, compare
 from crackseg.compare.changes import REPORTED
 from crackseg.compare.evidence import MODEL_EDGE_PX
 from crackseg.compare.survey import fill_no_data
-from crackseg.compare.verify import first_pass
 from crackseg.data import find_all_pairs, split_pairs
 from crackseg.inference import CrackSegmenter
 from crackseg.io.georef import Georeference
@@ -83,6 +83,7 @@ from crackseg.synthetic import crack_ribbon, lay_ribbon, smooth_path, textured_b
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 MIN_SIDE = 300  # px: the (25, 40) px shift must leave most of a photo to compare
 SHIFT = (25, 40)  # rows, columns: less than any model's tile
+SECOND_SHIFT, SECOND_JPEG = (25.4, 40.7), 90  # --large --capture second: the shift and JPEG quality of AFTER
 PIXEL_M = 0.0005
 UTM = 'PROJCS["WGS 84 / UTM zone 33N",GEOGCS["WGS 84",DATUM["WGS_1984",SPHEROID["WGS 84",6378137,298.257223563]],PRIMEM["Greenwich",0],UNIT["degree",0.0174532925199433]],PROJECTION["Transverse_Mercator"],PARAMETER["latitude_of_origin",0],PARAMETER["central_meridian",15],PARAMETER["scale_factor",0.9996],PARAMETER["false_easting",500000],PARAMETER["false_northing",0],UNIT["metre",1],AUTHORITY["EPSG","32633"]]'  # noqa: E501
 GROWTH_PX = 40.0
@@ -495,16 +496,23 @@ def children_cpu() -> float:
 
 def compare_control(segmenter, before, after, place_b, place_a, valid, as_mask: bool = False, **options):
     """Two photos compared as `crackseg compare` does (`options`: `CompareOptions` fields): with
-    `tta_where="changes"` (the default) segmented one pass per tile, the segmenter's TTA then only around the changes
-    found."""
-    options = CompareOptions.of(None, **options)
-    first = None if as_mask or options.tta_where != "changes" else first_pass(segmenter)
+    `tta_where="changes"` (the default) segmented one pass per tile (on one grid where a shift alone aligns them),
+    the segmenter's TTA then only around the changes found; `as_mask`: their thresholded masks compared as masks."""
+    if as_mask:
+        masks = (survey(segmenter, before, "before", place_b, as_mask=True),)
+        masks += (survey(segmenter, after, "after", place_a, valid, as_mask=True),)
+        return compare(*masks, options=CompareOptions.of(None, **options))
     return compare(
-        survey(first or segmenter, before, "before", place_b, as_mask=as_mask),
-        survey(first or segmenter, after, "after", place_a, valid, as_mask=as_mask),
-        segmenter=None if first is None else segmenter,
-        options=options,
+        capture(before, "before", place_b),
+        capture(after, "after", place_a, valid),
+        segmenter=segmenter,
+        options=CompareOptions.of(None, **options),
     )
+
+
+def capture(photo: np.ndarray, name: str, where=None, valid=None) -> Capture:
+    """A photo to compare, placed by a georeference at (row, col) `where` (None: none)."""
+    return Capture(name, photo, None if where is None else georef(*where, photo.shape[:2]), valid=valid)
 
 
 def large_sparse_photo(photo: np.ndarray, width: int, height: int, rng: np.random.Generator) -> np.ndarray:
@@ -521,6 +529,16 @@ def large_sparse_photo(photo: np.ndarray, width: int, height: int, rng: np.rando
     placed[region] = photo.astype(np.float32) - photo.mean() + background[region].mean()
     surface = np.repeat(background[:, :, None], 3, axis=2)
     return np.clip(inside * placed + (1 - inside) * surface, 0, 255).astype(np.uint8)
+
+
+def second_capture(photo: np.ndarray, shift: tuple[float, float], size: tuple[int, int]) -> np.ndarray:
+    """`photo` as a second capture from about the same place shows it: moved by `shift` (rows, columns; not whole
+    pixels: resampled, bicubic), `size` px (rows, columns), and saved again as a JPEG at quality SECOND_JPEG."""
+    dy, dx = shift
+    moved = cv2.warpAffine(
+        photo, np.float32([[1, 0, dx], [0, 1, dy]]), size[::-1], flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP
+    )
+    return jpeg(moved, SECOND_JPEG)
 
 
 def write_geotiff(path: Path, photo: np.ndarray, where: tuple[int, int]) -> None:
@@ -552,7 +570,9 @@ def time_large(args, photo: np.ndarray) -> None:
             f"--large {width}x{height}: smaller than the photo it holds ({photo.shape[1]}×{photo.shape[0]})"
         )
     big = large_sparse_photo(photo, width, height, np.random.default_rng(args.seed))
-    dy, dx = SHIFT
+    dy, dx = SHIFT if args.capture == "same" else SECOND_SHIFT
+    rows, cols = height - math.ceil(dy), width - math.ceil(dx)
+    after_photo = big[dy:, dx:] if args.capture == "same" else second_capture(big, (dy, dx), (rows, cols))
     model = ["--model", args.model] if args.model else []
     chosen = [
         flag
@@ -561,12 +581,13 @@ def time_large(args, photo: np.ndarray) -> None:
             (f"--{name.replace('_', '-')}", str(getattr(args, name))) if getattr(args, name) is not None else ()
         )
     ]
-    print(f"a {width}×{height} photo with the cracks of one validation photo, against its copy shifted {dy}, {dx} px")
+    copy = "its copy" if args.capture == "same" else f"a second capture of it (resampled, JPEG q{SECOND_JPEG})"
+    print(f"a {width}×{height} photo with the cracks of one validation photo, against {copy} shifted {dy}, {dx} px")
     seconds, cpu, changes = defaultdict(list), defaultdict(list), {}
     with tempfile.TemporaryDirectory() as folder:
         before, after = Path(folder) / "before.tif", Path(folder) / "after.tif"
-        write_geotiff(before, big[: height - dy, : width - dx], (0, 0))
-        write_geotiff(after, big[dy:, dx:], (dy, dx))
+        write_geotiff(before, big[:rows, :cols], (0, 0))
+        write_geotiff(after, after_photo, (dy, dx))
         runs = {"one pass": TTA_FLAGS["none"]}
         if args.tta != "none":
             for where in ("changes", "everywhere"):
@@ -630,6 +651,13 @@ def main() -> None:
         help="time `crackseg compare` on a photo this large with sparse cracks instead",
     )
     parser.add_argument("--repeat", type=int, default=2, help="--large: runs of each segmentation, in turn")
+    parser.add_argument(
+        "--capture",
+        choices=("second", "same"),
+        default="second",
+        help="--large: AFTER is a second capture (shifted by SECOND_SHIFT, resampled, JPEG), or the same pixels "
+        "shifted by SHIFT",
+    )
     args = parser.parse_args()
     chosen = {"tile": args.tile, "overlap": args.overlap, "precision": args.precision}
     chosen = {k: v for k, v in chosen.items() if v is not None}

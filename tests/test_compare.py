@@ -19,7 +19,7 @@ from affine import Affine
 
 import crackseg.cli.measure
 from crackseg.cli import main
-from crackseg.compare import AlignmentError, CompareError, Survey, apply_homography, compare, load_survey
+from crackseg.compare import AlignmentError, Capture, CompareError, Survey, apply_homography, compare, load_survey
 from crackseg.compare.changes import RECORD_FIELDS
 from crackseg.inference import CrackSegmenter
 from crackseg.io.georef import Georeference
@@ -683,6 +683,16 @@ def test_photos_a_shift_apart_are_tiled_on_one_grid(tmp_path, kind):
     changes = compare(*pair, segmenter=one_pass)
     assert [changes.counts()[name] for name in ("new", "extended", "widened", "closed")] == [0, 0, 0, 0]
     assert changes.before.place is not None and changes.after.place.height == changes.before.place.height
+
+
+def test_photos_in_memory_compare_as_files_do(tmp_path):
+    from tests.fakes import bar_segmenter
+
+    scene = scene_photo(SCENE_CRACKS.values())
+    one_pass = bar_segmenter(strength=16.0).with_options(tta_turns=False)
+    changes = compare(Capture("before", crop(scene)), Capture("after", crop(scene, OFFSET)), segmenter=one_pass)
+    files = compare(*control_pair("shifted, registered", tmp_path), segmenter=one_pass)
+    assert changes.counts() == files.counts() and changes.after.place == files.after.place is not None
 
 
 def test_a_grid_is_shared_only_where_a_whole_shift_holds_across_the_frame():
