@@ -94,13 +94,22 @@ def test_compare_controls_agreement_maps_each_transform_back_to_the_photos_frame
     photo = cv2.GaussianBlur(rng.integers(0, 256, (300, 340, 3), dtype=np.uint8), (0, 0), 4)
     grey = photo.mean(axis=2) / 255
     seen = []
+    lines = np.zeros(photo.shape[:2], np.uint8)  # a "segmentation" of thin cracks: a rescaled copy of it agrees
+    cv2.polylines(lines, [np.array([[10, 20], [150, 120], [320, 90]]), np.array([[40, 280], [200, 200]])], False, 1, 3)
     for name, changed, back in compare_controls.agreement_transforms(photo, 256):
-        region, prob = back(changed.mean(axis=2) / 255)
-        assert prob.shape == grey[region].shape, name
+        region, prob, mask = back(changed.mean(axis=2) / 255, 0.5)
+        assert prob.shape == mask.shape == grey[region].shape, name
         if name.startswith(("shift", "rotated")):
             assert np.abs(prob - grey[region]).max() < 1e-9, name
         elif name.startswith("scale"):
             assert np.abs(prob - grey[region]).mean() < 0.01, name
+            factor = changed.shape[1] / photo.shape[1]
+            own = cv2.resize(
+                lines, changed.shape[1::-1], interpolation=cv2.INTER_AREA if factor < 1 else cv2.INTER_LINEAR
+            )
+            _, _, back_lines = back(own.astype(np.float32), 0.91)  # cut near the top, as the default's maps are
+            agreement = 2 * (back_lines & (lines > 0)).sum() / (back_lines.sum() + (lines > 0).sum())
+            assert agreement > 0.95, (name, agreement)
         seen.append(name.split()[0])
     assert sorted(set(seen)) == ["JPEG", "exposure", "rotated", "scale", "shift"]
 
