@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 
+import cv2
 import numpy as np
 import pytest
 import shapely
@@ -471,3 +472,19 @@ def test_measure_command_takes_the_structures_direction(tmp_path, capsys):
     assert main(["measure", str(tmp_path / "in"), "--masks", "-o", str(tmp_path / "x"), "--direction", "nan"]) == 2
     assert "--direction (direction_deg) nan: must be a finite number" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()  # refused before anything is made
+
+
+@pytest.mark.parametrize("hole_area", [1, 16, 200])
+def test_small_holes_fill_as_scikit_image_fills_them(hole_area):
+    from skimage.morphology import remove_small_holes
+
+    from crackseg.measure.blocks import fill_small_holes
+
+    rng = np.random.default_rng(hole_area)
+    mask = cv2.dilate((rng.random((120, 160)) < 0.05).astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+    try:
+        expected = remove_small_holes(mask, max_size=hole_area)
+    except TypeError:  # scikit-image < 0.26 names the threshold by the first size kept
+        expected = remove_small_holes(mask, area_threshold=hole_area + 1)
+    filled = fill_small_holes(mask, hole_area)
+    assert np.array_equal(filled, expected) and (filled & ~mask).any()

@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 from scipy.ndimage import find_objects
 from skimage.measure import label
-from skimage.morphology import remove_small_holes, skeletonize
+from skimage.morphology import skeletonize
 
 from crackseg.measure.result import empty_array
 from crackseg.measure.skeleton import SkeletonGraph, node_lengths, owned_lines, prune_spurs
@@ -60,13 +60,14 @@ def crop_to_cracks(mask: np.ndarray) -> tuple[np.ndarray, int, int]:
 
 
 def fill_small_holes(mask: np.ndarray, hole_area: int = DEFAULT_HOLE_AREA) -> np.ndarray:
-    """Fill holes of up to `hole_area` px inside cracks; nothing else changes (1-px cracks must survive)."""
+    """Fill holes of up to `hole_area` px inside cracks (scikit-image's `remove_small_holes`: any 4-connected
+    piece of background that small); nothing else changes (1-px cracks must survive). OpenCV labels a large mask's
+    background several times faster than scikit-image does."""
     if hole_area <= 0:
         return mask.copy()
-    try:
-        return remove_small_holes(mask, max_size=hole_area)
-    except TypeError:  # scikit-image < 0.26 names the threshold by the first size kept
-        return remove_small_holes(mask, area_threshold=hole_area + 1)
+    _, labels, stats, _ = cv2.connectedComponentsWithStats((~mask).view(np.uint8), connectivity=4)
+    small = stats[:, cv2.CC_STAT_AREA] <= hole_area  # label 0 is the cracks themselves: OR-ing it changes nothing
+    return mask | small[labels]
 
 
 def pixel_moments(rows: np.ndarray, cols: np.ndarray, pixel_label: np.ndarray, n: int) -> np.ndarray:
