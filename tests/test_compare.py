@@ -733,8 +733,9 @@ class RegionRecorder:
 
 @pytest.mark.parametrize("stands", [False, True])
 def test_a_change_is_checked_first_then_every_crack_where_changes_stand(stands):
-    """A change one pass finds is averaged around first; only if it stands are the other cracks averaged (the floor
-    is read from them): a change the averaging takes back costs the tiles around it alone."""
+    """A new crack one pass finds is averaged around first in AFTER, which alone cut it out; only if it stands is it
+    averaged in BEFORE, and then the other cracks (the floor is read from them): a change the averaging takes back
+    costs the tiles around it in one survey alone."""
     from crackseg.compare.changes import CrackChange
     from crackseg.compare.noise import NoiseFloor
     from crackseg.compare.registration import Alignment
@@ -761,7 +762,8 @@ def test_a_change_is_checked_first_then_every_crack_where_changes_stand(stands):
     alignment = Alignment("assumed", np.eye(3), 0.0)
     *_, cracks, noise = checked_changes(*surveys, alignment, 2.0, recorder, decide)
     assert cracks[0].change == ("new" if stands else "unchanged")
-    assert all(region[20, 40] for region in recorder.regions[:2])  # the candidate first, in both surveys
+    assert recorder.regions[0][20, 40] and not recorder.regions[0][160, 40]  # the candidate first, in AFTER alone
+    assert len(recorder.regions) == (4 if stands else 1)  # then BEFORE around it, then the other crack in both
     assert any(region[160, 40] for region in recorder.regions) == stands
     assert noise.maps == (AVERAGED if stands else ONE_PASS)
 

@@ -3,9 +3,10 @@
 A comparison segments each photo with the eight turns and flips of every tile by default, because one pass per tile
 is not repeatable enough: on an unchanged site its knife-edge pixels become changes. That costs eight passes per
 tile, while most of a survey shows no change. So both photos are segmented one pass per tile first, the changes are
-decided, and then the segmenter's augmentation runs only on the tiles that overlap a reported change (in both
-surveys: its crack, grown by the tolerance and a margin, carried into BEFORE through the homography); the cracks
-are cut again, the changes decided again, and so on until every change stands on augmented maps on both sides.
+decided, and then the segmenter's augmentation runs only on the tiles that overlap a reported change (its crack,
+grown by the tolerance and a margin, carried into BEFORE through the homography: first in the survey that alone cut
+out a new or a closed crack, then, if the change stands, in the other); the cracks are cut again, the changes
+decided again, and so on until every change stands on augmented maps on both sides.
 Where changes remain, the augmentation then runs around every other crack too (the noise floor the changes are held
 against is read from them), and the changes are decided again the same way. An unchanged site costs one pass per
 tile and the decision, and a change one pass calls that the augmentation takes back, the tiles around it.
@@ -61,7 +62,7 @@ def checked_changes(
     cracks, noise = decide(before, after)
     every_crack = False
     while True:
-        regions = changed_regions(cracks, alignment, before.shape, after.shape, tolerance, every_crack)
+        regions = changed_regions(cracks, alignment, before.shape, after.shape, tolerance, every_crack, checked)
         todo = [None if done is None else region & ~done for region, done in zip(regions, checked, strict=True)]
         if not any(part is not None and part.any() for part in todo):
             if every_crack or not any(is_reported(c) for c in cracks):
@@ -81,22 +82,56 @@ def is_segmented_photo(survey: Survey) -> bool:
 
 
 def changed_regions(
-    cracks: list[CrackChange], alignment: Alignment, before_shape, after_shape, tolerance: float, every_crack: bool
+    cracks: list[CrackChange],
+    alignment: Alignment,
+    before_shape,
+    after_shape,
+    tolerance: float,
+    every_crack: bool,
+    checked: list[np.ndarray | None] = (None, None),
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Where to average, in BEFORE's and in AFTER's pixels: each crack `worth_checking` (its line in AFTER's frame)
-    grown by the tolerance and MARGIN_PX."""
+    """Where to average next, in BEFORE's and in AFTER's pixels: around each crack `worth_checking` (its line in
+    AFTER's frame, carried into BEFORE's, grown by the tolerance and MARGIN_PX). A crack only one survey cut out (a
+    new one: AFTER; a closed one: BEFORE) is averaged on that side first, where `checked` (each survey's pixels
+    averaged already; None: a survey that cannot be) says it is not yet: averaged there, a false change most often
+    goes, and the other side is averaged only if it stands."""
     inverse = np.linalg.inv(alignment.homography)
     reach = tolerance + MARGIN_PX
-    before, after = np.zeros(before_shape, np.uint8), np.zeros(after_shape, np.uint8)
+    regions = (np.zeros(before_shape, bool), np.zeros(after_shape, bool))
     for change in cracks:
         if not worth_checking(change, every_crack):
             continue
-        for line in shapely.get_parts(change.line):
-            xy = np.asarray(line.coords)
-            if len(xy):
-                draw(after, xy, reach)
-                draw(before, apply_homography(inverse, xy), reach / alignment.scale)
-    return before > 0, after > 0
+        xy = [np.asarray(line.coords) for line in shapely.get_parts(change.line) if len(line.coords)]
+        near = (
+            around(before_shape, [apply_homography(inverse, part) for part in xy], reach / alignment.scale),
+            around(after_shape, xy, reach),
+        )
+        sides = (0, 1)
+        own = ONE_SIDED.get(change.change) if not every_crack else None
+        if own is not None and checked[own] is not None and (near[own][1] & ~checked[own][near[own][0]]).any():
+            sides = (own,)
+        for i in sides:
+            window, mark = near[i]
+            regions[i][window] |= mark
+    return regions
+
+
+ONE_SIDED = {"new": 1, "closed": 0}  # the survey (0: BEFORE, 1: AFTER) that alone cut out a crack so changed
+
+
+def around(shape, lines: list[np.ndarray], reach: float) -> tuple[tuple[slice, slice], np.ndarray]:
+    """The pixels within `reach` of the polylines (x, y image coordinates), as a window of a `shape` image and the
+    marks inside it."""
+    if not lines:
+        return (slice(0, 0), slice(0, 0)), np.zeros((0, 0), bool)
+    xy = np.concatenate(lines)
+    low = np.clip(np.floor(xy.min(axis=0) - reach - 1).astype(int), 0, None)
+    high = np.minimum(np.ceil(xy.max(axis=0) + reach + 2).astype(int), (shape[1], shape[0]))
+    high = np.maximum(high, low)
+    marks = np.zeros((high[1] - low[1], high[0] - low[0]), np.uint8)
+    for line in lines:
+        draw(marks, line - low, reach)
+    return (slice(low[1], high[1]), slice(low[0], high[0])), marks > 0
 
 
 def worth_checking(change: CrackChange, every_crack: bool) -> bool:
