@@ -768,6 +768,31 @@ def test_a_change_is_checked_first_then_every_crack_where_changes_stand(stands):
     assert noise.maps == (AVERAGED if stands else ONE_PASS)
 
 
+def test_a_crack_one_survey_shows_under_the_floor_is_averaged_in_that_survey_alone():
+    """One pass may cut a closed crack into pieces each shorter than the floor: such a piece, shown by BEFORE alone
+    and absent from AFTER, is averaged around in BEFORE (where it may join up), and nowhere else."""
+    from crackseg.compare.changes import CrackChange
+    from crackseg.compare.noise import NoiseFloor
+    from crackseg.compare.registration import Alignment
+    from crackseg.compare.verify import checked_changes
+
+    shapes = [(200, 200), (200, 240)]  # BEFORE, AFTER: the recorded regions' shapes say whose they are
+    surveys = [
+        Survey.from_arrays(None, np.zeros((*shape, 3), np.uint8), name, prob=np.zeros(shape, np.float32))
+        for shape, name in zip(shapes, ("before", "after"), strict=True)
+    ]
+    piece = shapely.MultiLineString([[(20, 20), (30, 20)]])
+    recorder = RegionRecorder()
+
+    def decide(before, after):
+        change = CrackChange(1, "unchanged", piece, shapely.MultiLineString(), (1,), under_floor=True)
+        return [change], NoiseFloor(0.0, (1.0, 1.0), (None, None), (None, None))
+
+    checked_changes(*surveys, Alignment("assumed", np.eye(3), 0.0), 2.0, recorder, decide)
+    assert [region.shape for region in recorder.regions] == [shapes[0]]
+    assert recorder.regions[0][20, 25]
+
+
 def polyline_length(points) -> float:
     return float(shapely.LineString(points).length)
 

@@ -62,6 +62,10 @@ class CrackChange:
     # theirs beyond it; in width, the median growth of its local width (`evidence.width_growth`).
     length_change_px: float | None = None
     width_growth_px: float | None = None
+    # Unchanged, but only one survey shows it and the other shows no crack along more than half of it: it is only
+    # shorter than the length floor. One pass per tile may cut a longer crack into such pieces, so a comparison
+    # that checks its changes with test-time augmentation (`verify`) checks these too.
+    under_floor: bool = False
 
     def record(self, pixel_size_mm: float | None) -> dict:
         """The flat row of the CSV and the GeoJSON / GeoPackage attributes: px, and mm where the scale is known.

@@ -166,6 +166,7 @@ class Decider:
             change.change, change.confidence = absent, reading.appeared_confidence()
         else:
             change.change, change.confidence = "unchanged", reading.kept_confidence()
+            change.under_floor = reading.absent_share > ABSENT_SHARE  # absent, but shorter than the floor
 
     def seen_length(self, geometry, own: SurveyView, other: SurveyView) -> float:
         return Reading.of(geometry, own, other).seen_length

@@ -106,17 +106,34 @@ def changed_regions(
             around(before_shape, [apply_homography(inverse, part) for part in xy], reach / alignment.scale),
             around(after_shape, xy, reach),
         )
-        sides = (0, 1)
-        own = ONE_SIDED.get(change.change) if not every_crack else None
-        if own is not None and checked[own] is not None and (near[own][1] & ~checked[own][near[own][0]]).any():
-            sides = (own,)
-        for i in sides:
+        for i in sides_to_average(change, near, checked, every_crack):
             window, mark = near[i]
             regions[i][window] |= mark
     return regions
 
 
-ONE_SIDED = {"new": 1, "closed": 0}  # the survey (0: BEFORE, 1: AFTER) that alone cut out a crack so changed
+def sides_to_average(change: CrackChange, near, checked, every_crack: bool) -> tuple[int, ...]:
+    """The surveys (0: BEFORE, 1: AFTER) to average around a change next: both, but for a crack only one survey cut
+    out, that one alone until it is averaged there (and for a crack `under_floor`, that one alone at all)."""
+    own = None if every_crack else own_side(change)
+    if own is None:
+        return (0, 1)
+    if checked[own] is None:  # that survey cannot be averaged (not a segmented photo)
+        return () if change.under_floor else (0, 1)
+    window, mark = near[own]
+    if change.under_floor or (mark & ~checked[own][window]).any():
+        return (own,)
+    return (0, 1)
+
+
+def own_side(change: CrackChange) -> int | None:
+    """The survey that alone cut out a crack (0: BEFORE, 1: AFTER): a closed or a new one, or one `under_floor`
+    (BEFORE's where AFTER has no crack along it); None for any other."""
+    if change.change == "closed" or (change.under_floor and change.length_after_px is None):
+        return 0
+    if change.change == "new" or change.under_floor:
+        return 1
+    return None
 
 
 def around(shape, lines: list[np.ndarray], reach: float) -> tuple[tuple[slice, slice], np.ndarray]:
@@ -135,10 +152,12 @@ def around(shape, lines: list[np.ndarray], reach: float) -> tuple[tuple[slice, s
 
 
 def worth_checking(change: CrackChange, every_crack: bool) -> bool:
-    """A reported change; and, once changes stand on averaged maps, every crack both surveys show too: the noise
-    floor the changes are held against is read from those, and must be read from the maps the changes are decided
-    on (averaged maps fade more slowly at a crack's tips than one pass's, so their floor is higher)."""
-    return is_reported(change) or (every_crack and change.change == "unchanged")
+    """A reported change, or a crack only one survey shows that is under the floor by its length alone (one pass
+    may have cut a longer crack into such pieces); and, once changes stand on averaged maps, every crack both
+    surveys show too: the noise floor the changes are held against is read from those, and must be read from the
+    maps the changes are decided on (averaged maps fade more slowly at a crack's tips than one pass's, so their
+    floor is higher)."""
+    return is_reported(change) or change.under_floor or (every_crack and change.change == "unchanged")
 
 
 def is_reported(change: CrackChange) -> bool:
