@@ -187,17 +187,29 @@ class Decider:
 
     def additions(self, change: CrackChange, near) -> shapely.MultiLineString:
         """The parts of an AFTER crack beyond every BEFORE centreline `near` it, where both surveys see the surface
-        and BEFORE shows no crack along more than half of each (any, where BEFORE has no probabilities)."""
+        and BEFORE shows no crack along more than half of each beyond its own cracks' fade (`before_fade`; any,
+        where BEFORE has no probabilities)."""
         # A centreline's tip lies at the crack's end, which moves out by half of any widening: shorter added pieces
         # than the tolerance plus half the width are a tip's uncertainty, not growth.
         min_piece = self.tolerance + change.width_p95_after_px / 2
+        own_fade = self.before_fade(change, near)
         kept = []
         for piece in shapely.get_parts(added_parts(change.line, near, self.tolerance, min_piece)):
             for run in seen_pieces(piece, (self.before_view, self.after_view), min_piece):
-                reading = Reading.of(run, self.after_view, self.before_view)
-                if not reading.has_evidence or reading.absent_share > ABSENT_SHARE:
+                if not Reading.of(run, self.after_view, self.before_view).has_evidence:
+                    kept.append(run)
+                    continue
+                reading = Reading.of(run.difference(own_fade), self.after_view, self.before_view)
+                if reading.seen_length > 0 and reading.absent_share > ABSENT_SHARE:
                     kept.append(run)
         return shapely.MultiLineString(kept)
+
+    def before_fade(self, change: CrackChange, near):
+        """Where BEFORE's map fades out past the BEFORE cracks `near` a crack: within the tolerance, half their
+        width and BEFORE's tip band of their centrelines. A crack shows faintly there past its own tips whether or
+        not it grew, so what BEFORE shows there says nothing of an added piece, which is read beyond it."""
+        reach = self.tolerance + (change.width_p95_before_px or 0.0) / 2 + (self.noise.tip_band_px[0] or 0.0)
+        return shapely.union_all(near).buffer(reach)
 
     def continued(self, change: CrackChange, found, near, pieces) -> None:
         """An AFTER crack that continues the BEFORE cracks `found` (carried centrelines; `near`: every carried
