@@ -793,6 +793,33 @@ def test_a_crack_one_survey_shows_under_the_floor_is_averaged_in_that_survey_alo
     assert recorder.regions[0][20, 25]
 
 
+def fading_map(shape, segments, fade: float = 4.0) -> np.ndarray:
+    """Crack probability falling off with the distance d to each segment: 1 within 1.5 px, 0 from 1.5 + fade on
+    (past the tips as across)."""
+    far = np.ones(shape, np.uint8)
+    for start, end in segments:
+        cv2.line(far, start, end, 0, 1)
+    distance = cv2.distanceTransform(far, cv2.DIST_L2, 5)
+    return np.clip(1 - (distance - 1.5) / fade, 0, 1).astype(np.float32)
+
+
+@pytest.mark.parametrize(("grow", "expected"), [(0, "unchanged"), (3, "unchanged"), (8, "extended"), (10, "extended")])
+def test_a_crack_grown_past_its_own_fade_is_extended(grow, expected):
+    """BEFORE's map fades out past its crack's tip: what it shows there is the crack's own fade, not the added piece,
+    so an extension a little longer than the floor is found although that fade covers half of it."""
+    shape, photo = (240, 320), np.zeros((240, 320, 3), np.uint8)
+    others = [((20, 20 + 25 * k), (120, 30 + 25 * k)) for k in range(6)]  # the floor is read from these
+    before = fading_map(shape, [*others, ((150, 60), (230, 60))])
+    after = fading_map(shape, [*others, ((150, 60), (230 + grow, 60))])
+    changes = compare(
+        *(Survey.from_arrays(None, photo, name, prob=p) for name, p in (("b", before), ("a", after))),
+        assume_aligned=True,
+    )
+    (grown,) = [c for c in changes.cracks if c.length_after_px > 80 and abs(c.line.centroid.y - 60) < 3]
+    assert grown.change == expected and changes.noise.length_px < 8
+    assert [c.change for c in changes.cracks if c is not grown] == ["unchanged"] * len(others)
+
+
 def polyline_length(points) -> float:
     return float(shapely.LineString(points).length)
 
