@@ -24,8 +24,9 @@ therefore decided on each survey's probabilities (`evidence`) and held against t
 - A crack continued is `extended` when its added parts (farther than the tolerance from every BEFORE centreline,
   counted from BEFORE's tips, each longer than the tolerance plus half the crack's width: a tip's own uncertainty,
   and only where both surveys see the surface) show no crack in BEFORE along more than half of each (beyond where
-  BEFORE's own crack fades out past its tip: `Decider.before_fade`), total more than the length floor, and the crack grew by more than the length floor where both see it (its parts beyond the
-  BEFORE cracks less theirs beyond every AFTER crack where AFTER shows none: a shortened crack is never extended,
+  BEFORE's own crack fades out past its tip: `Decider.before_fade`), total more than the length floor, and the
+  crack grew by more than the length floor where both see it (its parts beyond the BEFORE cracks less theirs
+  beyond every AFTER crack where AFTER shows none: a shortened crack is never extended,
   while of a crack AFTER's segmentation cuts in two, the piece that grew at a tip is, less the cut); `widened` when
   its width grew by more than the width floor (the median growth of its local width along the part both see,
   `evidence.width_growth`); else `unchanged`.

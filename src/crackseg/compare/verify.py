@@ -88,7 +88,7 @@ def changed_regions(
     after_shape,
     tolerance: float,
     every_crack: bool,
-    checked: list[np.ndarray | None] = (None, None),
+    checked: list[np.ndarray | None],
 ) -> tuple[np.ndarray, np.ndarray]:
     """Where to average next, in BEFORE's and in AFTER's pixels: around each crack `worth_checking` (its line in
     AFTER's frame, carried into BEFORE's, grown by the tolerance and MARGIN_PX). A crack only one survey cut out (a
