@@ -192,7 +192,12 @@ def agreement_transforms(photo: np.ndarray, tile: int):
 
 def cut(place, region):
     """A transform's way back for maps on the photo's own pixels: `place` the map, its mask cut where it is."""
-    return lambda p, threshold: (region, place(p), place(p) >= threshold)
+
+    def back(prob, threshold):
+        placed = place(prob)
+        return region, placed, placed >= threshold
+
+    return back
 
 
 def rescaled_back(prob: np.ndarray, threshold: float, size: tuple[int, int], factor: float):
@@ -510,16 +515,12 @@ def compare_control(segmenter, before, after, place_b, place_a, valid, as_mask: 
     """Two photos compared as `crackseg compare` does (`options`: `CompareOptions` fields): with
     `tta_where="changes"` (the default) segmented one pass per tile (on one grid where a shift alone aligns them),
     the segmenter's TTA then only around the changes found; `as_mask`: their thresholded masks compared as masks."""
+    options = CompareOptions.of(None, **options)
     if as_mask:
-        masks = (survey(segmenter, before, "before", place_b, as_mask=True),)
-        masks += (survey(segmenter, after, "after", place_a, valid, as_mask=True),)
-        return compare(*masks, options=CompareOptions.of(None, **options))
-    return compare(
-        capture(before, "before", place_b),
-        capture(after, "after", place_a, valid),
-        segmenter=segmenter,
-        options=CompareOptions.of(None, **options),
-    )
+        before_mask = survey(segmenter, before, "before", place_b, as_mask=True)
+        return compare(before_mask, survey(segmenter, after, "after", place_a, valid, as_mask=True), options=options)
+    pair = capture(before, "before", place_b), capture(after, "after", place_a, valid)
+    return compare(*pair, segmenter=segmenter, options=options)
 
 
 def capture(photo: np.ndarray, name: str, where=None, valid=None) -> Capture:
