@@ -42,7 +42,14 @@ def shared_grid(before_shape, after_shape, homography: np.ndarray, max_pixels: f
     width = max(left + before_shape[1], left - dx + after_shape[1])
     if max_pixels is not None and height * width > max_pixels:
         return None, None
-    return Placement(top, left, height, width), Placement(top - dy, left - dx, height, width)
+    places = Placement(top, left, height, width), Placement(top - dy, left - dx, height, width)
+    return tuple(beyond_own_frame(place, shape) for place, shape in zip(places, (before_shape, after_shape)))
+
+
+def beyond_own_frame(place: Placement, shape) -> Placement | None:
+    """`place`, or None where its canvas is the photo's own frame (no shift, the same sizes): the photo's own grid
+    is then that canvas's, and segmenting it needs no canvas copied around it."""
+    return None if (place.top, place.left, place.height, place.width) == (0, 0, *shape[:2]) else place
 
 
 def whole_shift(shape, homography: np.ndarray) -> tuple[int, int] | None:
