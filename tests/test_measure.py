@@ -17,7 +17,7 @@ from crackseg.cli import main
 from crackseg.errors import InputError
 from crackseg.io.images import read_image, write_image
 from crackseg.measure import UNKNOWN_WIDTH_CLASS, ClassesError, WidthClasses, load_width_classes, measure
-from crackseg.measure.blocks import axis_angles, distance_to_background, pixel_moments
+from crackseg.measure.blocks import axis_angles, distance_to_background, pixel_moments, skeleton
 from crackseg.measure.figure import width_figure
 from crackseg.measure.skeleton import SkeletonGraph, trace_branches
 from crackseg.synthetic import synthetic_crack
@@ -246,6 +246,17 @@ def test_distance_transform_matches_scipy():
     rng = np.random.default_rng(1)
     mask = ndi.binary_opening(rng.random((120, 150)) < 0.7)
     assert np.abs(distance_to_background(mask) - ndi.distance_transform_edt(mask)).max() < 1e-4
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_cracks_thinned_one_by_one_give_the_whole_mask_s_skeleton(seed):
+    """Thinning each crack in its own box is the whole mask's Lee thinning, pixel for pixel: blobs that nearly
+    touch, specks, and cracks cut by the image's edges."""
+    rng = np.random.default_rng(seed)
+    mask = cv2.GaussianBlur((rng.random((160, 220)) < 0.45).astype(np.float32), (0, 0), 2.0) > 0.5
+    mask |= synthetic_crack((160, 220), seed, n_cracks=3)[1]
+    assert ndi.label(mask, np.ones((3, 3)))[1] > 5
+    assert np.array_equal(skeleton(mask), skeletonize(mask, method="lee") > 0)
 
 
 def test_mask_values():
