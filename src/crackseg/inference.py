@@ -362,9 +362,14 @@ class CrackSegmenter:
         if not self.options.tta_turns:
             return self._one_grid(image, cancel, counter, where, FLIPS if self.tta else None, single)
         total = np.zeros((height, width), np.float32)
+        # One mirrored margin wide enough for every turn's shift, each turn's photo a window of it (a mirrored
+        # margin's inner rows are those of any narrower one): the photo is copied once, not once per turn.
+        wide = 2 * SHIFT_MARGIN
+        mirrored = np.pad(image, ((wide, wide), (wide, wide), (0, 0)), mode="symmetric")
         for transform, shift in TURNS_SHIFTED:  # each turn sees the photo moved by its own shift (PHASE_SHIFT)
-            pads, _, _, part = self._shifted(height, width, where, shift)
-            moved = np.pad(image, (*pads, (0, 0)), mode="symmetric")
+            pads, moved_height, moved_width, part = self._shifted(height, width, where, shift)
+            top, left = wide - pads[0][0], wide - pads[1][0]
+            moved = mirrored[top : top + moved_height, left : left + moved_width]
             prob = self._one_grid(moved, cancel, counter, part, [transform], single)
             total += prob[pads[0][0] : pads[0][0] + height, pads[1][0] : pads[1][0] + width]
         return total / len(TURNS_SHIFTED)
@@ -415,9 +420,16 @@ class CrackSegmenter:
                 out[y : y + tile, x : x + tile] += prob
             if counter:
                 counter.advance(len(chunk))
-        out /= row_weight[:, None]
-        out /= col_weight[None, :]
-        return np.clip(out, 0.0, 1.0, out=out)
+        if not origins:
+            return out
+        # Only the tiles' span holds probabilities (with `where`, often a small part of a large photo).
+        rows = slice(min(y for y, _ in origins), max(y for y, _ in origins) + tile)
+        cols = slice(min(x for _, x in origins), max(x for _, x in origins) + tile)
+        span = out[rows, cols]
+        span /= row_weight[rows, None]
+        span /= col_weight[None, cols]
+        np.clip(span, 0.0, 1.0, out=span)
+        return out
 
     def predict(self, image, threshold: float | None = None) -> Prediction:
         """Predict one image: a path, a PIL image, or a numpy array (grayscale/RGB/RGBA, uint8/uint16)."""
