@@ -130,6 +130,16 @@ def test_the_documented_call_fits_the_device_tool():
     assert plan.minutes + 0.5 < 10  # ends inside the tool's limit per command, with room for the start
 
 
+def test_the_default_runs_are_the_narrow_decoders_on_labels_alone():
+    plan = gpu_designs.Plan(pack=Path(".gpu"), out=Path("out"))
+    decoders = []
+    for design in (gpu_designs.DESIGNS[name] for name in plan.runs):
+        args = list(design.args)
+        decoders.append(json.loads(args[args.index("--arch-kwargs") + 1])["decoder_channels"])
+        assert not design.distilled  # so no call spends its minutes on the teacher's maps
+    assert decoders == [[64, 32, 16, 8, 4], [48, 24, 12, 8, 4], [32, 16, 8, 8, 4]]
+
+
 def test_train_commands_distil_only_where_asked_and_resume_carried_states(tmp_path):
     plan = gpu_designs.Plan(pack=tmp_path / "pack", out=tmp_path / "out", work=tmp_path / "work", workers=3)
     data, maps = tmp_path / "data", tmp_path / "maps"
@@ -169,7 +179,7 @@ def run_smoke(work: Path, *extra: str) -> subprocess.CompletedProcess:
 
 def test_smoke_plan_teaches_trains_both_students_and_resumes(tmp_path):
     work = tmp_path / "work"
-    first = run_smoke(work)
+    first = run_smoke(work, "--runs", "distilled", "labels")
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     out = work / "out"
     returned = sorted(p.name for p in out.iterdir())

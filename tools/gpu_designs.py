@@ -1,10 +1,12 @@
 """The comparison of designs and the distillation on a lent GPU, in one call of the device tool, resumable.
 
-An optional path: the shipped default's recipe never depends on a GPU. The runs are the slim student of
-docs/designs-tried.md ("A slim student distilled from unet-lite0": U-Net, Lite0 encoder, decoder (64, 32, 16, 16, 8),
-its encoder copied from unet-lite0) trained side by side at the same budget, once on the labels plus the teacher's
-soft targets (`distilled`) and once on the labels alone (`labels`), with every hard-negative distractor
-(`--distractors all`) and the skeleton recall loss, at larger batches and crops than a CPU affords.
+An optional path: the shipped default's recipe never depends on a GPU. By default the runs are U-Nets on the Lite0
+encoder with the decoders narrow enough for 2.5× the default under int8 (`d64`, `d48`, `d32`: (64, 32, 16, 8, 4),
+(48, 24, 12, 8, 4), (32, 16, 8, 8, 4)), each started from unet-lite0 (`--init-from`) and trained side by side at the
+same budget on the labels, with every hard-negative distractor (`--distractors all`) and the skeleton recall loss,
+at larger batches and crops than a CPU affords. `--runs distilled labels` asks the distillation question instead:
+the slim student of docs/designs-tried.md ("A slim student distilled from unet-lite0", decoder (64, 32, 16, 16, 8))
+on the labels plus the teacher's soft targets, and on the labels alone.
 
 Here, before the call (the pack of data and wheels: tools/gpu_pack.py):
 
@@ -74,19 +76,30 @@ class Design:
     distilled: bool = False  # also learns the teacher's maps
 
 
-SLIM_STUDENT = (
-    "--arch", "unet", "--encoder", "timm-tf_efficientnet_lite0",
-    "--arch-kwargs", '{"decoder_channels": [64, 32, 16, 16, 8]}',
-    "--lr-schedule", "cosine", "--loss", "bce+dice+skel",
-    "--source-balance", "0.5", "--distractor-prob", "0.3", "--distractors", "all",
-    "--degrade-prob", "0.3", "--scale-range", "0.4,1.3",
-    "--select", "sources", "--threshold-by", "sources",
-)  # fmt: skip
+def student(decoder: tuple[int, ...]) -> tuple[str, ...]:
+    """A U-Net on the Lite0 encoder with this decoder, on the default's recipe (every hard negative, skeleton
+    recall); every run starts from the teacher (`--init-from`: its encoder, and its strongest decoder channels)."""
+    return (
+        "--arch", "unet", "--encoder", "timm-tf_efficientnet_lite0",
+        "--arch-kwargs", json.dumps({"decoder_channels": list(decoder)}),
+        "--lr-schedule", "cosine", "--loss", "bce+dice+skel",
+        "--source-balance", "0.5", "--distractor-prob", "0.3", "--distractors", "all",
+        "--degrade-prob", "0.3", "--scale-range", "0.4,1.3",
+        "--select", "sources", "--threshold-by", "sources",
+    )  # fmt: skip
+
+
+# The distillation question (`distilled` against `labels`, the slim student of docs/designs-tried.md), and the
+# decoders narrow enough for 2.5× the default under int8 on CPUs with VNNI (docs/designs-tried.md, "How fast a Lite0
+# U-Net can get under int8"), on labels alone: on the CPU, distilling gave them nothing measurable.
 DESIGNS = {
     d.name: d
     for d in (
-        Design("distilled", (*SLIM_STUDENT, "--distill-weight", "0.5"), distilled=True),
-        Design("labels", SLIM_STUDENT),
+        Design("distilled", (*student((64, 32, 16, 16, 8)), "--distill-weight", "0.5"), distilled=True),
+        Design("labels", student((64, 32, 16, 16, 8))),
+        Design("d64", student((64, 32, 16, 8, 4))),
+        Design("d48", student((48, 24, 12, 8, 4))),
+        Design("d32", student((32, 16, 8, 8, 4))),
     )
 }
 
@@ -101,7 +114,7 @@ class Plan:
     site: Path = Path("/tmp/site")
     minutes: float = 8.5  # the whole call; the device tool stops a command at 10
     finish_minutes: float = 1.25  # after the training bound: the last validation, saving, archiving
-    runs: tuple[str, ...] = ("distilled", "labels")
+    runs: tuple[str, ...] = ("d64", "d48", "d32")
     teacher: str = "unet-lite0"
     size: int = 384
     batch_size: int = 32
