@@ -55,13 +55,18 @@ def beyond_own_frame(place: Placement, shape) -> Placement | None:
 def whole_shift(shape, homography: np.ndarray) -> tuple[int, int] | None:
     """The whole-pixel shift (rows, columns) the homography moves every corner of a `shape` frame by, to within
     MAX_GRID_DRIFT_PX; None when it turns, scales or tilts the frame more than that."""
-    height, width = shape[:2]
-    corners = np.array([[0, 0], [width, 0], [width, height], [0, height]], np.float64)
+    corners = frame_corners(shape)
     moved = cv2.perspectiveTransform(corners[None], np.asarray(homography, np.float64))[0] - corners
     dx, dy = np.round(moved.mean(axis=0)).astype(int)
     if np.abs(moved - (dx, dy)).max() > MAX_GRID_DRIFT_PX:
         return None
     return int(dy), int(dx)
+
+
+def frame_corners(shape) -> np.ndarray:
+    """The four corners (x, y) of a `shape` image's frame, clockwise from the top-left."""
+    height, width = shape[:2]
+    return np.array([[0, 0], [width, 0], [width, height], [0, height]], np.float64)
 
 
 def segment_placed(segmenter, photo: np.ndarray, place: Placement | None, where: np.ndarray | None = None):

@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 import shapely
 
+from crackseg.compare.grid import frame_corners
 from crackseg.compare.survey import CompareError, Survey
 from crackseg.io.georef import Georeference
 
@@ -204,8 +205,7 @@ def image_box(shape) -> shapely.Polygon:
 
 def footprint(shape, h: np.ndarray) -> shapely.Polygon:
     """BEFORE's image outline in AFTER's frame (its corners carried over: a homography keeps lines straight)."""
-    corners = np.array([[0, 0], [shape[1], 0], [shape[1], shape[0]], [0, shape[0]]], np.float64)
-    return shapely.Polygon(apply_homography(h, corners)).buffer(0)
+    return shapely.Polygon(apply_homography(h, frame_corners(shape))).buffer(0)
 
 
 def check_scales(before: Survey, after: Survey, alignment: Alignment) -> None:
