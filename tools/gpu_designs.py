@@ -1,7 +1,7 @@
 """The comparison of designs and the distillation on a lent GPU, in one call of the device tool, resumable.
 
 An optional path: the shipped default's recipe never depends on a GPU. By default the runs are U-Nets on the Lite0
-encoder with the decoders narrow enough for 2.5× the default under int8 (`d64`, `d48`, `d32`: (64, 32, 16, 8, 4),
+encoder with the decoders narrow enough to near 2.5× the default under int8 (`d64`, `d48`, `d32`: (64, 32, 16, 8, 4),
 (48, 24, 12, 8, 4), (32, 16, 8, 8, 4)), each started from unet-lite0 (`--init-from`) and trained side by side at the
 same budget on the labels, with every hard-negative distractor (`--distractors all`) and the skeleton recall loss,
 at larger batches and crops than a CPU affords. `--runs distilled labels` asks the distillation question instead:
@@ -90,7 +90,7 @@ def student(decoder: tuple[int, ...]) -> tuple[str, ...]:
 
 
 # The distillation question (`distilled` against `labels`, the slim student of docs/designs-tried.md), and the
-# decoders narrow enough for 2.5× the default under int8 on CPUs with VNNI (docs/designs-tried.md, "How fast a Lite0
+# decoders narrow enough to near 2.5× the default under int8 on CPUs with VNNI (docs/designs-tried.md, "How fast a Lite0
 # U-Net can get under int8"), on labels alone: on the CPU, distilling gave them nothing measurable.
 DESIGNS = {
     d.name: d
