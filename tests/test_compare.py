@@ -21,6 +21,7 @@ import crackseg.cli.measure
 from crackseg.cli import main
 from crackseg.compare import AlignmentError, Capture, CompareError, Survey, apply_homography, compare, load_survey
 from crackseg.compare.changes import RECORD_FIELDS
+from crackseg.compare.report import report_markdown
 from crackseg.inference import CrackSegmenter
 from crackseg.io.georef import Georeference
 from crackseg.io.images import to_rgb_uint8, write_image
@@ -254,6 +255,7 @@ def test_a_third_survey_keeps_the_second_ones_ids(pair, tmp_path):
     assert main([*argv, "--photos", "-", str(tmp_path / "s3.png"), "-o", str(tmp_path / "two")]) == 0
     summary = json.loads((tmp_path / "two" / "summary.json").read_text())
     assert summary["alignment"]["method"] == "features" and summary["alignment"]["error_px"] < 0.5
+    assert summary["one_tile_grid"] is None  # masks: nothing was segmented here
     rows = list(csv.DictReader((tmp_path / "two" / "changes.csv").open()))
     kept = {int(r["id"]) for r in rows if r["change"] == "unchanged"}
     assert kept == {c.id for c in first.cracks if c.after_number}
@@ -693,6 +695,7 @@ def test_photos_in_memory_compare_as_files_do(tmp_path):
     changes = compare(Capture("before", crop(scene)), Capture("after", crop(scene, OFFSET)), segmenter=one_pass)
     files = compare(*control_pair("shifted, registered", tmp_path), segmenter=one_pass)
     assert changes.counts() == files.counts() and changes.after.place == files.after.place is not None
+    assert files.summary()["one_tile_grid"] is True and "tiled on one grid" in report_markdown(files)
 
 
 def test_a_grid_is_shared_only_where_a_whole_shift_holds_across_the_frame():
@@ -703,8 +706,9 @@ def test_a_grid_is_shared_only_where_a_whole_shift_holds_across_the_frame():
     assert (before.top, before.left, after.top, after.left) == (0, 0, 40, 72)
     assert (before.height, before.width) == (after.height, after.width) == (424, 584)
     turned = np.vstack([cv2.getRotationMatrix2D((256, 192), 0.5, 1.0), [0, 0, 1]])  # corners drift 2 px
-    assert shared_grid((384, 512), (384, 512), turned) == (None, None)
-    assert shared_grid((384, 512), (384, 512), shift, max_pixels=200_000) == (None, None)
+    assert shared_grid((384, 512), (384, 512), turned) is None
+    assert shared_grid((384, 512), (384, 512), shift, max_pixels=200_000) is None
+    assert shared_grid((384, 512), (384, 512), np.eye(3)) == (None, None)  # one grid: each photo's own frame
 
 
 def test_changes_of_a_network_not_the_same_under_turns_are_checked_away(tmp_path):
@@ -715,6 +719,7 @@ def test_changes_of_a_network_not_the_same_under_turns_are_checked_away(tmp_path
     pair = control_pair("rotated 90°", tmp_path)
     one_pass = compare(*pair, segmenter=bar_segmenter(strength=16.0).with_options(tta_turns=False))
     assert one_pass.counts()["new"] >= 2 and one_pass.after.place is None  # a turn: each photo on its own grid
+    assert one_pass.summary()["one_tile_grid"] is False
     for where in ("changes", "everywhere"):
         counts = compare(*pair, segmenter=bar_segmenter(strength=16.0), tta_where=where).counts()
         assert [counts[name] for name in ("new", "extended", "widened", "closed")] == [0, 0, 0, 0], where

@@ -121,6 +121,7 @@ class Changes:
     pixel_size_from: str | None = None
     noise: NoiseFloor | None = None
     low_share: float = 0.25  # the low threshold over the high one
+    one_grid: bool | None = None  # two photos tiled on one grid (`grid`); None: not two photos segmented here
 
     def counts(self) -> dict[str, int]:
         return {name: sum(c.change == name for c in self.cracks) for name in CHANGES}
@@ -161,6 +162,7 @@ class Changes:
             "after": survey_dict(self.after),
             "alignment": self.alignment.to_dict(),
             "tolerance_px": round(self.tolerance_px, 3),
+            "one_tile_grid": self.one_grid,
             "evidence": self.evidence(),
             "noise_floor": None if self.noise is None else self.noise.to_dict(self.pixel_size_mm),
             "pixel_size_mm": self.pixel_size_mm,

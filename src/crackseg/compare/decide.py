@@ -322,17 +322,20 @@ def reporting_scale(
     return None, None
 
 
-def segmented_inputs(inputs: list, alignment: Alignment, segmenter, min_length: float) -> list[Survey]:
+def segmented_inputs(inputs: list, alignment: Alignment, segmenter, min_length: float):
     """Each input as a survey, photos (`Capture`s) segmented: two photos that the registration moves by a shift
-    alone on one grid (`grid`), any other on its own."""
-    places = [None, None]
-    if hasattr(segmenter, "predict_prob") and all(isinstance(item, Capture) for item in inputs):
+    alone on one grid (`grid`), any other on its own; and whether two photos shared a grid (None: the inputs were
+    not two photos segmented here)."""
+    photos = hasattr(segmenter, "predict_prob") and all(isinstance(item, Capture) for item in inputs)
+    places = None
+    if photos:
         shapes = [item.shape for item in inputs]
         places = shared_grid(*shapes, alignment.homography, getattr(segmenter, "max_pixels", None))
-    return [
+    surveys = [
         segmented(item, segmenter, min_length, place) if isinstance(item, Capture) else item
-        for item, place in zip(inputs, places, strict=True)
+        for item, place in zip(inputs, places or (None, None), strict=True)
     ]
+    return surveys, (places is not None if photos else None)
 
 
 def compare(
@@ -369,7 +372,7 @@ def compare(
         else:
             inputs.append(photo_capture(item, which, photo, segmenter, scale))
     alignment = register(*inputs, options.assume_aligned)
-    before, after = segmented_inputs(inputs, alignment, first or segmenter, min_length)
+    (before, after), one_grid = segmented_inputs(inputs, alignment, first or segmenter, min_length)
     if before.measurement.count == 0:
         log.warning(
             "BEFORE %s has no crack: every crack of AFTER is new (or out of view, or faint in BEFORE)", before.name
@@ -388,4 +391,5 @@ def compare(
         before, after, cracks, noise = checked_changes(before, after, alignment, tolerance, segmenter, decide)
     next_id = max([before.next_id, *(c.id + 1 for c in cracks)])
     scale, scale_from = reporting_scale(before, after, alignment, pixel_size_mm)
-    return Changes(before, after, alignment, tolerance, cracks, next_id, scale, scale_from, noise, options.low_share)
+    low_share = options.low_share
+    return Changes(before, after, alignment, tolerance, cracks, next_id, scale, scale_from, noise, low_share, one_grid)

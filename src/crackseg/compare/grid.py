@@ -31,17 +31,17 @@ class Placement:
 
 def shared_grid(before_shape, after_shape, homography: np.ndarray, max_pixels: float | None = None):
     """BEFORE's and AFTER's placements on one canvas when the homography (BEFORE → AFTER) is a shift to within
-    MAX_GRID_DRIFT_PX everywhere on BEFORE's frame; (None, None) otherwise, or when the canvas would hold more
-    than `max_pixels`."""
+    MAX_GRID_DRIFT_PX everywhere on BEFORE's frame (each None where the canvas is the photo's own frame); None
+    otherwise, or when the canvas would hold more than `max_pixels`."""
     shift = whole_shift(before_shape, homography)
     if shift is None:
-        return None, None
+        return None
     dy, dx = shift  # AFTER px = BEFORE px + shift
     top, left = max(0, dy), max(0, dx)  # BEFORE's corner on the canvas; AFTER's is (top - dy, left - dx)
     height = max(top + before_shape[0], top - dy + after_shape[0])
     width = max(left + before_shape[1], left - dx + after_shape[1])
     if max_pixels is not None and height * width > max_pixels:
-        return None, None
+        return None
     places = Placement(top, left, height, width), Placement(top - dy, left - dx, height, width)
     return tuple(beyond_own_frame(place, shape) for place, shape in zip(places, (before_shape, after_shape)))
 

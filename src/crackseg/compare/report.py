@@ -43,6 +43,7 @@ def report_markdown(changes: Changes) -> str:
         f"- AFTER: `{changes.after.name}` ({changes.after.measurement.count} cracks)",
         f"- Alignment {how}; scale ×{a.scale:.3f}; BEFORE covers {a.overlap:.0%} of AFTER.",
         f"- Matching tolerance {changes.tolerance_px:.2f} px (at least the alignment error + 2 px).",
+        *tiling_lines(changes),
         *evidence_lines(changes),
         *noise_lines(changes, unit, factor),
         f"- Lengths and widths in AFTER's {unit}"
@@ -122,3 +123,12 @@ def crack_table(changes: Changes, unit: str, factor: float) -> list[str]:
         f"| length after | added | p95 width before ({unit}) | p95 width after |"
     )
     return [head, "|---|---|---|---|---|---|---|---|---|---|---|", *rows]
+
+
+def tiling_lines(changes: Changes) -> list[str]:
+    """How the two photos were tiled for segmenting, where both were segmented here."""
+    if changes.one_grid is None:
+        return []
+    if changes.one_grid:
+        return ["- Both photos tiled on one grid (a shift apart): the same surface in the same place of the tiles."]
+    return ["- Each photo tiled on its own grid (no whole-pixel shift lines the two up)."]
