@@ -798,6 +798,33 @@ def test_a_crack_one_survey_shows_under_the_floor_is_averaged_in_that_survey_alo
     assert recorder.regions[0][20, 25]
 
 
+def test_a_crack_that_lost_a_part_is_averaged_on_both_sides():
+    """A BEFORE crack whose branch AFTER no longer shows, continued by AFTER's crack: one pass may have joined a
+    closed crack to a neighbour that stays, so the pair is checked, in both surveys, around it."""
+    from crackseg.compare.decide import classify_changes
+    from crackseg.compare.registration import Alignment
+    from crackseg.compare.verify import checked_changes
+
+    trunk, branch = [(40, 100), (400, 100)], [(220, 100), (240, 160), (250, 220)]
+    before, after = draw([(trunk, 3), (branch, 3)]), draw([(trunk, 3)])
+    pair = [Survey.from_arrays(mask) for mask in (before, after)]
+    changes = compare(*pair, assume_aligned=True)
+    (kept,) = [c for c in changes.cracks if c.after_number]
+    assert kept.change == "unchanged" and kept.lost_part and not kept.under_floor
+    recorder = RegionRecorder()
+    photos = [
+        Survey.from_arrays(None, np.zeros((*SIZE, 3), np.uint8), name, prob=mask, threshold=0.5)
+        for mask, name in ((before, "before"), (after, "after"))
+    ]
+    alignment = Alignment("assumed", np.eye(3), 0.0)
+
+    def decide(b, a):
+        return classify_changes(b, a, alignment, 2.0, 0.25)
+
+    checked_changes(*photos, alignment, 2.0, recorder, decide)
+    assert len(recorder.regions) >= 2 and all(region[100, 230] for region in recorder.regions[:2])
+
+
 def fading_map(shape, segments, fade: float = 4.0) -> np.ndarray:
     """Crack probability falling off with the distance d to each segment: 1 within 1.5 px, 0 from 1.5 + fade on
     (past the tips as across)."""

@@ -66,6 +66,10 @@ class CrackChange:
     # shorter than the length floor. One pass per tile may cut a longer crack into such pieces, so a comparison
     # that checks its changes with test-time augmentation (`verify`) checks these too.
     under_floor: bool = False
+    # Continued, but a part of the BEFORE crack longer than the length floor is gone: AFTER shows no crack along it.
+    # One pass may have cut a closed crack out of BEFORE joined to a neighbour that AFTER still shows, so these are
+    # checked too, on both sides: averaged, the closed crack comes out on its own.
+    lost_part: bool = False
 
     def record(self, pixel_size_mm: float | None) -> dict:
         """The flat row of the CSV and the GeoJSON / GeoPackage attributes: px, and mm where the scale is known.

@@ -172,19 +172,20 @@ class Decider:
     def seen_length(self, geometry, own: SurveyView, other: SurveyView) -> float:
         return Reading.of(geometry, own, other).seen_length
 
-    def growth(self, line, continued, near, pieces) -> float:
+    def lost(self, continued, pieces) -> float:
+        """How long the parts of the BEFORE cracks an AFTER crack `continued` are beyond every AFTER centreline of
+        their `pieces` where AFTER shows no crack (under the low threshold; anywhere, without its map)."""
+        parts = added_parts(shapely.union_all(continued), pieces, self.tolerance, 0.0)
+        reading = Reading.of(parts, self.before_view, self.after_view)
+        return reading.absent_length if reading.has_evidence else reading.seen_length
+
+    def growth(self, line, near, lost: float) -> float:
         """How much longer a crack is where both surveys see it: its parts beyond every BEFORE centreline `near` it,
-        less the parts of the BEFORE cracks it `continued` beyond every AFTER centreline of their `pieces` where
-        AFTER shows no crack (under the low threshold; anywhere, without its map). So a shortened crack comes out
-        shorter, two joined ones longer by the gap they closed, and a crack AFTER's segmentation cuts in two, or
-        leaves a faint branch of, shorter by the cut only (by nothing where AFTER still shows the crack there)."""
+        less what it `lost`. So a shortened crack comes out shorter, two joined ones longer by the gap they closed,
+        and a crack AFTER's segmentation cuts in two, or leaves a faint branch of, shorter by the cut only (by
+        nothing where AFTER still shows the crack there)."""
         gained = added_parts(line, near, self.tolerance, 0.0)
-        lost = Reading.of(
-            added_parts(shapely.union_all(continued), pieces, self.tolerance, 0.0), self.before_view, self.after_view
-        )
-        return self.seen_length(gained, self.after_view, self.before_view) - (
-            lost.absent_length if lost.has_evidence else lost.seen_length
-        )
+        return self.seen_length(gained, self.after_view, self.before_view) - lost
 
     def additions(self, change: CrackChange, near) -> shapely.MultiLineString:
         """The parts of an AFTER crack beyond every BEFORE centreline `near` it, where both surveys see the surface
@@ -217,8 +218,10 @@ class Decider:
         BEFORE centreline within the tolerance of it; `pieces`: every AFTER centreline within the tolerance of
         those, its own among them): extended, widened or unchanged."""
         added = self.additions(change, near)
-        growth = change.length_change_px = self.growth(change.line, found, near, pieces)
+        lost = self.lost(found, pieces)
+        growth = change.length_change_px = self.growth(change.line, near, lost)
         floor = self.noise.length_px
+        change.lost_part = lost > floor
         change.widened = self.widened(change)
         if added.length > floor and growth > floor:
             change.change, change.added, change.added_length_px = "extended", added, added.length
