@@ -155,10 +155,9 @@ def worth_checking(change: CrackChange, every_crack: bool) -> bool:
     """A reported change, a crack only one survey shows that is under the floor by its length alone (one pass
     may have cut a longer crack into such pieces), or a continued crack that lost a part longer than the floor (one
     pass may have joined a closed crack to a neighbour that stays); and, once changes stand on averaged maps, every
-    crack both
-    surveys show too: the noise floor the changes are held against is read from those, and must be read from the
-    maps the changes are decided on (averaged maps fade more slowly at a crack's tips than one pass's, so their
-    floor is higher)."""
+    crack both surveys show too: the noise floor the changes are held against is read from those, and must be read
+    from the maps the changes are decided on (averaged maps fade more slowly at a crack's tips than one pass's, so
+    their floor is higher)."""
     return (
         is_reported(change) or change.under_floor or change.lost_part or (every_crack and change.change == "unchanged")
     )
