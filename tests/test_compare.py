@@ -21,6 +21,7 @@ import crackseg.cli.measure
 from crackseg.cli import main
 from crackseg.compare import AlignmentError, Capture, CompareError, Survey, apply_homography, compare, load_survey
 from crackseg.compare.changes import RECORD_FIELDS
+from crackseg.compare.evidence import NO_DATA_EDGE_PX, SurveyView
 from crackseg.compare.report import report_markdown
 from crackseg.inference import CrackSegmenter
 from crackseg.io.georef import Georeference
@@ -924,6 +925,23 @@ def test_a_crack_under_a_masked_region_is_out_of_view_not_closed(pair):
     changes = compare(Survey.from_arrays(mask_b, name="b"), after, assume_aligned=True)
     assert changes.counts() | {"unchanged": 0} == dict.fromkeys(changes.counts(), 0) | {"out_of_view": 1}
     assert changes.counts()["unchanged"] == 4
+
+
+def test_a_segmented_photo_is_read_only_well_clear_of_its_no_data():
+    """A network's map moves farther from a filled no-data region than from a photo's edge; a mask's does not."""
+    valid = np.ones((200, 300), bool)
+    valid[:, 250:] = False
+    prob = np.zeros((200, 300), np.float32)
+    views = [
+        SurveyView.of(Survey.from_arrays(**given, valid=valid), np.eye(3), 2.0, 0.25)
+        for given in (
+            {"prob": prob},  # a segmented photo's map
+            {"mask": prob > 0},
+        )
+    ]
+    xy = np.array([[250 - apart, 100] for apart in (2, 40, 60, NO_DATA_EDGE_PX + 4, 120)], float)
+    assert views[0].read(xy)[1].tolist() == [False, False, False, True, True]
+    assert views[1].read(xy)[1].tolist() == [False, True, True, True, True]
 
 
 @pytest.mark.parametrize("flags, turns", [([], True), (["--no-tta-turns"], False)])

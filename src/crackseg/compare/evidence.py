@@ -5,7 +5,11 @@
   inside its image and its valid data (no TIFF no-data, no masked region), kept clear of their edges by the
   tolerance (a crack cut by an edge ends just inside it, and beyond it nothing is known) and, for a photo, by
   MODEL_EDGE_PX more: near an edge a network sees padding instead of surface, and its cracks there come and go
-  with the framing (found up to about 20 px in on validation photos shifted by less than a tile).
+  with the framing (found up to about 20 px in on validation photos shifted by less than a tile). A no-data region
+  reaches farther: filled with one colour (`survey.fill_no_data`), it changes what the network sees around it, and
+  its map moves from one side of the comparison's thresholds to the other up to about 65 px from the fill (over
+  the validation photos with a strip a fifth of their width filled; a mirrored or a nearest-pixel fill moved it
+  more often, a blurred one about as often), so a photo's no-data is kept NO_DATA_EDGE_PX clear instead.
 - A line is read where both surveys see it: its own survey's edges bound its evidence as much as the other's.
 - Hysteresis: a crack is present in a survey where its probability reaches the high threshold (the model's, the
   one its cracks were cut at) and absent where it stays under the low one (a share of the high one). In between,
@@ -31,6 +35,7 @@ from crackseg.compare.survey import Survey
 
 STEP_PX = 1.0  # spacing of the points a line is read at (AFTER px)
 MODEL_EDGE_PX = 32  # own px: a segmented photo's probabilities are trusted this far in from its edges
+NO_DATA_EDGE_PX = 64  # own px: ... and this far from its no-data
 
 
 def above(p: np.ndarray, high: float) -> np.ndarray:
@@ -66,11 +71,12 @@ class SurveyView:
         reach = max(1, math.ceil(radius_px))
         disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * reach + 1, 2 * reach + 1))
         prob = None if survey.prob is None else cv2.dilate(survey.prob, disc)
-        margin = reach + 1 + (MODEL_EDGE_PX if survey.source == "photo" else 0)
+        segmented = survey.source == "photo"
+        margin = reach + 1 + (MODEL_EDGE_PX if segmented else 0)
         seen = None
         if survey.valid is not None:
-            clear = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * margin + 1, 2 * margin + 1))
-            seen = cv2.erode(survey.valid.astype(np.uint8), clear) > 0
+            apart = reach + 1 + (NO_DATA_EDGE_PX if segmented else 0)
+            seen = cv2.distanceTransform(survey.valid.astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE) > apart
         high = survey.threshold
         return cls(prob, seen, to_own, survey.shape, float(margin), high, low_share * high)
 
