@@ -942,6 +942,10 @@ def test_a_segmented_photo_is_read_only_well_clear_of_its_no_data():
     xy = np.array([[250 - apart, 100] for apart in (2, 40, 60, NO_DATA_EDGE_PX + 4, 120)], float)
     assert views[0].read(xy)[1].tolist() == [False, False, False, True, True]
     assert views[1].read(xy)[1].tolist() == [False, True, True, True, True]
+    # a local width reads the mask up to half of it from the centreline: seen only where that much more is
+    assert views[0].read(xy, beyond=np.array([0, 0, 0, 10, 10]))[1].tolist() == [False, False, False, False, True]
+    near_top = np.array([[100.0, 8.0]])  # 5 px past the mask's margin from the image's edge
+    assert [views[1].read(near_top, beyond)[1][0] for beyond in (0, 8)] == [True, False]
 
 
 @pytest.mark.parametrize("flags, turns", [([], True), (["--no-tta-turns"], False)])

@@ -499,3 +499,25 @@ def test_small_holes_fill_as_scikit_image_fills_them(hole_area):
         expected = remove_small_holes(mask, area_threshold=hole_area + 1)
     filled = fill_small_holes(mask, hole_area)
     assert np.array_equal(filled, expected) and (filled & ~mask).any()
+
+
+def test_local_widths_depend_on_the_mask_around_each_pixel_alone():
+    """A crack's area-matching shift depends on all of it (here: on whether its oblique half, which 2·d − 1 reads
+    narrower, is there); the local widths before it are the same wherever the mask is."""
+    mask = np.zeros((300, 700), np.uint8)
+    cv2.line(mask, (20, 100), (350, 100), 1, 9)
+    cv2.line(mask, (350, 100), (650, 280), 1, 9)
+    whole = mask.astype(bool)
+    cut = whole.copy()
+    cut[:, 360:] = False  # the oblique half gone, as beyond an edge or a no-data region
+    widths = []
+    for result in (measure(whole), measure(cut)):
+        pixels = zip(
+            result.skeleton_rows, result.skeleton_cols, result.skeleton_width_px, result.skeleton_local_width_px
+        )
+        widths.append({(row, col): (width, local) for row, col, width, local in pixels if col < 330})
+    both = sorted(set(widths[0]) & set(widths[1]))
+    assert len(both) > 250
+    shifted, local = (np.array([[w[k][i] for k in both] for w in widths]) for i in (0, 1))
+    assert np.median(shifted[0] - shifted[1]) > 0.2
+    assert np.array_equal(local[0], local[1])

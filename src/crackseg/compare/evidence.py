@@ -58,7 +58,7 @@ class SurveyView:
     """One survey as AFTER's frame sees it: its max-filtered probabilities and where it shows the surface."""
 
     prob: np.ndarray | None  # own px; None: a survey without a probability map
-    seen: np.ndarray | None  # own px, bool, already kept clear of no-data by the margin; None: every pixel
+    clearance: np.ndarray | None  # own px: how far past the margin from no-data (> 0: seen); None: no no-data
     to_own: np.ndarray  # 3×3: AFTER image coordinates → this survey's
     shape: tuple[int, int]
     margin: float  # own px kept clear of the image's edges
@@ -73,23 +73,25 @@ class SurveyView:
         prob = None if survey.prob is None else cv2.dilate(survey.prob, disc)
         segmented = survey.source == "photo"
         margin = reach + 1 + (MODEL_EDGE_PX if segmented else 0)
-        seen = None
+        clearance = None
         if survey.valid is not None:
             apart = reach + 1 + (NO_DATA_EDGE_PX if segmented else 0)
-            seen = cv2.distanceTransform(survey.valid.astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE) > apart
+            distance = cv2.distanceTransform(survey.valid.astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+            clearance = distance - np.float32(apart)
         high = survey.threshold
-        return cls(prob, seen, to_own, survey.shape, float(margin), high, low_share * high)
+        return cls(prob, clearance, to_own, survey.shape, float(margin), high, low_share * high)
 
-    def read(self, xy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """At points of AFTER's frame: (probability, NaN without a map; whether this survey sees the point)."""
+    def read(self, xy: np.ndarray, beyond=0.0) -> tuple[np.ndarray, np.ndarray]:
+        """At points of AFTER's frame: (probability, NaN without a map; whether this survey sees the point, and
+        `beyond` own px (a number or one per point) past its margins around it)."""
         own = apply_homography(self.to_own, xy) if len(xy) else np.zeros((0, 2))
         height, width = self.shape
-        x, y, m = own[:, 0], own[:, 1], self.margin
+        x, y, m = own[:, 0], own[:, 1], self.margin + np.asarray(beyond)
         seen = (x >= m) & (x < width - m) & (y >= m) & (y < height - m)
         col = np.clip(np.floor(np.nan_to_num(x)), 0, width - 1).astype(np.intp)
         row = np.clip(np.floor(np.nan_to_num(y)), 0, height - 1).astype(np.intp)
-        if self.seen is not None:
-            seen &= self.seen[row, col]
+        if self.clearance is not None:
+            seen &= self.clearance[row, col] > beyond
         prob = np.full(len(xy), np.nan) if self.prob is None else self.prob[row, col].astype(np.float64)
         return prob, seen
 
@@ -201,12 +203,17 @@ MIN_SEEN_NODES = 5  # skeleton pixels both surveys must see for a crack's widths
 
 @dataclass
 class SeenWidths:
-    """A survey's skeleton pixels (from its measurement): crack number, place in AFTER's frame, local width (own px)
-    and whether both surveys see them, so that widths are compared only where both do."""
+    """A survey's skeleton pixels (from its measurement): crack number, place in AFTER's frame, local width (own px; as
+    measured, and before its crack's shift: `Measurement.skeleton_local_width_px`, which a change in width is read
+    from) and whether both surveys see them, so that widths are compared only where both do: a local width reads the
+    mask up to half of it from the centreline, so a pixel counts as seen only where both surveys see that far past
+    their margins around it (else a map that an edge or a no-data fill changed would widen a wide crack read well
+    inside them)."""
 
     number: np.ndarray
     frame: np.ndarray
     width: np.ndarray
+    local: np.ndarray
     seen: np.ndarray
 
     @classmethod
@@ -215,8 +222,11 @@ class SeenWidths:
         m = survey.measurement
         xy = np.column_stack([m.skeleton_cols + 0.5, m.skeleton_rows + 0.5]).astype(np.float64)
         frame = apply_homography(to_frame, xy) if len(xy) else xy
-        seen = np.logical_and.reduce([view.read(frame)[1] for view in views]) if len(xy) else np.zeros(0, bool)
-        return cls(m.skeleton_id, frame, m.skeleton_width_px.astype(np.float64), seen)
+        local = m.skeleton_local_width_px.astype(np.float64)
+        seen = (
+            np.logical_and.reduce([view.read(frame, local / 2)[1] for view in views]) if len(xy) else np.zeros(0, bool)
+        )
+        return cls(m.skeleton_id, frame, m.skeleton_width_px.astype(np.float64), local, seen)
 
     @property
     def kept(self) -> bool:
@@ -236,11 +246,13 @@ class SeenWidths:
 
 
 def width_growth(after: SeenWidths, number: int, before: SeenWidths, scales: dict[int, float], reach: float):
-    """How much wider AFTER's crack `number` is than the BEFORE cracks `scales` names (number → scale into AFTER
-    px), along the part both surveys see: the median, over its skeleton pixels, of its local width less that of the
-    nearest BEFORE skeleton pixel within `reach`. A crack that opened is wider along most of its length; a median
-    of paired widths is not moved by one bulge (a junction, a spall, a blob of the segmentation), as a p95 is.
-    None where fewer than MIN_SEEN_NODES pairs are found."""
+    """How much wider AFTER's crack `number` is than the BEFORE cracks `scales` names (number → scale into AFTER px),
+    along the part both surveys see: the median, over its skeleton pixels, of its local width less that of the
+    nearest BEFORE skeleton pixel within `reach`, both before their cracks' shifts (a crack's shift moves with where
+    it is cut: one an edge or a no-data region cuts in one survey alone reads wider or narrower, even on the pixels
+    both see alike). A crack that opened is wider along most of its length; a median of paired widths is not moved by
+    one bulge (a junction, a spall, a blob of the segmentation), as a p95 is. None where fewer than MIN_SEEN_NODES
+    pairs are found."""
     ours, theirs = after.pick([number]), before.pick(scales)
     if ours.sum() < MIN_SEEN_NODES or theirs.sum() < MIN_SEEN_NODES:
         return None
@@ -250,4 +262,4 @@ def width_growth(after: SeenWidths, number: int, before: SeenWidths, scales: dic
         return None
     index = nearest[paired]
     scale = np.array([scales[n] for n in before.number[theirs][index]])
-    return float(np.median(after.width[ours][paired] - before.width[theirs][index] * scale))
+    return float(np.median(after.local[ours][paired] - before.local[theirs][index] * scale))

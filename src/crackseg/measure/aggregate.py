@@ -163,8 +163,8 @@ def aggregate(
         [np.zeros(0, np.int64)] + [crack_of[o + b.node_label] for o, b in zip(offsets[:-1], blocks, strict=True)]
     )
     shift = width_shift(total[:, AREA], total[:, LENGTH], total[:, COVERED])
-    node_width = np.concatenate([np.zeros(0)] + [b.node_width for b in blocks])
-    node_width = np.maximum(node_width + shift[node_crack], 1.0)
+    local_width = np.concatenate([np.zeros(0)] + [b.node_width for b in blocks])
+    node_width = np.maximum(local_width + shift[node_crack], 1.0)
     order = np.argsort(node_crack, kind="stable")
     start = np.searchsorted(node_crack[order], np.arange(n + 1))
     crack_id = np.zeros(n, np.int32)  # crack index → kept crack id (0: dropped, and the background)
@@ -184,6 +184,7 @@ def aggregate(
     result.skeleton_rows = np.concatenate([np.zeros(0, np.int32)] + [b.node_rows for b in blocks])[kept]
     result.skeleton_cols = np.concatenate([np.zeros(0, np.int32)] + [b.node_cols for b in blocks])[kept]
     result.skeleton_width_px = node_width[kept].astype(np.float32)
+    result.skeleton_local_width_px = local_width[kept].astype(np.float32)
     result.skeleton_id = crack_id[node_crack[kept]]
     result.centrelines = centrelines(blocks, offsets, crack_of, crack_id, orientation, result.count)
     return result

@@ -94,6 +94,10 @@ class Measurement:
     skeleton_cols: np.ndarray = empty_array(np.int32)
     skeleton_width_px: np.ndarray = empty_array(np.float32)
     skeleton_id: np.ndarray = empty_array(np.int32)
+    # ... and the local width before its crack's area-matching shift: what the mask around the pixel alone says.
+    # A crack's shift depends on all of it, so on where an edge or a no-data region cuts it; comparing two surveys'
+    # widths at a place needs what depends on that place only.
+    skeleton_local_width_px: np.ndarray = empty_array(np.float32)
     # Per crack (aligned with `cracks`): its centreline, one (n, 2) array of x, y image coordinates per branch.
     centrelines: list[list[np.ndarray]] = field(repr=False, default_factory=list)
 
