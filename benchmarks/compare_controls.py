@@ -10,7 +10,11 @@ px on each side, taken in turn from each source) is compared with itself capture
 changed (the controls):
 - shifted, georeferenced: two crops (25, 40) px apart (less than a tile), placed by their GeoTIFF coordinates;
 - shifted, registered: the same crops, aligned by features of the photos;
-- rotated 90°; JPEG q75 (re-encoded); exposure +20 % and -20 %; a no-data strip (a fifth of AFTER's width).
+- rotated 90°; JPEG q75 (re-encoded); exposure +20 % and -20 %; a no-data strip (a fifth of AFTER's width);
+- what changes between two visits without the surface changing: a cast shadow's edge across AFTER
+  (`synthetic.add_distractor`'s shadow), a slight defocus (Gaussian σ 1 px), sensor noise (σ 6 grey levels), and a
+  mild perspective change (one side of the photo PERSPECTIVE of its height nearer, registered by features; what
+  the warp leaves empty is no-data).
 Every change these report (new, extended, widened, closed) is a false one. `--masks-too` also compares the
 thresholded masks as masks (0/1 probabilities), which shows what the probability evidence adds.
 
@@ -78,7 +82,7 @@ from crackseg.inference import CrackSegmenter
 from crackseg.io.georef import Georeference
 from crackseg.io.images import read_image, read_mask
 from crackseg.options import CompareOptions
-from crackseg.synthetic import crack_ribbon, lay_ribbon, smooth_path, textured_background
+from crackseg.synthetic import add_distractor, crack_ribbon, lay_ribbon, smooth_path, textured_background
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 MIN_SIDE = 300  # px: the (25, 40) px shift must leave most of a photo to compare
@@ -98,6 +102,7 @@ MAX_END_PX = 40  # a crack's map reaching farther past its centreline's tip is n
 ALONG_PX = 4.0  # a change runs along a planted path within this distance of it
 MOSAIC_SIDE, MIN_MOSAIC_PX = 3, 900  # --mosaic: photos a mosaic's side, its shortest side at least
 FEATHER_PX = 16  # the large photo's inset fades into the background over this much
+DEFOCUS_SIGMA, NOISE_SIGMA, PERSPECTIVE = 1.0, 6.0, 0.04  # the visit-to-visit controls
 TTA_FLAGS = {"none": ["--no-tta-turns"], "flips": ["--no-tta-turns", "--tta"], "turns": []}  # compare's own: turns
 
 
@@ -144,8 +149,9 @@ def jpeg(photo: np.ndarray, quality: int) -> np.ndarray:
     return cv2.cvtColor(cv2.imdecode(data, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
 
 
-def controls(photo: np.ndarray):
-    """(name, BEFORE photo, AFTER photo, BEFORE place, AFTER place, AFTER's valid data) of each control."""
+def controls(photo: np.ndarray, rng: np.random.Generator):
+    """(name, BEFORE photo, AFTER photo, BEFORE place, AFTER place, AFTER's valid data) of each control; `rng`
+    draws the shadow and the noise."""
     height, width = photo.shape[:2]
     dy, dx = SHIFT
     before, after = photo[: height - dy, : width - dx], photo[dy:, dx:]
@@ -163,6 +169,26 @@ def controls(photo: np.ndarray):
     valid = np.ones((height, width), bool)
     valid[:, int(width * 0.4) : int(width * 0.6)] = False
     yield "no-data strip", photo, np.where(valid[:, :, None], photo, 0).astype(np.uint8), (0, 0), (0, 0), valid
+    yield "cast shadow", photo, add_distractor(photo, rng, ("shadow",)), None, None, None
+    yield "defocus", photo, cv2.GaussianBlur(photo, (0, 0), DEFOCUS_SIGMA), None, None, None
+    noisy = np.clip(photo + rng.normal(0.0, NOISE_SIGMA, photo.shape), 0, 255).astype(np.uint8)
+    yield "sensor noise", photo, noisy, None, None, None
+    warped, seen = perspective(photo)
+    yield "perspective", photo, warped, None, None, seen
+
+
+def perspective(photo: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The photo seen with its right side nearer (a trapezoid PERSPECTIVE of its height narrower on the left), and
+    where the warped photo has data (away from the empty corners by the cubic kernel's reach)."""
+    height, width = photo.shape[:2]
+    inset = PERSPECTIVE * height
+    corners = np.float32([[0, 0], [width, 0], [width, height], [0, height]])
+    moved = np.float32([[0, inset], [width, 0], [width, height], [0, height - inset]])
+    warp = cv2.getPerspectiveTransform(corners, moved)
+    inside = cv2.warpPerspective(np.ones((height, width), np.uint8), warp, (width, height), flags=cv2.INTER_NEAREST)
+    valid = cv2.erode(inside, np.ones((5, 5), np.uint8)) > 0
+    warped = cv2.warpPerspective(photo, warp, (width, height), flags=cv2.INTER_CUBIC)
+    return np.where(valid[:, :, None], warped, 0).astype(np.uint8), valid
 
 
 def agreement_transforms(photo: np.ndarray, tile: int):
@@ -695,14 +721,14 @@ def main() -> None:
     tally = defaultdict(Counter)
     floors = defaultdict(list)
     planted_tally, errors, shown_errors, unseen = defaultdict(Counter), defaultdict(list), defaultdict(list), []
-    rng = np.random.default_rng(args.seed)
+    rng, scene_rng = np.random.default_rng(args.seed), np.random.default_rng([args.seed, 1])
     one_pass = CrackSegmenter.from_pretrained(args.model, **chosen) if args.timing else None
     chosen_compare = {"tta_where": args.tta_where} | ({"low_share": args.low_share} if args.low_share else {})
     low_share = CompareOptions.of(None, **chosen_compare).low_share  # planted changes keep under it in BEFORE
     stopwatch = Stopwatch()
     for path in photos:
         photo = read_image(path)
-        for name, *pair in controls(photo):
+        for name, *pair in controls(photo, scene_rng):
             if one_pass is not None:  # the same comparison with one pass per tile, only timed
                 with contextlib.suppress(AlignmentError):
                     stopwatch.time("one pass", compare_control, one_pass, *pair)

@@ -336,3 +336,22 @@ def test_design_speed_times_each_design_on_the_engines_against_the_first():
     assert "fastest / fastest 1.00×" in first
     bad = subprocess.run([*command, "--design", "unet:x:{oops"], capture_output=True, text=True, cwd=BENCHMARKS)
     assert bad.returncode != 0 and "not JSON" in bad.stderr
+
+
+def test_compare_controls_give_each_after_photo_its_own_valid_data():
+    """Every control's AFTER is an RGB photo, with no-data only where the control makes some (the strip, the corners
+    a perspective warp leaves empty: black there, and only there)."""
+    compare_controls = import_compare_controls()
+    photo = np.full((300, 340, 3), 128, np.uint8)
+    made = {
+        name: (after, valid)
+        for name, _, after, _, _, valid in compare_controls.controls(photo, np.random.default_rng(0))
+    }
+    assert {"cast shadow", "defocus", "sensor noise", "perspective", "no-data strip"} <= set(made)
+    for name, (after, valid) in made.items():
+        assert after.dtype == np.uint8 and after.ndim == 3, name
+        if valid is not None:
+            assert valid.shape == after.shape[:2] and 0.05 < (~valid).mean() < 0.3, name
+            assert (after[~valid] == 0).all() and (after[valid] > 0).all(), name
+    assert (made["cast shadow"][0] < 128).mean() > 0.05  # a shadow falls across it
+    assert made["sensor noise"][0].std() > 3
